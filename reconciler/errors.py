@@ -1,0 +1,105 @@
+"""The one error module: every error agent-fleet raises on purpose is defined here.
+
+The loop decides what to do with a failed reconcile by the class of the error:
+
+* ``TransientError`` (and any exception not defined here) is retried with per-key
+  exponential backoff.
+* ``WaitingError`` requeues after ``retry_after`` seconds and logs at info level.
+* ``StalledError`` stops retrying until the key's inputs change; its reason is shown.
+
+Forgejo API failures are mapped by the gateway onto the ``ForgejoError`` family so no other
+module needs to know about HTTP status codes.
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base class of every error agent-fleet raises deliberately."""
+
+
+class ConfigError(FleetError):
+    """The configuration is invalid; ``problems`` lists ``(field path, message)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]], *, source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "; ".join(f"{path}: {msg}" for path, msg in problems)
+        super().__init__(f"invalid configuration{where}: {lines}")
+
+
+class TransientError(FleetError):
+    """Something that may succeed if tried again later (network, 5xx, lock timeout)."""
+
+
+class WaitingError(FleetError):
+    """A condition that is expected to clear by itself; retry after ``retry_after`` seconds."""
+
+    def __init__(self, reason: str, *, retry_after: float) -> None:
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
+class StalledError(FleetError):
+    """A condition that will not clear until its inputs change; do not retry."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class IllegalTransitionError(FleetError):
+    """A task was asked to move between two states the state machine does not connect."""
+
+
+class StoreError(FleetError):
+    """The local state store cannot be opened or written."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the state store."""
+
+
+class NotFoundError(FleetError):
+    """A local record (task, agent, receipt) does not exist."""
+
+
+# --- Forgejo API errors -------------------------------------------------------------------
+
+
+class ForgejoError(FleetError):
+    """A Forgejo API call failed. ``status`` is the HTTP status (0 when no response came)."""
+
+    def __init__(
+        self, message: str, *, status: int = 0, operation: str = "", body: str = ""
+    ) -> None:
+        self.status = status
+        self.operation = operation
+        self.body = body
+        super().__init__(message)
+
+
+class ForgejoNotFound(ForgejoError):
+    """404: the repository, issue, PR, label or comment does not exist (or is hidden)."""
+
+
+class ForgejoConflict(ForgejoError):
+    """409 or 422: the request conflicts with the current state (e.g. already exists)."""
+
+
+class ForgejoForbidden(ForgejoError):
+    """401 or 403: the token is missing, wrong, or lacks the permission."""
+
+
+class ForgejoServerError(ForgejoError, TransientError):
+    """5xx, or no response at all (connection refused, timeout). Retried."""
+
+
+class ForgejoRateLimited(ForgejoError, TransientError):
+    """429. ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)  # type: ignore[arg-type]

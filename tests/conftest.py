@@ -1,0 +1,1 @@
+"""Shared pytest configuration. Fixtures that belong to one area live in that area's module."""

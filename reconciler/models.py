@@ -1,0 +1,394 @@
+"""Domain models: Agent, Task, Lease, Receipt, Artifact, TaskEvent, and the task state machine.
+
+Every model is a frozen pydantic model; a change produces a new value. The state machine is a
+pure function, :func:`transition`, which refuses a move the machine does not allow and returns
+the new task together with the :class:`TaskEvent` that records it. Callers (controllers, the
+agent API) persist both through :mod:`reconciler.store`.
+
+Task ids are derived from the issue they come from (:func:`task_id_for`), so a reconciler that
+lost its local state rebuilds the same ids from Forgejo in one resync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NewType
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from reconciler.errors import IllegalTransitionError
+
+TaskId = NewType("TaskId", str)
+AgentId = NewType("AgentId", str)
+ReceiptId = NewType("ReceiptId", str)
+RepoName = NewType("RepoName", str)
+"""A repository as ``owner/name``."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("timestamps must carry a time zone")
+    return value
+
+
+# --- task states ----------------------------------------------------------------------------
+
+
+class TaskState(StrEnum):
+    CREATED = "created"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    REVIEW_PENDING = "review_pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    AGENT_LOST = "agent_lost"
+    CANCELLED = "cancelled"
+
+
+ALLOWED_TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
+    # `→ CREATED` is a requeue: the task waits for an agent again.
+    TaskState.CREATED: frozenset({TaskState.ASSIGNED, TaskState.FAILED, TaskState.CANCELLED}),
+    TaskState.ASSIGNED: frozenset(
+        {
+            TaskState.RUNNING,
+            TaskState.CREATED,
+            TaskState.FAILED,
+            TaskState.AGENT_LOST,
+            TaskState.CANCELLED,
+        }
+    ),
+    TaskState.RUNNING: frozenset(
+        {
+            TaskState.REVIEW_PENDING,
+            # A task that produces no pull request completes from `running` with a receipt.
+            TaskState.COMPLETED,
+            TaskState.CREATED,
+            TaskState.FAILED,
+            TaskState.AGENT_LOST,
+            TaskState.CANCELLED,
+        }
+    ),
+    TaskState.REVIEW_PENDING: frozenset(
+        {
+            TaskState.COMPLETED,
+            # Changes requested: the same agent gets a new attempt with a new lease.
+            TaskState.ASSIGNED,
+            TaskState.CREATED,
+            TaskState.FAILED,
+            TaskState.AGENT_LOST,
+            TaskState.CANCELLED,
+        }
+    ),
+    TaskState.COMPLETED: frozenset(),
+    TaskState.FAILED: frozenset({TaskState.CREATED, TaskState.CANCELLED}),
+    TaskState.AGENT_LOST: frozenset({TaskState.CREATED, TaskState.FAILED, TaskState.CANCELLED}),
+    TaskState.CANCELLED: frozenset({TaskState.CREATED}),
+}
+
+TERMINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.CANCELLED})
+"""States from which a task only leaves by an explicit person's action (or never)."""
+
+ACTIVE_STATES = frozenset({TaskState.ASSIGNED, TaskState.RUNNING, TaskState.REVIEW_PENDING})
+"""States in which an agent holds the task's lease."""
+
+
+def is_transition_allowed(source: TaskState, target: TaskState) -> bool:
+    return target in ALLOWED_TRANSITIONS[source]
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """Sort key: lower runs first."""
+        return {"high": 0, "medium": 1, "low": 2}[self.value]
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+
+class AgentStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DRAINING = "draining"
+
+
+class ExecutionMode(StrEnum):
+    SSH = "ssh"
+    PULL = "pull"
+
+
+STANDARD_ROLES = (
+    "architect",
+    "developer",
+    "code-reviewer",
+    "tester",
+    "documenter",
+    "marketer",
+    "presenter",
+    "devops",
+    "monitor",
+    "security",
+    "project-manager",
+    "decision-maker",
+    "orchestrator",
+)
+"""The role vocabulary agents and ``agent/<role>`` labels use; custom roles are allowed too."""
+
+
+class AgentStats(_Frozen):
+    tasks_completed: int = 0
+    errors: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    total_duration_s: float = 0.0
+
+    @property
+    def average_duration_s(self) -> float | None:
+        return self.total_duration_s / self.tasks_completed if self.tasks_completed else None
+
+
+class Agent(_Frozen):
+    id: AgentId
+    type: str = Field(description="claude-code, codex-cli, hermes, openclaw, acp, or any string")
+    hostname: str = ""
+    roles: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    max_concurrency: int = Field(default=1, ge=1)
+    mode: ExecutionMode = ExecutionMode.PULL
+    metadata: dict[str, str] = Field(default_factory=dict)
+    status: AgentStatus = AgentStatus.ONLINE
+    status_reason: str = ""
+    token_hash: str = ""
+    registered_at: datetime
+    last_heartbeat_at: datetime | None = None
+    stats: AgentStats = AgentStats()
+
+    _check_times = field_validator("registered_at", "last_heartbeat_at")(_aware)
+
+    def covers(self, *, role: str | None, capabilities: tuple[str, ...]) -> bool:
+        """Whether this agent has the role (if any) and every capability required."""
+        if role is not None and role not in self.roles:
+            return False
+        return all(c in self.capabilities for c in capabilities)
+
+
+# --- tasks ----------------------------------------------------------------------------------
+
+_SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
+
+
+def task_id_for(repo: str, number: int) -> TaskId:
+    """The stable id of the task born from issue ``number`` of ``repo``.
+
+    The issue number keeps it readable; a short hash of the repository keeps it unique across
+    repositories and safe in URLs and branch names: ``12-3f9a1c2b``.
+    """
+    digest = hashlib.sha1(repo.lower().encode()).hexdigest()[:8]
+    return TaskId(f"{number}-{digest}")
+
+
+def slugify(text: str, *, max_length: int = 40) -> str:
+    slug = _SLUG_UNSAFE.sub("-", text.lower()).strip("-")
+    return slug[:max_length].rstrip("-") or "task"
+
+
+def branch_for(task_id: TaskId, title: str) -> str:
+    """The branch an agent works on: ``task/<task-id>-<slug>``."""
+    return f"task/{task_id}-{slugify(title)}"
+
+
+_BRANCH = re.compile(r"^task/(\d+-[0-9a-f]{8})(?:-|$)")
+
+
+def task_id_from_branch(branch: str) -> TaskId | None:
+    """The task id a ``task/<id>-<slug>`` branch names, or None for any other branch."""
+    match = _BRANCH.match(branch)
+    return TaskId(match.group(1)) if match else None
+
+
+class Lease(_Frozen):
+    """The right of one agent to work on one task, for one generation of its assignment."""
+
+    task_id: TaskId
+    agent_id: AgentId
+    generation: int = Field(ge=1)
+    granted_at: datetime
+
+    _check_times = field_validator("granted_at")(_aware)
+
+
+class Task(_Frozen):
+    id: TaskId
+    repo: RepoName
+    issue_number: int
+    title: str
+    state: TaskState = TaskState.CREATED
+    priority: Priority = Priority.MEDIUM
+    required_role: str | None = None
+    required_capabilities: tuple[str, ...] = ()
+    pinned_agent: AgentId | None = None
+    on_hold: bool = False
+    agent_id: AgentId | None = None
+    lease_generation: int = 0
+    attempt: int = 0
+    review_count: int = 0
+    branch: str = ""
+    pr_number: int | None = None
+    session_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime | None = None
+    deadline_at: datetime | None = None
+    not_before: datetime | None = None
+    wait_reason: str = ""
+    failure_reason: str = ""
+
+    _check_times = field_validator(
+        "created_at", "updated_at", "last_activity_at", "deadline_at", "not_before"
+    )(_aware)
+
+    @property
+    def lease(self) -> Lease | None:
+        if self.agent_id is None or self.lease_generation == 0:
+            return None
+        return Lease(
+            task_id=self.id,
+            agent_id=self.agent_id,
+            generation=self.lease_generation,
+            granted_at=self.updated_at,
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class TaskEvent(_Frozen):
+    """One line of a task's history: a state transition, or a note (progress, verification)."""
+
+    task_id: TaskId
+    at: datetime
+    actor: str = Field(description="who caused it: 'reconciler', 'agent:<id>', 'forgejo:<login>'")
+    kind: str = Field(default="transition", description="transition, progress, receipt, ...")
+    from_state: TaskState | None = None
+    to_state: TaskState | None = None
+    reason: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    _check_times = field_validator("at")(_aware)
+
+
+def transition(
+    task: Task,
+    target: TaskState,
+    *,
+    now: datetime,
+    actor: str,
+    reason: str = "",
+    **changes: Any,
+) -> tuple[Task, TaskEvent]:
+    """Move ``task`` to ``target``; return the new task and the event recording the move.
+
+    ``changes`` are other fields to set in the same step (``agent_id``, ``failure_reason``…).
+    Raises :class:`IllegalTransitionError` when the state machine does not allow the move.
+    """
+    if not is_transition_allowed(task.state, target):
+        allowed = ", ".join(sorted(ALLOWED_TRANSITIONS[task.state])) or "nothing (final state)"
+        raise IllegalTransitionError(
+            f"task {task.id} cannot go from {task.state} to {target}"
+            f"{f' ({reason})' if reason else ''}; from {task.state} it may go to: {allowed}"
+        )
+    if "state" in changes or "id" in changes:
+        raise ValueError("transition() sets the state itself; the id never changes")
+    updated = task.model_copy(update={**changes, "state": target, "updated_at": now})
+    # model_copy does not validate; a round-trip makes a bad change fail here, not later.
+    updated = Task.model_validate(updated.model_dump())
+    event = TaskEvent(
+        task_id=task.id,
+        at=now,
+        actor=actor,
+        kind="transition",
+        from_state=task.state,
+        to_state=target,
+        reason=reason,
+        data={k: _jsonable(v) for k, v in changes.items()},
+    )
+    return updated, event
+
+
+def assign(
+    task: Task, agent_id: AgentId, *, now: datetime, actor: str, reason: str = ""
+) -> tuple[Task, TaskEvent]:
+    """Give ``task`` to ``agent_id`` under a new lease generation (a new attempt)."""
+    return transition(
+        task,
+        TaskState.ASSIGNED,
+        now=now,
+        actor=actor,
+        reason=reason or f"assigned to {agent_id}",
+        agent_id=agent_id,
+        lease_generation=task.lease_generation + 1,
+        attempt=task.attempt + 1,
+        wait_reason="",
+        not_before=None,
+    )
+
+
+def requeue(task: Task, *, now: datetime, actor: str, reason: str) -> tuple[Task, TaskEvent]:
+    """Send ``task`` back to the queue. Its lease generation is kept, so the next assignment
+    bumps it past any lease the previous agent still holds."""
+    return transition(
+        task, TaskState.CREATED, now=now, actor=actor, reason=reason, agent_id=None
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# --- receipts -------------------------------------------------------------------------------
+
+
+class Artifact(_Frozen):
+    name: str
+    url: str
+    kind: str = "link"
+
+
+class Receipt(_Frozen):
+    """What an agent claims it did. Nothing here is trusted until verified against Forgejo."""
+
+    id: ReceiptId
+    task_id: TaskId
+    agent_id: AgentId
+    lease_generation: int = Field(ge=1)
+    pr_number: int | None = None
+    branch: str = ""
+    commits: tuple[str, ...] = ()
+    summary: str = ""
+    artifacts: tuple[Artifact, ...] = ()
+    cost_usd: float = Field(default=0.0, ge=0)
+    tokens: int = Field(default=0, ge=0)
+    duration_s: float = Field(default=0.0, ge=0)
+    session_id: str | None = None
+    submitted_at: datetime
+
+    _check_times = field_validator("submitted_at")(_aware)

@@ -312,9 +312,8 @@ def transition(
         )
     if "state" in changes or "id" in changes:
         raise ValueError("transition() sets the state itself; the id never changes")
-    updated = task.model_copy(update={**changes, "state": target, "updated_at": now})
-    # model_copy does not validate; a round-trip makes a bad change fail here, not later.
-    updated = Task.model_validate(updated.model_dump())
+    # Validated (model_copy would not be), so a bad change fails here, not later in the store.
+    updated = Task.model_validate({**task.model_dump(), **changes, "state": target, "updated_at": now})
     event = TaskEvent(
         task_id=task.id,
         at=now,

@@ -1,0 +1,272 @@
+"""``ForgejoSandbox``: an in-memory Forgejo served over HTTP, with webhooks.
+
+Tests drive it through the real pyforgejo client (over loopback, or in process with httpx's
+``WSGITransport(app=sandbox.app)``) and ``agent-fleet demo`` embeds one on loopback. Besides the
+REST API it offers the things a person or ``git push`` does (``push``, ``create_issue``, ...),
+which fire the same webhooks as the API does.
+"""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import bottle
+
+from reconciler.sandbox.api import ForgeApi
+from reconciler.sandbox.hooks import Delivery, QueuedWebhook, WebhookDispatcher
+from reconciler.sandbox.state import ForgeEvent, ForgeState, Repo, User
+
+# Forgejo's default ROOT_URL, used for links while the sandbox is not listening anywhere.
+UNSTARTED_APP_URL = "http://localhost:3000/"
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    """wsgiref's server with one thread per request, so a slow client blocks no one."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request handler that does not print an access log line per request."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ForgejoSandbox:
+    """An in-memory Forgejo: REST API (``app``), users and tokens, webhooks, person helpers."""
+
+    def __init__(
+        self, *, clock: Callable[[], datetime] | None = None, admin_login: str = "fleet-admin"
+    ) -> None:
+        self.url = ""
+        self._server: _ThreadingServer | None = None
+        self._serving: threading.Thread | None = None
+        self._dispatcher = WebhookDispatcher(app_url=lambda: self.app_url, state=lambda: self.state)
+        self.state = ForgeState(clock=clock or _utc_now, on_event=self._announce)
+        self._api = ForgeApi(self.state, app_url=lambda: self.app_url)
+        self.app: bottle.Bottle = self._api.app
+        self.admin_login = admin_login
+        self.admin_token = self.create_user(admin_login, admin=True)
+
+    def _announce(self, event: ForgeEvent) -> None:
+        self._dispatcher.announce(event)
+
+    @property
+    def app_url(self) -> str:
+        """The forge's ROOT_URL (with trailing slash) that links in answers start with."""
+        return f"{self.url}/" if self.url else UNSTARTED_APP_URL
+
+    # -- serving --
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the API on a background thread; returns the base URL (no ``/api/v1``)."""
+        if self._server is not None:
+            return self.url
+        server = make_server(
+            host, port, self.app, server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
+        self._server = server
+        self.url = f"http://{host}:{server.server_port}"
+        self._serving = threading.Thread(
+            target=server.serve_forever, name="sandbox-forgejo", daemon=True
+        )
+        self._serving.start()
+        self._dispatcher.resume()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving and stop delivering webhooks. Safe to call more than once."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._serving is not None:
+            self._serving.join(timeout=5)
+            self._serving = None
+        self._dispatcher.stop()
+
+    def __enter__(self) -> ForgejoSandbox:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- users and repositories --
+
+    def create_user(self, login: str, *, admin: bool = False) -> str:
+        """Create a user; returns a new API token for it."""
+        with self.state.lock:
+            _, token = self.state.create_user(login, admin=admin)
+            return token
+
+    def create_repo(
+        self,
+        full_name: str,
+        *,
+        default_branch: str = "main",
+        auto_init: bool = True,
+        private: bool = False,
+        description: str = "",
+    ) -> None:
+        """Create ``owner/name`` for an existing user, with an initial commit by default."""
+        owner, _, name = full_name.partition("/")
+        with self.state.lock:
+            self.state.create_repo(
+                self.state.user_named(owner),
+                name,
+                description=description,
+                private=private,
+                default_branch=default_branch,
+                auto_init=auto_init,
+            )
+
+    def _person(self, login: str | None) -> User:
+        return self.state.user_named(login or self.admin_login)
+
+    def _repo(self, full_name: str, person: User) -> Repo:
+        return self.state.repo(full_name, person)
+
+    # -- what people and git do --
+
+    def push(
+        self,
+        repo: str,
+        branch: str,
+        *,
+        files: Mapping[str, str | None],
+        message: str,
+        author: str | None = None,
+        base: str | None = None,
+    ) -> str:
+        """Commit ``files`` (path -> content, None deletes) on ``branch`` and return the sha.
+
+        A missing branch is created from ``base`` or the default branch. Fires ``push``, and
+        ``pull_request`` ``synchronized`` for each open pull request with that head branch.
+        """
+        with self.state.lock:
+            person = self._person(author)
+            commit = self.state.push(
+                self._repo(repo, person), person, branch, files=files, message=message, base=base
+            )
+            return commit.sha
+
+    def create_issue(
+        self,
+        repo: str,
+        title: str,
+        *,
+        body: str = "",
+        labels: Sequence[str] = (),
+        author: str | None = None,
+    ) -> int:
+        """Open an issue with labels given by name; returns its number."""
+        with self.state.lock:
+            person = self._person(author)
+            found = self._repo(repo, person)
+            label_ids = [label.id for label in self.state.labels_named(found, labels)]
+            missing = set(labels) - {label.name for label in found.labels.values()}
+            if missing:
+                raise ValueError(f"{repo} has no label(s) {sorted(missing)}")
+            return self.state.create_issue(
+                found, person, title=title, body=body, label_ids=label_ids
+            ).number
+
+    def create_label(
+        self, repo: str, name: str, *, color: str = "ededed", exclusive: bool = False,
+        description: str = "",
+    ) -> int:
+        """Create a repository label; returns its id."""
+        with self.state.lock:
+            person = self._person(None)
+            return self.state.create_label(
+                self._repo(repo, person), person, name=name, color=color,
+                exclusive=exclusive, description=description,
+            ).id
+
+    def comment(self, repo: str, number: int, body: str, *, author: str | None = None) -> int:
+        """Comment on an issue or pull request; returns the comment id."""
+        with self.state.lock:
+            person = self._person(author)
+            return self.state.create_comment(
+                self._repo(repo, person), person, number, body=body
+            ).id
+
+    def open_pull(
+        self,
+        repo: str,
+        head: str,
+        *,
+        title: str,
+        body: str = "",
+        base: str | None = None,
+        author: str | None = None,
+    ) -> int:
+        """Open a pull request from ``head``; returns its number."""
+        with self.state.lock:
+            person = self._person(author)
+            found = self._repo(repo, person)
+            return self.state.create_pull(
+                found, person, head=head, base=base or found.default_branch, title=title,
+                body=body,
+            ).number
+
+    def review(
+        self, repo: str, number: int, event: str, *, body: str = "", author: str | None = None
+    ) -> int:
+        """Submit a review (APPROVED, REQUEST_CHANGES, COMMENT); returns its id."""
+        with self.state.lock:
+            person = self._person(author)
+            return self.state.create_review(
+                self._repo(repo, person), person, number, event=event, body=body
+            ).id
+
+    def merge(
+        self, repo: str, number: int, *, style: str = "merge", author: str | None = None
+    ) -> str:
+        """Merge a pull request; returns the merge commit's sha."""
+        with self.state.lock:
+            person = self._person(author)
+            issue = self.state.merge_pull(self._repo(repo, person), person, number, style=style)
+            assert issue.pull is not None and issue.pull.merge_commit_sha is not None
+            return issue.pull.merge_commit_sha
+
+    # -- webhooks --
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """Every delivery attempt so far (and every dropped one), oldest first."""
+        return self._dispatcher.deliveries
+
+    def pending_webhooks(self) -> list[QueuedWebhook]:
+        """Webhook requests queued and not yet attempted."""
+        return self._dispatcher.pending()
+
+    def flush_webhooks(self, timeout: float = 5.0) -> None:
+        """Block until every queued webhook has been attempted (TimeoutError past timeout)."""
+        self._dispatcher.flush(timeout)
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        """False drops every new webhook (recorded as dropped), like a lost delivery."""
+        return self._dispatcher.enabled
+
+    @webhooks_enabled.setter
+    def webhooks_enabled(self, enabled: bool) -> None:
+        self._dispatcher.enabled = enabled

@@ -1,0 +1,8 @@
+"""The durable local state store; see :mod:`reconciler.store.store` and docs/state.md.
+
+Import from here: ``from reconciler.store import Store``.
+"""
+
+from reconciler.store.store import Backoff, JsonValue, OutboxMessage, Store, encode_backoff_key
+
+__all__ = ["Backoff", "JsonValue", "OutboxMessage", "Store", "encode_backoff_key"]

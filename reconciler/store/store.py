@@ -1,0 +1,611 @@
+"""The durable local state store: agents, live tasks, the archive, receipts, events, outbox.
+
+The daemon opens one :class:`Store` at start (``Store.open(settings.store.path)``) and hands it
+to the controllers, the webhook's agent API and the notifier; the pull worker opens its own for
+its outbox. Every read and write goes through the typed methods here — nothing else touches
+TinyDB or the files.
+
+What lives where (all in one directory, see docs/state.md):
+
+* ``state.json`` — TinyDB over :class:`~reconciler.store.storage.DurableJSONStorage`: agents,
+  live tasks, the outbox, per-key backoff and metadata. Kept small: every write rewrites it.
+* ``archive.jsonl`` — terminal tasks moved out of the live file by :meth:`Store.archive_terminal`.
+* ``receipts.jsonl`` — every receipt ever submitted; receipts are claims, written once.
+* ``events.jsonl`` — the task event log.
+* ``store.lock`` — held with ``flock`` by the one process that owns the store.
+
+Every method runs under one re-entrant lock, so threads never lose an update; a method that
+writes returns only once the write is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, Self, TypeAlias, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from reconciler.errors import NotFoundError, StoreError, StoreLockedError
+from reconciler.models import (
+    TERMINAL_STATES,
+    Agent,
+    AgentStatus,
+    Receipt,
+    Task,
+    TaskEvent,
+    TaskState,
+    task_id_for,
+)
+from reconciler.store.logfile import JsonLinesLog
+from reconciler.store.storage import TMP_SUFFIX, KeyedTable, StateDatabase
+
+STATE_FILE = "state.json"
+ARCHIVE_FILE = "archive.jsonl"
+RECEIPTS_FILE = "receipts.jsonl"
+EVENTS_FILE = "events.jsonl"
+LOCK_FILE = "store.lock"
+
+_AGENTS = "agents"
+_TASKS = "tasks"
+_OUTBOX = "outbox"
+_BACKOFF = "backoff"
+_META = "meta"
+
+JsonValue: TypeAlias = "str | int | float | bool | None | list[JsonValue] | dict[str, JsonValue]"
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class Backoff(NamedTuple):
+    """How often a key has failed in a row, and when it may be tried again."""
+
+    attempts: int
+    not_before: datetime
+
+
+class OutboxMessage(BaseModel):
+    """One outgoing message waiting to be delivered (a Matrix notice, a pull worker's receipt).
+
+    ``id`` is stable across retries, so a receiver can deduplicate (Matrix uses it as the
+    transaction id). ``seq`` orders the pending messages.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)
+    topic: str = Field(min_length=1, description="who delivers it: 'matrix', 'receipts', ...")
+    payload: dict[str, Any]
+    enqueued_at: datetime
+    seq: int = Field(ge=0)
+
+    @field_validator("enqueued_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamps must carry a time zone")
+        return value
+
+
+def encode_backoff_key(key: tuple[str, ...]) -> str:
+    """A stable text form of a work-queue key: the JSON array of its parts."""
+    if not isinstance(key, tuple) or not key or not all(isinstance(part, str) for part in key):
+        raise ValueError(f"a backoff key is a non-empty tuple of strings, not {key!r}")
+    return json.dumps(list(key), ensure_ascii=False, separators=(",", ":"))
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+class Store:
+    """The one process-wide handle on the local state directory. Open with :meth:`open`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Prefer :meth:`open`, which says what it does; both open the store."""
+        self.path = Path(path).absolute()
+        self._lock = threading.RLock()
+        # Each resource opened so far, closed in reverse by close() or by a failed open.
+        self._closers: list[Callable[[], None]] = []
+        try:
+            self._open()
+        except BaseException:
+            self._release()
+            raise
+        self._closed = False
+
+    # --- opening and closing ----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Store:
+        """Open (creating if needed) the store in directory ``path`` and take ownership of it.
+
+        Raises :class:`StoreLockedError` when another process has it open, and
+        :class:`StoreError` when a file cannot be read or was edited into something invalid.
+        """
+        return cls(path)
+
+    def _open(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            directory_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create or open the state store at {self.path}: {exc}"
+            ) from exc
+        self._closers.append(lambda: os.close(directory_fd))
+        self._directory_fd = directory_fd
+        lock_fd = _take_lock(self.path)
+        # Closing the lock file releases the flock.
+        self._closers.append(lambda: os.close(lock_fd))
+        self._remove_leftover_temp_files()
+        self._db = StateDatabase(self.path / STATE_FILE, directory_fd=directory_fd)
+        self._check_live_state()
+        self._archive = self._open_log(ARCHIVE_FILE, ("id",))
+        self._receipts = self._open_log(RECEIPTS_FILE, ("id", "task_id"))
+        self._events = self._open_log(EVENTS_FILE, ("task_id",))
+
+    def _open_log(self, name: str, key_fields: tuple[str, ...]) -> JsonLinesLog:
+        log = JsonLinesLog(self.path / name, key_fields=key_fields, directory_fd=self._directory_fd)
+        self._closers.append(log.close)
+        return log
+
+    def _remove_leftover_temp_files(self) -> None:
+        # A temp file is a write that never reached os.replace: it was never acknowledged.
+        for leftover in self.path.glob(f"*{TMP_SUFFIX}"):
+            try:
+                leftover.unlink()
+            except OSError as exc:
+                raise StoreError(f"cannot remove the leftover temp file {leftover}: {exc}") from exc
+
+    def _check_live_state(self) -> None:
+        """Validate every live document now, so a hand edit fails at start, not mid-reconcile."""
+        models: tuple[tuple[str, type[Agent | Task | OutboxMessage]], ...] = (
+            (_AGENTS, Agent),
+            (_TASKS, Task),
+            (_OUTBOX, OutboxMessage),
+        )
+        for name, model in models:
+            for doc_id, doc in self._table(name).docs():
+                loaded = self._load(model, doc, where=f"{name}/{doc_id}")
+                if loaded.id != doc_id:
+                    raise StoreError(
+                        f"{self.path / STATE_FILE}: {name}/{doc_id} holds the record of {loaded.id!r}"
+                    )
+        for doc_id, doc in self._table(_BACKOFF).docs():
+            self._load_backoff(doc, where=f"{_BACKOFF}/{doc_id}")
+        for doc_id, doc in self._table(_META).docs():
+            if "value" not in doc:
+                raise StoreError(f"{self.path / STATE_FILE}: {_META}/{doc_id} has no 'value'")
+
+    def close(self) -> None:
+        """Release the store (and its lock). Safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        while self._closers:
+            self._closers.pop()()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            if getattr(self, "_closed", True):
+                raise StoreError(f"the state store at {self.path} is closed")
+            yield
+
+    # --- agents -----------------------------------------------------------------------------
+
+    def find_agent(self, agent_id: str) -> Agent | None:
+        with self._locked():
+            doc = self._table(_AGENTS).get_doc(agent_id)
+            return None if doc is None else self._load(Agent, doc, where=f"agents/{agent_id}")
+
+    def get_agent(self, agent_id: str) -> Agent:
+        """The agent, or :class:`NotFoundError`."""
+        agent = self.find_agent(agent_id)
+        if agent is None:
+            raise NotFoundError(f"no agent {agent_id!r} is registered")
+        return agent
+
+    def put_agent(self, agent: Agent) -> None:
+        with self._locked():
+            self._table(_AGENTS).put_doc(agent.id, _dump(agent))
+
+    def list_agents(self, *, status: AgentStatus | None = None) -> list[Agent]:
+        with self._locked():
+            return [
+                self._load(Agent, doc, where=f"agents/{doc_id}")
+                for doc_id, doc in self._table(_AGENTS).docs()
+                if status is None or doc.get("status") == status.value
+            ]
+
+    def delete_agent(self, agent_id: str) -> bool:
+        """Forget an agent; return whether it was there."""
+        with self._locked():
+            return self._table(_AGENTS).delete_docs([agent_id]) == 1
+
+    def update_agent(self, agent_id: str, change: Callable[[Agent], Agent]) -> Agent:
+        """Read, change and write one agent atomically with respect to every other caller.
+
+        ``change`` runs under the store's lock: keep it a pure function of the agent.
+        """
+        with self._locked():
+            updated = change(self.get_agent(agent_id))
+            if updated.id != agent_id:
+                raise ValueError(
+                    f"update_agent({agent_id!r}) may not change the id to {updated.id!r}"
+                )
+            self.put_agent(updated)
+            return updated
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    def find_task(self, task_id: str) -> Task | None:
+        """The task, live or archived, or None."""
+        with self._locked():
+            doc = self._table(_TASKS).get_doc(task_id)
+            if doc is not None:
+                # A live record is always the newest: the archive only receives copies of live
+                # records, and a reopened task is written live after its archived copy.
+                return self._load(Task, doc, where=f"tasks/{task_id}")
+            archived = self._archive.latest_for(task_id)
+            if archived is None:
+                return None
+            return self._load(Task, archived, where=f"{ARCHIVE_FILE} record of {task_id}")
+
+    def get_task(self, task_id: str) -> Task:
+        """The task, live or archived, or :class:`NotFoundError`."""
+        task = self.find_task(task_id)
+        if task is None:
+            raise NotFoundError(f"no task {task_id!r} in the local store")
+        return task
+
+    def task_for_issue(self, repo: str, number: int) -> Task | None:
+        """The task born from issue ``number`` of ``repo`` (the id is derived from both)."""
+        return self.find_task(task_id_for(repo, number))
+
+    def put_task(self, task: Task) -> None:
+        """Write a task to the live state (a terminal task is archived later, see
+        :meth:`archive_terminal`)."""
+        with self._locked():
+            self._table(_TASKS).put_doc(task.id, _dump(task))
+
+    def list_tasks(
+        self,
+        *,
+        state: TaskState | Collection[TaskState] | None = None,
+        repo: str | None = None,
+    ) -> list[Task]:
+        """Live tasks (not archived ones), optionally only in ``state`` and of ``repo``."""
+        states = _state_filter(state)
+        wanted_repo = repo.casefold() if repo is not None else None
+        with self._locked():
+            return [
+                self._load(Task, doc, where=f"tasks/{doc_id}")
+                for doc_id, doc in self._table(_TASKS).docs()
+                if (states is None or doc.get("state") in states)
+                and (wanted_repo is None or str(doc.get("repo", "")).casefold() == wanted_repo)
+            ]
+
+    def update_task(self, task_id: str, change: Callable[[Task], Task]) -> Task:
+        """Read, change and write one task (live or archived) atomically.
+
+        ``change`` runs under the store's lock: keep it a pure function of the task.
+        """
+        with self._locked():
+            updated = change(self.get_task(task_id))
+            if updated.id != task_id:
+                raise ValueError(
+                    f"update_task({task_id!r}) may not change the id to {updated.id!r}"
+                )
+            self.put_task(updated)
+            return updated
+
+    def record(self, task: Task, event: TaskEvent) -> None:
+        """Append ``event`` to the log, then save ``task``.
+
+        Event first: a crash in between leaves an event whose task write did not land, which
+        the next reconcile repeats (the log may show the move twice). The other order could
+        leave a task in a state no event explains.
+        """
+        if event.task_id != task.id:
+            raise ValueError(f"event for task {event.task_id} recorded with task {task.id}")
+        with self._locked():
+            self.append_event(event)
+            self.put_task(task)
+
+    # --- the archive ------------------------------------------------------------------------
+
+    def archive_terminal(self, older_than: datetime) -> int:
+        """Move live tasks in a terminal state last updated before ``older_than`` to the archive.
+
+        Returns how many moved. The loop calls this periodically with
+        ``now - settings.store.archive_after``. Append to the archive first, then delete from
+        the live file: a crash in between leaves the same record in both, and the live copy
+        wins until the next call finishes the move without appending it twice.
+        """
+        if older_than.tzinfo is None:
+            raise ValueError("older_than must carry a time zone")
+        terminal = {state.value for state in TERMINAL_STATES}
+        with self._locked():
+            tasks = self._table(_TASKS)
+            moving: list[tuple[str, Mapping[str, Any]]] = []
+            for doc_id, doc in tasks.docs():
+                if doc.get("state") not in terminal:
+                    continue
+                task = self._load(Task, doc, where=f"tasks/{doc_id}")
+                if task.updated_at < older_than:
+                    moving.append((doc_id, doc))
+            if not moving:
+                return 0
+            # A record already there unchanged is a move a crash interrupted.
+            self._archive.append(
+                doc for doc_id, doc in moving if self._archive.latest_for(doc_id) != doc
+            )
+            tasks.delete_docs(doc_id for doc_id, _ in moving)
+            return len(moving)
+
+    def archived_tasks(self, *, repo: str | None = None) -> list[Task]:
+        """Every archived task that is not live again, in the order first archived."""
+        wanted_repo = repo.casefold() if repo is not None else None
+        with self._locked():
+            live = self._table(_TASKS)
+            found: list[Task] = []
+            for task_id in self._archive.distinct_keys():
+                if live.get_doc(task_id) is not None:
+                    continue
+                record = self._archive.latest_for(task_id)
+                assert record is not None
+                if (
+                    wanted_repo is not None
+                    and str(record.get("repo", "")).casefold() != wanted_repo
+                ):
+                    continue
+                found.append(self._load(Task, record, where=f"{ARCHIVE_FILE} record of {task_id}"))
+            return found
+
+    # --- the event log ----------------------------------------------------------------------
+
+    def append_event(self, event: TaskEvent) -> None:
+        """Append one event to the log; on disk when this returns."""
+        with self._locked():
+            self._events.append([_dump(event)])
+
+    def events_for(self, task_id: str) -> list[TaskEvent]:
+        """A task's events, oldest first."""
+        with self._locked():
+            return [
+                self._load(TaskEvent, record, where=f"{EVENTS_FILE} event of {task_id}")
+                for record in self._events.records_for(task_id)
+            ]
+
+    # --- receipts ---------------------------------------------------------------------------
+
+    def put_receipt(self, receipt: Receipt) -> None:
+        """Keep a receipt for good. Submitting the same receipt again writes nothing; a
+        changed receipt under the same id supersedes the old one (both stay in the file)."""
+        record = _dump(receipt)
+        with self._locked():
+            if self._receipts.latest_for(receipt.id) != record:
+                self._receipts.append([record])
+
+    def find_receipt(self, receipt_id: str) -> Receipt | None:
+        with self._locked():
+            record = self._receipts.latest_for(receipt_id)
+            if record is None:
+                return None
+            return self._load(Receipt, record, where=f"{RECEIPTS_FILE} record of {receipt_id}")
+
+    def get_receipt(self, receipt_id: str) -> Receipt:
+        """The receipt, or :class:`NotFoundError`."""
+        receipt = self.find_receipt(receipt_id)
+        if receipt is None:
+            raise NotFoundError(f"no receipt {receipt_id!r} in the local store")
+        return receipt
+
+    def receipts_for(self, task_id: str) -> list[Receipt]:
+        """A task's receipts (latest version of each), in the order first submitted."""
+        with self._locked():
+            latest: dict[str, dict[str, Any]] = {}
+            for record in self._receipts.records_for(task_id, field="task_id"):
+                latest[record["id"]] = record
+            return [
+                self._load(Receipt, record, where=f"{RECEIPTS_FILE} record of {receipt_id}")
+                for receipt_id, record in latest.items()
+            ]
+
+    # --- the outbox -------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        now: datetime,
+        message_id: str | None = None,
+    ) -> OutboxMessage:
+        """Queue a message durably; it stays pending until :meth:`ack`.
+
+        Enqueueing an id that is already pending returns the pending message unchanged, so a
+        caller that retries after a crash does not queue it twice.
+        """
+        with self._locked():
+            outbox = self._table(_OUTBOX)
+            if message_id is not None:
+                existing = outbox.get_doc(message_id)
+                if existing is not None:
+                    return self._load(OutboxMessage, existing, where=f"outbox/{message_id}")
+            last = max((int(doc["seq"]) for _, doc in outbox.docs()), default=-1)
+            try:
+                message = OutboxMessage(
+                    id=message_id or uuid.uuid4().hex,
+                    topic=topic,
+                    payload=_json_roundtrip(payload, what="an outbox payload"),
+                    enqueued_at=now,
+                    seq=last + 1,
+                )
+            except ValidationError as exc:
+                raise ValueError(f"cannot enqueue the message: {exc}") from exc
+            outbox.put_doc(message.id, _dump(message))
+            return message
+
+    def pending(self, *, topic: str | None = None, limit: int | None = None) -> list[OutboxMessage]:
+        """Messages not yet acknowledged, oldest first; reading does not remove them."""
+        with self._locked():
+            docs = sorted(
+                (
+                    doc
+                    for _, doc in self._table(_OUTBOX).docs()
+                    if topic in (None, doc.get("topic"))
+                ),
+                key=lambda doc: int(doc["seq"]),
+            )
+            return [
+                self._load(OutboxMessage, doc, where=f"outbox/{doc.get('id')}")
+                for doc in docs[:limit]
+            ]
+
+    def ack(self, message_id: str) -> bool:
+        """Mark a message delivered (remove it); return whether it was pending."""
+        with self._locked():
+            return self._table(_OUTBOX).delete_docs([message_id]) == 1
+
+    # --- per-key backoff --------------------------------------------------------------------
+
+    def get_backoff(self, key: tuple[str, ...]) -> Backoff | None:
+        encoded = encode_backoff_key(key)
+        with self._locked():
+            doc = self._table(_BACKOFF).get_doc(encoded)
+            return None if doc is None else self._load_backoff(doc, where=f"backoff/{encoded}")
+
+    def set_backoff(self, key: tuple[str, ...], *, attempts: int, not_before: datetime) -> None:
+        encoded = encode_backoff_key(key)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+            raise ValueError(f"attempts must be a non-negative integer, not {attempts!r}")
+        if not_before.tzinfo is None:
+            raise ValueError("not_before must carry a time zone")
+        doc = {"key": list(key), "attempts": attempts, "not_before": not_before.isoformat()}
+        with self._locked():
+            self._table(_BACKOFF).put_doc(encoded, doc)
+
+    def clear_backoff(self, key: tuple[str, ...]) -> None:
+        encoded = encode_backoff_key(key)
+        with self._locked():
+            table = self._table(_BACKOFF)
+            # Clearing is called after every success: skip the write when there is nothing.
+            if table.get_doc(encoded) is not None:
+                table.delete_docs([encoded])
+
+    def _load_backoff(self, doc: Mapping[str, Any], *, where: str) -> Backoff:
+        try:
+            attempts = doc["attempts"]
+            not_before = datetime.fromisoformat(doc["not_before"])
+            if not isinstance(attempts, int) or not_before.tzinfo is None:
+                raise ValueError("attempts must be an integer and not_before carry a time zone")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{self.path / STATE_FILE}: {where} is invalid: {exc!r}") from exc
+        return Backoff(attempts, not_before)
+
+    # --- metadata ---------------------------------------------------------------------------
+
+    def get_meta(self, name: str) -> JsonValue:
+        """A small named value (e.g. ``last_resync:org/repo``), or None when never set."""
+        with self._locked():
+            doc = self._table(_META).get_doc(name)
+            return None if doc is None else doc["value"]
+
+    def set_meta(self, name: str, value: JsonValue) -> None:
+        if not name:
+            raise ValueError("a metadata name must not be empty")
+        doc = {"value": _json_roundtrip(value, what=f"metadata {name!r}")}
+        with self._locked():
+            self._table(_META).put_doc(name, doc)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _table(self, name: str) -> KeyedTable:
+        return self._db.keyed(name)
+
+    def _load(self, model: type[_Model], doc: Mapping[str, Any], *, where: str) -> _Model:
+        try:
+            return model.model_validate(doc)
+        except ValidationError as exc:
+            raise StoreError(
+                f"the state store at {self.path} holds an invalid record ({where}): {exc}"
+            ) from exc
+
+
+def _state_filter(state: TaskState | Collection[TaskState] | None) -> set[str] | None:
+    if state is None:
+        return None
+    if isinstance(state, TaskState):
+        return {state.value}
+    return {TaskState(s).value for s in state}
+
+
+def _json_roundtrip(value: Any, *, what: str) -> Any:
+    """``value`` as it will read back from JSON; a clear error for what JSON cannot hold."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be plain JSON data: {exc}") from exc
+
+
+def _take_lock(directory: Path) -> int:
+    """Hold ``flock`` on the lock file for the life of the store; refuse if another has it."""
+    lock_path = directory / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open the lock file {lock_path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreLockedError(
+                f"another agent-fleet process (pid {holder}) is using the state store at "
+                f"{directory}"
+            ) from None
+        raise StoreError(f"cannot lock {lock_path}: {exc}") from exc
+    # Who holds it, for the message above; informational, so not fsync'd.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+__all__ = [
+    "ARCHIVE_FILE",
+    "EVENTS_FILE",
+    "LOCK_FILE",
+    "RECEIPTS_FILE",
+    "STATE_FILE",
+    "Backoff",
+    "JsonValue",
+    "OutboxMessage",
+    "Store",
+    "encode_backoff_key",
+]

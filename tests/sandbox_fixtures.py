@@ -1,17 +1,18 @@
 """Pytest fixtures for the in-memory Forgejo; any test module may import them.
 
-Use them with ``from tests.sandbox_fixtures import forge, forge_clock, ...`` (pytest collects
-imported fixtures). ``forge`` is a sandbox reached in process (no socket), ``served_forge`` one
-listening on loopback, ``forge_http`` an httpx client on ``forge`` authenticated as the admin,
-``forge_client`` the real pyforgejo client on ``forge``. ``webhook_receiver`` is a loopback HTTP
-server recording what the sandbox delivers. Every sandbox has the repository ``fleet-admin/demo``
+Load them with ``pytest_plugins = ("tests.sandbox_fixtures",)`` at the top of a test module.
+``forge`` is a sandbox reached in process (no socket), ``served_forge`` one listening on
+loopback, ``forge_http`` an httpx client on ``forge`` authenticated as the admin, ``forge_as``
+makes such clients for other tokens, ``forge_client`` is the real pyforgejo client on ``forge``,
+``forge_clock`` the manual clock they all use. ``webhook_receiver`` is a loopback HTTP server
+recording what the sandbox delivers. Every sandbox has the repository ``fleet-admin/demo``
 (default branch ``main``, one initial commit).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,6 +83,23 @@ def forge_http(forge: ForgejoSandbox) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
+def forge_as(forge: ForgejoSandbox) -> Iterator[Callable[[str], httpx.Client]]:
+    """Makes httpx clients on ``forge`` for a given token ("" sends no Authorization)."""
+    clients: list[httpx.Client] = []
+
+    def client_for(token: str) -> httpx.Client:
+        client = in_process_client(forge, token)
+        if not token:
+            client.headers.pop("Authorization")
+        clients.append(client)
+        return client
+
+    yield client_for
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
 def forge_client(forge: ForgejoSandbox) -> pyforgejo.PyforgejoApi:
     """The real pyforgejo client on ``forge`` as the admin."""
     return pyforgejo.PyforgejoApi(
@@ -114,7 +132,7 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             receiver.received.append(ReceivedWebhook(dict(self.headers.items()), body))

@@ -2,47 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from reconciler.sandbox import ForgejoSandbox
-from tests.sandbox_fixtures import (  # noqa: F401 - fixtures
-    DEMO_REPO,
-    forge,
-    forge_clock,
-    forge_http,
-    in_process_client,
-)
 
-REPO_API = f"/repos/{DEMO_REPO}"
+pytest_plugins = ("tests.sandbox_fixtures",)
+
+REPO_API = "/repos/fleet-admin/demo"
 
 
-def test_request_without_token_is_refused_with_401(forge: ForgejoSandbox) -> None:
+def test_request_without_token_is_refused_with_401(
+    forge_as: Callable[[str], httpx.Client],
+) -> None:
     """An API call without a token answers 401 in Forgejo's error shape."""
-    with in_process_client(forge, "") as client:
-        client.headers.pop("Authorization")
-        answer = client.get("/user")
+    answer = forge_as("").get("/user")
     assert answer.status_code == 401
     assert answer.json()["message"] == "token is required"
 
 
-def test_unknown_token_is_refused_with_401(forge: ForgejoSandbox) -> None:
+def test_unknown_token_is_refused_with_401(forge_as: Callable[[str], httpx.Client]) -> None:
     """A token the forge never issued answers 401."""
-    with in_process_client(forge, "0" * 40) as client:
-        assert client.get(REPO_API).status_code == 401
+    assert forge_as("0" * 40).get(REPO_API).status_code == 401
 
 
-def test_bearer_scheme_is_accepted_case_insensitively(forge: ForgejoSandbox) -> None:
+def test_bearer_scheme_is_accepted_case_insensitively(
+    forge: ForgejoSandbox, forge_as: Callable[[str], httpx.Client]
+) -> None:
     """``Authorization: BEARER <t>`` authenticates like ``token <t>``."""
-    with in_process_client(forge, "") as client:
-        client.headers["Authorization"] = f"BEARER {forge.admin_token}"
-        assert client.get("/user").json()["login"] == "fleet-admin"
+    client = forge_as("")
+    client.headers["Authorization"] = f"BEARER {forge.admin_token}"
+    assert client.get("/user").json()["login"] == "fleet-admin"
 
 
-def test_created_user_token_identifies_that_user(forge: ForgejoSandbox) -> None:
+def test_created_user_token_identifies_that_user(
+    forge: ForgejoSandbox, forge_as: Callable[[str], httpx.Client]
+) -> None:
     """``create_user`` returns a token that ``GET /user`` resolves to the new user."""
-    token = forge.create_user("alice")
-    with in_process_client(forge, token) as client:
-        me = client.get("/user").json()
+    me = forge_as(forge.create_user("alice")).get("/user").json()
     assert (me["login"], me["is_admin"]) == ("alice", False)
 
 

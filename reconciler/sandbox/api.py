@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-import bottle
+import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 
 from reconciler.sandbox import hooks, shapes
 from reconciler.sandbox.state import (
@@ -81,9 +81,7 @@ class Paging:
     def __init__(self, request: bottle.BaseRequest) -> None:
         self.page = max(_int_param(request, "page"), 1)
         limit = _int_param(request, "limit")
-        self.limit = (
-            DEFAULT_PAGING_NUM if limit <= 0 else min(limit, MAX_RESPONSE_ITEMS)
-        )
+        self.limit = DEFAULT_PAGING_NUM if limit <= 0 else min(limit, MAX_RESPONSE_ITEMS)
 
     def slice(self, items: Sequence[T]) -> list[T]:
         """This page's items."""
@@ -234,7 +232,7 @@ class ForgeApi:
         self.state = state
         self._app_url = app_url
         self.app = bottle.Bottle()
-        self.app.default_error_handler = self._unrouted  # type: ignore[method-assign]
+        self.app.default_error_handler = self._unrouted
         self._routes()
 
     # -- plumbing --
@@ -274,8 +272,9 @@ class ForgeApi:
             raise Unauthorized("token is required")
         return self.state.user_by_token(token)
 
-    def _route(self, method: str, path: str, *, public: bool = False) -> Callable[[Handler],
-                                                                                  Handler]:
+    def _route(
+        self, method: str, path: str, *, public: bool = False
+    ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             @functools.wraps(handler)
             def wrapped(**params: Any) -> bottle.HTTPResponse:
@@ -306,14 +305,17 @@ class ForgeApi:
         paging = Paging(bottle.request)
         page = paging.slice(items)
         headers = paging.headers(
-            len(items), app_url=self.base, request=bottle.request, link=link,
+            len(items),
+            app_url=self.base,
+            request=bottle.request,
+            link=link,
             commit_headers=commit_headers,
         )
         return json_response([render(item) for item in page], 200, headers)
 
     # -- routes --
 
-    def _routes(self) -> None:  # noqa: C901 - one flat list of routes reads best
+    def _routes(self) -> None:
         state = self.state
         route = self._route
 
@@ -466,9 +468,7 @@ class ForgeApi:
             return json_response(shapes.label(self.base, found, label))
 
         @route("DELETE", "/repos/<owner>/<repo>/labels/<label_id:int>")
-        def delete_label(
-            actor: User, owner: str, repo: str, label_id: int
-        ) -> bottle.HTTPResponse:
+        def delete_label(actor: User, owner: str, repo: str, label_id: int) -> bottle.HTTPResponse:
             state.delete_label(self._repo(actor, owner, repo), actor, label_id)
             return empty_response()
 
@@ -479,15 +479,11 @@ class ForgeApi:
             return json_response([shapes.label(self.base, found, x) for x in issue.labels])
 
         @route("GET", "/repos/<owner>/<repo>/issues/<index:int>/labels")
-        def get_issue_labels(
-            actor: User, owner: str, repo: str, index: int
-        ) -> bottle.HTTPResponse:
+        def get_issue_labels(actor: User, owner: str, repo: str, index: int) -> bottle.HTTPResponse:
             return issue_labels(self._repo(actor, owner, repo), index)
 
         @route("POST", "/repos/<owner>/<repo>/issues/<index:int>/labels")
-        def add_issue_labels(
-            actor: User, owner: str, repo: str, index: int
-        ) -> bottle.HTTPResponse:
+        def add_issue_labels(actor: User, owner: str, repo: str, index: int) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
             state.add_labels(found, actor, index, Body(bottle.request).items("labels"))
             return issue_labels(found, index)
@@ -529,14 +525,14 @@ class ForgeApi:
             return json_response(
                 [shapes.comment(self.base, c) for c in comments],
                 200,
-                {"X-Total-Count": str(len(comments)),
-                 "Access-Control-Expose-Headers": "X-Total-Count"},
+                {
+                    "X-Total-Count": str(len(comments)),
+                    "Access-Control-Expose-Headers": "X-Total-Count",
+                },
             )
 
         @route("POST", "/repos/<owner>/<repo>/issues/<index:int>/comments")
-        def create_comment(
-            actor: User, owner: str, repo: str, index: int
-        ) -> bottle.HTTPResponse:
+        def create_comment(actor: User, owner: str, repo: str, index: int) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
             body = Body(bottle.request)
             comment = state.create_comment(
@@ -545,9 +541,7 @@ class ForgeApi:
             return json_response(shapes.comment(self.base, comment), 201)
 
         @route("GET", "/repos/<owner>/<repo>/issues/comments/<comment_id:int>")
-        def get_comment(
-            actor: User, owner: str, repo: str, comment_id: int
-        ) -> bottle.HTTPResponse:
+        def get_comment(actor: User, owner: str, repo: str, comment_id: int) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
             return json_response(shapes.comment(self.base, state.comment(found, comment_id)))
 
@@ -679,14 +673,10 @@ class ForgeApi:
         def list_reviews(actor: User, owner: str, repo: str, index: int) -> bottle.HTTPResponse:
             issue = state.pull(self._repo(actor, owner, repo), index)
             assert issue.pull is not None
-            return self._list(
-                issue.pull.reviews, lambda r: shapes.review(self.base, issue, r)
-            )
+            return self._list(issue.pull.reviews, lambda r: shapes.review(self.base, issue, r))
 
         @route("POST", "/repos/<owner>/<repo>/pulls/<index:int>/reviews")
-        def create_review(
-            actor: User, owner: str, repo: str, index: int
-        ) -> bottle.HTTPResponse:
+        def create_review(actor: User, owner: str, repo: str, index: int) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
             body = Body(bottle.request)
             if body.data.get("comments"):
@@ -743,8 +733,9 @@ class ForgeApi:
         @route("GET", "/repos/<owner>/<repo>/git/commits/<sha>")
         def get_commit(actor: User, owner: str, repo: str, sha: str) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
-            return json_response(shapes.commit(self.base, state, found, state.commit_at(found,
-                                                                                         sha)))
+            return json_response(
+                shapes.commit(self.base, state, found, state.commit_at(found, sha))
+            )
 
         def status_list(found: Repo, ref: str) -> bottle.HTTPResponse:
             return self._list(
@@ -771,9 +762,7 @@ class ForgeApi:
             return status_list(self._repo(actor, owner, repo), sha)
 
         @route("GET", "/repos/<owner>/<repo>/commits/<ref:path>/statuses")
-        def list_ref_statuses(
-            actor: User, owner: str, repo: str, ref: str
-        ) -> bottle.HTTPResponse:
+        def list_ref_statuses(actor: User, owner: str, repo: str, ref: str) -> bottle.HTTPResponse:
             return status_list(self._repo(actor, owner, repo), ref)
 
         @route("GET", "/repos/<owner>/<repo>/commits/<ref:path>/status")
@@ -784,8 +773,10 @@ class ForgeApi:
             return json_response(
                 shapes.combined_status(self.base, state, found, sha, latest),
                 200,
-                {"X-Total-Count": str(len(latest)),
-                 "Access-Control-Expose-Headers": "X-Total-Count"},
+                {
+                    "X-Total-Count": str(len(latest)),
+                    "Access-Control-Expose-Headers": "X-Total-Count",
+                },
             )
 
         # -- hooks --
@@ -797,8 +788,9 @@ class ForgeApi:
         def list_hooks(actor: User, owner: str, repo: str) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
             state.require(found, actor, Access.ADMIN)
-            return self._list(sorted(found.hooks.values(), key=lambda h: h.id), hook_json,
-                              link=False)
+            return self._list(
+                sorted(found.hooks.values(), key=lambda h: h.id), hook_json, link=False
+            )
 
         @route("POST", "/repos/<owner>/<repo>/hooks")
         def create_hook(actor: User, owner: str, repo: str) -> bottle.HTTPResponse:
@@ -855,9 +847,7 @@ class ForgeApi:
             return json_response(shapes.permission(self.base, user, state.access(found, user)))
 
         @route("GET", "/repos/<owner>/<repo>/collaborators/<login>")
-        def is_collaborator(
-            actor: User, owner: str, repo: str, login: str
-        ) -> bottle.HTTPResponse:
+        def is_collaborator(actor: User, owner: str, repo: str, login: str) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
             user = state.user_named(login)
             if user.login not in found.collaborators:
@@ -865,9 +855,7 @@ class ForgeApi:
             return empty_response()
 
         @route("PUT", "/repos/<owner>/<repo>/collaborators/<login>")
-        def add_collaborator(
-            actor: User, owner: str, repo: str, login: str
-        ) -> bottle.HTTPResponse:
+        def add_collaborator(actor: User, owner: str, repo: str, login: str) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
             permission = Body(bottle.request).text("permission", "write")
             state.add_collaborator(found, actor, login, permission=permission)

@@ -95,7 +95,11 @@ def diff_trees(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FileChan
 
 
 def commit_sha(
-    *, tree: Mapping[str, str], parents: tuple[str, ...], message: str, author: Signature,
+    *,
+    tree: Mapping[str, str],
+    parents: tuple[str, ...],
+    message: str,
+    author: Signature,
     when: datetime,
 ) -> str:
     """The sha1 naming a commit: content, parents, message, author and time, like git's."""

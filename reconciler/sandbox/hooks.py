@@ -52,17 +52,36 @@ EVENT_HEADER = {
 # "issues" implies every issue sub-event and issue comments, "pull_request" every PR one.
 _ISSUE_EVENTS = ("issue_assign", "issue_label", "issue_milestone", "issue_comment")
 _PULL_EVENTS = (
-    "pull_request_assign", "pull_request_label", "pull_request_milestone",
-    "pull_request_comment", "pull_request_review_approved", "pull_request_review_rejected",
-    "pull_request_review_comment", "pull_request_sync",
+    "pull_request_assign",
+    "pull_request_label",
+    "pull_request_milestone",
+    "pull_request_comment",
+    "pull_request_review_approved",
+    "pull_request_review_rejected",
+    "pull_request_review_comment",
+    "pull_request_sync",
 )
 _REVIEW_EVENTS = (
-    "pull_request_review_approved", "pull_request_review_rejected", "pull_request_review_comment",
+    "pull_request_review_approved",
+    "pull_request_review_rejected",
+    "pull_request_review_comment",
 )
 # The order Forgejo lists a hook's events in (models/webhook/webhook.go EventsArray).
 _EVENTS_ORDER = (
-    "create", "delete", "fork", "issues", *_ISSUE_EVENTS, "push", "pull_request", *_PULL_EVENTS,
-    "wiki", "repository", "release", "package", "pull_request_review_request", "action_run",
+    "create",
+    "delete",
+    "fork",
+    "issues",
+    *_ISSUE_EVENTS,
+    "push",
+    "pull_request",
+    *_PULL_EVENTS,
+    "wiki",
+    "repository",
+    "release",
+    "package",
+    "pull_request_review_request",
+    "action_run",
 )
 
 
@@ -104,8 +123,13 @@ def is_subscribed(hook: Hook, event_type: str, *, ref: str = "") -> bool:
 def marshal(payload: Mapping[str, Any]) -> bytes:
     """Go's ``json.MarshalIndent(payload, "", "  ")``: 2 spaces, HTML characters escaped."""
     text = json.dumps(payload, indent=2, ensure_ascii=False)
-    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for char, escaped in (
+        ("&", "\\u0026"),
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escaped)
     return text.encode()
 
@@ -171,9 +195,7 @@ def build_payload(app_url: str, state: ForgeState, event: ForgeEvent) -> dict[st
     return payload
 
 
-def signed_headers(
-    *, hook: Hook, event_type: str, delivery_id: str, body: bytes
-) -> dict[str, str]:
+def signed_headers(*, hook: Hook, event_type: str, delivery_id: str, body: bytes) -> dict[str, str]:
     """Forgejo's delivery headers (services/webhook/shared/payloader.go AddDefaultHeaders)."""
     secret = hook.secret.encode()
     sha256 = hmac.new(secret, body, hashlib.sha256).hexdigest() if hook.secret else ""
@@ -276,8 +298,9 @@ class WebhookDispatcher:
     def announce(self, event: ForgeEvent) -> None:
         """Queue ``event`` for every active hook of its repository that subscribes to it."""
         ref = event.ref
-        hooks = [h for h in event.repo.hooks.values() if is_subscribed(h, event.event_type,
-                                                                       ref=ref)]
+        hooks = [
+            h for h in event.repo.hooks.values() if is_subscribed(h, event.event_type, ref=ref)
+        ]
         if not hooks:
             return
         body = marshal(build_payload(self._app_url(), self._state(), event))

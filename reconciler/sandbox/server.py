@@ -13,9 +13,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Self
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import bottle
+import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 
 from reconciler.sandbox.api import ForgeApi
 from reconciler.sandbox.hooks import Delivery, QueuedWebhook, WebhookDispatcher
@@ -96,7 +97,7 @@ class ForgejoSandbox:
             self._serving = None
         self._dispatcher.stop()
 
-    def __enter__(self) -> ForgejoSandbox:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -189,24 +190,31 @@ class ForgejoSandbox:
             ).number
 
     def create_label(
-        self, repo: str, name: str, *, color: str = "ededed", exclusive: bool = False,
+        self,
+        repo: str,
+        name: str,
+        *,
+        color: str = "ededed",
+        exclusive: bool = False,
         description: str = "",
     ) -> int:
         """Create a repository label; returns its id."""
         with self.state.lock:
             person = self._person(None)
             return self.state.create_label(
-                self._repo(repo, person), person, name=name, color=color,
-                exclusive=exclusive, description=description,
+                self._repo(repo, person),
+                person,
+                name=name,
+                color=color,
+                exclusive=exclusive,
+                description=description,
             ).id
 
     def comment(self, repo: str, number: int, body: str, *, author: str | None = None) -> int:
         """Comment on an issue or pull request; returns the comment id."""
         with self.state.lock:
             person = self._person(author)
-            return self.state.create_comment(
-                self._repo(repo, person), person, number, body=body
-            ).id
+            return self.state.create_comment(self._repo(repo, person), person, number, body=body).id
 
     def open_pull(
         self,
@@ -223,7 +231,11 @@ class ForgejoSandbox:
             person = self._person(author)
             found = self._repo(repo, person)
             return self.state.create_pull(
-                found, person, head=head, base=base or found.default_branch, title=title,
+                found,
+                person,
+                head=head,
+                base=base or found.default_branch,
+                title=title,
                 body=body,
             ).number
 

@@ -320,8 +320,7 @@ def review(app_url: str, item: Issue, entry: Review) -> JSON:
 
 def payload_commit(app_url: str, repo: Repo, item: Commit) -> JSON:
     """structs.PayloadCommit: used in push payloads and branch answers."""
-    signer = {"name": item.author.name, "email": item.author.email,
-              "username": item.author.login}
+    signer = {"name": item.author.name, "email": item.author.email, "username": item.author.login}
     return {
         "id": item.sha,
         "message": item.message,
@@ -384,7 +383,11 @@ def commit(app_url: str, state: ForgeState, repo: Repo, item: Commit) -> JSON:
         "author": user(app_url, author) if author else None,
         "committer": user(app_url, author) if author else None,
         "parents": [
-            {"url": api + parent, "sha": parent, "created": timestamp(repo.git.commits[parent].when)}
+            {
+                "url": api + parent,
+                "sha": parent,
+                "created": timestamp(repo.git.commits[parent].when),
+            }
             for parent in item.parents
         ],
         "files": [{"filename": c.filename, "status": c.kind.value} for c in item.changes],

@@ -319,8 +319,17 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _COLOR = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 HOOK_TYPES = ("forgejo", "gitea", "gogs")
 ALL_HOOK_TYPES = (
-    "forgejo", "dingtalk", "discord", "gitea", "gogs", "msteams", "slack", "telegram", "feishu",
-    "wechatwork", "packagist",
+    "forgejo",
+    "dingtalk",
+    "discord",
+    "gitea",
+    "gogs",
+    "msteams",
+    "slack",
+    "telegram",
+    "feishu",
+    "wechatwork",
+    "packagist",
 )
 
 
@@ -746,11 +755,7 @@ class ForgeState:
         self.require(repo, actor, Access.WRITE)
         adding = keep_last_per_scope(self.resolve_labels(repo, identifiers))
         scopes = {label.scope for label in adding if label.scope is not None}
-        kept = [
-            label
-            for label in issue.labels
-            if label.scope not in scopes or label in adding
-        ]
+        kept = [label for label in issue.labels if label.scope not in scopes or label in adding]
         issue.labels = kept + [label for label in adding if label not in kept]
         self._touch(issue)
         self._label_event(repo, actor, issue)
@@ -1014,10 +1019,8 @@ class ForgeState:
         if head == base:
             raise Invalid("head and base branch must differ")
         for issue in repo.issues.values():
-            if issue.pull and issue.state == "open" and (issue.pull.head, issue.pull.base) == (
-                head,
-                base,
-            ):
+            pull = issue.pull
+            if pull and issue.state == "open" and (pull.head, pull.base) == (head, base):
                 raise Conflict(
                     f"pull request already exists for these targets [id: {issue.pull.id}, "
                     f"issue_id: {issue.id}, head_repo_id: {repo.id}, base_repo_id: {repo.id}, "
@@ -1029,8 +1032,9 @@ class ForgeState:
         if merge_base is None:
             raise Invalid(f"{head} and {base} have no common history")
         issue = self._new_issue(repo, actor, title=title, body=body)
-        issue.pull = PullRequest(id=self._next_id("pull"), head=head, base=base,
-                                 merge_base=merge_base)
+        issue.pull = PullRequest(
+            id=self._next_id("pull"), head=head, base=base, merge_base=merge_base
+        )
         if self.access(repo, actor) >= Access.WRITE:
             issue.labels = keep_last_per_scope(self.resolve_labels(repo, label_ids))
             issue.assignees = [self.user_named(login) for login in dict.fromkeys(assignees)]
@@ -1108,7 +1112,10 @@ class ForgeState:
             tree = self._merged_tree(repo, base=base_before, head=head_sha, merge_base=merge_base)
             parents = (base_before, head_sha) if merge_style == MergeStyle.MERGE else (base_before,)
             merged = repo.git.add_commit(
-                parents=parents, tree=tree, message=title + "\n", author=actor.signature,
+                parents=parents,
+                tree=tree,
+                message=title + "\n",
+                author=actor.signature,
                 when=self.now(),
             )
         else:
@@ -1127,9 +1134,7 @@ class ForgeState:
         self._emit(ForgeEvent(repo, "pull_request", "closed", actor, issue=issue))
         return issue
 
-    def _merged_tree(
-        self, repo: Repo, *, base: str, head: str, merge_base: str
-    ) -> dict[str, str]:
+    def _merged_tree(self, repo: Repo, *, base: str, head: str, merge_base: str) -> dict[str, str]:
         ancestor, ours, theirs = (repo.git.tree(s) for s in (merge_base, base, head))
         tree = dict(ours)
         for path in set(ancestor) | set(theirs):

@@ -1022,7 +1022,7 @@ class ForgeState:
             pull = issue.pull
             if pull and issue.state == "open" and (pull.head, pull.base) == (head, base):
                 raise Conflict(
-                    f"pull request already exists for these targets [id: {issue.pull.id}, "
+                    f"pull request already exists for these targets [id: {pull.id}, "
                     f"issue_id: {issue.id}, head_repo_id: {repo.id}, base_repo_id: {repo.id}, "
                     f"head_branch: {head}, base_branch: {base}]"
                 )

@@ -75,7 +75,7 @@ def demo() -> None:
     Example:
       agent-fleet demo
     """
-    from reconciler.demo import run_demo
+    from webhook.demo import run_demo
 
     sys.exit(run_demo(out=click.echo))
 

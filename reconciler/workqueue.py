@@ -51,7 +51,7 @@ class BackoffStore(Protocol):
         """The key's failed attempts and the earliest time to try it again, if it has any."""
         ...
 
-    def set_backoff(self, key: Key, attempts: int, not_before: datetime) -> None:
+    def set_backoff(self, key: Key, *, attempts: int, not_before: datetime) -> None:
         """Record the key's failed attempts and the earliest time to try it again."""
         ...
 
@@ -259,7 +259,7 @@ class WorkQueue:
             # as the in-memory state; it happens only on failures, so the lock is rarely
             # held across a write.
             if self._store is not None:
-                self._store.set_backoff(key, attempts, not_before)
+                self._store.set_backoff(key, attempts=attempts, not_before=not_before)
         return delay
 
     def forget(self, key: Key) -> None:

@@ -54,7 +54,7 @@ class FakeBackoffStore:
     def get_backoff(self, key: Key) -> tuple[int, datetime] | None:
         return self.rows.get(key)
 
-    def set_backoff(self, key: Key, attempts: int, not_before: datetime) -> None:
+    def set_backoff(self, key: Key, *, attempts: int, not_before: datetime) -> None:
         self.rows[key] = (attempts, not_before)
 
     def clear_backoff(self, key: Key) -> None:
@@ -388,7 +388,7 @@ def test_a_store_failure_during_backoff_still_schedules_the_retry() -> None:
     """If the store cannot be written, the error surfaces but the key is retried anyway."""
 
     class BrokenStore(FakeBackoffStore):
-        def set_backoff(self, key: Key, attempts: int, not_before: datetime) -> None:
+        def set_backoff(self, key: Key, *, attempts: int, not_before: datetime) -> None:
             raise OSError("disk full")
 
     fake = FakeTime()

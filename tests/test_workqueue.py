@@ -423,7 +423,7 @@ def test_a_restored_backoff_that_has_expired_runs_at_once() -> None:
     """A key whose retry time passed while the daemon was down is ready immediately."""
     fake = FakeTime()
     store = FakeBackoffStore()
-    store.set_backoff(A, 5, fake.wall - timedelta(minutes=10))
+    store.set_backoff(A, attempts=5, not_before=fake.wall - timedelta(minutes=10))
     queue = make_queue(fake, store=store)
     assert drain(queue) == [A]
     assert queue.attempts(A) == 5
@@ -433,7 +433,7 @@ def test_a_restored_backoff_never_waits_longer_than_backoff_max() -> None:
     """A stored retry time far in the future (wall clock set back) is capped at backoff_max."""
     fake = FakeTime()
     store = FakeBackoffStore()
-    store.set_backoff(A, 2, fake.wall + timedelta(days=3))
+    store.set_backoff(A, attempts=2, not_before=fake.wall + timedelta(days=3))
     queue = make_queue(fake, store=store, backoff_max=600.0)
     fake.advance(600)
     assert drain(queue) == [A]
@@ -442,7 +442,7 @@ def test_a_restored_backoff_never_waits_longer_than_backoff_max() -> None:
 def test_a_naive_stored_retry_time_is_refused() -> None:
     """A backoff row without a time zone is an error, not a silent guess."""
     store = FakeBackoffStore()
-    store.set_backoff(A, 1, datetime(2026, 11, 21, 12, 0))
+    store.set_backoff(A, attempts=1, not_before=datetime(2026, 11, 21, 12, 0))
     with pytest.raises(ValueError, match="time zone"):
         make_queue(FakeTime(), store=store)
 

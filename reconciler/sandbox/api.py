@@ -503,7 +503,7 @@ class ForgeApi:
             state.clear_labels(self._repo(actor, owner, repo), actor, index)
             return empty_response()
 
-        @route("DELETE", "/repos/<owner>/<repo>/issues/<index:int>/labels/<identifier>")
+        @route("DELETE", "/repos/<owner>/<repo>/issues/<index:int>/labels/<identifier:path>")
         def remove_issue_label(
             actor: User, owner: str, repo: str, index: int, identifier: str
         ) -> bottle.HTTPResponse:

@@ -60,6 +60,7 @@ _PULL_EVENTS = (
     "pull_request_review_rejected",
     "pull_request_review_comment",
     "pull_request_sync",
+    "pull_request_review_request",
 )
 _REVIEW_EVENTS = (
     "pull_request_review_approved",
@@ -80,23 +81,27 @@ _EVENTS_ORDER = (
     "repository",
     "release",
     "package",
-    "pull_request_review_request",
     "action_run",
 )
 
 
 def subscribed_events(names: list[str]) -> list[str]:
-    """The fine-grained events a hook's ``events`` list subscribes to, in Forgejo's order."""
-    wanted = set(names)
-    if "issues" in wanted or "issues_only" in wanted:
-        wanted.add("issues")
-    if "issues" in names:
+    """The fine-grained events a hook's ``events`` list subscribes to, in Forgejo's order.
+
+    Names are matched case-insensitively; "issues" implies every issue sub-event and issue
+    comments, "pull_request" every pull request one, "pull_request_review" the three reviews.
+    """
+    given = {name.lower() for name in names}
+    wanted = set(given)
+    if "issues" in given:
         wanted.update(_ISSUE_EVENTS)
-    if "pull_request" in wanted or "pull_request_only" in wanted:
-        wanted.add("pull_request")
-    if "pull_request" in names:
+    if "issues_only" in given:
+        wanted.add("issues")
+    if "pull_request" in given:
         wanted.update(_PULL_EVENTS)
-    if "pull_request_review" in wanted:
+    if "pull_request_only" in given:
+        wanted.add("pull_request")
+    if "pull_request_review" in given:
         wanted.update(_REVIEW_EVENTS)
     return [name for name in _EVENTS_ORDER if name in wanted]
 
@@ -134,10 +139,18 @@ def marshal(payload: Mapping[str, Any]) -> bytes:
     return text.encode()
 
 
+# Events whose payload shows the repository as its owner sees it; the others show the
+# permissions of the user who acted (services/webhook/notifier.go).
+_OWNER_VIEW = ("push", "pull_request_sync", "pull_request_label")
+# Forgejo's [webhook] PAYLOAD_COMMIT_LIMIT default.
+PAYLOAD_COMMIT_LIMIT = 15
+
+
 def build_payload(app_url: str, state: ForgeState, event: ForgeEvent) -> dict[str, Any]:
     """The payload Forgejo sends for ``event``."""
     repo = event.repo
-    repository = shapes.repository(app_url, state, repo, viewer=repo.owner)
+    viewer = repo.owner if event.event_type in _OWNER_VIEW else event.sender
+    repository = shapes.repository(app_url, state, repo, viewer=viewer)
     sender = shapes.user(app_url, event.sender)
     changes = (
         {name: {"from": old} for name, old in event.changes.items()} if event.changes else None
@@ -149,7 +162,7 @@ def build_payload(app_url: str, state: ForgeState, event: ForgeEvent) -> dict[st
             "before": event.before,
             "after": event.after,
             "compare_url": f"{app_url}{repo.full_name}/compare/{event.before}...{event.after}",
-            "commits": commits,
+            "commits": commits[:PAYLOAD_COMMIT_LIMIT],
             "total_commits": len(commits),
             "head_commit": commits[0] if commits else None,
             "repository": repository,
@@ -162,35 +175,34 @@ def build_payload(app_url: str, state: ForgeState, event: ForgeEvent) -> dict[st
         payload: dict[str, Any] = {
             "action": event.action,
             "issue": shapes.issue(app_url, state, issue),
-            "comment": shapes.comment(app_url, event.comment),
         }
+        if issue.is_pull:
+            payload["pull_request"] = shapes.pull_request(app_url, state, issue)
+        payload["comment"] = shapes.comment(app_url, event.comment)
         if changes:
             payload["changes"] = changes
         payload.update(repository=repository, sender=sender, is_pull=issue.is_pull)
         return payload
-    if issue.is_pull:
-        payload = {"action": event.action, "number": issue.number}
-        if changes:
-            payload["changes"] = changes
-        payload.update(
-            pull_request=shapes.pull_request(app_url, state, issue),
-            requested_reviewer=None,
-            repository=repository,
-            sender=sender,
-            commit_id="",
-            review=None,
-        )
-        if event.review is not None:
-            payload["review"] = {"type": event.event_type, "content": event.review.body}
-        return payload
     payload = {"action": event.action, "number": issue.number}
     if changes:
         payload["changes"] = changes
+    if not issue.is_pull:
+        payload.update(
+            issue=shapes.issue(app_url, state, issue),
+            repository=repository,
+            sender=sender,
+            commit_id="",
+        )
+        return payload
+    review = event.review
     payload.update(
-        issue=shapes.issue(app_url, state, issue),
+        pull_request=shapes.pull_request(app_url, state, issue),
+        # A review names its reviewer here (services/webhook/notifier.go PullRequestReview).
+        requested_reviewer=shapes.user(app_url, review.user) if review else None,
         repository=repository,
         sender=sender,
         commit_id="",
+        review={"type": event.event_type, "content": review.body} if review else None,
     )
     return payload
 

@@ -942,15 +942,23 @@ class ForgeState:
             author=actor.signature,
             when=self.now(),
         )
-        self._move_branch(repo, actor, branch, before=before, commit=commit)
+        # A new branch announces the commits made since the point it was branched from.
+        self._move_branch(repo, actor, branch, before=before, commit=commit, since=parent)
         return commit
 
     def _move_branch(
-        self, repo: Repo, actor: User, branch: str, *, before: str | None, commit: Commit
+        self,
+        repo: Repo,
+        actor: User,
+        branch: str,
+        *,
+        before: str | None,
+        commit: Commit,
+        since: str | None = None,
     ) -> None:
         repo.git.branches[branch] = commit.sha
         repo.updated_at = self.now()
-        pushed = tuple(repo.git.log(commit.sha, exclude=before))
+        pushed = tuple(repo.git.log(commit.sha, exclude=before or since))
         self._emit(
             ForgeEvent(
                 repo,

@@ -1,0 +1,197 @@
+"""The reconcile loop: worker threads taking keys from the work queue to their controller.
+
+The loop owns everything controllers must not do themselves: queueing, deduplication,
+concurrency (one key never on two workers, guaranteed by the queue), retries with per-key
+backoff, and crash handling. What happens after a reconcile depends only on how it ended:
+
+* returned ``Result()`` → the key's backoff is cleared;
+* returned ``Result(requeue_after=s)`` → cleared, and the key is looked at again in ``s`` seconds;
+* raised ``WaitingError`` → looked at again after its ``retry_after``, logged at info;
+* raised ``StalledError`` → not retried until something enqueues the key again;
+* raised anything else → retried with exponential backoff (kept in the store across restarts).
+
+Each reconcile ends with one summary log line: controller, key, outcome, actions, duration.
+The daemon, ``agent-fleet reconcile --once`` and the demo drive it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from reconciler.errors import StalledError, WaitingError
+from reconciler.keys import Key
+from reconciler.metrics import Metrics
+from reconciler.reconcile import Controller, recording
+from reconciler.workqueue import WorkQueue
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one reconcile ended; returned by :meth:`Loop.process_one` for callers and tests."""
+
+    key: Key
+    outcome: str  # ok, requeued, waiting, stalled, error, unknown_controller
+    actions: tuple[str, ...]
+    duration: float
+    error: str = ""
+    retry_in: float | None = None
+
+
+class Loop:
+    def __init__(
+        self,
+        controllers: Sequence[Controller],
+        queue: WorkQueue,
+        *,
+        workers: int = 4,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        names = [c.name for c in controllers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"controller names must be unique, got {names}")
+        if workers < 1:
+            raise ValueError("the loop needs at least one worker")
+        self._controllers = {c.name: c for c in controllers}
+        self.queue = queue
+        self._workers = workers
+        self._metrics = metrics
+        self._clock = clock
+        self._threads: list[threading.Thread] = []
+        self._ids = itertools.count(1)
+        self._on_outcome: list[Callable[[Outcome], None]] = []
+        if metrics is not None:
+            metrics.bind_queue(lambda: float(queue.depth()), lambda: float(queue.processing()))
+
+    @property
+    def controller_names(self) -> tuple[str, ...]:
+        return tuple(self._controllers)
+
+    def on_outcome(self, callback: Callable[[Outcome], None]) -> None:
+        """Call ``callback`` after every reconcile (the demo prints them; tests observe them)."""
+        self._on_outcome.append(callback)
+
+    # --- running ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._threads:
+            raise RuntimeError("the loop is already running")
+        for n in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"reconcile-{n + 1}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("loop.started", workers=self._workers, controllers=list(self._controllers))
+
+    def stop(self, *, grace: float) -> bool:
+        """Stop taking keys, let in-flight reconciles finish (up to ``grace`` seconds).
+
+        Returns True when every worker finished in time.
+        """
+        drained = self.queue.shut_down_with_drain(grace)
+        deadline = self._clock() + max(grace, 0.0)
+        for thread in self._threads:
+            thread.join(timeout=max(deadline - self._clock(), 0.1))
+        finished = drained and not any(t.is_alive() for t in self._threads)
+        log.info("loop.stopped", drained=finished)
+        return finished
+
+    def _work(self) -> None:
+        while True:
+            key = self.queue.get(timeout=None)
+            if key is None:
+                return
+            self._run(key)
+
+    def process_one(self, *, timeout: float | None = 0.0) -> Outcome | None:
+        """Take one ready key and reconcile it in the calling thread (one-shot runs, tests)."""
+        key = self.queue.get(timeout=timeout)
+        if key is None:
+            return None
+        return self._run(key)
+
+    def drain(self, *, limit: int = 100_000) -> list[Outcome]:
+        """Reconcile every ready key in the calling thread until none is ready."""
+        outcomes: list[Outcome] = []
+        while len(outcomes) < limit:
+            outcome = self.process_one(timeout=0.0)
+            if outcome is None:
+                break
+            outcomes.append(outcome)
+        return outcomes
+
+    # --- one reconcile ------------------------------------------------------------------
+
+    def _run(self, key: Key) -> Outcome:
+        reconcile_id = next(self._ids)
+        attempt = self.queue.attempts(key) + 1
+        bound = log.bind(
+            controller=key.controller, key=str(key), reconcile_id=reconcile_id, attempt=attempt
+        )
+        controller = self._controllers.get(key.controller)
+        started = self._clock()
+        error = ""
+        retry_in: float | None = None
+        actions: list[str] = []
+        try:
+            if controller is None:
+                outcome = "unknown_controller"
+                self.queue.forget(key)
+                bound.error("reconcile.unknown_controller", known=list(self._controllers))
+            else:
+                with recording() as actions:
+                    try:
+                        result = controller.reconcile(key)
+                    except WaitingError as exc:
+                        outcome, error, retry_in = "waiting", exc.reason, exc.retry_after
+                        self.queue.forget(key)
+                        self.queue.add_after(key, exc.retry_after)
+                    except StalledError as exc:
+                        outcome, error = "stalled", exc.reason
+                        self.queue.forget(key)
+                    except Exception as exc:  # unknown errors count as transient
+                        outcome, error = "error", f"{type(exc).__name__}: {exc}"
+                        retry_in = self.queue.backoff(key, error)
+                        bound.warning(
+                            "reconcile.failed", error=error, retry_in=round(retry_in, 3), exc_info=True
+                        )
+                    else:
+                        self.queue.forget(key)
+                        if result.requeue_after is not None:
+                            outcome, retry_in = "requeued", result.requeue_after
+                            self.queue.add_after(key, result.requeue_after)
+                        else:
+                            outcome = "ok"
+        finally:
+            self.queue.done(key)
+        duration = self._clock() - started
+        summary = Outcome(
+            key=key,
+            outcome=outcome,
+            actions=tuple(actions),
+            duration=duration,
+            error=error,
+            retry_in=retry_in,
+        )
+        level = bound.warning if outcome == "stalled" else bound.info
+        level(
+            "reconcile.done",
+            outcome=outcome,
+            actions=len(actions),
+            duration_ms=round(duration * 1000, 2),
+            **({"reason": error} if error and outcome != "error" else {}),
+            **({"retry_in": round(retry_in, 3)} if retry_in is not None else {}),
+        )
+        if self._metrics is not None:
+            self._metrics.reconciles.labels(controller=key.controller, outcome=outcome).inc()
+            self._metrics.reconcile_duration.labels(controller=key.controller).observe(duration)
+        for callback in self._on_outcome:
+            callback(summary)
+        return summary

@@ -1,0 +1,74 @@
+"""Prometheus metrics for the daemon, rendered at ``GET /metrics``.
+
+One :class:`Metrics` object per process (no global registry, so tests get their own). The
+loop, the webhook receiver and the Forgejo gateway's ``on_call`` hook feed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.queue_depth = Gauge(
+            "agent_fleet_queue_depth", "Keys waiting in the work queue (ready and scheduled).", registry=r
+        )
+        self.queue_processing = Gauge(
+            "agent_fleet_queue_processing", "Keys being reconciled right now.", registry=r
+        )
+        self.reconciles = Counter(
+            "agent_fleet_reconciles",
+            "Reconciles by controller and outcome (ok, requeued, waiting, stalled, error).",
+            ["controller", "outcome"],
+            registry=r,
+        )
+        self.reconcile_duration = Histogram(
+            "agent_fleet_reconcile_duration_seconds",
+            "Time one reconcile took, by controller.",
+            ["controller"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "agent_fleet_webhook_deliveries",
+            "Forgejo webhook deliveries by event and result.",
+            ["event", "result"],
+            registry=r,
+        )
+        self.forgejo_calls = Counter(
+            "agent_fleet_forgejo_api_calls",
+            "Forgejo API calls by operation and HTTP status (0: no response).",
+            ["operation", "status"],
+            registry=r,
+        )
+        self.last_resync = Gauge(
+            "agent_fleet_last_resync_timestamp_seconds",
+            "Unix time of the last completed resync, by kind (incremental, full).",
+            ["kind"],
+            registry=r,
+        )
+        self.agents = Gauge(
+            "agent_fleet_agents", "Registered agents by status.", ["status"], registry=r
+        )
+
+    def bind_queue(self, depth: Callable[[], float], processing: Callable[[], float]) -> None:
+        """Read the queue's sizes at scrape time rather than tracking every change."""
+        self.queue_depth.set_function(depth)
+        self.queue_processing.set_function(processing)
+
+    def count_forgejo_call(self, operation: str, status: int) -> None:
+        self.forgejo_calls.labels(operation=operation, status=str(status)).inc()
+
+    def count_webhook(self, event: str, result: str) -> None:
+        self.webhook_deliveries.labels(event=event or "unknown", result=result).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -136,7 +136,15 @@ class Store:
 
     def _open(self) -> None:
         try:
+            created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
+            if created:
+                # Make the new directory's own entry durable, not only the files inside it.
+                parent_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(parent_fd)
+                finally:
+                    os.close(parent_fd)
             directory_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise StoreError(
@@ -473,6 +481,8 @@ class Store:
 
     def pending(self, *, topic: str | None = None, limit: int | None = None) -> list[OutboxMessage]:
         """Messages not yet acknowledged, oldest first; reading does not remove them."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be zero or more, not {limit}")
         with self._locked():
             docs = sorted(
                 (

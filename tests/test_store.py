@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import NotFoundError, StoreError
+from reconciler.keys import Key, agent_key, issue_key
 from reconciler.models import (
     Agent,
     AgentId,
@@ -23,6 +24,7 @@ from reconciler.models import (
 )
 from reconciler.store import Backoff, Store, encode_backoff_key
 from reconciler.store.store import STATE_FILE
+from reconciler.workqueue import BackoffStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -316,16 +318,34 @@ def test_backoff_round_trips_across_reopen(store: Store) -> None:
 
 def test_backoff_key_encoding_is_stable_and_unambiguous() -> None:
     """Equal keys encode equally; parts containing separators do not collide."""
-    assert encode_backoff_key(("a", "b/c", "1")) == encode_backoff_key(("a", "b/c", "1"))
-    assert encode_backoff_key(("a", "b", "c")) != encode_backoff_key(("a", "b,c"))
-    assert encode_backoff_key(("a", "b", "c")) != encode_backoff_key(("a/b", "c"))
+    assert encode_backoff_key(("a", "b/c", "1")) == encode_backoff_key(Key("a", "b/c", "1"))
+    assert encode_backoff_key(("a", "b", "c,d")) != encode_backoff_key(("a", "b,c", "d"))
+    assert encode_backoff_key(("a", "b/c", "d")) != encode_backoff_key(("a/b", "c", "d"))
 
 
-@pytest.mark.parametrize("key", [(), ("assignment", 12), ["assignment", "x"]])
-def test_backoff_key_must_be_a_tuple_of_strings(store: Store, key: object) -> None:
-    """A key that is empty, not a tuple, or has a non-string part is refused."""
-    with pytest.raises(ValueError, match="tuple of strings"):
+@pytest.mark.parametrize(
+    "key", [(), ("assignment", "org/repo"), ("assignment", "org/repo", 12), ["a", "b", "c"]]
+)
+def test_backoff_key_must_be_three_strings(store: Store, key: object) -> None:
+    """A key that is not a tuple of three strings (controller, repo, id) is refused."""
+    with pytest.raises(ValueError, match="tuple of three strings"):
         store.get_backoff(key)  # type: ignore[arg-type]
+
+
+def test_store_gives_the_work_queue_every_backoff_after_reopen(store: Store) -> None:
+    """all_backoffs returns each key as a work-queue Key with its attempts and time."""
+    queue_store: BackoffStore = store
+    queue_store.set_backoff(issue_key("org/repo", 12), attempts=2, not_before=NOW)
+    store.set_backoff(agent_key("claude-1"), attempts=5, not_before=NOW + timedelta(hours=1))
+    store = reopen(store)
+    try:
+        assert sorted(store.all_backoffs()) == [
+            (Key("assignment", "org/repo", "12"), 2, NOW),
+            (Key("registry", "", "claude-1"), 5, NOW + timedelta(hours=1)),
+        ]
+        assert all(isinstance(key, Key) for key, _, _ in store.all_backoffs())
+    finally:
+        store.close()
 
 
 def test_backoff_time_must_carry_a_zone(store: Store) -> None:

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Self, TypeAlias, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reconciler.errors import NotFoundError, StoreError, StoreLockedError
+from reconciler.keys import Key
 from reconciler.models import (
     TERMINAL_STATES,
     Agent,
@@ -96,10 +97,16 @@ class OutboxMessage(BaseModel):
         return value
 
 
-def encode_backoff_key(key: tuple[str, ...]) -> str:
-    """A stable text form of a work-queue key: the JSON array of its parts."""
-    if not isinstance(key, tuple) or not key or not all(isinstance(part, str) for part in key):
-        raise ValueError(f"a backoff key is a non-empty tuple of strings, not {key!r}")
+def encode_backoff_key(key: tuple[str, str, str]) -> str:
+    """A stable text form of a work-queue key (controller, repo, id): the JSON array of its parts."""
+    if (
+        not isinstance(key, tuple)
+        or len(key) != 3
+        or not all(isinstance(part, str) for part in key)
+    ):
+        raise ValueError(
+            f"a backoff key is a tuple of three strings (controller, repo, id), not {key!r}"
+        )
     return json.dumps(list(key), ensure_ascii=False, separators=(",", ":"))
 
 
@@ -504,13 +511,15 @@ class Store:
 
     # --- per-key backoff --------------------------------------------------------------------
 
-    def get_backoff(self, key: tuple[str, ...]) -> Backoff | None:
+    def get_backoff(self, key: tuple[str, str, str]) -> Backoff | None:
         encoded = encode_backoff_key(key)
         with self._locked():
             doc = self._table(_BACKOFF).get_doc(encoded)
             return None if doc is None else self._load_backoff(doc, where=f"backoff/{encoded}")
 
-    def set_backoff(self, key: tuple[str, ...], *, attempts: int, not_before: datetime) -> None:
+    def set_backoff(
+        self, key: tuple[str, str, str], *, attempts: int, not_before: datetime
+    ) -> None:
         encoded = encode_backoff_key(key)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
             raise ValueError(f"attempts must be a non-negative integer, not {attempts!r}")
@@ -520,7 +529,7 @@ class Store:
         with self._locked():
             self._table(_BACKOFF).put_doc(encoded, doc)
 
-    def clear_backoff(self, key: tuple[str, ...]) -> None:
+    def clear_backoff(self, key: tuple[str, str, str]) -> None:
         encoded = encode_backoff_key(key)
         with self._locked():
             table = self._table(_BACKOFF)
@@ -528,8 +537,21 @@ class Store:
             if table.get_doc(encoded) is not None:
                 table.delete_docs([encoded])
 
+    def all_backoffs(self) -> list[tuple[Key, int, datetime]]:
+        """Every key with a recorded backoff; the work queue reschedules them at start."""
+        with self._locked():
+            found: list[tuple[Key, int, datetime]] = []
+            for doc_id, doc in self._table(_BACKOFF).docs():
+                backoff = self._load_backoff(doc, where=f"backoff/{doc_id}")
+                found.append((Key(*doc["key"]), backoff.attempts, backoff.not_before))
+            return found
+
     def _load_backoff(self, doc: Mapping[str, Any], *, where: str) -> Backoff:
         try:
+            key = doc["key"]
+            if not isinstance(key, list):
+                raise TypeError("key must be a list of three strings")
+            encode_backoff_key(tuple(key))  # raises ValueError when the key is malformed
             attempts = doc["attempts"]
             not_before = datetime.fromisoformat(doc["not_before"])
             if not isinstance(attempts, int) or not_before.tzinfo is None:

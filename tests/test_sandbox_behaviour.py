@@ -135,11 +135,12 @@ def test_updated_at_moves_on_labels_comments_and_state(
     label = _label(forge_http, "a")
     forge_http.post(f"{REPO}/issues", json={"title": "t"})
     stamps = []
-    for change in (
+    changes: tuple[Callable[[], httpx.Response], ...] = (
         lambda: forge_http.post(f"{REPO}/issues/1/labels", json={"labels": [label]}),
         lambda: forge_http.post(f"{REPO}/issues/1/comments", json={"body": "c"}),
         lambda: forge_http.patch(f"{REPO}/issues/1", json={"state": "closed"}),
-    ):
+    )
+    for change in changes:
         forge_clock.advance(10)
         change()
         stamps.append(forge_http.get(f"{REPO}/issues/1").json()["updated_at"])

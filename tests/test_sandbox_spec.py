@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs installed
 import pytest
 
 from reconciler.sandbox import ForgejoSandbox
@@ -108,7 +108,7 @@ class SpecIndex:
         self.spec = spec
         self.definitions = _definitions(spec)
         # Most literal text first, so /pulls/{index}/commits wins over /pulls/{base}/{head}.
-        self.templates = sorted(
+        self.templates: list[str] = sorted(
             spec["paths"], key=lambda t: len(re.sub(r"\{[^}]+\}", "", t)), reverse=True
         )
         self.regexes = {t: _template_regex(t) for t in self.templates}

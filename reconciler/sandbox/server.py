@@ -80,7 +80,11 @@ class ForgejoSandbox:
         self._server = server
         self.url = f"http://{host}:{server.server_port}"
         self._serving = threading.Thread(
-            target=server.serve_forever, name="sandbox-forgejo", daemon=True
+            # A short poll interval so stop() returns promptly.
+            target=server.serve_forever,
+            args=(0.05,),
+            name="sandbox-forgejo",
+            daemon=True,
         )
         self._serving.start()
         self._dispatcher.resume()

@@ -266,8 +266,9 @@ def pull_request(app_url: str, state: ForgeState, item: Issue) -> JSON:
         "milestone": None,
         "assignee": user(app_url, item.assignees[0]) if item.assignees else None,
         "assignees": [user(app_url, a) for a in item.assignees] or None,
-        "requested_reviewers": [],
-        "requested_reviewers_teams": [],
+        # The sandbox has no review requests; Forgejo sends null for none.
+        "requested_reviewers": None,
+        "requested_reviewers_teams": None,
         "state": item.state,
         "draft": False,
         "is_locked": False,

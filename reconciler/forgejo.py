@@ -19,6 +19,7 @@ This is the only module of the project that imports pyforgejo or httpx.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import re
 import time
@@ -70,6 +71,7 @@ __all__ = [
     "ForgejoGateway",
     "IssueKind",
     "ListState",
+    "MergeStyle",
     "WriteOutcome",
     "has_marker",
     "marker_tag",
@@ -107,11 +109,20 @@ WRITE_OPERATIONS = frozenset(
         "create_status",
         "create_hook",
         "edit_hook",
-        "create_branch",
         "create_file",
     }
 )
 """Operation names (as passed to ``on_call``) whose HTTP call changes Forgejo."""
+
+# Forgejo's precedence when it combines statuses (modules/structs/commit_status.go): worst wins.
+_STATE_RANK: Mapping[CommitState, int] = {
+    CommitState.ERROR: 0,
+    CommitState.FAILURE: 1,
+    CommitState.WARNING: 2,
+    CommitState.PENDING: 3,
+    CommitState.SUCCESS: 4,
+    CommitState.SKIPPED: 5,
+}
 
 _MARKER = re.compile(r"^[A-Za-z0-9_.:/-]+$")
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -1006,25 +1017,40 @@ class ForgejoGateway:
         )
 
     def combined_status(self, repo: str, ref: str) -> CombinedStatus:
-        """The combined CI state of a commit (or branch/tag) with every status, all pages."""
+        """The combined CI state of a commit (or branch/tag) with every status, all pages.
+
+        Forgejo answers an empty object (``state`` None here) for a commit without statuses.
+        It pages the latest status per context (50 a page) and puts the number of contexts in
+        ``X-Total-Count``; past one page the combined state is recomputed over all of them.
+        """
         path = f"{_repo_path(repo)}/commits/{_seg(ref)}/status"
+        pages: list[CombinedStatus] = []
+        total = 0
         page = 1
-        combined = self._get(
-            "combined_status", path, CombinedStatus.from_api, params={"page": 1, "limit": PAGE_SIZE}
-        )
-        statuses = list(combined.statuses)
-        while len(statuses) < combined.total_count:
-            page += 1
-            more = self._get(
+        while True:
+            response = self._request(
                 "combined_status",
+                "GET",
                 path,
-                CombinedStatus.from_api,
                 params={"page": page, "limit": PAGE_SIZE},
+                idempotent=True,
             )
-            if not more.statuses:
+            current = self._parse("combined_status", response, CombinedStatus.from_api)
+            pages.append(current)
+            total = max(total, _total_count(response) or 0, current.total_count)
+            seen = sum(len(p.statuses) for p in pages)
+            # Bounded by the page count the total implies, in case a server ignores ``page``.
+            if not current.statuses or seen >= total or page * PAGE_SIZE >= total:
                 break
-            statuses.extend(more.statuses)
-        return combined.model_copy(update={"statuses": tuple(statuses)})
+            page += 1
+        first = pages[0]
+        if len(pages) == 1:
+            return first
+        statuses = tuple(s for p in pages for s in p.statuses)
+        worst = min((s.state for s in statuses), key=_STATE_RANK.__getitem__)
+        return first.model_copy(
+            update={"statuses": statuses, "state": worst, "total_count": len(statuses)}
+        )
 
     def create_status(
         self,
@@ -1087,14 +1113,35 @@ class ForgejoGateway:
                 break
         return tuple(commits)
 
-    def create_branch(self, repo: str, name: str, *, from_ref: str) -> Branch:
-        """Create branch ``name`` at ``from_ref``. Not retried: a second try answers 409."""
+    def create_file(
+        self,
+        repo: str,
+        path: str,
+        *,
+        content: bytes,
+        message: str,
+        branch: str,
+        new_branch: str | None = None,
+    ) -> str:
+        """Commit one new file on ``branch`` (or on ``new_branch`` cut from it); returns the sha.
+
+        Not retried: a second try answers 422 because the file exists by then.
+        """
+        if not path or path.startswith("/"):
+            raise ValueError(f"file path must be relative to the repository root, got {path!r}")
+        payload: dict[str, object] = {
+            "content": base64.b64encode(content).decode("ascii"),
+            "message": message,
+            "branch": branch,
+        }
+        if new_branch is not None:
+            payload["new_branch"] = new_branch
         return self._write(
-            "create_branch",
+            "create_file",
             "POST",
-            f"{_repo_path(repo)}/branches",
-            Branch.from_api,
-            body={"new_branch_name": name, "old_ref_name": from_ref},
+            f"{_repo_path(repo)}/contents/{quote(path, safe='/')}",
+            _file_commit_sha,
+            body=payload,
         )
 
     # --- webhooks ----------------------------------------------------------------------------
@@ -1137,7 +1184,7 @@ class ForgejoGateway:
             )
             return created, "created"
         drifted = (
-            set(hook.events) != set(wanted_events)
+            _events_drifted(hook.events, wanted_events)
             or hook.content_type != content_type
             or not hook.active
         )
@@ -1186,10 +1233,62 @@ def _label_body(spec: LabelSpec, *, name: bool) -> dict[str, object]:
     return body
 
 
+# What a subscription name implies (Forgejo routers/api/v1/utils/hook.go): a hook created with
+# "issues" is listed back with every issue sub-event, "pull_request" with every PR one.
+_IMPLIED_EVENTS: Mapping[str, frozenset[str]] = {
+    "issues": frozenset({"issue_assign", "issue_label", "issue_milestone", "issue_comment"}),
+    "pull_request": frozenset(
+        {
+            "pull_request_assign",
+            "pull_request_label",
+            "pull_request_milestone",
+            "pull_request_comment",
+            "pull_request_review_approved",
+            "pull_request_review_rejected",
+            "pull_request_review_comment",
+            "pull_request_review_request",
+            "pull_request_sync",
+        }
+    ),
+    "pull_request_review": frozenset(
+        {
+            "pull_request_review_approved",
+            "pull_request_review_rejected",
+            "pull_request_review_comment",
+        }
+    ),
+}
+
+
+def _events_drifted(have: Sequence[str], wanted: Sequence[str]) -> bool:
+    """True unless the hook covers every wanted event and lists nothing those do not imply.
+
+    A group name (``pull_request_review``) may be listed back only as its sub-events, so it
+    counts as covered when any of them is there; the table errs wide so that a server listing
+    an implied event this table forgot does not look like drift on every pass.
+    """
+    listed = set(have)
+    implied = set(wanted).union(*(_IMPLIED_EVENTS.get(name, frozenset()) for name in wanted))
+    missing = [
+        name
+        for name in wanted
+        if name not in listed and not (_IMPLIED_EVENTS.get(name, frozenset()) & listed)
+    ]
+    return bool(missing) or bool(listed - implied)
+
+
 def _version(raw: object) -> str:
     if isinstance(raw, Mapping) and isinstance(raw.get("version"), str) and raw["version"]:
         return str(raw["version"])
     raise MalformedResponse(f"version: expected {{'version': '…'}}, got {raw!r}")
+
+
+def _file_commit_sha(raw: object) -> str:
+    commit = raw.get("commit") if isinstance(raw, Mapping) else None
+    sha = commit.get("sha") if isinstance(commit, Mapping) else None
+    if not isinstance(sha, str) or not sha:
+        raise MalformedResponse("file response: no commit.sha")
+    return sha
 
 
 def _total_count(response: httpx.Response) -> int | None:

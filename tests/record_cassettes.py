@@ -419,7 +419,8 @@ def run_write_scenario(
     writes = gateway.writes
     labels = gateway.ensure_labels(full, drifted)
     t.append(("ensure_labels.drift_writes", gateway.writes - writes))
-    t.append(("get_label", gateway.get_label(full, labels[0].id)))
+    task_label = next(label for label in labels if label.name == "fleet/task")
+    t.append(("get_label", gateway.get_label(full, task_label.id)))
 
     issue = gateway.create_issue(
         full,
@@ -709,55 +710,46 @@ def run_against_sandbox(*, repo_name: str = "fleet-contract") -> Transcript:
         return run_write_scenario(gateway, repo_name=repo_name, publish_branch=publish)
 
 
-def run_against_real_forgejo(url: str, token: str) -> Transcript:
-    """Run the scenario live against a real Forgejo (a new scratch repository each run)."""
-    name = f"fleet-contract-{datetime.now(UTC):%Y%m%d%H%M%S}"
+def scratch_repo_name() -> str:
+    """A fresh repository name for a run against a real Forgejo (which keeps what it made)."""
+    return f"fleet-contract-{datetime.now(UTC):%Y%m%d%H%M%S}"
+
+
+def run_against_real_forgejo(url: str, token: str, *, repo_name: str | None = None) -> Transcript:
+    """Run the scenario live against a real Forgejo, in a new scratch repository."""
     with ForgejoGateway(url, token) as gateway:
         return run_write_scenario(
-            gateway, repo_name=name, publish_branch=publish_with_contents_api, sleep=time.sleep
+            gateway,
+            repo_name=repo_name or scratch_repo_name(),
+            publish_branch=publish_with_contents_api,
+            sleep=time.sleep,
         )
 
 
 def record_write_scenario() -> Path:
-    """Re-record ``cassettes/scenarios/write-path.yaml`` (real Forgejo if configured, else sandbox)."""
+    """Re-record ``cassettes/scenarios/write-path.yaml`` (real Forgejo if configured, else sandbox).
+
+    Records into a side file and replaces the committed cassette only when the run succeeded.
+    """
     SCENARIO_CASSETTES.mkdir(parents=True, exist_ok=True)
-    WRITE_SCENARIO.unlink(missing_ok=True)
+    recording = WRITE_SCENARIO.with_suffix(".recording.yaml")
+    recording.unlink(missing_ok=True)
     target = real_forgejo()
-    with make_vcr(record_mode="all", match_body=True).use_cassette(
-        str(WRITE_SCENARIO.relative_to(CASSETTES))
-    ) as cassette:
+    metadata = {
+        "recorded_against": "reconciler.sandbox.ForgejoSandbox" if target is None else "Forgejo",
+        "base_url": SANDBOX_BASE_URL if target is None else target[0],
+        "repo_name": "fleet-contract" if target is None else scratch_repo_name(),
+        "publish_branch": "sandbox-push" if target is None else "contents-api",
+        "recorded_at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
+    }
+    cassette_name = str(recording.relative_to(CASSETTES))
+    with make_vcr(record_mode="all", match_body=True).use_cassette(cassette_name) as cassette:
+        cassette.get_metadata("scenario", metadata)
         if target is None:
-            cassette.get_metadata(
-                "scenario",
-                {
-                    "recorded_against": "reconciler.sandbox.ForgejoSandbox",
-                    "base_url": SANDBOX_BASE_URL,
-                    "repo_name": "fleet-contract",
-                    "publish_branch": "sandbox-push",
-                    "recorded_at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
-                },
-            )
-            run_against_sandbox()
+            run_against_sandbox(repo_name=metadata["repo_name"])
         else:
-            url, token = target
-            name = f"fleet-contract-{datetime.now(UTC):%Y%m%d%H%M%S}"
-            with ForgejoGateway(url, token) as gateway:
-                cassette.get_metadata(
-                    "scenario",
-                    {
-                        "recorded_against": f"Forgejo {gateway.version()}",
-                        "base_url": url,
-                        "repo_name": name,
-                        "publish_branch": "contents-api",
-                        "recorded_at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
-                    },
-                )
-                run_write_scenario(
-                    gateway,
-                    repo_name=name,
-                    publish_branch=publish_with_contents_api,
-                    sleep=time.sleep,
-                )
+            run_against_real_forgejo(*target, repo_name=metadata["repo_name"])
+    recording.replace(WRITE_SCENARIO)
     return WRITE_SCENARIO
 
 

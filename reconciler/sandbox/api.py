@@ -781,15 +781,18 @@ class ForgeApi:
 
         # -- hooks --
 
-        def hook_json(hook: Any) -> Any:
-            return shapes.hook(self.base, hook, events=hooks.subscribed_events(hook.events))
+        def hook_json(repo: Repo, hook: Any) -> Any:
+            events = hooks.subscribed_events(hook.events)
+            return shapes.hook(self.base, repo, hook, events=events)
 
         @route("GET", "/repos/<owner>/<repo>/hooks")
         def list_hooks(actor: User, owner: str, repo: str) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
             state.require(found, actor, Access.ADMIN)
             return self._list(
-                sorted(found.hooks.values(), key=lambda h: h.id), hook_json, link=False
+                sorted(found.hooks.values(), key=lambda h: h.id),
+                lambda h: hook_json(found, h),
+                link=False,
             )
 
         @route("POST", "/repos/<owner>/<repo>/hooks")
@@ -809,13 +812,13 @@ class ForgeApi:
                 branch_filter=body.text("branch_filter"),
                 authorization_header=body.text("authorization_header"),
             )
-            return json_response(hook_json(hook), 201)
+            return json_response(hook_json(found, hook), 201)
 
         @route("GET", "/repos/<owner>/<repo>/hooks/<hook_id:int>")
         def get_hook(actor: User, owner: str, repo: str, hook_id: int) -> bottle.HTTPResponse:
             found = self._repo(actor, owner, repo)
             state.require(found, actor, Access.ADMIN)
-            return json_response(hook_json(state.hook(found, hook_id)))
+            return json_response(hook_json(found, state.hook(found, hook_id)))
 
         @route("PATCH", "/repos/<owner>/<repo>/hooks/<hook_id:int>")
         def edit_hook(actor: User, owner: str, repo: str, hook_id: int) -> bottle.HTTPResponse:
@@ -831,7 +834,7 @@ class ForgeApi:
                 branch_filter=body.optional_text("branch_filter"),
                 authorization_header=body.optional_text("authorization_header"),
             )
-            return json_response(hook_json(hook))
+            return json_response(hook_json(found, hook))
 
         @route("DELETE", "/repos/<owner>/<repo>/hooks/<hook_id:int>")
         def delete_hook(actor: User, owner: str, repo: str, hook_id: int) -> bottle.HTTPResponse:

@@ -262,6 +262,11 @@ class Delivery(QueuedWebhook):
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+# Deliver straight to the hook URL: proxy variables of the environment do not apply, as
+# Forgejo uses a proxy for webhooks only when [webhook] PROXY_URL is set.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def deliver(request: QueuedWebhook, *, timeout: float = DELIVER_TIMEOUT) -> Delivery:
     """POST one webhook and record the outcome; never raises, never retries."""
     http_request = urllib.request.Request(
@@ -270,7 +275,7 @@ def deliver(request: QueuedWebhook, *, timeout: float = DELIVER_TIMEOUT) -> Deli
     status: int | None = None
     error: str | None = None
     try:
-        with urllib.request.urlopen(http_request, timeout=timeout) as response:
+        with _DIRECT.open(http_request, timeout=timeout) as response:
             response.read()
             status = response.status
     except urllib.error.HTTPError as refused:

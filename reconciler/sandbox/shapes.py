@@ -451,14 +451,14 @@ def combined_status(
     }
 
 
-def hook(app_url: str, item: Hook, *, events: list[str]) -> JSON:
-    """structs.Hook; the secret is never shown, as in Forgejo."""
+def hook(app_url: str, repo: Repo, item: Hook, *, events: list[str]) -> JSON:
+    """structs.Hook (services/webhook ToHook); the secret is never shown."""
     return {
         "id": item.id,
         "type": item.type,
         "branch_filter": item.branch_filter,
-        "url": f"{app_url}api/v1/hooks/{item.id}",
-        "config": {"url": item.url, "content_type": item.content_type, "http_method": "post"},
+        "url": f"{app_url}{repo.full_name}/settings/hooks/{item.id}",
+        "config": {"url": item.url, "content_type": item.content_type},
         "events": events,
         "authorization_header": item.authorization_header,
         "active": item.active,

@@ -277,6 +277,13 @@ class ForgejoGateway:
                     ) from exc
                 self._sleep(self._backoff(attempt))
                 continue
+            except httpx.HTTPError as exc:  # too many redirects, an undecodable body, …
+                self._count(operation, 0)
+                raise ForgejoServerError(
+                    f"{operation}: unusable answer from Forgejo at {self.base_url} "
+                    f"({type(exc).__name__}: {exc})",
+                    operation=operation,
+                ) from exc
             self._count(operation, response.status_code)
             if response.status_code < 400:
                 return response
@@ -900,15 +907,12 @@ class ForgejoGateway:
                 PullRequest.from_api,
                 params=params,
             )
+            # A PR from a fork (or from a deleted fork: ``head_repo`` None) is never the
+            # task's: task branches live in the repository itself.
             if pull.head_branch == branch
-            and (pull.head_repo is None or pull.head_repo.lower() == repo.lower())
+            and pull.head_repo is not None
+            and pull.head_repo.lower() == repo.lower()
             and (base is None or pull.base_branch == base)
-        ]
-        # A deleted fork leaves head_repo None; only trust it when the base is this repo.
-        candidates = [
-            p
-            for p in candidates
-            if p.head_repo is not None or (p.base_repo or "").lower() == repo.lower()
         ]
         if not candidates:
             return None

@@ -147,6 +147,14 @@ def test_no_response_at_all_is_a_server_error_without_the_token() -> None:
     assert TOKEN not in str(raised.value)
 
 
+def test_a_redirect_loop_is_a_server_error_not_an_httpx_exception() -> None:
+    """No httpx exception leaves the gateway: a redirect loop is a ForgejoServerError."""
+    loop = httpx.Response(302, headers={"Location": "https://forgejo.test/api/v1/user"})
+    h = Harness(*(loop for _ in range(25)), read_retries=0)
+    with pytest.raises(ForgejoServerError, match="TooManyRedirects"):
+        h.gateway.whoami()
+
+
 def test_post_is_not_retried_on_a_server_error() -> None:
     """A comment POST answered 502 is sent once: a retry could post the comment twice."""
     h = Harness(failing(502))

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from reconciler import __version__
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, StoreLockedError
+
+if TYPE_CHECKING:
+    from reconciler.settings import Settings
+    from reconciler.store import Store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +66,120 @@ def config_check(file: Path) -> None:
         sys.exit(2)
     repos = ", ".join(settings.forgejo.repos) or "(none)"
     click.echo(f"{file}: OK — Forgejo {settings.forgejo.url}, watching {repos}")
+    for warning in settings.warnings():
+        click.echo(f"  warning: {warning}", err=True)
+
+
+def _load_or_exit(file: Path | None) -> Settings:
+    from reconciler.settings import load_settings
+
+    try:
+        return load_settings(file)
+    except ConfigError as exc:
+        click.echo(f"{file}: invalid configuration, {len(exc.problems)} error(s)", err=True)
+        for path, message in exc.problems:
+            click.echo(f"  {path}: {message}", err=True)
+        sys.exit(2)
+
+
+def _open_store_or_exit(settings: Settings) -> Store:
+    from reconciler.store import Store
+
+    try:
+        return Store.open(settings.store.path)
+    except StoreLockedError as exc:
+        click.echo(f"agent-fleet: {exc}", err=True)
+        sys.exit(3)
+
+
+_CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("config/fleet.toml"),
+    show_default=True,
+    help="The TOML configuration file.",
+)
+
+
+@main.command()
+@_CONFIG_OPTION
+@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+@click.option("--log-json/--log-console", default=None, help="Log format (default: JSON unless on a terminal).")
+def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
+    """Run the daemon: reconcile loop, webhook receiver, agent API and resync.
+
+    Stops cleanly on SIGTERM or SIGINT: in-flight reconciles finish (up to
+    loop.shutdown_grace seconds), state is flushed, exit code 0. The config file is watched;
+    a valid edit is applied, an invalid one is logged and the old config keeps running.
+
+    \b
+    Example:
+      agent-fleet run --config config/fleet.toml
+    """
+    import signal
+    import threading
+
+    from reconciler.logs import configure_logging
+    from webhook.daemon import Daemon
+
+    configure_logging(level=log_level, json=log_json)
+    settings = _load_or_exit(config_file)
+    try:
+        daemon = Daemon(settings, config_path=config_file)
+    except StoreLockedError as exc:
+        click.echo(f"agent-fleet: {exc}", err=True)
+        sys.exit(3)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    daemon.start()
+    stop.wait()
+    drained = daemon.stop()
+    sys.exit(0 if drained else 1)
+
+
+@main.command()
+@_CONFIG_OPTION
+@click.option("--once", is_flag=True, required=True, help="Run one full pass and exit.")
+@click.option("--dry-run", is_flag=True, help="Print the actions a pass would take; change nothing.")
+def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
+    """Run one full reconcile pass over every watched repository, then exit.
+
+    With --dry-run nothing is changed, in Forgejo or locally: the actions the pass would take
+    (labels, comments, task changes, dispatches) are printed, like a plan.
+
+    \b
+    Example:
+      agent-fleet reconcile --once --dry-run --config config/fleet.toml
+    """
+    from reconciler.logs import configure_logging
+    from webhook.daemon import build, prepare_repos
+
+    configure_logging(level="warning")
+    settings = _load_or_exit(config_file)
+    store = _open_store_or_exit(settings)
+    try:
+        assembly = build(settings, store=store, dry_run=dry_run)
+        if not dry_run:
+            prepare_repos(assembly)
+        assembly.resync.full()
+        outcomes = assembly.loop.drain()
+        for closer in assembly.closers:
+            closer()
+    finally:
+        store.close()
+    verb = "would" if dry_run else "did"
+    total = 0
+    for outcome in outcomes:
+        for action in outcome.actions:
+            click.echo(f"{verb}: {action}")
+            total += 1
+        if outcome.outcome not in ("ok", "requeued"):
+            click.echo(f"{outcome.key}: {outcome.outcome} {outcome.error}".rstrip(), err=True)
+    failed = sum(o.outcome == "error" for o in outcomes)
+    click.echo(f"{len(outcomes)} key(s) reconciled, {total} action(s) {'planned' if dry_run else 'taken'}, {failed} error(s)")
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

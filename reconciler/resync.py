@@ -1,0 +1,207 @@
+"""The periodic resync: what makes agent-fleet correct when webhooks are lost.
+
+Forgejo never retries a failed webhook delivery, so the loop cannot depend on them. Every
+``resync_interval`` (jittered) an *incremental* resync asks each watched repository for what
+changed since the last one (``issues?state=all&since=…``, one call when little changed) and
+enqueues the keys; every ``full_resync_interval`` a *full* resync lists every open issue and
+pull request, and every task the store still tracks, to catch anything missed. At start-up the
+loop runs a full resync. Enqueueing is cheap: the work queue deduplicates keys and controllers
+are idempotent, so overlap between webhooks and resyncs costs nothing but a reconcile.
+
+Called by the daemon's resync thread, ``agent-fleet reconcile --once`` and the demo.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+import structlog
+
+from reconciler.forgejo import ForgejoGateway
+from reconciler.forgejo_types import Issue
+from reconciler.keys import Key, issue_key, pull_key
+from reconciler.metrics import Metrics
+from reconciler.settings import LabelsSettings, Settings
+from reconciler.store import Store
+
+log = structlog.get_logger(__name__)
+
+# Forgejo compares `since` with `>=` on whole seconds; overlapping by a few seconds makes sure
+# an update in the same second as the previous listing is seen (seeing it twice is harmless).
+SINCE_OVERLAP = timedelta(seconds=5)
+
+
+def is_fleet_issue(issue: Issue, labels: LabelsSettings) -> bool:
+    """Whether an issue asks for the fleet: the trigger label or any ``agent/<role>`` label.
+
+    Checked here, not with the API's ``labels=`` filter: Forgejo requires ALL listed labels
+    and silently drops unknown names, so it cannot express "any of these".
+    """
+    return any(
+        name == labels.trigger or name.startswith(labels.role_prefix) for name in issue.labels
+    )
+
+
+class Resync:
+    def __init__(
+        self,
+        gateway: ForgejoGateway,
+        store: Store,
+        enqueue: Callable[[Key], None],
+        *,
+        settings: Callable[[], Settings],
+        clock: Callable[[], datetime],
+        metrics: Metrics | None = None,
+        record: bool = True,
+    ) -> None:
+        self._gateway = gateway
+        self._store = store
+        self._enqueue = enqueue
+        self._settings = settings
+        self._clock = clock
+        self._metrics = metrics
+        # False in a dry run: nothing is written, not even when the last resync happened.
+        self._record = record
+
+    @property
+    def _repos(self) -> tuple[str, ...]:
+        return tuple(self._settings().forgejo.repos)
+
+    @property
+    def _labels(self) -> LabelsSettings:
+        return self._settings().labels
+
+    def _remember(self, repo: str, started: datetime) -> None:
+        if self._record:
+            self._store.set_meta(self._meta_name(repo), started.isoformat())
+
+    def _meta_name(self, repo: str) -> str:
+        return f"resync.since:{repo}"
+
+    def last_resync(self) -> datetime | None:
+        """When the oldest of the watched repositories was last resynced (None: never)."""
+        times = [self._store.get_meta(self._meta_name(r)) for r in self._repos]
+        if not times or any(t is None for t in times):
+            return None
+        return min(datetime.fromisoformat(str(t)) for t in times)
+
+    def _tracked_numbers(self, repo: str) -> set[int]:
+        return {t.issue_number for t in self._store.list_tasks(repo=repo)}
+
+    def _keys_for(self, repo: str, issues: Sequence[Issue], tracked: set[int]) -> list[Key]:
+        keys: list[Key] = []
+        for issue in issues:
+            if issue.is_pull:
+                keys.append(pull_key(repo, issue.number))
+            elif issue.number in tracked or is_fleet_issue(issue, self._labels):
+                keys.append(issue_key(repo, issue.number))
+        return keys
+
+    def incremental(self) -> int:
+        """Enqueue what changed since the last resync of each repository; return the count."""
+        total = 0
+        for repo in self._repos:
+            since_text = self._store.get_meta(self._meta_name(repo))
+            if since_text is None:
+                total += self._full_repo(repo)
+                continue
+            started = self._clock()
+            since = datetime.fromisoformat(str(since_text)) - SINCE_OVERLAP
+            changed = self._gateway.list_issues(repo, state="all", since=since)
+            keys = self._keys_for(repo, changed, self._tracked_numbers(repo))
+            for key in keys:
+                self._enqueue(key)
+            self._remember(repo, started)
+            total += len(keys)
+            log.debug("resync.incremental", repo=repo, changed=len(changed), enqueued=len(keys))
+        self._mark("incremental")
+        return total
+
+    def full(self) -> int:
+        """Enqueue every open fleet issue and PR, and every task the store tracks."""
+        total = sum(self._full_repo(repo) for repo in self._repos)
+        self._mark("full")
+        return total
+
+    def _full_repo(self, repo: str) -> int:
+        started = self._clock()
+        issues = self._gateway.list_issues(repo, state="open", kind="issues")
+        pulls = self._gateway.list_pulls(repo, state="open")
+        tracked = self._tracked_numbers(repo)
+        keys = self._keys_for(repo, issues, tracked)
+        keys += [pull_key(repo, pr.number) for pr in pulls]
+        # Tasks whose issue was closed (or lost its label) are no longer in the open list:
+        # their keys make the controller notice and cancel them.
+        keys += [issue_key(repo, n) for n in sorted(tracked)]
+        for key in keys:
+            self._enqueue(key)
+        self._remember(repo, started)
+        log.info("resync.full", repo=repo, issues=len(issues), pulls=len(pulls), enqueued=len(keys))
+        return len(keys)
+
+    def _mark(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.last_resync.labels(kind=kind).set(self._clock().timestamp())
+
+
+class ResyncTimer:
+    """A thread that runs incremental resyncs on a jittered interval and full ones less often."""
+
+    def __init__(
+        self,
+        resync: Resync,
+        *,
+        interval: float,
+        full_interval: float,
+        jitter: float = 0.1,
+        monotonic: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._resync = resync
+        self._interval = interval
+        self._full_interval = full_interval
+        self._jitter = jitter
+        self._monotonic = monotonic
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_full: float | None = None  # None: the first tick is a full resync
+
+    def next_delay(self) -> float:
+        spread = self._interval * self._jitter
+        return max(self._interval + self._rng.uniform(-spread, spread), 0.0)
+
+    def request(self) -> None:
+        """Run a resync now (the config was reloaded, or an operator asked)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="resync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def run_once(self) -> None:
+        """One tick: a full resync when one is due, an incremental one otherwise."""
+        try:
+            if self._last_full is None or self._monotonic() - self._last_full >= self._full_interval:
+                self._last_full = self._monotonic()
+                self._resync.full()
+            else:
+                self._resync.incremental()
+        except Exception as exc:  # a failed resync must not kill the thread; the next one retries
+            log.warning("resync.failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.run_once()
+            self._wake.wait(self.next_delay())
+            self._wake.clear()

@@ -1,0 +1,349 @@
+"""The daemon: one process with the reconcile loop, the resync timer and the HTTP server.
+
+``agent-fleet run --config FILE`` builds a :class:`Daemon` from the settings, starts it and
+waits for SIGTERM/SIGINT. :func:`build` assembles the pieces — this is the one place that
+lists the controllers, in one explicit tuple — and is shared with ``agent-fleet reconcile
+--once`` and the demo.
+
+Stopping: the HTTP server stops accepting, the resync timer stops, the loop stops taking keys
+and finishes the ones in flight (up to ``loop.shutdown_grace``), then the store is closed.
+
+Configuration reload: the config file is watched; a valid change replaces the settings the
+controllers and the resync read on their next pass and triggers a resync; an invalid change
+is refused with a logged error and the old settings keep running. Settings that shape the
+process itself (bind address, port, store path, workers, webhook secret) are reported as
+needing a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controllers.assignment import AssignmentController
+from reconciler.errors import ConfigError, FleetError
+from reconciler.forgejo import ForgejoGateway
+from reconciler.forgejo_types import LabelSpec
+from reconciler.loop import Loop
+from reconciler.metrics import Metrics
+from reconciler.reconcile import ActContext, Actuator, Controller
+from reconciler.resync import Resync, ResyncTimer
+from reconciler.settings import Settings, load_settings
+from reconciler.store import Store
+from reconciler.workqueue import WorkQueue
+from webhook.app import Check, install_health, make_app
+from webhook.forgejo import install_forgejo_webhook
+from webhook.server import HttpServer
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+# Settings that shape the running process; a change to them is applied only by a restart.
+RESTART_ONLY = (
+    ("webhook", "bind"),
+    ("webhook", "port"),
+    ("webhook", "threads"),
+    ("webhook", "secret"),
+    ("webhook", "max_body_bytes"),
+    ("store", "path"),
+    ("loop", "workers"),
+    ("forgejo", "url"),
+    ("forgejo", "token"),
+)
+
+
+# The hook events agent-fleet subscribes a repository to (see docs/webhooks.md). Forgejo
+# expands "issues" and "pull_request" to every issue and pull-request sub-event, reviews included.
+WEBHOOK_EVENTS = ("issues", "issue_comment", "pull_request", "push", "create", "delete")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SettingsHolder:
+    """The current settings; replaced whole on a valid reload, read by reference on each pass."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Settings:
+        return self._settings
+
+    def replace(self, settings: Settings) -> Settings:
+        with self._lock:
+            old, self._settings = self._settings, settings
+        return old
+
+
+@dataclass
+class Assembly:
+    """Everything one agent-fleet process is made of, wired together."""
+
+    settings: SettingsHolder
+    store: Store
+    gateway: ForgejoGateway
+    queue: WorkQueue
+    loop: Loop
+    resync: Resync
+    metrics: Metrics
+    controllers: tuple[Controller, ...]
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+
+def label_specs(settings: Settings) -> list[LabelSpec]:
+    return [
+        LabelSpec(name=s.name, color=s.color, description=s.description, exclusive=s.exclusive)
+        for s in settings.label_specs()
+    ]
+
+
+def build(
+    settings: Settings,
+    *,
+    store: Store,
+    clock: Clock = utc_now,
+    dry_run: bool = False,
+    transport: object | None = None,
+) -> Assembly:
+    """Wire store, gateway, queue, controllers, loop and resync for one process."""
+    holder = SettingsHolder(settings)
+    metrics = Metrics()
+    gateway = ForgejoGateway(
+        settings.forgejo.url,
+        settings.forgejo.token.get_secret_value(),
+        timeout=settings.forgejo.timeout,
+        read_retries=settings.forgejo.read_retries,
+        on_call=metrics.count_forgejo_call,
+        transport=transport,
+    )
+    queue = WorkQueue(
+        backoff_initial=settings.loop.backoff_initial,
+        backoff_max=settings.loop.backoff_max,
+        # A dry run changes nothing, not even the local record of failures.
+        backoff_store=None if dry_run else store,
+    )
+    actuator = Actuator(ActContext(gateway=gateway, store=store), dry_run=dry_run)
+    controllers: tuple[Controller, ...] = (
+        AssignmentController(gateway, store, actuator, settings=holder, clock=clock),
+    )
+    loop = Loop(controllers, queue, workers=settings.loop.workers, metrics=metrics)
+    resync = Resync(
+        gateway, store, queue.add, settings=holder, clock=clock, metrics=metrics, record=not dry_run
+    )
+    return Assembly(
+        settings=holder,
+        store=store,
+        gateway=gateway,
+        queue=queue,
+        loop=loop,
+        resync=resync,
+        metrics=metrics,
+        controllers=controllers,
+        closers=[gateway.close],
+    )
+
+
+def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]) -> Any:
+    """The daemon's Bottle app: webhook receiver, health, metrics (agent API to come)."""
+    settings = assembly.settings()
+    app = make_app()
+    secret = settings.webhook.secret
+    install_forgejo_webhook(
+        app,
+        secret=secret.get_secret_value() if secret else None,
+        enqueue=assembly.queue.add,
+        max_body_bytes=settings.webhook.max_body_bytes,
+        on_delivery=assembly.metrics.count_webhook,
+    )
+    install_health(app, readiness=readiness, metrics=assembly.metrics)
+    return app
+
+
+def prepare_repos(assembly: Assembly) -> None:
+    """Create the label vocabulary and the webhook in each watched repo, where configured to.
+
+    Failures are logged, not fatal: Forgejo may be briefly unreachable at start, and the
+    vocabulary is ensured again on every config reload.
+    """
+    settings = assembly.settings()
+    for repo in settings.forgejo.repos:
+        try:
+            if settings.forgejo.manage_labels:
+                assembly.gateway.ensure_labels(repo, label_specs(settings))
+            secret = settings.webhook.secret
+            if settings.forgejo.manage_webhooks and settings.forgejo.webhook_url and secret:
+                # Forgejo never shows a hook's secret, so it is written each time we prepare.
+                assembly.gateway.ensure_webhook(
+                    repo,
+                    url=settings.forgejo.webhook_url,
+                    secret=secret.get_secret_value(),
+                    events=WEBHOOK_EVENTS,
+                    rewrite_secret=True,
+                )
+        except FleetError as exc:
+            log.warning("repo.prepare_failed", repo=repo, error=str(exc))
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        clock: Clock = utc_now,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._config_path = config_path
+        self._env = env
+        self._clock = clock
+        self._store = Store.open(settings.store.path)
+        try:
+            self.assembly = build(settings, store=self._store, clock=clock)
+        except BaseException:
+            self._store.close()
+            raise
+        self._timer = ResyncTimer(
+            self.assembly.resync,
+            interval=settings.loop.resync_interval,
+            full_interval=settings.loop.full_resync_interval,
+            jitter=settings.loop.resync_jitter,
+            monotonic=time.monotonic,
+        )
+        app = http_app(self.assembly, readiness=self.readiness)
+        self.app = app
+        self._http = HttpServer(
+            app, host=settings.webhook.bind, port=settings.webhook.port, threads=settings.webhook.threads
+        )
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._forgejo_check: tuple[float, Check] | None = None
+        self.stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return self._http.url
+
+    @property
+    def settings(self) -> Settings:
+        return self.assembly.settings()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        settings = self.settings
+        if settings.webhook.secret is None:
+            log.warning(
+                "webhook.no_secret",
+                message="webhook.secret is not set: every webhook delivery will be refused; "
+                "the periodic resync still picks up every change",
+            )
+        self._http.start()
+        prepare_repos(self.assembly)
+        self.assembly.loop.start()
+        self._timer.start()  # its first tick is a full resync: the start-up enqueue
+        if self._config_path is not None:
+            self._watcher = threading.Thread(target=self._watch, name="config-watch", daemon=True)
+            self._watcher.start()
+        log.info(
+            "daemon.started",
+            url=self.url,
+            repos=list(settings.forgejo.repos),
+            workers=settings.loop.workers,
+            store=str(settings.store.path),
+        )
+
+    def stop(self) -> bool:
+        """Stop everything; True when in-flight reconciles all finished within the grace."""
+        log.info("daemon.stopping")
+        self._watch_stop.set()
+        self._http.stop()
+        self._timer.stop()
+        drained = self.assembly.loop.stop(grace=self.settings.loop.shutdown_grace)
+        for close in self.assembly.closers:
+            close()
+        self._store.close()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.stopped.set()
+        log.info("daemon.stopped", drained=drained)
+        return drained
+
+    # --- readiness ----------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, Check]:
+        settings = self.settings
+        checks = {"store": Check(not self._store.closed, str(settings.store.path))}
+        checks["forgejo"] = self._check_forgejo()
+        last = self.assembly.resync.last_resync()
+        limit = timedelta(seconds=max(3 * settings.loop.resync_interval, 120))
+        if last is None:
+            checks["resync"] = Check(False, "no resync has completed yet")
+        else:
+            age = self._clock() - last
+            checks["resync"] = Check(age <= limit, f"last resync {age.total_seconds():.0f}s ago")
+        return checks
+
+    def _check_forgejo(self) -> Check:
+        # Cached for a few seconds: a readiness probe must not hammer Forgejo.
+        now = time.monotonic()
+        if self._forgejo_check is not None and now - self._forgejo_check[0] < 10:
+            return self._forgejo_check[1]
+        try:
+            check = Check(True, f"Forgejo {self.assembly.gateway.version()}")
+        except FleetError as exc:
+            check = Check(False, str(exc))
+        self._forgejo_check = (now, check)
+        return check
+
+    # --- configuration reload -----------------------------------------------------------
+
+    def _watch(self) -> None:
+        import watchfiles
+
+        assert self._config_path is not None
+        path = self._config_path.resolve()
+        # Watch the directory: editors replace files by rename, which a file watch can miss.
+        for changes in watchfiles.watch(
+            path.parent, stop_event=self._watch_stop, debounce=200, raise_interrupt=False
+        ):
+            if any(Path(p).resolve() == path for _, p in changes):
+                self.reload()
+
+    def reload(self) -> bool:
+        """Load the config file again; apply it if valid. Returns whether it was applied."""
+        assert self._config_path is not None
+        try:
+            new = load_settings(self._config_path, env=self._env)
+        except ConfigError as exc:
+            log.error(
+                "config.rejected",
+                path=str(self._config_path),
+                problems=[f"{p}: {m}" for p, m in exc.problems],
+                message="the previous configuration keeps running",
+            )
+            return False
+        old = self.assembly.settings.replace(new)
+        restart = [
+            f"{section}.{name}"
+            for section, name in RESTART_ONLY
+            if getattr(getattr(old, section), name) != getattr(getattr(new, section), name)
+        ]
+        if restart:
+            log.warning("config.restart_required", fields=restart)
+        log.info("config.reloaded", path=str(self._config_path))
+        prepare_repos(self.assembly)
+        self._timer.request()
+        return True
+
+    def wait(self, stop: threading.Event) -> None:
+        stop.wait()

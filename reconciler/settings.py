@@ -246,7 +246,12 @@ class WebhookSettings(Section):
     """The HTTP server that receives Forgejo webhooks and serves the agent API."""
 
     bind: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
-    port: int = Field(default=8080, ge=1, le=65535, description="TCP port to listen on.")
+    port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="TCP port to listen on; 0 picks a free port (the daemon logs the one it bound).",
+    )
     secret: Secret | None = Field(
         default=None,
         description="Webhook secret shared with Forgejo; without it deliveries are not verified.",

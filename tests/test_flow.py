@@ -85,6 +85,7 @@ def fleet(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> It
     assembly.resync.full()  # nothing there yet: remembers when it last looked
     assert assembly.loop.drain() == []
     yield Fleet(forge=forge, assembly=assembly, server=server, clock=forge_clock)
+    forge.flush_webhooks()  # nothing may be on its way to a server that is stopping
     server.stop()
     assembly.gateway.close()
     store.close()

@@ -16,8 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import bottle  # type: ignore[import-untyped]
+import structlog
 
 from reconciler.metrics import CONTENT_TYPE, Metrics
+
+log = structlog.get_logger(__name__)
 
 _ERROR_CODES = {
     400: "bad_request",
@@ -54,6 +57,12 @@ def make_app() -> bottle.Bottle:
         message = error.body if isinstance(error.body, str) and error.body else error.status_line
         if error.status_code == 500:
             # Never leak a traceback or internals to a client; the log has them.
+            log.error(
+                "http.internal_error",
+                path=bottle.request.path,
+                error=repr(error.exception),
+                traceback=error.traceback,
+            )
             message = "internal error; see the agent-fleet log"
         return json.dumps({"error": code, "message": message})
 

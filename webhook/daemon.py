@@ -312,10 +312,21 @@ class Daemon:
 
         assert self._config_path is not None
         path = self._config_path.resolve()
+        announced = False
         # Watch the directory: editors replace files by rename, which a file watch can miss.
+        # yield_on_timeout makes the watcher yield an empty set once it is watching, so the
+        # log can say from when on an edit is picked up.
         for changes in watchfiles.watch(
-            path.parent, stop_event=self._watch_stop, debounce=200, raise_interrupt=False
+            path.parent,
+            stop_event=self._watch_stop,
+            debounce=200,
+            rust_timeout=500,
+            yield_on_timeout=True,
+            raise_interrupt=False,
         ):
+            if not announced:
+                announced = True
+                log.info("config.watching", path=str(path))
             if any(Path(p).resolve() == path for _, p in changes):
                 self.reload()
 

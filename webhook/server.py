@@ -32,6 +32,7 @@ class HttpServer:
             channel_timeout=30,
         )
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def host(self) -> str:
@@ -52,15 +53,24 @@ class HttpServer:
         log.info("http.listening", url=self.url)
 
     def _serve(self) -> None:
-        try:
-            self._server.run()
-        except OSError as exc:  # the socket map was closed under select() by stop()
-            log.debug("http.loop_ended", error=str(exc))
+        server = self._server
+        # waitress's own run() loops until its socket map is empty; this loop also ends when
+        # stop() asks, woken by the server's trigger instead of waiting out a select timeout.
+        while not self._stopping.is_set() and server._map:
+            wasyncore.loop(
+                timeout=server.adj.asyncore_loop_timeout,
+                map=server._map,
+                use_poll=server.adj.asyncore_use_poll,
+                count=1,
+            )
 
     def stop(self, *, timeout: float = 5.0) -> None:
-        """Stop accepting, let the worker threads finish their requests, close every socket."""
+        """Finish the requests being handled, then close every socket and end the loop."""
+        # The loop keeps running while the worker threads finish, so their answers are sent.
         self._server.task_dispatcher.shutdown(cancel_pending=False, timeout=timeout)
-        wasyncore.close_all(self._server._map)
+        self._stopping.set()
+        self._server.pull_trigger()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
+        wasyncore.close_all(self._server._map)
         log.info("http.stopped", url=self.url)

@@ -202,6 +202,11 @@ class Store:
             if "value" not in doc:
                 raise StoreError(f"{self.path / STATE_FILE}: {_META}/{doc_id} has no 'value'")
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (readiness reports it)."""
+        return self._closed
+
     def close(self) -> None:
         """Release the store (and its lock). Safe to call twice."""
         with self._lock:

@@ -122,16 +122,21 @@ class SaveTask(Action):
     events: tuple[TaskEvent, ...] = field(default=())
 
     def describe(self) -> str:
-        moves = "; ".join(
-            f"{e.from_state} → {e.to_state}" if e.to_state else f"{e.kind}: {e.reason}"
-            for e in self.events
-        )
+        moves = "; ".join(_describe_event(e) for e in self.events)
         return f"task {self.task.id} ({self.task.repo}#{self.task.issue_number}): {moves or 'save'}"
 
     def apply(self, ctx: ActContext) -> None:
         for event in self.events:
             ctx.store.append_event(event)
         ctx.store.put_task(self.task)
+
+
+def _describe_event(event: TaskEvent) -> str:
+    if event.to_state is None:
+        return f"{event.kind}: {event.reason}"
+    if event.from_state is None:
+        return f"new task, {event.to_state} ({event.reason})"
+    return f"{event.from_state} → {event.to_state} ({event.reason})"
 
 
 _applied: ContextVar[list[str] | None] = ContextVar("agent_fleet_applied_actions", default=None)

@@ -267,3 +267,29 @@ def test_duplicate_controller_names_are_refused() -> None:
     queue = WorkQueue()
     with pytest.raises(ValueError, match="unique"):
         Loop((ScriptedController([]), ScriptedController([])), queue)
+
+
+def test_backoff_kept_in_the_real_store_survives_a_restart(tmp_path: object) -> None:
+    """The same restart, with the TinyDB store on disk closed and reopened in between."""
+    from pathlib import Path
+
+    from reconciler.store import Store
+
+    path = Path(str(tmp_path)) / "state"
+    clock = FakeClock()
+    with Store.open(path) as store:
+        loop, _ = make([RuntimeError("down")] * 2, clock, store)
+        loop.queue.add(KEY)
+        first = loop.process_one()
+        assert first is not None and first.retry_in is not None
+        clock.advance(first.retry_in)
+        second = loop.process_one()
+        assert second is not None and second.retry_in == 2.0
+    with Store.open(path) as store:
+        restarted, controller = make([RuntimeError("still down")], clock, store)
+        assert restarted.process_one() is None, "ran before the stored not_before"
+        clock.advance(2.0)
+        restarted.queue.poll()
+        third = restarted.process_one()
+        assert third is not None and third.retry_in == 4.0
+        assert controller.seen == [KEY]

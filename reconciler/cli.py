@@ -183,19 +183,24 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
 
 
 @main.command()
-def demo() -> None:
+@click.option("--verbose", is_flag=True, help="Also show the daemon's own log lines.")
+def demo(verbose: bool) -> None:
     """Run agent-fleet end to end on this machine with no outside service.
 
-    Starts an embedded Forgejo sandbox on loopback, creates a demo repository with the label
-    vocabulary and a few labelled issues through the Forgejo gateway, reads them back, prints
-    them, and stops everything it started.
+    Starts an embedded Forgejo sandbox and the real daemon (loop, webhook receiver, resync) on
+    loopback with a throw-away state store, files a few labelled issues as a person would, and
+    shows each one picked up through its webhook by the assignment controller, which creates
+    the task and writes its status label back. Stops everything it started; exits 0.
 
     \b
     Example:
       agent-fleet demo
+      agent-fleet demo --verbose
     """
+    from reconciler.logs import configure_logging
     from webhook.demo import run_demo
 
+    configure_logging(level="info" if verbose else "warning")
     sys.exit(run_demo(out=click.echo))
 
 

@@ -9,16 +9,19 @@ import threading
 from webhook.demo import DEMO_ISSUES, run_demo
 
 
-def test_demo_files_the_labelled_issues_and_reads_them_back() -> None:
-    """Every demo issue is created through the gateway and printed back with its labels."""
+def test_demo_shows_each_issue_picked_up_through_its_webhook() -> None:
+    """Every demo issue is reconciled by the assignment controller and gets status/todo."""
     lines: list[str] = []
     before = set(threading.enumerate())
     assert run_demo(out=lines.append) == 0
     text = "\n".join(lines)
-    for issue in DEMO_ISSUES:
+    for number, issue in enumerate(DEMO_ISSUES, start=1):
         assert issue.title in text
-        assert ", ".join(sorted(issue.labels)) in text
+        assert f"⟳ assignment:fleet-admin/demo#{number} (ok" in text
+        assert f"fleet-admin/demo#{number}: add label(s) status/todo" in text
+        assert ", ".join(sorted((*issue.labels, "status/todo"))) in text
     assert "exclusive scopes: priority, status" in text
+    assert "webhook deliveries answered 2xx" in text
     leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
     assert leftover == [], f"threads left running: {leftover}"
 
@@ -33,4 +36,4 @@ def test_demo_command_exits_zero() -> None:
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr
-    assert "sandbox stopped" in result.stdout
+    assert "daemon and sandbox stopped" in result.stdout

@@ -24,7 +24,7 @@ pytest_plugins = ("tests.sandbox_fixtures",)
 
 DEMO = "fleet-admin/demo"
 REPO = f"/repos/{DEMO}"
-EXAMPLES = Path("/work/shared/forgejo/examples")
+from tests.forgejo_data import EXAMPLES
 
 
 def _issues(client: httpx.Client, count: int) -> None:

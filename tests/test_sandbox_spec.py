@@ -25,7 +25,7 @@ from reconciler.sandbox import ForgejoSandbox
 
 pytest_plugins = ("tests.sandbox_fixtures",)
 
-SPEC_PATH = Path("/work/shared/forgejo/openapi-v1.json")
+from tests.forgejo_data import SPEC_PATH
 REPO = "/repos/fleet-admin/demo"
 
 # Properties real Forgejo sends that its spec does not declare, each with its reason.

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 pytest_plugins = ("tests.sandbox_fixtures",)
 
 DEMO = "fleet-admin/demo"
-EXAMPLES = Path("/work/shared/forgejo/examples")
-SPEC = Path("/work/shared/forgejo/openapi-v1.json")
+from tests.forgejo_data import EXAMPLES
+from tests.forgejo_data import SPEC_PATH as SPEC
 SECRET = "s3cret"
 
 # Top-level payload fields Forgejo v16's payload structs have and the older recordings lack

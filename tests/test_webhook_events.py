@@ -12,7 +12,7 @@ import pytest
 from reconciler.keys import Key, branch_key, issue_key, pull_key
 from webhook.events import MalformedPayload, keys_for
 
-EXAMPLES = Path("/work/shared/forgejo/examples")
+from tests.forgejo_data import EXAMPLES
 
 # file → (X-Forgejo-Event from SOURCES.md, the keys it must map to).
 RECORDED: dict[str, tuple[str, tuple[str, ...]]] = {

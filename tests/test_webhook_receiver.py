@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from reconciler.keys import Key, issue_key, pull_key
 from webhook.forgejo import WEBHOOK_PATH, install_forgejo_webhook
 
-EXAMPLES = Path("/work/shared/forgejo/examples")
+from tests.forgejo_data import EXAMPLES
 SECRET = "s3cret-hook-key"
 LIMIT = 64 * 1024
 

@@ -130,6 +130,10 @@ def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
     except StoreLockedError as exc:
         click.echo(f"agent-fleet: {exc}", err=True)
         sys.exit(3)
+    except ConfigError as exc:
+        for path, message in exc.problems:
+            click.echo(f"{config_file}: {path}: {message}", err=True)
+        sys.exit(2)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -123,6 +123,12 @@ class Resync:
     def full(self) -> int:
         """Enqueue every open fleet issue and PR, and every task the store tracks."""
         total = sum(self._full_repo(repo) for repo in self._repos)
+        if self._record:
+            # Keep the live store to the working set: finished tasks move to the archive.
+            keep = timedelta(seconds=self._settings().store.archive_after)
+            archived = self._store.archive_terminal(self._clock() - keep)
+            if archived:
+                log.info("store.archived", tasks=archived)
         self._mark("full")
         return total
 

@@ -203,6 +203,17 @@ class Daemon:
         clock: Clock = utc_now,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        if settings.matrix.enabled:
+            # A seam, not a silent no-op: the settings are validated, the client is not built yet.
+            raise ConfigError(
+                [
+                    (
+                        "matrix.enabled",
+                        "Matrix notifications and commands are not available in this release; "
+                        "set matrix.enabled = false",
+                    )
+                ]
+            )
         self._config_path = config_path
         self._env = env
         self._clock = clock

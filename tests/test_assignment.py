@@ -1,0 +1,219 @@
+"""The assignment controller: the plan table, a reconcile against the in-memory Forgejo, the
+no-op second pass, and the error paths."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from controllers.assignment import AssignmentController, Observed, plan, read_labels
+from reconciler.forgejo import ForgejoGateway
+from reconciler.forgejo_types import Issue, IssueState
+from reconciler.keys import issue_key
+from reconciler.models import AgentId, Priority, Task, TaskState, task_id_for
+from reconciler.reconcile import ActContext, Actuator, AddLabels, RemoveLabels, SaveTask
+from reconciler.sandbox import ForgejoSandbox
+from reconciler.settings import ForgejoSettings, Settings
+from reconciler.store import Store
+from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
+from webhook.daemon import label_specs
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+REPO = "acme/web"
+SETTINGS = Settings(
+    forgejo=ForgejoSettings(
+        url="https://forgejo.example.org", token=SecretStr("t"), repos=(REPO,), bot_login="fleet"
+    )
+)
+
+
+def issue(*labels: str, state: IssueState = IssueState.OPEN, title: str = "Fix login") -> Issue:
+    return Issue(
+        id=1,
+        number=12,
+        title=title,
+        body="",
+        state=state,
+        labels=labels,
+        author="alice",
+        assignees=(),
+        created_at=NOW,
+        updated_at=NOW,
+        closed_at=None,
+        is_pull=False,
+        html_url="",
+    )
+
+
+def task(state: TaskState = TaskState.CREATED, **changes: object) -> Task:
+    base: dict[str, object] = {
+        "id": task_id_for(REPO, 12),
+        "repo": REPO,
+        "issue_number": 12,
+        "title": "Fix login",
+        "state": state,
+        "branch": f"task/{task_id_for(REPO, 12)}-fix-login",
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    return Task.model_validate({**base, **changes})
+
+
+def planned(obs_issue: Issue | None, obs_task: Task | None) -> tuple[object, ...]:
+    return plan(Observed(REPO, 12, obs_issue, obs_task), now=NOW, settings=SETTINGS)
+
+
+def kinds(actions: tuple[object, ...]) -> list[str]:
+    out = []
+    for action in actions:
+        if isinstance(action, SaveTask):
+            states = ",".join(f"{e.from_state}->{e.to_state}" for e in action.events)
+            out.append(f"save:{action.task.state}:{states}")
+        elif isinstance(action, AddLabels):
+            out.append("add:" + ",".join(action.names))
+        elif isinstance(action, RemoveLabels):
+            out.append("remove:" + ",".join(action.names))
+        else:
+            out.append(type(action).__name__)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "observed_issue", "observed_task", "expected"),
+    [
+        ("new fleet issue", issue("fleet/task"), None, ["save:created:None->created", "add:status/todo"]),
+        ("agent/ label alone is a trigger", issue("agent/developer"), None, ["save:created:None->created", "add:status/todo"]),
+        ("plain issue", issue("bug"), None, []),
+        ("already in desired state", issue("fleet/task", "status/todo"), task(), []),
+        ("closed issue cancels", issue("fleet/task", state=IssueState.CLOSED), task(), ["save:cancelled:created->cancelled"]),
+        ("lost its labels cancels", issue("bug", "status/todo"), task(), ["save:cancelled:created->cancelled"]),
+        ("deleted issue cancels", None, task(), ["save:cancelled:created->cancelled"]),
+        ("cancelled stays cancelled when closed", issue("fleet/task", state=IssueState.CLOSED), task(TaskState.CANCELLED), []),
+        ("reopened issue requeues", issue("fleet/task"), task(TaskState.CANCELLED), ["save:created:cancelled->created", "add:status/todo"]),
+        ("retry on failed requeues and removes the label", issue("fleet/task", "fleet/retry", "status/failed"), task(TaskState.FAILED), ["save:created:failed->created", "add:status/todo", "remove:fleet/retry"]),
+        ("retry on a task that did not fail only removes the label", issue("fleet/task", "fleet/retry", "status/todo"), task(), ["remove:fleet/retry"]),
+        ("running task shows doing", issue("fleet/task", "status/todo"), task(TaskState.RUNNING, agent_id="a1", lease_generation=1), ["add:status/doing"]),
+        ("stray second status label is removed", issue("fleet/task", "status/todo", "status/done"), task(), ["remove:status/done"]),
+        ("lost store, done on the issue", issue("fleet/task", "status/done"), None, ["save:completed:None->completed"]),
+        ("lost store, in review on the issue", issue("fleet/task", "status/review"), None, ["save:review_pending:None->review_pending"]),
+        ("lost store, doing on the issue is requeued", issue("fleet/task", "status/doing"), None, ["save:created:None->created", "add:status/todo"]),
+    ],
+)
+def test_plan(name: str, observed_issue: Issue | None, observed_task: Task | None, expected: list[str]) -> None:
+    """What the controller decides for each kind of issue and task (pure: no I/O)."""
+    assert kinds(planned(observed_issue, observed_task)) == expected
+
+
+def test_labels_set_priority_role_capabilities_hold_and_pin() -> None:
+    """The label vocabulary is read into what the task needs."""
+    spec = read_labels(
+        ("fleet/task", "agent/developer", "needs/code:python", "needs/test", "priority/high",
+         "fleet/hold", "fleet/assign:box-1"),
+        SETTINGS.labels,
+    )
+    assert spec.wanted and spec.hold
+    assert (spec.priority, spec.role, spec.capabilities, spec.pinned) == (
+        Priority.HIGH, "developer", ("code:python", "test"), AgentId("box-1"),
+    )
+
+
+def test_label_changes_follow_the_task_with_an_update_event() -> None:
+    """A new needs/ label on a waiting task updates what it needs, recorded as an event."""
+    actions = planned(issue("fleet/task", "status/todo", "needs/code:rust", "priority/low"), task())
+    [save] = [a for a in actions if isinstance(a, SaveTask)]
+    assert save.task.required_capabilities == ("code:rust",)
+    assert save.task.priority is Priority.LOW
+    assert [e.kind for e in save.events] == ["updated"]
+
+
+def test_an_illegal_move_is_not_planned_for_a_completed_task() -> None:
+    """A completed task whose issue is closed later stays completed (terminal)."""
+    assert planned(issue("fleet/task", state=IssueState.CLOSED), task(TaskState.COMPLETED)) == ()
+
+
+# --- against the in-memory Forgejo ------------------------------------------------------
+
+
+@pytest.fixture
+def controller(
+    forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path
+) -> Iterator[tuple[AssignmentController, ForgejoGateway, Store]]:
+    gateway = ForgejoGateway(
+        IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
+    )
+    gateway.ensure_labels(DEMO_REPO, label_specs(SETTINGS))
+    store = Store.open(tmp_path / "state")
+    actuator = Actuator(ActContext(gateway=gateway, store=store))
+    yield (
+        AssignmentController(gateway, store, actuator, settings=lambda: SETTINGS, clock=forge_clock),
+        gateway,
+        store,
+    )
+    store.close()
+    gateway.close()
+
+
+def test_reconcile_creates_the_task_and_a_second_pass_makes_no_write(
+    forge: ForgejoSandbox, controller: tuple[AssignmentController, ForgejoGateway, Store]
+) -> None:
+    """First pass: task + status/todo. Second pass over the unchanged world: zero writes."""
+    reconciler, gateway, store = controller
+    number = forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task", "priority/high"])
+    reconciler.reconcile(issue_key(DEMO_REPO, number))
+    assert "status/todo" in gateway.get_issue(DEMO_REPO, number).labels
+    created = store.find_task(task_id_for(DEMO_REPO, number))
+    assert created is not None and created.priority is Priority.HIGH
+    writes, events = gateway.writes, len(store.events_for(created.id))
+    reconciler.reconcile(issue_key(DEMO_REPO, number))
+    assert gateway.writes == writes
+    assert len(store.events_for(created.id)) == events
+    assert store.find_task(created.id) == created
+
+
+def test_closing_the_issue_cancels_the_task(
+    forge: ForgejoSandbox, controller: tuple[AssignmentController, ForgejoGateway, Store]
+) -> None:
+    """Close → cancelled, with the reason in the task's history."""
+    reconciler, gateway, store = controller
+    number = forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task"])
+    reconciler.reconcile(issue_key(DEMO_REPO, number))
+    gateway.edit_issue(DEMO_REPO, number, state="closed")
+    reconciler.reconcile(issue_key(DEMO_REPO, number))
+    cancelled = store.find_task(task_id_for(DEMO_REPO, number))
+    assert cancelled is not None and cancelled.state is TaskState.CANCELLED
+    assert store.events_for(cancelled.id)[-1].reason == "the issue was closed"
+
+
+def test_a_pull_request_number_is_not_a_task(
+    forge: ForgejoSandbox, controller: tuple[AssignmentController, ForgejoGateway, Store]
+) -> None:
+    """An assignment key naming a pull request plans nothing (pull requests are the review
+    controller's)."""
+    reconciler, gateway, store = controller
+    forge.push(DEMO_REPO, "feature", files={"a.txt": "a"}, message="a")
+    number = forge.open_pull(DEMO_REPO, "feature", title="Feature")
+    before = gateway.writes
+    reconciler.reconcile(issue_key(DEMO_REPO, number))
+    assert gateway.writes == before and store.list_tasks() == []
+
+
+def test_forgejo_errors_propagate_for_the_loop_to_retry(tmp_path: Path) -> None:
+    """A Forgejo outage is not swallowed: the loop sees the error, backs off, and nothing is
+    written locally."""
+    from reconciler.errors import ForgejoServerError
+
+    down = httpx.MockTransport(lambda request: httpx.Response(503, json={"message": "down"}))
+    gateway = ForgejoGateway(IN_PROCESS_URL, "token", transport=down, read_retries=0)
+    with Store.open(tmp_path / "state") as store:
+        reconciler = AssignmentController(
+            gateway, store, Actuator(ActContext(gateway=gateway, store=store)),
+            settings=lambda: SETTINGS, clock=lambda: NOW,
+        )
+        with pytest.raises(ForgejoServerError):
+            reconciler.reconcile(issue_key(DEMO_REPO, 1))
+        assert store.list_tasks() == []

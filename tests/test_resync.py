@@ -1,0 +1,165 @@
+"""The resync: incremental since the last look, full listing, tracked tasks, archive, dry runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from reconciler.forgejo import ForgejoGateway
+from reconciler.keys import Key, issue_key, pull_key
+from reconciler.models import RepoName, Task, TaskState, task_id_for
+from reconciler.resync import Resync, ResyncTimer
+from reconciler.sandbox import ForgejoSandbox
+from reconciler.settings import ForgejoSettings, Settings, StoreSettings
+from reconciler.store import Store
+from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
+from webhook.daemon import label_specs
+
+SETTINGS = Settings(
+    forgejo=ForgejoSettings(
+        url=IN_PROCESS_URL, token=SecretStr("t"), repos=(DEMO_REPO,), bot_login="fleet-admin"
+    ),
+    store=StoreSettings(archive_after=3600),
+)
+
+
+class Harness:
+    def __init__(self, forge: ForgejoSandbox, clock: ManualClock, store: Store, *, record: bool = True) -> None:
+        self.forge = forge
+        self.clock = clock
+        self.store = store
+        self.keys: list[Key] = []
+        self.gateway = ForgejoGateway(
+            IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
+        )
+        self.gateway.ensure_labels(DEMO_REPO, label_specs(SETTINGS))
+        self.resync = Resync(
+            self.gateway, store, self.keys.append, settings=lambda: SETTINGS, clock=clock, record=record
+        )
+
+    def calls(self, action: object) -> int:
+        before = self.gateway.calls
+        action()  # type: ignore[operator]
+        return self.gateway.calls - before
+
+
+@pytest.fixture
+def harness(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> Iterator[Harness]:
+    with Store.open(tmp_path / "state") as store:
+        h = Harness(forge, forge_clock, store)
+        yield h
+        h.gateway.close()
+
+
+def test_first_resync_is_full_and_later_ones_are_incremental(harness: Harness) -> None:
+    """Without a remembered time the resync lists everything; then one call per repo."""
+    first = harness.forge.create_issue(DEMO_REPO, "one", labels=["fleet/task"])
+    harness.clock.advance(120)
+    harness.resync.incremental()
+    assert harness.keys == [issue_key(DEMO_REPO, first)]
+    harness.keys.clear()
+    harness.clock.advance(120)
+    assert harness.calls(harness.resync.incremental) == 1
+    assert harness.keys == []
+
+
+def test_incremental_resync_sees_changes_since_the_last_one(harness: Harness) -> None:
+    """An issue labelled after the last resync is found; plain issues and old ones are not."""
+    harness.resync.full()
+    harness.clock.advance(300)
+    harness.forge.create_issue(DEMO_REPO, "plain", labels=[])
+    harness.forge.create_label(DEMO_REPO, "agent/developer")
+    wanted = harness.forge.create_issue(DEMO_REPO, "fleet", labels=["agent/developer"])
+    harness.forge.push(DEMO_REPO, "task/x", files={"f": "1"}, message="m")
+    pr = harness.forge.open_pull(DEMO_REPO, "task/x", title="PR")
+    harness.clock.advance(60)
+    harness.keys.clear()
+    harness.resync.incremental()
+    assert sorted(harness.keys) == sorted([issue_key(DEMO_REPO, wanted), pull_key(DEMO_REPO, pr)])
+
+
+def test_full_resync_includes_tasks_whose_issue_was_closed(harness: Harness) -> None:
+    """A tracked task's issue is enqueued even when it is no longer open, so it gets cancelled."""
+    number = harness.forge.create_issue(DEMO_REPO, "closed later", labels=["fleet/task"])
+    harness.store.put_task(
+        Task(
+            id=task_id_for(DEMO_REPO, number), repo=RepoName(DEMO_REPO), issue_number=number,
+            title="closed later", created_at=harness.clock(), updated_at=harness.clock(),
+        )
+    )
+    harness.gateway.edit_issue(DEMO_REPO, number, state="closed")
+    harness.resync.full()
+    assert issue_key(DEMO_REPO, number) in harness.keys
+
+
+def test_full_resync_moves_old_finished_tasks_to_the_archive(harness: Harness) -> None:
+    """Completed tasks older than store.archive_after leave the live store but stay readable."""
+    done = Task(
+        id=task_id_for(DEMO_REPO, 99), repo=RepoName(DEMO_REPO), issue_number=99, title="done",
+        state=TaskState.COMPLETED, created_at=harness.clock(), updated_at=harness.clock(),
+    )
+    harness.store.put_task(done)
+    harness.clock.advance(7200)
+    harness.resync.full()
+    assert harness.store.list_tasks() == []
+    assert harness.store.find_task(done.id) == done
+
+
+def test_a_dry_resync_remembers_nothing(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> None:
+    """With record=False the resync enqueues but writes no metadata and archives nothing."""
+    with Store.open(tmp_path / "state") as store:
+        harness = Harness(forge, forge_clock, store, record=False)
+        harness.forge.create_issue(DEMO_REPO, "x", labels=["fleet/task"])
+        harness.resync.full()
+        assert harness.keys and harness.resync.last_resync() is None
+        harness.gateway.close()
+
+
+def test_the_timer_runs_a_full_resync_first_then_incremental_ones() -> None:
+    """First tick full (the start-up enqueue), later ticks incremental until the full is due."""
+    calls: list[str] = []
+
+    class Recorder:
+        def full(self) -> int:
+            calls.append("full")
+            return 0
+
+        def incremental(self) -> int:
+            calls.append("incremental")
+            return 0
+
+    now = [0.0]
+    timer = ResyncTimer(Recorder(), interval=60, full_interval=600, monotonic=lambda: now[0])  # type: ignore[arg-type]
+    for _ in range(3):
+        timer.run_once()
+        now[0] += 60
+    now[0] += 600
+    timer.run_once()
+    assert calls == ["full", "incremental", "incremental", "full"]
+    assert 54 <= timer.next_delay() <= 66
+
+
+def test_a_failing_resync_does_not_stop_the_timer() -> None:
+    """An exception in one tick is logged; the next tick runs."""
+
+    class Broken:
+        def full(self) -> int:
+            raise RuntimeError("Forgejo down")
+
+    timer = ResyncTimer(Broken(), interval=60, full_interval=600, monotonic=lambda: 0.0)  # type: ignore[arg-type]
+    timer.run_once()  # must not raise
+    timer.run_once()
+
+
+def test_since_overlaps_the_previous_listing(harness: Harness) -> None:
+    """An update in the same second as the last listing is not missed (Forgejo compares >= on
+    whole seconds)."""
+    harness.resync.full()
+    number = harness.forge.create_issue(DEMO_REPO, "same second", labels=["fleet/task"])
+    harness.keys.clear()
+    harness.resync.incremental()
+    assert issue_key(DEMO_REPO, number) in harness.keys

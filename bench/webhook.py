@@ -60,9 +60,12 @@ from webhook.forgejo import WEBHOOK_PATH
 from webhook.server import HttpServer
 
 SECRET = "webhook-bench-secret"
-# A real delivery recorded from Gitea/Forgejo; absent in a fresh clone without ../shared.
+# A real delivery recorded from Gitea/Forgejo: the suite's copy, else the shared one; without
+# either the in-memory Forgejo renders the delivery.
+_RECORDING = "forgejo/examples/webhook-issues-opened.json"
 RECORDED = (
-    Path(__file__).resolve().parents[2] / "shared/forgejo/examples/webhook-issues-opened.json"
+    Path(__file__).resolve().parents[1] / "tests/data" / _RECORDING,
+    Path(__file__).resolve().parents[2] / "shared" / _RECORDING,
 )
 DELIVERY_ID = "7d4c9a4e-2f43-4d0b-9a51-3c1e0b8f6a20"
 
@@ -601,7 +604,14 @@ def main() -> None:
     parser.add_argument(
         "--time-limit", type=float, default=TIME_LIMIT, help="seconds at most per run"
     )
-    parser.add_argument("--payload", type=Path, default=RECORDED, help="recorded issues payload")
+    parser.add_argument(
+        "--payload", type=Path, default=None, help="a recorded issues payload (JSON file)"
+    )
+    parser.add_argument(
+        "--rendered",
+        action="store_true",
+        help="send the delivery the in-memory Forgejo renders instead of a recorded one",
+    )
     parser.add_argument("--quick", action="store_true", help="a few requests: check the bench runs")
     args = parser.parse_args()
     options = Options(
@@ -616,6 +626,8 @@ def main() -> None:
         parser.error("--connections, --requests, --rounds and --wide-requests must be >= 1")
     if options.time_limit <= 0:
         parser.error("--time-limit must be > 0")
+    if args.payload is not None and not args.payload.is_file():
+        parser.error(f"--payload {args.payload}: no such file")
 
     # The receiver logs one line per delivery, as in production: rendered, then discarded.
     devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
@@ -625,8 +637,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="agent-fleet-webhook-bench-"))
     started = time.perf_counter()
     try:
-        if args.payload.is_file():
-            body, source = recorded_payload(args.payload), f"recorded {args.payload.name}"
+        recording = args.payload or next((p for p in RECORDED if p.is_file()), None)
+        if recording is not None and not args.rendered:
+            body, source = recorded_payload(recording), f"recorded {recording.name}"
         else:
             body, source = sandbox_payload(), "rendered by the in-memory Forgejo"
         results = measure(client, options, body=body, root=root)

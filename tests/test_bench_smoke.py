@@ -1,0 +1,66 @@
+"""The benchmarks in bench/ still run: each in its small ``--quick`` mode, as a user runs it.
+
+Only that they finish and print their table is checked here; the numbers and their targets
+are the benchmarks' own business (no timing assertion belongs in the suite).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# A table row ends in its verdict; info rows have none.
+VERDICT = re.compile(r"\s(PASS|MISS)$", re.MULTILINE)
+
+
+def run_bench(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--quick", *args],
+        cwd=ROOT,
+        check=False,  # the exit status is asserted below, with the bench's error output
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def rows_of(output: str) -> dict[str, str]:
+    """The table's rows by measure name (the first column, up to two spaces)."""
+    lines = output.splitlines()
+    assert lines[0].split() == ["measure", "result", "target"], output
+    table = lines[2 : lines.index("")] if "" in lines else lines[2:]
+    return {line.split("  ")[0]: line for line in table}
+
+
+def test_webhook_bench_prints_latency_and_throughput_against_targets() -> None:
+    """bench/webhook.py --quick serves both endpoints and prints each target with a verdict."""
+    output = run_bench("webhook.py")
+    rows = rows_of(output)
+    assert "<= 5 ms" in rows["receiver, 2 conns: p99"]
+    assert ">= 0.7x bare" in rows["receiver, 2 conns: throughput"]
+    assert "receiver, 64 conns: p50 / p99" in rows
+    assert len(VERDICT.findall(output)) == 2
+    assert "1 key(s) waiting" in output  # every delivery was accepted and deduplicated
+
+
+def test_webhook_bench_runs_with_the_payload_the_sandbox_renders() -> None:
+    """Without a recorded payload (a fresh clone) the bench sends the sandbox's delivery."""
+    output = run_bench("webhook.py", "--rendered")
+    assert "rendered by the in-memory Forgejo" in output
+    assert "receiver, 2 conns: p99" in rows_of(output)
+
+
+def test_resync_bench_prints_call_counts_against_targets() -> None:
+    """bench/resync.py --quick counts the calls of each resync and webhook reconcile."""
+    output = run_bench("resync.py")
+    rows = rows_of(output)
+    assert "<= 24 calls" in rows[next(name for name in rows if name.startswith("full resync"))]
+    assert "<= 2 calls" in rows["incremental resync, nothing changed"]
+    assert "<= 3 calls" in rows["webhook reconcile, new labelled issue"]
+    assert any(name.startswith("webhook reconcile, settled") for name in rows)
+    assert len(VERDICT.findall(output)) >= 6

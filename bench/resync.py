@@ -21,6 +21,7 @@ import random
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -473,14 +474,19 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print_table(rows)
-    print(
-        f"\n{REPO}: {world.issues} open issues ({world.fleet_issues} asking for the fleet), "
-        f"{world.pulls} open PRs, in the in-memory Forgejo reached in process; lists page 50 at "
-        "a time.\nTargets are for 1,000 issues + 200 PRs. Calls count every HTTP attempt of "
-        "the daemon's gateway. PR keys\nhave no controller yet (review is to come): their "
-        "reconciles cost nothing here. Webhook rows go\nthrough the real receiver; the "
-        "label write is status/todo, whose own webhook comes back as the echo."
+    notes = (
+        (
+            f"{REPO}: {world.issues} open issues ({world.fleet_issues} asking for the fleet) and "
+            f"{world.pulls} open PRs in the in-memory Forgejo, reached in process; lists page 50 "
+            "at a time. Targets are for 1,000 issues + 200 PRs."
+        ),
+        (
+            "Calls count every HTTP attempt of the daemon's gateway. PR keys have no controller "
+            "yet: their reconciles make no call here. Webhook rows go through the daemon's real "
+            "receiver; the label write is status/todo, whose own webhook comes back as the echo."
+        ),
     )
+    print("\n" + "\n".join(textwrap.fill(note, width=96) for note in notes))
 
 
 if __name__ == "__main__":

@@ -664,7 +664,8 @@ def main() -> None:
         f"Payload: {len(body):,} bytes ({source}, a fleet issue), HMAC-SHA256 signed.",
         (
             f"Servers: waitress, {results.threads} threads, loopback. The receiver is the daemon's "
-            "app; it logs one JSON line per delivery at info level, rendered into /dev/null. The "
+            "app with logging at info level into /dev/null (accepted deliveries log at debug; the "
+            "metrics count them). The "
             "bare endpoint answers 202 and nothing else; the same-answer one reads and parses the "
             "body and sends the receiver's JSON answer."
         ),

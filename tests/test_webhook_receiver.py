@@ -453,7 +453,7 @@ def test_each_delivery_is_logged_with_its_headers_and_keys(receiver: Receiver) -
     assert logs == [
         {
             "event": "webhook.received",
-            "log_level": "info",
+            "log_level": "debug",
             "forgejo_event": "issues",
             "event_type": "issue_assign",
             "delivery": "6b4b5d6e-0c55-4d3b-9a36-3d1f0c5e2a11",

@@ -77,11 +77,11 @@ def install_health(
     readiness: Callable[[], Mapping[str, Check]],
     metrics: Metrics,
 ) -> None:
-    @app.get("/healthz")  # type: ignore[misc]
+    @app.get("/healthz")  # type: ignore[untyped-decorator]
     def healthz() -> bottle.HTTPResponse:
         return json_response(200, {"status": "ok"})
 
-    @app.get("/readyz")  # type: ignore[misc]
+    @app.get("/readyz")  # type: ignore[untyped-decorator]
     def readyz() -> bottle.HTTPResponse:
         checks = readiness()
         ready = all(c.ok for c in checks.values())
@@ -91,7 +91,7 @@ def install_health(
         }
         return json_response(200 if ready else 503, body)
 
-    @app.get("/metrics")  # type: ignore[misc]
+    @app.get("/metrics")  # type: ignore[untyped-decorator]
     def prometheus() -> bottle.HTTPResponse:
         return bottle.HTTPResponse(
             body=metrics.render(), status=200, headers={"Content-Type": CONTENT_TYPE}

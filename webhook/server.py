@@ -12,8 +12,8 @@ import threading
 from typing import Any
 
 import structlog
-from waitress import wasyncore
-from waitress.server import create_server
+from waitress import wasyncore  # type: ignore[import-untyped]
+from waitress.server import create_server  # type: ignore[import-untyped]
 
 log = structlog.get_logger(__name__)
 

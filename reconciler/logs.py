@@ -22,8 +22,8 @@ def configure_logging(*, level: str = "info", json: bool | None = None, stream: 
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
         raise ValueError(f"unknown log level {level!r}; use debug, info, warning or error")
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)

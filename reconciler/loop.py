@@ -156,7 +156,7 @@ class Loop:
                     except StalledError as exc:
                         outcome, error = "stalled", exc.reason
                         self.queue.forget(key)
-                    except Exception as exc:  # unknown errors count as transient
+                    except Exception as exc:  # noqa: BLE001 -- unknown errors count as transient
                         outcome, error = "error", f"{type(exc).__name__}: {exc}"
                         retry_in = self.queue.backoff(key, error)
                         bound.warning(

@@ -203,7 +203,7 @@ class ResyncTimer:
                 self._resync.full()
             else:
                 self._resync.incremental()
-        except Exception as exc:  # a failed resync must not kill the thread; the next one retries
+        except Exception as exc:  # noqa: BLE001 -- a failed resync must not kill the thread
             log.warning("resync.failed", error=f"{type(exc).__name__}: {exc}")
 
     def _run(self) -> None:

@@ -17,7 +17,13 @@ from pydantic import SecretStr
 from reconciler.keys import issue_key
 from reconciler.models import TaskState, task_id_for
 from reconciler.sandbox import ForgejoSandbox
-from reconciler.settings import ForgejoSettings, LoopSettings, Settings, StoreSettings, WebhookSettings
+from reconciler.settings import (
+    ForgejoSettings,
+    LoopSettings,
+    Settings,
+    StoreSettings,
+    WebhookSettings,
+)
 from reconciler.store import Store
 from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
 from webhook.daemon import Assembly, build, http_app, prepare_repos

@@ -13,7 +13,7 @@ from reconciler.errors import StalledError, WaitingError
 from reconciler.keys import Key
 from reconciler.loop import Loop, Outcome
 from reconciler.metrics import Metrics
-from reconciler.reconcile import Action, ActContext, Actuator, Result
+from reconciler.reconcile import ActContext, Action, Actuator, Result
 from reconciler.workqueue import WorkQueue
 
 KEY = Key("fake", "acme/web", "12")

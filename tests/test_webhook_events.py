@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.keys import Key, branch_key, issue_key, pull_key
-from webhook.events import MalformedPayload, keys_for
-
 from tests.forgejo_data import EXAMPLES
+from webhook.events import MalformedPayload, keys_for
 
 # file → (X-Forgejo-Event from SOURCES.md, the keys it must map to).
 RECORDED: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -8,7 +8,6 @@ import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 from wsgiref.util import setup_testing_defaults
@@ -18,9 +17,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from reconciler.keys import Key, issue_key, pull_key
+from tests.forgejo_data import EXAMPLES
 from webhook.forgejo import WEBHOOK_PATH, install_forgejo_webhook
 
-from tests.forgejo_data import EXAMPLES
 SECRET = "s3cret-hook-key"
 LIMIT = 64 * 1024
 

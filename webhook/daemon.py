@@ -209,8 +209,10 @@ class Daemon:
                 [
                     (
                         "matrix.enabled",
-                        "Matrix notifications and commands are not available in this release; "
-                        "set matrix.enabled = false",
+                        (
+                            "Matrix notifications and commands are not available in this "
+                            "release; set matrix.enabled = false"
+                        ),
                     )
                 ]
             )

@@ -164,7 +164,7 @@ def run_demo(*, out: Print = print) -> int:
                     issue = person.get_issue(repo, number)
                     task = daemon.assembly.store.find_task(task_id_for(repo, number))
                     state = task.state if task else "—"
-                    needs = ", ".join((task.required_capabilities if task else ())) or "—"
+                    needs = ", ".join(task.required_capabilities if task else ()) or "—"
                     out(
                         f"  #{number:<3} task {task.id if task else '—':<12} {state:<10} "
                         f"role={task.required_role if task else '—'} needs={needs} "

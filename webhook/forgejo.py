@@ -24,8 +24,8 @@ action is none of agent-fleet's business; otherwise JSON ``{"error": <code>, "me
 
 from __future__ import annotations
 
-import hashlib
 import functools
+import hashlib
 import hmac
 import json
 from collections.abc import Callable, Mapping

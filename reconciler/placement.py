@@ -1,0 +1,164 @@
+"""Placing tasks on agents: queue order, matching, load, and why a task waits. Pure functions.
+
+Used by the assignment controller (which places tasks on ssh agents itself) and by the agent
+API's dequeue (where a pull agent takes the best task it can run). Both see the same rules:
+
+* tasks wait in priority order, then age (``queue_order``);
+* a task fits an agent that is online, not draining, has the required role and every
+  required capability, and has a free slot (``max_concurrency`` minus its active tasks);
+  a pinned task (``fleet/assign:<agent>``) fits only that agent;
+* among fitting agents the least loaded wins (by share of slots used, then id);
+* a task ahead in the queue takes a slot before a task behind it, so a low-priority task
+  never jumps a high-priority one for the last free slot;
+* when a task cannot be placed, ``Placement.reason`` says why in words a person can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from reconciler.models import (
+    ACTIVE_STATES,
+    Agent,
+    AgentId,
+    AgentStatus,
+    ExecutionMode,
+    Task,
+    TaskState,
+)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a task goes: an agent, or the reason it waits."""
+
+    agent: Agent | None
+    reason: str = ""
+
+    @property
+    def placed(self) -> bool:
+        return self.agent is not None
+
+
+def queue_order(task: Task) -> tuple[int, datetime, str]:
+    """Sort key: high priority first, then the oldest, then by id (stable)."""
+    return (task.priority.rank, task.created_at, task.id)
+
+
+def is_waiting(task: Task, *, now: datetime) -> bool:
+    """Whether a task is in the queue and may be placed now (not held, not backing off)."""
+    return (
+        task.state is TaskState.CREATED
+        and not task.on_hold
+        and (task.not_before is None or task.not_before <= now)
+    )
+
+
+def active_load(tasks: Iterable[Task]) -> dict[AgentId, int]:
+    """How many tasks each agent holds a lease on right now."""
+    load: dict[AgentId, int] = {}
+    for task in tasks:
+        if task.state in ACTIVE_STATES and task.agent_id is not None:
+            load[task.agent_id] = load.get(task.agent_id, 0) + 1
+    return load
+
+
+def fits(task: Task, agent: Agent) -> bool:
+    """Role, capabilities and pin — everything but availability and load."""
+    if task.pinned_agent is not None and agent.id != task.pinned_agent:
+        return False
+    return agent.covers(role=task.required_role, capabilities=task.required_capabilities)
+
+
+def _requirement(task: Task) -> str:
+    parts = [f"role {task.required_role}"] if task.required_role else []
+    parts += list(task.required_capabilities)
+    return " and ".join(parts) if parts else "no particular role or capability"
+
+
+def _free_slots(agents: Sequence[Agent], load: Mapping[AgentId, int]) -> dict[AgentId, int]:
+    return {a.id: max(a.max_concurrency - load.get(a.id, 0), 0) for a in agents}
+
+
+def _least_loaded(agents: Sequence[Agent], load: Mapping[AgentId, int]) -> Agent:
+    return min(agents, key=lambda a: (load.get(a.id, 0) / a.max_concurrency, load.get(a.id, 0), a.id))
+
+
+def place(
+    task: Task,
+    *,
+    agents: Sequence[Agent],
+    tasks: Sequence[Task],
+    now: datetime,
+    modes: frozenset[ExecutionMode] = frozenset(ExecutionMode),
+) -> Placement:
+    """Decide where ``task`` goes given every known agent and every task the store tracks.
+
+    ``modes`` restricts which agents may be given the task (the assignment controller places
+    on ssh agents; pull agents take tasks themselves through dequeue). A task that fits only a
+    pull agent with a free slot waits for it, and the reason says so.
+    """
+    if task.state is not TaskState.CREATED:
+        return Placement(None, f"task is {task.state}, not waiting")
+    if task.on_hold:
+        return Placement(None, "on hold (fleet/hold)")
+    if task.not_before is not None and task.not_before > now:
+        return Placement(
+            None,
+            f"backing off until {task.not_before:%H:%M} UTC after attempt {task.attempt}",
+        )
+    matching = [a for a in agents if fits(task, a)]
+    if task.pinned_agent is not None and not matching:
+        known = any(a.id == task.pinned_agent for a in agents)
+        return Placement(
+            None,
+            f"pinned to {task.pinned_agent}, which "
+            + ("does not have " + _requirement(task) if known else "is not a registered agent"),
+        )
+    if not matching:
+        return Placement(None, f"no agent has {_requirement(task)}")
+    online = [a for a in matching if a.status is AgentStatus.ONLINE]
+    if not online:
+        draining = sum(a.status is AgentStatus.DRAINING for a in matching)
+        extra = f" ({draining} draining)" if draining else ""
+        return Placement(None, f"no online agent has {_requirement(task)}{extra}")
+
+    load = active_load(tasks)
+    free = _free_slots(online, load)
+    # Tasks ahead of this one in the queue take the free slots they fit first.
+    ahead = sorted(
+        (t for t in tasks if t.id != task.id and is_waiting(t, now=now)), key=queue_order
+    )
+    mine = queue_order(task)
+    for other in ahead:
+        if queue_order(other) >= mine:
+            break
+        takers = [a for a in online if free[a.id] > 0 and fits(other, a)]
+        if takers:
+            free[_least_loaded(takers, load).id] -= 1
+
+    open_slots = [a for a in online if free[a.id] > 0]
+    if not open_slots:
+        busy = len(online)
+        noun = "agent" if busy == 1 else f"{busy} matching agents"
+        return Placement(None, f"{'the matching ' + noun if busy == 1 else 'all ' + noun} at capacity")
+    placeable = [a for a in open_slots if a.mode in modes]
+    if not placeable:
+        return Placement(
+            None,
+            f"waiting for a pull agent to take it ({len(open_slots)} matching online with a free slot)",
+        )
+    return Placement(_least_loaded(placeable, load))
+
+
+def next_task_for(agent: Agent, *, tasks: Sequence[Task], now: datetime) -> Task | None:
+    """The task a pull agent takes when it asks: the first waiting task, in queue order, that
+    fits it — provided it is online and has a free slot."""
+    if agent.status is not AgentStatus.ONLINE:
+        return None
+    if active_load(tasks).get(agent.id, 0) >= agent.max_concurrency:
+        return None
+    waiting = sorted((t for t in tasks if is_waiting(t, now=now)), key=queue_order)
+    return next((t for t in waiting if fits(t, agent)), None)

@@ -254,6 +254,12 @@ class Task(_Frozen):
     not_before: datetime | None = None
     wait_reason: str = ""
     failure_reason: str = ""
+    failure_retryable: bool = False
+    """Whether the failure is worth another attempt (a run that failed or timed out) rather
+    than a verdict (review rounds exhausted, a person's decision)."""
+    comment_digest: str = ""
+    """Digest of the task's status comment as last written, so an unchanged comment costs no
+    Forgejo call; empty means it must be checked (e.g. after local state was lost)."""
 
     _check_times = field_validator(
         "created_at", "updated_at", "last_activity_at", "deadline_at", "not_before"

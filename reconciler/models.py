@@ -153,6 +153,9 @@ class AgentStats(_Frozen):
     tokens: int = 0
     cost_usd: float = 0.0
     total_duration_s: float = 0.0
+    online_seconds: float = Field(default=0.0, ge=0)
+    """Time spent online or draining before ``Agent.status_since``: uptime is computed from
+    status changes, never from heartbeats (those are not written durably)."""
 
     @property
     def average_duration_s(self) -> float | None:
@@ -174,8 +177,19 @@ class Agent(_Frozen):
     registered_at: datetime
     last_heartbeat_at: datetime | None = None
     stats: AgentStats = AgentStats()
+    status_since: datetime | None = None
+    """When ``status`` last changed (None: since registration)."""
+    drain_requested: bool = False
+    """The agent or an operator asked it to drain: it keeps its tasks and takes no new ones,
+    and comes back draining (not online) after an outage."""
+    deregistered: bool = False
+    """The agent left the fleet; it must register again to come back."""
+    consecutive_failures: int = Field(default=0, ge=0)
+    """ssh hosts: health checks failed in a row (0 after a passing check)."""
+    restarted_in_streak: bool = False
+    """ssh hosts: the restart command already ran during the current failure streak."""
 
-    _check_times = field_validator("registered_at", "last_heartbeat_at")(_aware)
+    _check_times = field_validator("registered_at", "last_heartbeat_at", "status_since")(_aware)
 
     def covers(self, *, role: str | None, capabilities: tuple[str, ...]) -> bool:
         """Whether this agent has the role (if any) and every capability required."""

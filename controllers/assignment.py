@@ -16,29 +16,45 @@ Placing tasks on agents and dispatching them builds on this module.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
-from reconciler.errors import ForgejoNotFound
+from reconciler.errors import ForgejoNotFound, StalledError
+from reconciler.executor import Executor
 from reconciler.forgejo import ForgejoGateway
 from reconciler.forgejo_types import Issue, IssueState
 from reconciler.keys import ASSIGNMENT, Key
 from reconciler.models import (
+    Agent,
     AgentId,
+    ExecutionMode,
     Priority,
     RepoName,
     Task,
     TaskEvent,
+    TaskId,
     TaskState,
+    assign,
     branch_for,
     requeue,
     task_id_for,
     transition,
 )
-from reconciler.reconcile import Action, Actuator, AddLabels, RemoveLabels, Result, SaveTask
+from reconciler.placement import place
+from reconciler.reconcile import (
+    ActContext,
+    Action,
+    Actuator,
+    AddLabels,
+    RemoveLabels,
+    Result,
+    SaveTask,
+    UpsertComment,
+)
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
 
@@ -55,6 +71,41 @@ class Observed:
     number: int
     issue: Issue | None  # None: the issue does not exist (deleted, or a pull request)
     task: Task | None
+    agents: tuple[Agent, ...] = ()
+    tasks: tuple[Task, ...] = ()  # every live task: load and queue order
+    dispatched: bool = False  # this process runs the task right now
+
+
+@dataclass(frozen=True)
+class Dispatch(Action):
+    """Start the task's run on an ssh agent's host (after the assignment is saved)."""
+
+    task_id: TaskId
+    agent_id: AgentId
+    lease_generation: int
+
+    def describe(self) -> str:
+        return f"task {self.task_id}: dispatch to {self.agent_id} (lease {self.lease_generation})"
+
+    def apply(self, ctx: ActContext) -> None:
+        if ctx.executor is None:
+            raise StalledError("this process has no executor for ssh hosts; cannot dispatch")
+        ctx.executor.dispatch(self.task_id, self.agent_id, lease_generation=self.lease_generation)
+
+
+@dataclass(frozen=True)
+class StopRun(Action):
+    """Stop the task's run, its process on the host included."""
+
+    task_id: TaskId
+    reason: str
+
+    def describe(self) -> str:
+        return f"task {self.task_id}: stop its run ({self.reason})"
+
+    def apply(self, ctx: ActContext) -> None:
+        if ctx.executor is not None:
+            ctx.executor.stop(self.task_id, reason=self.reason)
 
 
 @dataclass(frozen=True)
@@ -150,13 +201,17 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
             why = "the issue was closed"
         else:
             why = "the issue lost its fleet labels"
+        actions: list[Action] = []
         cancelled, event = transition(
             task, TaskState.CANCELLED, now=now, actor=ACTOR, reason=why, wait_reason=""
         )
-        return (SaveTask(cancelled, (event,)),)
+        actions.append(SaveTask(cancelled, (event,), expected=task))
+        if observed.dispatched:
+            actions.append(StopRun(task.id, reason=why))
+        return tuple(actions)
 
     assert issue is not None and spec is not None
-    actions: list[Action] = []
+    before = task
     events: list[TaskEvent] = []
     if task is None:
         state, why = rebuilt_state(issue.labels, vocabulary)
@@ -183,7 +238,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         "pinned_agent": spec.pinned,
     }
     if any(getattr(task, field) != value for field, value in follow.items()):
-        task = Task.model_validate({**task.model_dump(), **follow, "updated_at": now})
+        task = _with(task, now=now, **follow)
         if not events:
             events.append(
                 TaskEvent(
@@ -198,14 +253,23 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     labels_to_remove: list[str] = []
     if spec.retry:
         if task.state is TaskState.FAILED:
-            task, event = requeue(task, now=now, actor=ACTOR, reason=f"{vocabulary.retry} asked for a retry")
-            task = Task.model_validate({**task.model_dump(), "failure_reason": "", "not_before": None})
+            task, event = requeue(
+                task, now=now, actor=ACTOR, reason=f"{vocabulary.retry} asked for a retry"
+            )
+            task = _with(task, now=now, failure_reason="", failure_retryable=False, not_before=None)
             events.append(event)
         labels_to_remove.append(vocabulary.retry)
 
-    if events:
-        actions.append(SaveTask(task, tuple(events)))
+    stop: StopRun | None = None
+    task, lifecycle_events, stop = plan_lifecycle(observed, task, now=now, settings=settings)
+    events += lifecycle_events
 
+    dispatch: Dispatch | None = None
+    if task.state is TaskState.CREATED:
+        task, placement_events, dispatch = plan_placement(observed, task, now=now, settings=settings)
+        events += placement_events
+
+    actions = []
     desired = status_label_for(task.state, vocabulary)
     if desired is not None and desired not in issue.labels:
         # status/ is an exclusive scope: Forgejo drops the previous status label itself.
@@ -216,7 +280,136 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         labels_to_remove.extend(stray)
     if labels_to_remove:
         actions.append(RemoveLabels(observed.repo, issue.number, tuple(labels_to_remove)))
+
+    body = status_comment(task, agents=observed.agents, settings=settings)
+    digest = comment_digest(body)
+    if body and digest != task.comment_digest:
+        actions.append(UpsertComment(observed.repo, issue.number, marker=COMMENT_MARKER, body=body))
+        task = _with(task, now=task.updated_at, comment_digest=digest)
+
+    if stop is not None:
+        actions.append(stop)
+    if events or task != before:
+        # Local state last: after the Forgejo writes it records, before the run it starts.
+        actions.append(SaveTask(task, tuple(events), expected=before))
+    if dispatch is not None:
+        actions.append(dispatch)
     return tuple(actions)
+
+
+def _with(task: Task, *, now: datetime, **changes: object) -> Task:
+    return Task.model_validate({**task.model_dump(), **changes, "updated_at": now})
+
+
+def retry_delay(attempt: int, *, settings: Settings) -> float:
+    """Backoff before attempt ``attempt + 1``: initial × 2^(attempt-1), capped."""
+    retries = settings.retries
+    return float(min(retries.backoff_initial * 2 ** max(attempt - 1, 0), retries.backoff_max))
+
+
+def plan_lifecycle(
+    observed: Observed, task: Task, *, now: datetime, settings: Settings
+) -> tuple[Task, list[TaskEvent], StopRun | None]:
+    """Runs that outlived their deadline or were lost, and failures worth another attempt."""
+    events: list[TaskEvent] = []
+    stop: StopRun | None = None
+    agent = _agent(observed, task.agent_id)
+    if task.state in (TaskState.ASSIGNED, TaskState.RUNNING):
+        if task.deadline_at is not None and task.deadline_at <= now:
+            why = f"timed out: still {task.state} at its deadline {task.deadline_at:%H:%M:%S} UTC"
+            if observed.dispatched:
+                stop = StopRun(task.id, reason=why)
+            task, event = transition(
+                task, TaskState.FAILED, now=now, actor=ACTOR, reason=why,
+                failure_reason=why, failure_retryable=True,
+            )
+            events.append(event)
+        elif agent is not None and agent.mode is ExecutionMode.SSH and not observed.dispatched:
+            why = f"its run on {agent.id} is gone (agent-fleet restarted, or the dispatch failed)"
+            task, lost = transition(task, TaskState.AGENT_LOST, now=now, actor=ACTOR, reason=why)
+            task, back = requeue(task, now=now, actor=ACTOR, reason="requeued after the lost run")
+            events += [lost, back]
+    if task.state is TaskState.FAILED and task.failure_retryable:
+        if task.attempt <= settings.retries.max_retries:
+            delay = retry_delay(task.attempt, settings=settings)
+            until = now + timedelta(seconds=delay)
+            task, event = requeue(
+                task, now=now, actor=ACTOR,
+                reason=f"retry {task.attempt} of {settings.retries.max_retries} "
+                f"after: {task.failure_reason}",
+            )
+            task = _with(task, now=now, not_before=until)
+            events.append(event)
+        else:
+            task = _with(task, now=now, failure_retryable=False)
+            events.append(
+                TaskEvent(
+                    task_id=task.id, at=now, actor=ACTOR, kind="gave_up",
+                    reason=f"failed for good after {task.attempt} attempt(s): {task.failure_reason}",
+                )
+            )
+    return task, events, stop
+
+
+def plan_placement(
+    observed: Observed, task: Task, *, now: datetime, settings: Settings
+) -> tuple[Task, list[TaskEvent], Dispatch | None]:
+    """Give a waiting task to an ssh agent, or record why it waits."""
+    placement = place(
+        task,
+        agents=observed.agents,
+        tasks=observed.tasks,
+        now=now,
+        modes=frozenset({ExecutionMode.SSH}),
+    )
+    if placement.agent is None:
+        if placement.reason != task.wait_reason:
+            task = _with(task, now=now, wait_reason=placement.reason)
+            return task, [
+                TaskEvent(task_id=task.id, at=now, actor=ACTOR, kind="waiting", reason=placement.reason)
+            ], None
+        return task, [], None
+    agent = placement.agent
+    task, event = assign(task, agent.id, now=now, actor=ACTOR)
+    timeout = settings.timeouts.for_task(
+        roles=(task.required_role,) if task.required_role else (),
+        labels=observed.issue.labels if observed.issue is not None else (),
+    )
+    task = _with(task, now=now, deadline_at=now + timedelta(seconds=timeout), failure_reason="",
+                 failure_retryable=False)
+    return task, [event], Dispatch(task.id, agent.id, lease_generation=task.lease_generation)
+
+
+def _agent(observed: Observed, agent_id: AgentId | None) -> Agent | None:
+    return next((a for a in observed.agents if a.id == agent_id), None)
+
+
+COMMENT_MARKER = "task"
+
+
+def comment_digest(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def status_comment(task: Task, *, agents: tuple[Agent, ...], settings: Settings) -> str:
+    """The one comment agent-fleet keeps on a task's issue, rewritten when the task changes."""
+    head = f"<sub>agent-fleet · task `{task.id}`</sub>"
+    if task.state is TaskState.CREATED:
+        if not task.wait_reason:
+            return ""
+        line = f"⏳ Waiting for an agent: {task.wait_reason}."
+    elif task.state in (TaskState.ASSIGNED, TaskState.RUNNING):
+        verb = "Assigned to" if task.state is TaskState.ASSIGNED else "Running on"
+        line = f"🤖 {verb} **{task.agent_id}** · branch `{task.branch}` · attempt {task.attempt}"
+    elif task.state is TaskState.REVIEW_PENDING:
+        line = f"👀 In review · branch `{task.branch}` · attempt {task.attempt}"
+    elif task.state is TaskState.FAILED:
+        line = f"❌ Failed after {task.attempt} attempt(s): {task.failure_reason}"
+    elif task.state is TaskState.AGENT_LOST:
+        line = f"⚠️ Agent {task.agent_id} was lost; the task goes back to the queue."
+    else:
+        return ""
+    return f"{line}\n\n{head}\n"
 
 
 def rebuilt_state(labels: tuple[str, ...], vocabulary: LabelsSettings) -> tuple[TaskState, str]:
@@ -270,26 +463,59 @@ class AssignmentController:
         *,
         settings: Callable[[], Settings],
         clock: Callable[[], datetime],
+        executor: Executor | None = None,
     ) -> None:
         self._gateway = gateway
         self._store = store
         self._actuator = actuator
         self._settings = settings
         self._clock = clock
+        self._executor = executor
 
     def observe(self, key: Key) -> Observed:
         number = int(key.id)
+        task_id = task_id_for(key.repo, number)
         try:
             issue: Issue | None = self._gateway.get_issue(key.repo, number)
         except ForgejoNotFound:
             issue = None
         if issue is not None and issue.is_pull:
             issue = None
-        task = self._store.find_task(task_id_for(key.repo, number))
-        return Observed(repo=key.repo, number=number, issue=issue, task=task)
+        # Whether a run is in progress is read before the task: an executor writes the task's
+        # new state before it stops counting as running, so this order never sees a finished
+        # run's old state as a lost run.
+        dispatched = self._executor is not None and self._executor.is_running(task_id)
+        return Observed(
+            repo=key.repo,
+            number=number,
+            issue=issue,
+            task=self._store.find_task(task_id),
+            agents=tuple(self._store.list_agents()),
+            tasks=tuple(self._store.list_tasks()),
+            dispatched=dispatched,
+        )
 
     def reconcile(self, key: Key) -> Result:
         observed = self.observe(key)
-        actions = plan(observed, now=self._clock(), settings=self._settings())
+        now = self._clock()
+        actions = plan(observed, now=now, settings=self._settings())
         self._actuator.apply(actions)
-        return Result()
+        saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
+        return Result(requeue_after=next_check(saved, now=now))
+
+
+def next_check(task: Task | None, *, now: datetime) -> float | None:
+    """Seconds until something about the task falls due: its backoff ends or its deadline."""
+    if task is None:
+        return None
+    due = [
+        t
+        for t in (
+            task.not_before if task.state is TaskState.CREATED else None,
+            task.deadline_at if task.state in (TaskState.ASSIGNED, TaskState.RUNNING) else None,
+        )
+        if t is not None
+    ]
+    if not due:
+        return None
+    return max((min(due) - now).total_seconds(), 0.0) + 0.5

@@ -42,6 +42,10 @@ class WaitingError(FleetError):
         super().__init__(reason)
 
 
+class StaleStateError(TransientError):
+    """A record changed between being read and being written; retry with its new state."""
+
+
 class StalledError(FleetError):
     """A condition that will not clear until its inputs change; do not retry."""
 
@@ -64,6 +68,33 @@ class StoreLockedError(StoreError):
 
 class NotFoundError(FleetError):
     """A local record (task, agent, receipt) does not exist."""
+
+
+# --- refused requests (the agent API answers each with its HTTP status) --------------------
+
+
+class RefusedError(FleetError):
+    """A request from an agent or an operator that the registry refuses.
+
+    ``code`` is the stable, machine-readable reason (``stale_lease``, ``unknown_token``…)
+    the agent API returns as the ``error`` of its JSON answer.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class UnauthenticatedError(RefusedError):
+    """No credential, or one nobody issued (HTTP 401)."""
+
+
+class ForbiddenError(RefusedError):
+    """A valid credential that does not allow this request (HTTP 403)."""
+
+
+class ConflictError(RefusedError):
+    """The request contradicts the current state: a stale lease, a deregistered agent (409)."""
 
 
 # --- Forgejo API errors -------------------------------------------------------------------

@@ -117,15 +117,20 @@ def place(
             f"pinned to {task.pinned_agent}, which "
             + ("does not have " + _requirement(task) if known else "is not a registered agent"),
         )
+    demands = bool(task.required_role or task.required_capabilities)
     if not matching:
+        if not agents:
+            return Placement(None, "no agent is registered")
         return Placement(None, f"no agent has {_requirement(task)}")
     online = [a for a in matching if a.status is AgentStatus.ONLINE]
     if not online:
         draining = sum(a.status is AgentStatus.DRAINING for a in matching)
         extra = f" ({draining} draining)" if draining else ""
-        return Placement(None, f"no online agent has {_requirement(task)}{extra}")
+        what = f"no online agent has {_requirement(task)}" if demands else "no agent is online"
+        return Placement(None, f"{what}{extra}")
 
-    load = active_load(tasks)
+    # The task's own stored version may still count against an agent (a lost run): not here.
+    load = active_load(t for t in tasks if t.id != task.id)
     free = _free_slots(online, load)
     # Tasks ahead of this one in the queue take the free slots they fit first.
     ahead = sorted(

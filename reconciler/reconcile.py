@@ -7,22 +7,25 @@ in a dry run, only describes them. ``Result`` carries nothing but ``requeue_afte
 raised (see :mod:`reconciler.errors`) and the loop decides what to do with them.
 
 The actions every controller needs (labels, marker comments, closing an issue, saving a task
-with its event) live here; a controller defines its own actions by subclassing ``Action``.
+with its event, saving an agent, enqueueing another key) live here; a controller defines its
+own actions by subclassing ``Action``.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from reconciler.errors import TransientError
 from reconciler.keys import Key
-from reconciler.models import Task, TaskEvent
+from reconciler.models import Agent, Task, TaskEvent
 
 if TYPE_CHECKING:
+    from reconciler.executor import Executor
     from reconciler.forgejo import ForgejoGateway
     from reconciler.store import Store
 
@@ -46,6 +49,9 @@ class ActContext:
 
     gateway: ForgejoGateway
     store: Store
+    executor: Executor | None = None
+    enqueue: Callable[[Key], None] | None = None
+    """Hands a key to the work queue (None where no queue runs, e.g. a one-off plan)."""
 
 
 class Action(abc.ABC):
@@ -114,21 +120,86 @@ class CloseIssue(Action):
         ctx.gateway.edit_issue(self.repo, self.number, state="closed")
 
 
+_UNCHECKED = object()
+
+
 @dataclass(frozen=True)
 class SaveTask(Action):
-    """Write a task and the events that explain its change to the store (local state: last)."""
+    """Write a task and the events that explain its change to the store (local state: last).
+
+    With ``expected`` (the task as the plan saw it; None: it did not exist) the write only
+    happens if the store still holds that version — an agent's update in between makes the
+    reconcile run again instead of being overwritten.
+    """
 
     task: Task
     events: tuple[TaskEvent, ...] = field(default=())
+    expected: Task | None | object = field(default=_UNCHECKED, compare=False)
 
     def describe(self) -> str:
         moves = "; ".join(_describe_event(e) for e in self.events)
         return f"task {self.task.id} ({self.task.repo}#{self.task.issue_number}): {moves or 'save'}"
 
     def apply(self, ctx: ActContext) -> None:
+        if self.expected is _UNCHECKED:
+            for event in self.events:
+                ctx.store.append_event(event)
+            ctx.store.put_task(self.task)
+            return
+        expected = self.expected if isinstance(self.expected, Task) else None
+        # Check first so a stale plan leaves no events behind; the store checks again under
+        # its lock when it writes.
+        if ctx.store.find_task(self.task.id) != expected:
+            ctx.store.replace_task(self.task, expected=expected)  # raises StaleStateError
         for event in self.events:
             ctx.store.append_event(event)
-        ctx.store.put_task(self.task)
+        ctx.store.replace_task(self.task, expected=expected)
+
+
+@dataclass(frozen=True)
+class SaveAgent(Action):
+    """Write an agent's record — only if the stored one is still the one observed.
+
+    An agent's record is also written by the agent API (register, drain), so a plain overwrite
+    could undo a change made since the observation. ``observed`` None means the record must not
+    exist yet. A mismatch raises :class:`TransientError`: the loop retries, observing afresh.
+    """
+
+    agent: Agent
+    observed: Agent | None
+    summary: str = ""
+
+    def describe(self) -> str:
+        return f"agent {self.agent.id}: {self.summary or 'save'}"
+
+    def apply(self, ctx: ActContext) -> None:
+        if self.observed is None:
+            if ctx.store.find_agent(self.agent.id) is not None:
+                raise TransientError(f"agent {self.agent.id} was registered while reconciling")
+            ctx.store.put_agent(self.agent)
+            return
+
+        def change(current: Agent) -> Agent:
+            if current != self.observed:
+                raise TransientError(f"agent {self.agent.id} changed while reconciling")
+            return self.agent
+
+        ctx.store.update_agent(self.agent.id, change)
+
+
+@dataclass(frozen=True)
+class Enqueue(Action):
+    """Ask another controller to look at ``key`` (e.g. a requeued task's issue)."""
+
+    key: Key
+
+    def describe(self) -> str:
+        return f"enqueue {self.key}"
+
+    def apply(self, ctx: ActContext) -> None:
+        if ctx.enqueue is None:
+            raise RuntimeError(f"cannot enqueue {self.key}: this process runs no work queue")
+        ctx.enqueue(self.key)
 
 
 def _describe_event(event: TaskEvent) -> str:

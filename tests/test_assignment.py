@@ -4,19 +4,28 @@ no-op second pass, and the error paths."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from controllers.assignment import AssignmentController, Observed, plan, read_labels
+from controllers.assignment import (
+    AssignmentController,
+    Dispatch,
+    Observed,
+    StopRun,
+    comment_digest,
+    plan,
+    read_labels,
+    status_comment,
+)
 from reconciler.forgejo import ForgejoGateway
 from reconciler.forgejo_types import Issue, IssueState
 from reconciler.keys import issue_key
-from reconciler.models import AgentId, Priority, Task, TaskState, task_id_for
-from reconciler.reconcile import ActContext, Actuator, AddLabels, RemoveLabels, SaveTask
+from reconciler.models import Agent, AgentId, ExecutionMode, Priority, Task, TaskState, task_id_for
+from reconciler.reconcile import ActContext, Actuator, AddLabels, RemoveLabels, SaveTask, UpsertComment
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings
 from reconciler.store import Store
@@ -64,49 +73,150 @@ def task(state: TaskState = TaskState.CREATED, **changes: object) -> Task:
     return Task.model_validate({**base, **changes})
 
 
-def planned(obs_issue: Issue | None, obs_task: Task | None) -> tuple[object, ...]:
-    return plan(Observed(REPO, 12, obs_issue, obs_task), now=NOW, settings=SETTINGS)
+def planned(
+    obs_issue: Issue | None,
+    obs_task: Task | None,
+    *,
+    agents: tuple[Agent, ...] = (),
+    dispatched: bool = False,
+    now: datetime = NOW,
+) -> tuple[object, ...]:
+    tasks = (obs_task,) if obs_task is not None else ()
+    observed = Observed(REPO, 12, obs_issue, obs_task, agents=agents, tasks=tasks, dispatched=dispatched)
+    return plan(observed, now=now, settings=SETTINGS)
 
 
 def kinds(actions: tuple[object, ...]) -> list[str]:
     out = []
     for action in actions:
         if isinstance(action, SaveTask):
-            states = ",".join(f"{e.from_state}->{e.to_state}" for e in action.events)
-            out.append(f"save:{action.task.state}:{states}")
+            moves = ",".join(
+                f"{e.from_state}->{e.to_state}" if e.to_state else e.kind for e in action.events
+            )
+            out.append(f"save:{action.task.state}" + (f":{moves}" if moves else ""))
         elif isinstance(action, AddLabels):
             out.append("add:" + ",".join(action.names))
         elif isinstance(action, RemoveLabels):
             out.append("remove:" + ",".join(action.names))
+        elif isinstance(action, UpsertComment):
+            out.append("comment")
+        elif isinstance(action, Dispatch):
+            out.append(f"dispatch:{action.agent_id}")
+        elif isinstance(action, StopRun):
+            out.append("stop")
         else:
             out.append(type(action).__name__)
     return out
 
 
+def waiting(**changes: object) -> Task:
+    """A task already waiting, its reason and comment written (the settled state)."""
+    reason = "no agent is registered"
+    base = task(wait_reason=reason, **changes)
+    body = status_comment(base, agents=(), settings=SETTINGS)
+    return task(wait_reason=reason, comment_digest=comment_digest(body), **changes)
+
+
+SSH_AGENT = Agent(
+    id=AgentId("box-1"), type="claude-code", roles=("developer",), capabilities=("code:python",),
+    mode=ExecutionMode.SSH, registered_at=NOW,
+)
+
+
 @pytest.mark.parametrize(
     ("name", "observed_issue", "observed_task", "expected"),
     [
-        ("new fleet issue", issue("fleet/task"), None, ["save:created:None->created", "add:status/todo"]),
-        ("agent/ label alone is a trigger", issue("agent/developer"), None, ["save:created:None->created", "add:status/todo"]),
+        ("new fleet issue waits, says why", issue("fleet/task"), None, ["add:status/todo", "comment", "save:created:None->created,waiting"]),
+        ("agent/ label alone is a trigger", issue("agent/developer"), None, ["add:status/todo", "comment", "save:created:None->created,waiting"]),
         ("plain issue", issue("bug"), None, []),
-        ("already in desired state", issue("fleet/task", "status/todo"), task(), []),
+        ("already in desired state", issue("fleet/task", "status/todo"), waiting(), []),
         ("closed issue cancels", issue("fleet/task", state=IssueState.CLOSED), task(), ["save:cancelled:created->cancelled"]),
         ("lost its labels cancels", issue("bug", "status/todo"), task(), ["save:cancelled:created->cancelled"]),
         ("deleted issue cancels", None, task(), ["save:cancelled:created->cancelled"]),
         ("cancelled stays cancelled when closed", issue("fleet/task", state=IssueState.CLOSED), task(TaskState.CANCELLED), []),
-        ("reopened issue requeues", issue("fleet/task"), task(TaskState.CANCELLED), ["save:created:cancelled->created", "add:status/todo"]),
-        ("retry on failed requeues and removes the label", issue("fleet/task", "fleet/retry", "status/failed"), task(TaskState.FAILED), ["save:created:failed->created", "add:status/todo", "remove:fleet/retry"]),
-        ("retry on a task that did not fail only removes the label", issue("fleet/task", "fleet/retry", "status/todo"), task(), ["remove:fleet/retry"]),
-        ("running task shows doing", issue("fleet/task", "status/todo"), task(TaskState.RUNNING, agent_id="a1", lease_generation=1), ["add:status/doing"]),
-        ("stray second status label is removed", issue("fleet/task", "status/todo", "status/done"), task(), ["remove:status/done"]),
+        ("reopened issue requeues", issue("fleet/task"), waiting(state=TaskState.CANCELLED), ["add:status/todo", "comment", "save:created:cancelled->created"]),
+        ("retry on failed requeues and removes the label", issue("fleet/task", "fleet/retry", "status/failed"), waiting(state=TaskState.FAILED), ["add:status/todo", "remove:fleet/retry", "comment", "save:created:failed->created"]),
+        ("retry on a task that did not fail only removes the label", issue("fleet/task", "fleet/retry", "status/todo"), waiting(), ["remove:fleet/retry"]),
+        ("stray second status label is removed", issue("fleet/task", "status/todo", "status/done"), waiting(), ["remove:status/done"]),
         ("lost store, done on the issue", issue("fleet/task", "status/done"), None, ["save:completed:None->completed"]),
-        ("lost store, in review on the issue", issue("fleet/task", "status/review"), None, ["save:review_pending:None->review_pending"]),
-        ("lost store, doing on the issue is requeued", issue("fleet/task", "status/doing"), None, ["save:created:None->created", "add:status/todo"]),
+        ("lost store, in review on the issue", issue("fleet/task", "status/review"), None, ["comment", "save:review_pending:None->review_pending"]),
+        ("lost store, doing on the issue is requeued", issue("fleet/task", "status/doing"), None, ["add:status/todo", "comment", "save:created:None->created,waiting"]),
     ],
 )
 def test_plan(name: str, observed_issue: Issue | None, observed_task: Task | None, expected: list[str]) -> None:
     """What the controller decides for each kind of issue and task (pure: no I/O)."""
     assert kinds(planned(observed_issue, observed_task)) == expected
+
+
+def test_a_waiting_task_is_given_to_a_free_ssh_agent_and_dispatched() -> None:
+    """Placement: assigned with a new lease and a deadline, status/doing, comment, then dispatch."""
+    actions = planned(issue("fleet/task", "agent/developer", "needs/code:python", "status/todo"),
+                      waiting(required_role="developer", required_capabilities=("code:python",)),
+                      agents=(SSH_AGENT,))
+    assert kinds(actions) == ["add:status/doing", "comment", "save:assigned:created->assigned", "dispatch:box-1"]
+    saved = next(a for a in actions if isinstance(a, SaveTask))
+    assert saved.task.lease_generation == 1 and saved.task.attempt == 1
+    assert saved.task.deadline_at == NOW + timedelta(seconds=SETTINGS.timeouts.task_default)
+    comment = next(a for a in actions if isinstance(a, UpsertComment))
+    assert "box-1" in comment.body and saved.task.branch in comment.body and "attempt 1" in comment.body
+
+
+def test_closing_the_issue_mid_run_cancels_and_stops_the_run() -> None:
+    """Cancel saves first, then stops the process on the host."""
+    running = task(TaskState.RUNNING, agent_id="box-1", lease_generation=1, attempt=1)
+    actions = planned(issue("fleet/task", state=IssueState.CLOSED), running, agents=(SSH_AGENT,), dispatched=True)
+    assert kinds(actions) == ["save:cancelled:running->cancelled", "stop"]
+
+
+def test_a_run_past_its_deadline_fails_and_is_retried_after_a_backoff() -> None:
+    """Timeout → failed (retryable) → requeued with not_before = now + backoff, run stopped."""
+    running = task(TaskState.RUNNING, agent_id="box-1", lease_generation=1, attempt=1,
+                   deadline_at=NOW - timedelta(seconds=1))
+    actions = planned(issue("fleet/task", "status/doing"), running, agents=(SSH_AGENT,), dispatched=True)
+    saved = next(a for a in actions if isinstance(a, SaveTask))
+    assert [(e.from_state, e.to_state) for e in saved.events if e.to_state] == [
+        (TaskState.RUNNING, TaskState.FAILED), (TaskState.FAILED, TaskState.CREATED),
+    ]
+    assert saved.task.not_before == NOW + timedelta(seconds=SETTINGS.retries.backoff_initial)
+    assert "timed out" in saved.task.failure_reason
+    assert "stop" in kinds(actions)
+    assert saved.task.wait_reason.startswith("backing off until")
+
+
+def test_after_the_last_retry_the_task_stays_failed_with_its_reason() -> None:
+    """attempt > max_retries: no requeue; the reason stays on the task and the issue."""
+    last = SETTINGS.retries.max_retries + 1
+    failed = task(TaskState.FAILED, agent_id="box-1", lease_generation=last, attempt=last,
+                  failure_reason="timed out", failure_retryable=True)
+    actions = planned(issue("fleet/task", "status/doing"), failed, agents=(SSH_AGENT,))
+    saved = next(a for a in actions if isinstance(a, SaveTask))
+    assert saved.task.state is TaskState.FAILED and not saved.task.failure_retryable
+    assert [e.kind for e in saved.events] == ["gave_up"]
+    assert "add:status/failed" in kinds(actions)
+    comment = next(a for a in actions if isinstance(a, UpsertComment))
+    assert "timed out" in comment.body
+
+
+def test_a_run_this_process_lost_is_requeued() -> None:
+    """An ssh task assigned but not running here (e.g. after a restart) goes back to the queue."""
+    orphan = task(TaskState.RUNNING, agent_id="box-1", lease_generation=1, attempt=1,
+                  deadline_at=NOW + timedelta(hours=1))
+    actions = planned(issue("fleet/task", "status/doing"), orphan, agents=(SSH_AGENT,), dispatched=False)
+    saved = next(a for a in actions if isinstance(a, SaveTask))
+    states = [e.to_state for e in saved.events if e.to_state]
+    assert states[:2] == [TaskState.AGENT_LOST, TaskState.CREATED]
+    # The agent is free again, so the task is placed again at once, under a new lease.
+    assert saved.task.state is TaskState.ASSIGNED and saved.task.lease_generation == 2
+
+
+def test_a_new_wait_reason_is_written_once() -> None:
+    """The comment changes when the reason changes, not on every pass."""
+    first = planned(issue("fleet/task", "status/todo"), waiting())
+    assert first == ()
+    offline = SSH_AGENT.model_copy(update={"status": "offline"})
+    changed = planned(issue("fleet/task", "agent/developer", "status/todo"),
+                      waiting(required_role="developer"), agents=(offline,))
+    assert kinds(changed) == ["comment", "save:created:waiting"]
 
 
 def test_labels_set_priority_role_capabilities_hold_and_pin() -> None:
@@ -128,7 +238,7 @@ def test_label_changes_follow_the_task_with_an_update_event() -> None:
     [save] = [a for a in actions if isinstance(a, SaveTask)]
     assert save.task.required_capabilities == ("code:rust",)
     assert save.task.priority is Priority.LOW
-    assert [e.kind for e in save.events] == ["updated"]
+    assert [e.kind for e in save.events][0] == "updated"
 
 
 def test_an_illegal_move_is_not_planned_for_a_completed_task() -> None:

@@ -173,7 +173,10 @@ def run_demo(*, out: Print = print) -> int:
                 if not settled:
                     out(f"✗ not every issue was reconciled within {WAIT_SECONDS:.0f} s: {progress.missing()}")
                     return 1
-                out("  Tasks wait in 'created': this release does not yet place tasks on agents.")
+                for number in numbers:
+                    task = daemon.assembly.store.find_task(task_id_for(repo, number))
+                    if task is not None and task.wait_reason:
+                        out(f"  #{number} waits: {task.wait_reason} (also said in a comment on the issue)")
             finally:
                 daemon.stop()
     out("▶ daemon and sandbox stopped; nothing left running")

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Self, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from reconciler.errors import NotFoundError, StoreError, StoreLockedError
+from reconciler.errors import NotFoundError, StaleStateError, StoreError, StoreLockedError
 from reconciler.keys import Key
 from reconciler.models import (
     TERMINAL_STATES,
@@ -342,6 +342,23 @@ class Store:
                 )
             self.put_task(updated)
             return updated
+
+    def replace_task(self, task: Task, *, expected: Task | None) -> None:
+        """Write ``task`` only if the stored one is still ``expected`` (None: absent).
+
+        The optimistic-concurrency write of a reconcile: it planned from ``expected``; if an
+        agent's update or another writer changed the task meanwhile, nothing is written and
+        :class:`StaleStateError` makes the loop reconcile again from the new state.
+        """
+        with self._locked():
+            current = self.find_task(task.id)
+            if current != expected:
+                raise StaleStateError(
+                    f"task {task.id} changed while it was being reconciled "
+                    f"({expected.state if expected else 'absent'} → "
+                    f"{current.state if current else 'absent'}); reconciling again"
+                )
+            self.put_task(task)
 
     def record(self, task: Task, event: TaskEvent) -> None:
         """Append ``event`` to the log, then save ``task``.

@@ -429,11 +429,15 @@ def _connection(host: HostSettings, *, timeout: float, known_hosts_file: Path | 
         connect_timeout=max(1, math.ceil(timeout)),
         connect_kwargs=connect_kwargs,
     )
-    client = connection.client
-    client.set_missing_host_key_policy(_RefuseUnknownHostKey())
-    for path in _known_hosts_files(connection.ssh_config, known_hosts_file):
-        if path.is_file():
-            client.load_system_host_keys(str(path))
+    # fabric opens a Connection per ProxyJump hop from ~/.ssh/config, each accepting any key.
+    hop = connection
+    while isinstance(hop, fabric.Connection):
+        hop.client.set_missing_host_key_policy(_RefuseUnknownHostKey())
+        for path in _known_hosts_files(hop.ssh_config, known_hosts_file):
+            if path.is_file():
+                hop.client.load_system_host_keys(str(path))
+        hop.connect_timeout = connection.connect_timeout
+        hop = hop.gateway
     return connection
 
 

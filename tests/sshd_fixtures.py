@@ -3,7 +3,8 @@
 Registered in ``tests/conftest.py``'s ``pytest_plugins``. One ``/usr/sbin/sshd -D -e`` runs
 per test session, bound to 127.0.0.1 on a free port, with its own host key, an authorized
 client key and its log in a file. The ``sshd`` fixture hands each test that server running
-(a test may ``stop()`` it to play a dead host; the next test gets it started again).
+(a test may ``stop()`` it to play a dead host; the next test gets it started again);
+``second_sshd`` is one more, with keys of its own, for the length of one test.
 
 The remote PATH: sshd's ``SetEnv`` puts ``bin_dir`` before the system directories of every
 session, so a test makes an agent CLI "installed" on the host with ``install_cli("claude")``
@@ -58,6 +59,7 @@ class SshServer:
         self._prepare()
 
     def _prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         host_key = self.root / "host_key"
         for key in (host_key, self.client_key):
             subprocess.run(
@@ -208,3 +210,14 @@ def sshd(sshd_server: SshServer) -> Iterator[SshServer]:
     yield sshd_server
     for path in sshd_server.bin_dir.iterdir():
         path.unlink()
+
+
+@pytest.fixture
+def second_sshd(sshd_server: SshServer, tmp_path: Path) -> Iterator[SshServer]:
+    """Another private sshd with keys of its own (a jump host, a second machine)."""
+    server = SshServer(tmp_path / "second-sshd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

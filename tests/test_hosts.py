@@ -150,6 +150,30 @@ def test_a_key_the_server_does_not_accept_is_an_authentication_problem(
     )
 
 
+def test_a_jump_host_from_ssh_config_must_have_a_known_key_too(
+    sshd: SshServer, second_sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ProxyJump hop is checked against known_hosts like the host itself, then used."""
+    jump = second_sshd
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        f"Host fleet-target\n  HostName {sshd.host}\n  ProxyJump fleet-jump\n"
+        f"Host fleet-jump\n  HostName {jump.host}\n  Port {jump.port}\n"
+        f"  User {jump.user}\n  IdentityFile {jump.client_key}\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    host = sshd.host_settings(address="fleet-target")
+    refused = check_host(host, command="sh", timeout=TIMEOUT, known_hosts_file=sshd.known_hosts)
+    both = tmp_path / "both_known_hosts"
+    both.write_text(sshd.known_hosts.read_text() + jump.known_hosts.read_text())
+    through = check_host(host, command="sh", timeout=TIMEOUT, known_hosts_file=both)
+    [problem] = refused.problems
+    assert problem.startswith(
+        f"ssh to fleet-target:{sshd.port} failed: host key of [127.0.0.1]:{jump.port} "
+    )
+    assert through.healthy, through.problems
+
+
 def test_a_missing_key_file_is_reported(sshd: SshServer, tmp_path: Path) -> None:
     """A key_file that does not exist is named in the problem."""
     missing = tmp_path / "no-such-key"

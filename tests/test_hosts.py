@@ -19,7 +19,6 @@ from reconciler.settings import HostSettings, load_settings
 if TYPE_CHECKING:
     from tests.sshd_fixtures import SshServer
 
-pytest_plugins = ("tests.sshd_fixtures",)
 
 TIMEOUT = 10.0
 ABSENT_CLI = "agent-fleet-absent-cli"

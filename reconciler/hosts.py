@@ -321,7 +321,9 @@ def _run(
     """Run the POSIX sh ``script`` with positional ``args`` on the host, within ``timeout``."""
     if host.is_local:
         return _run_locally(script, args, timeout=timeout)
-    return _run_over_ssh(host, script, args, timeout=timeout, known_hosts_file=known_hosts_file)
+    return _run_over_ssh(
+        host, script, args, timeout=timeout, known_hosts_file=known_hosts_file or host.known_hosts_file
+    )
 
 
 def _run_locally(script: str, args: Sequence[str], *, timeout: float) -> _Ran:

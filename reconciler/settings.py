@@ -595,6 +595,13 @@ class HostSettings(Section):
     key_file: Path | None = Field(
         default=None, description="Private key file (unset: ssh agent and ssh config)."
     )
+    known_hosts_file: Path | None = Field(
+        default=None,
+        description=(
+            "known_hosts file holding this host's key (unset: ~/.ssh/known_hosts, "
+            "/etc/ssh/ssh_known_hosts and the host's ssh config); unknown keys are refused."
+        ),
+    )
     agent_type: str = Field(
         default="claude-code", min_length=1, description="Kind of agent, e.g. claude-code, codex."
     )

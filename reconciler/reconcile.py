@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from reconciler.errors import TransientError
+from reconciler.errors import StaleStateError
 from reconciler.keys import Key
 from reconciler.models import Agent, Task, TaskEvent
 
@@ -162,7 +162,7 @@ class SaveAgent(Action):
 
     An agent's record is also written by the agent API (register, drain), so a plain overwrite
     could undo a change made since the observation. ``observed`` None means the record must not
-    exist yet. A mismatch raises :class:`TransientError`: the loop retries, observing afresh.
+    exist yet. A mismatch raises :class:`StaleStateError`: the loop retries, observing afresh.
     """
 
     agent: Agent
@@ -175,13 +175,13 @@ class SaveAgent(Action):
     def apply(self, ctx: ActContext) -> None:
         if self.observed is None:
             if ctx.store.find_agent(self.agent.id) is not None:
-                raise TransientError(f"agent {self.agent.id} was registered while reconciling")
+                raise StaleStateError(f"agent {self.agent.id} was registered while reconciling")
             ctx.store.put_agent(self.agent)
             return
 
         def change(current: Agent) -> Agent:
             if current != self.observed:
-                raise TransientError(f"agent {self.agent.id} changed while reconciling")
+                raise StaleStateError(f"agent {self.agent.id} changed while reconciling")
             return self.agent
 
         ctx.store.update_agent(self.agent.id, change)

@@ -19,7 +19,13 @@ from reconciler.forgejo import ForgejoGateway
 from reconciler.keys import Key
 from reconciler.models import AgentId, RepoName, Task, TaskState, branch_for, task_id_for
 from reconciler.sandbox import ForgejoSandbox
-from reconciler.settings import AdapterSettings, ForgejoSettings, HostSettings, Settings, TimeoutsSettings
+from reconciler.settings import (
+    AdapterSettings,
+    ForgejoSettings,
+    HostSettings,
+    Settings,
+    TimeoutsSettings,
+)
 from reconciler.store import Store
 from tests.sandbox_fixtures import DEMO_REPO, ManualClock
 

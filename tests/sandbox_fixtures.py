@@ -5,8 +5,9 @@ Load them with ``pytest_plugins = ("tests.sandbox_fixtures",)`` at the top of a 
 loopback, ``forge_http`` an httpx client on ``forge`` authenticated as the admin, ``forge_as``
 makes such clients for other tokens, ``forge_client`` is the real pyforgejo client on ``forge``,
 ``forge_clock`` the manual clock they all use. ``webhook_receiver`` is a loopback HTTP server
-recording what the sandbox delivers. Every sandbox has the repository ``fleet-admin/demo``
-(default branch ``main``, one initial commit).
+recording what the sandbox delivers. ``isolated_git`` runs git and gitpython without the
+machine's git configuration, prompts or credential helpers, as the ``GIT_AUTHOR`` identity. Every
+sandbox has the repository ``fleet-admin/demo`` (default branch ``main``, one initial commit).
 """
 
 from __future__ import annotations
@@ -107,6 +108,27 @@ def forge_client(forge: ForgejoSandbox) -> pyforgejo.PyforgejoApi:
         api_key=forge.admin_token,
         httpx_client=httpx.Client(transport=httpx.WSGITransport(app=forge.app)),
     )
+
+
+GIT_AUTHOR = ("Fleet Agent", "agent@fleet.invalid")
+
+
+@pytest.fixture
+def isolated_git(monkeypatch: pytest.MonkeyPatch) -> None:
+    """git (and gitpython) run with no user or system config, no prompts, a fixed identity."""
+    name, email = GIT_AUTHOR
+    for variable, value in {
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "",
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("SSH_ASKPASS", raising=False)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 
 from reconciler.sandbox import hooks, shapes
+from reconciler.sandbox.gitstore import StorageClosed
 from reconciler.sandbox.state import (
     Access,
     ForgeRefusal,
@@ -285,6 +286,8 @@ class ForgeApi:
                         return handler(self._actor(), **params)
                 except ForgeRefusal as refusal:
                     return self._error(refusal.status, refusal.message)
+                except StorageClosed as closed:
+                    return self._error(503, str(closed))
 
             self.app.route(f"/api/v1{path}", method, wrapped)
             return handler

@@ -1,17 +1,15 @@
-"""The sandbox forge's git model: commits, branches and diffs held in memory.
+"""The sandbox forge's index of each repository's git history: commits, branches and diffs.
 
-Used by ``state`` (pushes, pull requests, merges) and rendered by ``shapes``. A commit is a full
-snapshot of the repository's files plus its parents, and its sha is the sha1 of that content, so
-the same operations could later be backed by a bare git repository on disk without the callers
-changing: they only ever ask for a branch head, a log, a merge base or a diff.
+``state`` keeps one ``CommitGraph`` per repository in step with its bare git repository
+(``gitstore``): every commit that reaches a branch there, by ``git push``, a helper or a merge, is
+added here with its full file snapshot and its changes against its first parent. ``shapes``
+renders REST answers and webhook payloads from it, so answering a request never runs git.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -57,11 +55,16 @@ class Commit:
     when: datetime
     tree: Mapping[str, str]
     changes: tuple[FileChange, ...]
-    sequence: int  # creation order; a valid topological order for logs
+    sequence: int  # order of arrival, parents first; a valid topological order for logs
 
 
 def _line_counts(old: str | None, new: str | None) -> tuple[int, int]:
-    """Added and deleted line counts between two versions of a file (None = absent)."""
+    """Added and deleted line counts between two versions of a file (None = absent).
+
+    A binary file (one holding a NUL byte) counts no lines, as Forgejo shows it.
+    """
+    if "\x00" in (old or "") or "\x00" in (new or ""):
+        return 0, 0
     old_lines = [] if old is None else old.splitlines()
     new_lines = [] if new is None else new.splitlines()
     additions = deletions = 0
@@ -94,28 +97,6 @@ def diff_trees(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FileChan
     return tuple(changes)
 
 
-def commit_sha(
-    *,
-    tree: Mapping[str, str],
-    parents: tuple[str, ...],
-    message: str,
-    author: Signature,
-    when: datetime,
-) -> str:
-    """The sha1 naming a commit: content, parents, message, author and time, like git's."""
-    material = json.dumps(
-        {
-            "tree": dict(sorted(tree.items())),
-            "parents": list(parents),
-            "message": message,
-            "author": [author.name, author.email],
-            "when": when.isoformat(),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha1(material.encode()).hexdigest()
-
-
 @dataclass
 class CommitGraph:
     """One repository's commits and branch heads."""
@@ -141,8 +122,9 @@ class CommitGraph:
         """The files at commit ``sha`` (empty for None, i.e. before the first commit)."""
         return {} if sha is None else self.commits[sha].tree
 
-    def add_commit(
+    def add(
         self,
+        sha: str,
         *,
         parents: tuple[str, ...],
         tree: Mapping[str, str],
@@ -150,9 +132,11 @@ class CommitGraph:
         author: Signature,
         when: datetime,
     ) -> Commit:
-        """Store a new commit (not yet on any branch) and return it."""
+        """Index the commit ``sha`` (its parents are indexed already) and return it."""
+        known = self.commits.get(sha)
+        if known is not None:
+            return known
         first_parent = parents[0] if parents else None
-        sha = commit_sha(tree=tree, parents=parents, message=message, author=author, when=when)
         self._sequence += 1
         commit = Commit(
             sha=sha,
@@ -160,17 +144,17 @@ class CommitGraph:
             message=message,
             author=author,
             when=when,
-            tree=dict(tree),
+            tree=tree,
             changes=diff_trees(self.tree(first_parent), tree),
             sequence=self._sequence,
         )
-        # Identical content, parents and time give the identical sha, as in git: keep the first.
-        return self.commits.setdefault(sha, commit)
+        self.commits[sha] = commit
+        return commit
 
-    def ancestors(self, sha: str | None) -> set[str]:
-        """Every commit reachable from ``sha``, itself included."""
+    def ancestors(self, *heads: str | None) -> set[str]:
+        """Every commit reachable from any of ``heads``, themselves included."""
         seen: set[str] = set()
-        stack = [sha] if sha else []
+        stack = [head for head in heads if head]
         while stack:
             current = stack.pop()
             if current in seen:
@@ -179,9 +163,11 @@ class CommitGraph:
             stack.extend(self.commits[current].parents)
         return seen
 
-    def log(self, sha: str | None, *, exclude: str | None = None) -> list[Commit]:
-        """Commits reachable from ``sha`` but not from ``exclude``, newest first."""
-        wanted = self.ancestors(sha) - self.ancestors(exclude)
+    def log(
+        self, sha: str | None, *, exclude: str | None = None, exclude_all: Iterable[str] = ()
+    ) -> list[Commit]:
+        """Commits reachable from ``sha`` but from none of the excluded heads, newest first."""
+        wanted = self.ancestors(sha) - self.ancestors(exclude, *exclude_all)
         return sorted((self.commits[s] for s in wanted), key=lambda c: c.sequence, reverse=True)
 
     def merge_base(self, one: str | None, other: str | None) -> str | None:

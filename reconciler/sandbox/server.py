@@ -1,29 +1,38 @@
-"""``ForgejoSandbox``: an in-memory Forgejo served over HTTP, with webhooks.
+"""``ForgejoSandbox``: an in-memory Forgejo served over HTTP, with webhooks and git.
 
 Tests drive it through the real pyforgejo client (over loopback, or in process with httpx's
 ``WSGITransport(app=sandbox.app)``) and ``agent-fleet demo`` embeds one on loopback. Besides the
-REST API it offers the things a person or ``git push`` does (``push``, ``create_issue``, ...),
-which fire the same webhooks as the API does.
+REST API it offers the things a person does (``push``, ``create_issue``, ...), which fire the
+same webhooks as the API does. Once started it also serves every repository to ``git clone`` and
+``git push`` at ``{url}/{owner}/{repo}.git``, from bare repositories in a temporary directory
+that ``stop()`` removes.
 """
 
 from __future__ import annotations
 
+import re
 import socketserver
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 
 from reconciler.sandbox.api import ForgeApi
+from reconciler.sandbox.githttp import GitHttp
+from reconciler.sandbox.gitstore import GitStorage
 from reconciler.sandbox.hooks import Delivery, QueuedWebhook, WebhookDispatcher
 from reconciler.sandbox.state import ForgeEvent, ForgeState, Repo, User
 
 # Forgejo's default ROOT_URL, used for links while the sandbox is not listening anywhere.
 UNSTARTED_APP_URL = "http://localhost:3000/"
+# Requests for a repository's git endpoints; everything else is the REST API's.
+_GIT_REQUEST = re.compile(r"^/[^/]+/[^/]+\.git/")
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -45,7 +54,8 @@ def _utc_now() -> datetime:
 
 
 class ForgejoSandbox:
-    """An in-memory Forgejo: REST API (``app``), users and tokens, webhooks, person helpers."""
+    """An in-memory Forgejo: REST API (``app``), git over HTTP, users and tokens, webhooks,
+    person helpers."""
 
     def __init__(
         self, *, clock: Callable[[], datetime] | None = None, admin_login: str = "fleet-admin"
@@ -54,9 +64,13 @@ class ForgejoSandbox:
         self._server: _ThreadingServer | None = None
         self._serving: threading.Thread | None = None
         self._dispatcher = WebhookDispatcher(app_url=lambda: self.app_url, state=lambda: self.state)
-        self.state = ForgeState(clock=clock or _utc_now, on_event=self._announce)
+        self._storage = GitStorage()
+        self.state = ForgeState(
+            clock=clock or _utc_now, on_event=self._announce, storage=self._storage
+        )
         self._api = ForgeApi(self.state, app_url=lambda: self.app_url)
         self.app: bottle.Bottle = self._api.app
+        self._git = GitHttp(self.state, self._storage)
         self.admin_login = admin_login
         self.admin_token = self.create_user(admin_login, admin=True)
 
@@ -75,7 +89,7 @@ class ForgejoSandbox:
         if self._server is not None:
             return self.url
         server = make_server(
-            host, port, self.app, server_class=_ThreadingServer, handler_class=_QuietHandler
+            host, port, self._serve, server_class=_ThreadingServer, handler_class=_QuietHandler
         )
         self._server = server
         self.url = f"http://{host}:{server.server_port}"
@@ -90,8 +104,21 @@ class ForgejoSandbox:
         self._dispatcher.resume()
         return self.url
 
+    def _serve(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        """The served WSGI application: git's endpoints next to the REST API."""
+        wanted = self._git.app if _GIT_REQUEST.match(environ.get("PATH_INFO", "")) else self.app
+        answer: Iterable[bytes] = wanted(environ, start_response)
+        return answer
+
     def stop(self) -> None:
-        """Stop serving and stop delivering webhooks. Safe to call more than once."""
+        """Stop serving and delivering webhooks, remove the git repositories.
+
+        Safe to call more than once. The REST API and the helpers that touch no git history
+        keep working in process (new webhooks wait in ``pending_webhooks()``); creating a
+        repository, ``push`` and merging are refused from then on.
+        """
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -100,6 +127,8 @@ class ForgejoSandbox:
             self._serving.join(timeout=5)
             self._serving = None
         self._dispatcher.stop()
+        with self.state.lock:
+            self._storage.close()
 
     def __enter__(self) -> Self:
         self.start()
@@ -141,6 +170,28 @@ class ForgejoSandbox:
                 default_branch=default_branch,
                 auto_init=auto_init,
             )
+
+    def clone_url(self, repo: str, *, token: str | None = None) -> str:
+        """The URL ``git clone`` takes for ``owner/name`` (the REST ``clone_url``).
+
+        With ``token`` the URL carries the token's owner and the token as Basic credentials,
+        so git authenticates without asking. The sandbox must be started: git talks HTTP.
+        """
+        if not self.url:
+            raise RuntimeError("start() the sandbox first: git reaches it over HTTP only")
+        with self.state.lock:
+            found = self._repo(repo, self._person(None))
+            if token is None:
+                return f"{self.app_url}{found.full_name}.git"
+            user = self.state.user_by_token(token)
+        scheme, _, rest = self.app_url.partition("://")
+        credentials = f"{urllib.parse.quote(user.login)}:{urllib.parse.quote(token)}"
+        return f"{scheme}://{credentials}@{rest}{found.full_name}.git"
+
+    def git_path(self, repo: str) -> Path:
+        """The bare git repository of ``owner/name`` on disk (removed by ``stop()``)."""
+        with self.state.lock:
+            return self._repo(repo, self._person(None)).bare.path
 
     def _person(self, login: str | None) -> User:
         return self.state.user_named(login or self.admin_login)

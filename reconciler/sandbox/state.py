@@ -1,9 +1,14 @@
 """The sandbox forge's data and the operations on it, with Forgejo's rules but no HTTP.
 
 ``api`` calls these operations for each REST request and renders the results with ``shapes``;
-``ForgejoSandbox`` calls them for the things a person or ``git push`` does. Every change that
-Forgejo would announce by webhook is passed to ``on_event`` as a ``ForgeEvent`` while the lock is
-held, so the payload is built from the state exactly as it was at that moment.
+``ForgejoSandbox`` calls them for the things a person does, and ``githttp`` calls
+``sync_pushed`` after a ``git push``. Every change that Forgejo would announce by webhook is
+passed to ``on_event`` as a ``ForgeEvent`` while the lock is held, so the payload is built from
+the state exactly as it was at that moment.
+
+Each repository's history lives in a bare git repository (``gitstore``); ``Repo.git`` is the
+in-memory index of it that answers are rendered from. Every branch move, whoever made it, goes
+through ``_apply_branch_updates``, which indexes the new commits and announces the push.
 
 Refusals are raised as ``ForgeRefusal`` subclasses carrying the HTTP status Forgejo answers
 with. They are the fake forge's answers to its clients, turned into JSON error bodies by ``api``;
@@ -21,7 +26,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 
-from reconciler.sandbox.commits import ZERO_SHA, Commit, CommitGraph, FileChange, Signature
+from reconciler.sandbox.commits import (
+    ZERO_SHA,
+    Commit,
+    CommitGraph,
+    FileChange,
+    Signature,
+    diff_trees,
+)
+from reconciler.sandbox.gitstore import (
+    BareRepository,
+    GitStorage,
+    Identity,
+    MergeConflict,
+    is_valid_branch_name,
+)
 
 Clock = Callable[[], datetime]
 
@@ -139,10 +158,9 @@ class User:
         """The noreply address Forgejo shows for users who keep their email private."""
         return f"{self.login}@noreply.localhost"
 
-    @property
-    def signature(self) -> Signature:
-        """How this user signs commits."""
-        return Signature(name=self.login, email=self.email, login=self.login)
+    def identity(self, when: datetime) -> Identity:
+        """This user as the author or committer of a commit made at ``when``."""
+        return Identity(name=self.login, email=self.email, when=when)
 
 
 @dataclass
@@ -267,7 +285,10 @@ class Hook:
 
 @dataclass
 class Repo:
-    """A repository with its labels, issues, hooks, commits and statuses."""
+    """A repository with its labels, issues, hooks, commits and statuses.
+
+    ``bare`` is the git repository on disk; ``git`` indexes what its branches hold.
+    """
 
     id: int
     owner: User
@@ -277,6 +298,7 @@ class Repo:
     default_branch: str
     created_at: datetime
     updated_at: datetime
+    bare: BareRepository
     git: CommitGraph = field(default_factory=CommitGraph)
     labels: dict[int, Label] = field(default_factory=dict)
     issues: dict[int, Issue] = field(default_factory=dict)
@@ -310,6 +332,15 @@ class ForgeEvent:
     before: str = ""
     after: str = ""
     commits: tuple[Commit, ...] = ()
+
+
+@dataclass(frozen=True)
+class BranchUpdate:
+    """A branch moving from ``before`` to ``after`` (None: absent before, or deleted)."""
+
+    name: str
+    before: str | None
+    after: str | None
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -366,10 +397,13 @@ class ForgeState:
     per request), so a response never shows a half-applied change.
     """
 
-    def __init__(self, *, clock: Clock, on_event: Callable[[ForgeEvent], None]) -> None:
+    def __init__(
+        self, *, clock: Clock, on_event: Callable[[ForgeEvent], None], storage: GitStorage
+    ) -> None:
         self.lock = threading.RLock()
         self._clock = clock
         self._on_event = on_event
+        self.storage = storage
         self.users: dict[str, User] = {}
         self.tokens: dict[str, User] = {}
         self.repos: dict[str, Repo] = {}
@@ -441,6 +475,9 @@ class ForgeState:
         full_name = f"{owner.login}/{name}"
         if any(existing.lower() == full_name.lower() for existing in self.repos):
             raise Conflict("The repository with the same name already exists.")
+        default_branch = default_branch or "main"
+        if not is_valid_branch_name(default_branch):
+            raise Invalid(f"invalid branch name {default_branch!r}")
         now = self.now()
         repo = Repo(
             id=self._next_id("repo"),
@@ -448,20 +485,21 @@ class ForgeState:
             name=name,
             description=description,
             private=private,
-            default_branch=default_branch or "main",
+            default_branch=default_branch,
             created_at=now,
             updated_at=now,
+            bare=self.storage.create(full_name, default_branch=default_branch),
         )
         self.repos[full_name] = repo
         if auto_init:
-            commit = repo.git.add_commit(
-                parents=(),
-                tree={"README.md": f"# {name}\n\n{description}\n"},
+            sha = repo.bare.commit_files(
+                None,
+                {"README.md": f"# {name}\n\n{description}\n"},
                 message="Initial commit\n",
-                author=owner.signature,
-                when=now,
+                author=owner.identity(now),
             )
-            repo.git.branches[repo.default_branch] = commit.sha
+            repo.bare.set_branch(default_branch, sha)
+            self._apply_branch_updates(repo, owner, [BranchUpdate(default_branch, None, sha)])
         return repo
 
     def access(self, repo: Repo, user: User) -> Access:
@@ -916,12 +954,13 @@ class ForgeState:
     ) -> Commit:
         """A new commit on ``branch`` (created from ``base`` or the default branch).
 
-        ``files`` maps paths to new contents; ``None`` deletes a path. Announces ``push`` and
-        ``pull_request`` ``synchronized`` for every open pull request whose head is ``branch``.
+        ``files`` maps paths to new contents; ``None`` deletes a path. The commit is written to
+        the bare repository like one a ``git push`` brings, and announced the same way:
+        ``push``, and ``pull_request`` ``synchronized`` for every open pull request whose head
+        is ``branch``.
         """
         self.require(repo, actor, Access.WRITE)
-        if not branch or branch.startswith("/") or " " in branch or ".." in branch:
-            raise Invalid(f"invalid branch name {branch!r}")
+        self._check_branch_name(repo, branch)
         before = repo.git.branches.get(branch)
         parent = before
         if parent is None:
@@ -929,54 +968,132 @@ class ForgeState:
             parent = repo.git.branches.get(start)
             if parent is None and repo.git.branches:
                 raise NotFound(f"branch does not exist [name: {start}]")
-        tree = dict(repo.git.tree(parent))
-        for path, content in files.items():
-            if content is None:
-                tree.pop(path, None)
-            else:
-                tree[path] = content
-        commit = repo.git.add_commit(
-            parents=(parent,) if parent else (),
-            tree=tree,
-            message=message if message.endswith("\n") else message + "\n",
-            author=actor.signature,
-            when=self.now(),
-        )
-        # A new branch announces the commits made since the point it was branched from.
-        self._move_branch(repo, actor, branch, before=before, commit=commit, since=parent)
-        return commit
-
-    def _move_branch(
-        self,
-        repo: Repo,
-        actor: User,
-        branch: str,
-        *,
-        before: str | None,
-        commit: Commit,
-        since: str | None = None,
-    ) -> None:
-        repo.git.branches[branch] = commit.sha
-        repo.updated_at = self.now()
-        pushed = tuple(repo.git.log(commit.sha, exclude=before or since))
-        self._emit(
-            ForgeEvent(
-                repo,
-                "push",
-                "",
-                actor,
-                ref=f"refs/heads/{branch}",
-                before=before or ZERO_SHA,
-                after=commit.sha,
-                commits=pushed,
+        try:
+            sha = repo.bare.commit_files(
+                parent,
+                files,
+                message=message if message.endswith("\n") else message + "\n",
+                author=actor.identity(self.now()),
             )
-        )
-        for issue in sorted(repo.issues.values(), key=lambda i: i.number):
-            pull = issue.pull
-            if pull is None or issue.state != "open" or pull.head != branch:
+        except ValueError as bad:
+            raise Invalid(str(bad)) from None
+        repo.bare.set_branch(branch, sha)
+        self._apply_branch_updates(repo, actor, [BranchUpdate(branch, before, sha)])
+        return repo.git.commits[sha]
+
+    def _check_branch_name(self, repo: Repo, branch: str) -> None:
+        if not is_valid_branch_name(branch):
+            raise Invalid(f"invalid branch name {branch!r}")
+        for existing in repo.git.branches:
+            if existing != branch and (
+                existing.startswith(branch + "/") or branch.startswith(existing + "/")
+            ):
+                # A ref cannot be both a file and a directory, as git refuses it.
+                raise Invalid(f"branch {branch!r} conflicts with the branch {existing!r}")
+
+    def sync_pushed(self, repo: Repo, actor: User) -> None:
+        """Follow the bare repository after ``actor`` pushed to it: index and announce.
+
+        Each branch that moved since the last sync is announced like a helper's push; a
+        deleted branch closes the open pull requests it was the head of, as Forgejo does.
+        """
+        current = repo.bare.branches()
+        known = repo.git.branches
+        updates = [
+            BranchUpdate(name, known.get(name), current.get(name))
+            for name in sorted(set(current) | set(known))
+            if known.get(name) != current.get(name)
+        ]
+        was_empty = not known
+        self._apply_branch_updates(repo, actor, updates)
+        if was_empty and repo.git.branches and repo.default_branch not in repo.git.branches:
+            # Forgejo makes the first branch pushed to an empty repository its default.
+            repo.default_branch = next(u.name for u in updates if u.after is not None)
+            repo.bare.set_default_branch(repo.default_branch)
+
+    def _apply_branch_updates(
+        self, repo: Repo, actor: User, updates: Sequence[BranchUpdate]
+    ) -> None:
+        """Index the commits the updated branches bring, move them, announce the pushes."""
+        try:
+            for update in updates:
+                if update.after is None:
+                    self._delete_branch(repo, actor, update.name)
+                    continue
+                self._index_commits(repo, update.after)
+                # A new branch announces what no other branch had, i.e. the work made on it.
+                others = [sha for name, sha in repo.git.branches.items() if name != update.name]
+                pushed = repo.git.log(
+                    update.after,
+                    exclude=update.before,
+                    exclude_all=() if update.before else others,
+                )
+                repo.git.branches[update.name] = update.after
+                repo.updated_at = self.now()
+                self._emit(
+                    ForgeEvent(
+                        repo,
+                        "push",
+                        "",
+                        actor,
+                        ref=f"refs/heads/{update.name}",
+                        before=update.before or ZERO_SHA,
+                        after=update.after,
+                        commits=tuple(pushed),
+                    )
+                )
+                for issue in self._open_pulls_from(repo, update.name):
+                    self._touch(issue)
+                    self._emit(
+                        ForgeEvent(repo, "pull_request_sync", "synchronized", actor, issue=issue)
+                    )
+        finally:
+            repo.bare.release()
+
+    def _open_pulls_from(self, repo: Repo, branch: str) -> list[Issue]:
+        return [
+            issue
+            for issue in sorted(repo.issues.values(), key=lambda i: i.number)
+            if issue.pull is not None and issue.state == "open" and issue.pull.head == branch
+        ]
+
+    def _delete_branch(self, repo: Repo, actor: User, branch: str) -> None:
+        sha = repo.git.branches.pop(branch)
+        repo.updated_at = self.now()
+        for issue in self._open_pulls_from(repo, branch):
+            assert issue.pull is not None
+            now = self.now()
+            issue.state = "closed"
+            issue.closed_at = now
+            issue.updated_at = now
+            issue.pull.frozen_head_sha = sha
+            self._emit(ForgeEvent(repo, "pull_request", "closed", actor, issue=issue))
+
+    def _index_commits(self, repo: Repo, head: str) -> None:
+        """Add ``head`` and its ancestors missing from ``repo.git``, parents first."""
+        pending: list[tuple[str, bool]] = [(head, False)]
+        while pending:
+            sha, parents_done = pending.pop()
+            if sha in repo.git.commits:
                 continue
-            self._touch(issue)
-            self._emit(ForgeEvent(repo, "pull_request_sync", "synchronized", actor, issue=issue))
+            raw = repo.bare.commit(sha)
+            if not parents_done:
+                pending.append((sha, True))
+                pending.extend((p, False) for p in raw.parents if p not in repo.git.commits)
+                continue
+            repo.git.add(
+                sha,
+                parents=raw.parents,
+                tree=repo.bare.snapshot(raw.tree),
+                message=raw.message,
+                author=self._signature(raw.author),
+                when=raw.author.when,
+            )
+
+    def _signature(self, identity: Identity) -> Signature:
+        """A commit's author, with the login of the user whose email it carries ("" if none)."""
+        login = next((u.login for u in self.users.values() if u.email == identity.email), "")
+        return Signature(name=identity.name, email=identity.email, login=login)
 
     # -- pull requests --
 
@@ -1074,8 +1191,6 @@ class ForgeState:
 
     def pull_files(self, repo: Repo, issue: Issue) -> tuple[FileChange, ...]:
         """Files the pull request changes, against its merge base."""
-        from reconciler.sandbox.commits import diff_trees
-
         return diff_trees(
             repo.git.tree(self.pull_base_sha(repo, issue)),
             repo.git.tree(self.pull_head_sha(repo, issue)),
@@ -1107,55 +1222,42 @@ class ForgeState:
         head_sha = self.pull_head_sha(repo, issue)
         if head_commit_id and head_commit_id != head_sha:
             raise Conflict("head out of date")
-        base_before = repo.git.branches[pull.base]
+        base_before = repo.git.branches.get(pull.base)
+        if base_before is None:
+            raise NotAllowed(f"the base branch {pull.base!r} does not exist any more")
         merge_base = repo.git.merge_base(head_sha, base_before)
         assert merge_base is not None
-        head = repo.git.commits[head_sha]
         title = message or f"Merge pull request '{issue.title}' (#{issue.number})"
         if merge_style == MergeStyle.FAST_FORWARD_ONLY:
             if merge_base != base_before:
                 raise Conflict("fast-forward merge is not possible: the base branch has moved")
-            merged = head
+            merged = head_sha
         elif merge_style in (MergeStyle.MERGE, MergeStyle.SQUASH):
-            tree = self._merged_tree(repo, base=base_before, head=head_sha, merge_base=merge_base)
+            try:
+                tree = repo.bare.merge_tree(base_before, head_sha)
+            except MergeConflict as conflict:
+                raise Conflict(str(conflict)) from None
             parents = (base_before, head_sha) if merge_style == MergeStyle.MERGE else (base_before,)
-            merged = repo.git.add_commit(
-                parents=parents,
-                tree=tree,
-                message=title + "\n",
-                author=actor.signature,
-                when=self.now(),
+            signed = actor.identity(self.now())
+            merged = repo.bare.write_commit(
+                tree=tree, parents=parents, author=signed, committer=signed, message=title + "\n"
             )
         else:
             raise Invalid(f"the sandbox does not implement the {style!r} merge style")
+        repo.bare.set_branch(pull.base, merged)
         now = self.now()
         pull.merged = True
         pull.merged_at = now
         pull.merged_by = actor
-        pull.merge_commit_sha = merged.sha
+        pull.merge_commit_sha = merged
         pull.merge_base = merge_base
         pull.frozen_head_sha = head_sha
         issue.state = "closed"
         issue.closed_at = now
         issue.updated_at = now
-        self._move_branch(repo, actor, pull.base, before=base_before, commit=merged)
+        self._apply_branch_updates(repo, actor, [BranchUpdate(pull.base, base_before, merged)])
         self._emit(ForgeEvent(repo, "pull_request", "closed", actor, issue=issue))
         return issue
-
-    def _merged_tree(self, repo: Repo, *, base: str, head: str, merge_base: str) -> dict[str, str]:
-        ancestor, ours, theirs = (repo.git.tree(s) for s in (merge_base, base, head))
-        tree = dict(ours)
-        for path in set(ancestor) | set(theirs):
-            if ancestor.get(path) == theirs.get(path):
-                continue  # unchanged on the head side
-            if ancestor.get(path) != ours.get(path) and ours.get(path) != theirs.get(path):
-                raise Conflict(f"merge conflict in {path}")
-            content = theirs.get(path)
-            if content is None:
-                tree.pop(path, None)
-            else:
-                tree[path] = content
-        return tree
 
     def create_review(
         self,

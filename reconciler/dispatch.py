@@ -412,7 +412,7 @@ class HostExecutor:
                     permission = self._gateway.get_permission(task.repo, login)
                 except FleetError:
                     permission = None
-                verdicts[login] = is_trusted_author(permission, allow=set())
+                verdicts[login] = is_trusted_author(login, permission)
             return verdicts[login]
 
         return build_prompt(issue=issue, comments=comments, trusted=trusted, repo=task.repo,

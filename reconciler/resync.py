@@ -22,7 +22,7 @@ import structlog
 
 from reconciler.forgejo import ForgejoGateway
 from reconciler.forgejo_types import Issue
-from reconciler.keys import Key, issue_key, pull_key
+from reconciler.keys import Key, agent_key, issue_key, pull_key
 from reconciler.metrics import Metrics
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
@@ -121,8 +121,10 @@ class Resync:
         return total
 
     def full(self) -> int:
-        """Enqueue every open fleet issue and PR, and every task the store tracks."""
+        """Enqueue every open fleet issue and PR, every task the store tracks, and every agent
+        (registered, or declared in ``[[hosts]]``)."""
         total = sum(self._full_repo(repo) for repo in self._repos)
+        total += self._all_agents()
         if self._record:
             # Keep the live store to the working set: finished tasks move to the archive.
             keep = timedelta(seconds=self._settings().store.archive_after)
@@ -131,6 +133,13 @@ class Resync:
                 log.info("store.archived", tasks=archived)
         self._mark("full")
         return total
+
+    def _all_agents(self) -> int:
+        agents: set[str] = {a.id for a in self._store.list_agents()}
+        agents |= {host.name for host in self._settings().hosts}
+        for agent_id in sorted(agents):
+            self._enqueue(agent_key(agent_id))
+        return len(agents)
 
     def _full_repo(self, repo: str) -> int:
         started = self._clock()

@@ -46,7 +46,10 @@ ENROLMENT = "enrolment-secret-for-tests"
 def make_settings(*, enrolment: bool = True, hosts: tuple[HostSettings, ...] = ()) -> Settings:
     return Settings(
         forgejo=ForgejoSettings(
-            url="https://forgejo.example.org", token=SecretStr("t"), repos=(REPO,), bot_login="fleet"
+            url="https://forgejo.example.org",
+            token=SecretStr("t"),
+            repos=(REPO,),
+            bot_login="fleet",
         ),
         api=ApiSettings(
             operator_token=SecretStr(OPERATOR),

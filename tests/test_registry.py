@@ -12,6 +12,7 @@ import pytest
 
 from controllers.registry import (
     Observed,
+    RegistryController,
     RestartHost,
     describe_restart,
     next_look,
@@ -30,7 +31,7 @@ from reconciler.models import (
     assign,
     task_id_for,
 )
-from reconciler.reconcile import Action, Enqueue, SaveAgent, SaveTask, recording
+from reconciler.reconcile import Action, Actuator, Enqueue, SaveAgent, SaveTask, recording
 from reconciler.resync import Resync
 from reconciler.settings import HostSettings, Settings
 from tests.test_fleet import NOW, REPO, FakeHealth, FakeRestart, Harness, host, make_settings
@@ -393,19 +394,27 @@ def test_a_host_removed_from_the_config_goes_offline(registry: Harness) -> None:
 
 def test_a_dry_run_describes_and_writes_nothing(registry: Harness) -> None:
     """With a dry-run actuator the plan is printed, the store untouched, no restart run."""
-    from reconciler.reconcile import ActContext, Actuator
-
     registry.register("a1")
     registry.give_task("a1", running=True)
     registry.clock.advance(200)
-    registry.controller._actuator = Actuator(  # noqa: SLF001 -- swap in a dry run
-        ActContext(gateway=None, store=registry.store), dry_run=True  # type: ignore[arg-type]
+    dry_run = RegistryController(
+        registry.store,
+        registry.fleet,
+        Actuator(None, dry_run=True),
+        settings=registry.settings,
+        clock=registry.clock,
+        check=registry.hosts.check,
+        restart=registry.hosts.restart,
     )
     before = registry.state_files()
     with recording() as described:
-        registry.reconcile("a1")
-    assert described[0] == "agent a1: online → offline (no heartbeat for 3m20s (3 missed intervals))"
-    assert described[1].startswith(f"task {task_id_for(REPO, 12)} ({REPO}#12): running → agent_lost")
+        dry_run.reconcile(agent_key("a1"))
+    assert (
+        described[0] == "agent a1: online → offline (no heartbeat for 3m20s (3 missed intervals))"
+    )
+    assert described[1].startswith(
+        f"task {task_id_for(REPO, 12)} ({REPO}#12): running → agent_lost"
+    )
     assert registry.state_files() == before
 
 

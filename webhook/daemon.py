@@ -28,7 +28,9 @@ from typing import Any
 import structlog
 
 from controllers.assignment import AssignmentController
+from controllers.registry import RegistryController
 from reconciler.errors import ConfigError, FleetError
+from reconciler.fleet import Fleet
 from reconciler.forgejo import ForgejoGateway
 from reconciler.forgejo_types import LabelSpec
 from reconciler.loop import Loop
@@ -38,8 +40,10 @@ from reconciler.resync import Resync, ResyncTimer
 from reconciler.settings import Settings, load_settings
 from reconciler.store import Store
 from reconciler.workqueue import WorkQueue
+from webhook.agents_api import install_agent_api
 from webhook.app import Check, install_health, make_app
 from webhook.forgejo import install_forgejo_webhook
+from webhook.openapi import install_openapi
 from webhook.server import HttpServer
 
 log = structlog.get_logger(__name__)
@@ -97,6 +101,7 @@ class Assembly:
     resync: Resync
     metrics: Metrics
     controllers: tuple[Controller, ...]
+    fleet: Fleet
     closers: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -132,9 +137,14 @@ def build(
         # A dry run changes nothing, not even the local record of failures.
         backoff_store=None if dry_run else store,
     )
-    actuator = Actuator(ActContext(gateway=gateway, store=store), dry_run=dry_run)
+    fleet = Fleet(store, settings=holder, clock=clock, enqueue=queue.add)
+    fleet.bind_metrics(metrics)
+    actuator = Actuator(
+        ActContext(gateway=gateway, store=store, enqueue=queue.add), dry_run=dry_run
+    )
     controllers: tuple[Controller, ...] = (
         AssignmentController(gateway, store, actuator, settings=holder, clock=clock),
+        RegistryController(store, fleet, actuator, settings=holder, clock=clock),
     )
     loop = Loop(controllers, queue, workers=settings.loop.workers, metrics=metrics)
     resync = Resync(
@@ -149,12 +159,14 @@ def build(
         resync=resync,
         metrics=metrics,
         controllers=controllers,
+        fleet=fleet,
         closers=[gateway.close],
     )
 
 
 def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]) -> Any:
-    """The daemon's Bottle app: webhook receiver, health, metrics (agent API to come)."""
+    """The daemon's Bottle app: webhook receiver, agent API and its OpenAPI document, health,
+    metrics."""
     settings = assembly.settings()
     app = make_app()
     secret = settings.webhook.secret
@@ -165,6 +177,13 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
         max_body_bytes=settings.webhook.max_body_bytes,
         on_delivery=assembly.metrics.count_webhook,
     )
+    install_agent_api(
+        app,
+        fleet=assembly.fleet,
+        settings=assembly.settings,
+        max_body_bytes=settings.webhook.max_body_bytes,
+    )
+    install_openapi(app)
     install_health(app, readiness=readiness, metrics=assembly.metrics)
     return app
 
@@ -366,6 +385,8 @@ class Daemon:
             log.warning("config.restart_required", fields=restart)
         log.info("config.reloaded", path=str(self._config_path))
         prepare_repos(self.assembly)
+        # Hosts added, changed or removed: the registry creates, updates or retires them now.
+        self.assembly.fleet.enqueue_hosts()
         self._timer.request()
         return True
 

@@ -572,13 +572,19 @@ BUILTIN_ADAPTERS: Mapping[str, AdapterSettings] = {
             "--permission-mode", "bypassPermissions",
         ),
     ),
+    # danger-full-access: with workspace-write Codex cannot commit in a git worktree (the
+    # worktree's index lives under the main repository's .git, which it keeps read-only), and
+    # `exec resume` takes no --sandbox flag (a resumed run would silently be read-only).
     "codex": AdapterSettings(
         command=(
-            "codex", "exec", "--json", "--color", "never", "--sandbox", "workspace-write",
+            "codex", "exec", "--json", "--color", "never", "--sandbox", "danger-full-access",
             "--cd", "{workdir}", "{prompt}",
         ),
         parser="codex-jsonl",
-        resume_command=("codex", "exec", "resume", "{session_id}", "--json", "{prompt}"),
+        resume_command=(
+            "codex", "exec", "resume", "{session_id}", "--json",
+            "-c", 'sandbox_mode="danger-full-access"', "{prompt}",
+        ),
     ),
 }  # fmt: skip
 

@@ -50,17 +50,7 @@ ONE_TURN_TOKENS = INPUT_TOKENS + OUTPUT_TOKENS
 # Codex with the sandbox flags that let it commit in a git worktree (workspace-write keeps the
 # repository's .git read-only, and a worktree's index lives there) and keep them on resume,
 # which accepts neither --sandbox nor --cd.
-CODEX_ADAPTER = AdapterSettings(
-    command=(
-        "codex", "exec", "--json", "--color", "never", "--sandbox", "danger-full-access",
-        "--cd", "{workdir}", "{prompt}",
-    ),
-    parser="codex-jsonl",
-    resume_command=(
-        "codex", "exec", "resume", "{session_id}", "--json",
-        "-c", 'sandbox_mode="danger-full-access"', "{prompt}",
-    ),
-)  # fmt: skip
+CODEX_ADAPTER = BUILTIN_ADAPTERS["codex"]
 CLAUDE_ADAPTER = BUILTIN_ADAPTERS["claude-code"]
 
 

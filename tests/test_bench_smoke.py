@@ -64,3 +64,13 @@ def test_resync_bench_prints_call_counts_against_targets() -> None:
     assert "<= 3 calls" in rows["webhook reconcile, new labelled issue"]
     assert any(name.startswith("webhook reconcile, settled") for name in rows)
     assert len(VERDICT.findall(output)) >= 6
+
+
+def test_heartbeat_bench_prints_throughput_and_latency_against_targets() -> None:
+    """bench/heartbeat.py --quick registers agents, heartbeats them and checks soft state."""
+    output = run_bench("heartbeat.py")
+    rows = rows_of(output)
+    assert ">= 1,000/s" in rows["capacity, 4 conns back to back: heartbeats/s"]
+    assert "<= 20 ms" in rows["open loop, 200/s offered: p99"]
+    assert len(VERDICT.findall(output)) == 2
+    assert "20 online, 0 stop orders, state file untouched" in output

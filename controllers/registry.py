@@ -210,6 +210,10 @@ def plan_pull(agent: Agent, observed: Observed, *, now: datetime, settings: Sett
     heard = observed.pulse.at if observed.pulse is not None else agent.last_heartbeat_at
     if agent.deregistered:
         return _become(agent, AgentStatus.OFFLINE, "deregistered by the agent", now, heard=heard)
+    if agent.status is AgentStatus.OFFLINE and observed.pulse is None:
+        # The grace a restart gives is for agents that were up; an offline one comes back
+        # only by a heartbeat this process received.
+        return agent
     if now - observed.last_seen >= grace_period(api):
         if agent.status is AgentStatus.OFFLINE:
             return agent  # its reason says since when; not rewritten as time passes

@@ -4,6 +4,7 @@ no-op second pass, the heartbeat race, and ssh host health with fake checks."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ RUNNING_12 = task(12, TaskState.RUNNING)
         ("offline and silent: already in desired state", observed(agent(AgentStatus.OFFLINE), silent=900), SETTINGS, []),
         ("offline but still holding a task: taken back", observed(agent(AgentStatus.OFFLINE), silent=900, tasks=(RUNNING_12,)), SETTINGS, [LOST, ENQUEUE_12]),
         ("offline agent heard from again: online", observed(agent(AgentStatus.OFFLINE), silent=5), SETTINGS, ["agent:offline->online"]),
+        ("offline, not heard from since the process started: stays offline", replace(observed(agent(AgentStatus.OFFLINE), silent=5), pulse=None), SETTINGS, []),
         ("back from an outage with a drain asked for: draining", observed(agent(AgentStatus.OFFLINE, drain_requested=True), silent=5), SETTINGS, ["agent:offline->draining"]),
         ("draining and heard from: already in desired state", observed(agent(AgentStatus.DRAINING, drain_requested=True, status_reason="drained by an operator")), SETTINGS, []),
         ("draining keeps its tasks", observed(agent(AgentStatus.DRAINING, drain_requested=True, status_reason="drained by the agent"), tasks=(RUNNING_12,)), SETTINGS, []),
@@ -294,6 +296,28 @@ def test_a_heartbeat_during_the_reconcile_wins_over_marking_offline(
     assert registry.task().state is TaskState.RUNNING
     monkeypatch.undo()
     assert registry.reconcile("a1").requeue_after == 180 + 1
+
+
+def test_a_restart_gives_online_agents_a_grace_period_and_leaves_offline_ones_offline(
+    registry: Harness,
+) -> None:
+    """After a restart nobody is lost at once, and nobody offline comes back by itself."""
+    registry.register("up")
+    registry.register("down")
+    registry.clock.advance(150)
+    registry.fleet.heartbeat("up")
+    registry.clock.advance(50)
+    registry.reconcile("down")
+    assert registry.agent("down").status is AgentStatus.OFFLINE
+    registry.clock.advance(600)  # the daemon is down for ten minutes
+    registry.restart_process()
+    assert registry.reconcile("up").requeue_after == 180 + 1
+    registry.reconcile("down")
+    assert registry.agent("up").status is AgentStatus.ONLINE
+    assert registry.agent("down").status is AgentStatus.OFFLINE
+    registry.clock.advance(180)
+    registry.reconcile("up")
+    assert registry.agent("up").status is AgentStatus.OFFLINE
 
 
 def test_deregistering_takes_the_agents_tasks_back(registry: Harness) -> None:

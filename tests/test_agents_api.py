@@ -18,7 +18,8 @@ from reconciler.keys import agent_key
 from reconciler.models import AgentStatus, TaskState, transition
 from reconciler.settings import StoreSettings
 from reconciler.store import Store
-from tests.test_fleet import ENROLMENT, OPERATOR, Harness, make_settings
+from tests.sandbox_fixtures import ManualClock
+from tests.test_fleet import ENROLMENT, NOW, OPERATOR, Harness, make_settings
 from webhook.agents_api import install_agent_api
 from webhook.app import make_app
 from webhook.daemon import build, http_app
@@ -405,3 +406,37 @@ def test_the_documented_errors_are_json_for_unknown_routes_and_methods(api: Api)
     assert (missing.status_code, error_of(missing)) == (404, "not_found")
     wrong = api.call("PUT", "/agents/register")
     assert (wrong.status_code, error_of(wrong)) == (405, "method_not_allowed")
+
+
+def test_the_daemon_wires_the_api_the_registry_and_the_metric(tmp_path: Path) -> None:
+    """Through build() and http_app(): a registration reaches the registry controller by the
+    work queue; silence turns the agent offline on the next pass; /metrics counts it."""
+    clock = ManualClock(NOW)
+    settings = make_settings().model_copy(
+        update={
+            "store": StoreSettings(path=tmp_path / "s"),
+            "forgejo": make_settings().forgejo.model_copy(update={"repos": ()}),
+        }
+    )
+    with Store.open(tmp_path / "s") as store:
+        assembly = build(settings, store=store, clock=clock)
+        try:
+            app = http_app(assembly, readiness=dict)
+            with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://d") as http:
+                registered = http.post(
+                    "/api/v1/agents/register",
+                    headers={"Authorization": f"Bearer {ENROLMENT}"},
+                    json={"agent_id": "a1", "type": "claude-code"},
+                )
+                assert registered.status_code == 201
+                outcomes = assembly.loop.drain()
+                assert [(o.key, o.outcome) for o in outcomes] == [(agent_key("a1"), "requeued")]
+                clock.advance(181)
+                assembly.resync.full()  # what the periodic full resync does
+                assert [o.actions for o in assembly.loop.drain()] == [
+                    ("agent a1: online → offline (no heartbeat for 3m01s (3 missed intervals))",)
+                ]
+                metrics = http.get("/metrics").text
+                assert 'agent_fleet_agents{status="offline"} 1.0' in metrics
+        finally:
+            assembly.gateway.close()

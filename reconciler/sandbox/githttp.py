@@ -103,11 +103,14 @@ class GitHttp:
                     return _plain(403, "User permission denied")
             login = user.login if user is not None else ""
             path = self.storage.relative_path(repo.full_name)
+            repo.bare.materialize()
         body = request.body.read() if request.method == "POST" else b""
         if pushing and request.method == "POST":
             # Refs move only here: the push and the sync that follows it hold the state lock,
-            # so REST answers never see a branch the index does not know yet.
+            # so REST answers never see a branch the index does not know yet, and no helper
+            # moves a branch between the repository catching up and git updating it.
             with self.state.lock:
+                repo.bare.materialize()
                 answer = self._run_backend(f"/{path}/{rest}", body=body, user=login)
                 assert user is not None
                 self.state.sync_pushed(repo, user)

@@ -229,34 +229,60 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 class BareRepository:
-    """One bare repository: objects and branch refs, read and written for ``ForgeState``."""
+    """One bare repository: objects and branch refs, read and written for ``ForgeState``.
 
-    def __init__(self, path: Path, *, storage: GitStorage) -> None:
+    What the sandbox writes reaches the disk when git is next about to look: ``materialize``
+    lays the repository out on first use and writes the objects and refs made since, and it
+    runs before every git process started here and before ``githttp`` serves the repository.
+    So a test that never clones opens no file for its pushes, yet git always sees the whole
+    repository. Callers hold ``ForgeState.lock``.
+    """
+
+    def __init__(self, path: Path, *, storage: GitStorage, default_branch: str) -> None:
         self.path = path
         self._storage = storage
         # Every object read or written so far, by sha: (type, content).
         self._objects: dict[str, tuple[str, bytes]] = {}
+        # Written here and not yet on disk: object shas, branch -> sha, the default branch.
+        self._unwritten_objects: list[str] = []
+        self._unwritten_refs: dict[str, str] = {}
+        self._unwritten_head: str | None = default_branch
+        self._laid_out = False
         self._snapshots: dict[str, dict[str, str]] = {}
+        # Decoded blob contents, shared by every snapshot that holds them (decoding a large
+        # binary file with surrogateescape is slow enough to do only once).
+        self._texts: dict[str, str] = {}
         self._reader: _BatchReader | None = None
-
-    @classmethod
-    def init(cls, path: Path, *, storage: GitStorage, default_branch: str) -> BareRepository:
-        """Lay out an empty bare repository (what ``git init --bare`` makes, without samples)."""
-        for directory in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info"):
-            (path / directory).mkdir(parents=True, exist_ok=True)
-        (path / "config").write_text(_CONFIG)
-        (path / "description").write_text("Unnamed repository\n")
-        repository = cls(path, storage=storage)
-        repository.set_default_branch(default_branch)
-        return repository
 
     def _check_open(self) -> None:
         if self._storage.closed:
             raise StorageClosed("the sandbox was stopped: its git repositories were removed")
 
+    def materialize(self) -> Path:
+        """Bring the repository on disk up to date for git; returns its directory."""
+        self._check_open()
+        if not self._laid_out:
+            # What ``git init --bare`` makes, without the sample hooks.
+            for directory in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info"):
+                (self.path / directory).mkdir(parents=True, exist_ok=True)
+            (self.path / "config").write_text(_CONFIG)
+            (self.path / "description").write_text("Unnamed repository\n")
+            self._laid_out = True
+        for sha in self._unwritten_objects:
+            self._write_loose_object(sha)
+        self._unwritten_objects.clear()
+        # Objects first, then the refs that name them, as git itself orders a ref update.
+        for name, sha in self._unwritten_refs.items():
+            self._write_ref(name, sha)
+        self._unwritten_refs.clear()
+        if self._unwritten_head is not None:
+            (self.path / "HEAD").write_text(f"ref: refs/heads/{self._unwritten_head}\n")
+            self._unwritten_head = None
+        return self.path
+
     def run(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         """Run ``git <args>`` in the repository; the caller decides what an exit status means."""
-        self._check_open()
+        self.materialize()
         try:
             return subprocess.run(
                 ["git", *args],
@@ -273,29 +299,33 @@ class BareRepository:
     # -- objects --
 
     def write_object(self, kind: str, data: bytes) -> str:
-        """Store a loose object of ``kind`` (blob, tree, commit) and return its sha."""
+        """Store an object of ``kind`` (blob, tree, commit) and return its sha."""
         self._check_open()
-        raw = f"{kind} {len(data)}\0".encode() + data
-        sha = hashlib.sha1(raw).hexdigest()
+        sha = hashlib.sha1(f"{kind} {len(data)}\0".encode() + data).hexdigest()
         if sha not in self._objects:
-            target = self.path / "objects" / sha[:2] / sha[2:]
-            if not target.exists():
-                target.parent.mkdir(exist_ok=True)
-                fd, scratch = tempfile.mkstemp(dir=target.parent, prefix="tmp_obj_")
-                with os.fdopen(fd, "wb") as out:
-                    out.write(zlib.compress(raw, 1))
-                os.chmod(scratch, 0o444)
-                os.replace(scratch, target)
             self._objects[sha] = (kind, data)
+            self._unwritten_objects.append(sha)
         return sha
+
+    def _write_loose_object(self, sha: str) -> None:
+        target = self.path / "objects" / sha[:2] / sha[2:]
+        if target.exists():
+            return
+        kind, data = self._objects[sha]
+        target.parent.mkdir(exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=target.parent, prefix="tmp_obj_")
+        with os.fdopen(fd, "wb") as out:
+            out.write(zlib.compress(f"{kind} {len(data)}\0".encode() + data, 1))
+        os.chmod(scratch, 0o444)
+        os.replace(scratch, target)
 
     def read_object(self, sha: str) -> tuple[str, bytes]:
         """An object's type and content, from memory or from ``git cat-file``."""
         known = self._objects.get(sha)
         if known is not None:
             return known
-        self._check_open()
         if self._reader is None:
+            self.materialize()
             self._reader = _BatchReader(self.path, git_environment(self._storage.root))
         found = self._reader.read(sha)
         self._objects[sha] = found
@@ -376,9 +406,15 @@ class BareRepository:
                 for path, content in self.snapshot(entry.sha).items():
                     files[f"{entry.name}/{path}"] = content
             elif entry.mode != SUBMODULE_MODE:
-                files[entry.name] = _decode(self._read(entry.sha, "blob"))
+                files[entry.name] = self._text(entry.sha)
         self._snapshots[tree_sha] = files
         return files
+
+    def _text(self, blob_sha: str) -> str:
+        text = self._texts.get(blob_sha)
+        if text is None:
+            text = self._texts[blob_sha] = _decode(self._read(blob_sha, "blob"))
+        return text
 
     def write_tree(self, entries: list[TreeEntry]) -> str:
         """Store a tree object made of ``entries`` and return its sha."""
@@ -475,10 +511,14 @@ class BareRepository:
         return found
 
     def set_branch(self, name: str, sha: str) -> None:
-        """Point ``refs/heads/<name>`` at ``sha``, as git's files backend writes a ref."""
+        """Point ``refs/heads/<name>`` at ``sha``."""
         self._check_open()
         if not is_valid_branch_name(name) or not _SHA.match(sha):
             raise ValueError(f"invalid branch update {name!r} -> {sha!r}")
+        self._unwritten_refs[name] = sha
+
+    def _write_ref(self, name: str, sha: str) -> None:
+        """Write a loose ref the way git's files backend does."""
         ref = self.path / "refs" / "heads" / name
         ref.parent.mkdir(parents=True, exist_ok=True)
         lock = ref.with_name(ref.name + ".lock")
@@ -491,7 +531,7 @@ class BareRepository:
     def set_default_branch(self, name: str) -> None:
         """Point ``HEAD`` at ``refs/heads/<name>`` (what a clone checks out)."""
         self._check_open()
-        (self.path / "HEAD").write_text(f"ref: refs/heads/{name}\n")
+        self._unwritten_head = name
 
     # -- merging --
 
@@ -528,7 +568,7 @@ class GitStorage:
         path = self.root / self.relative_path(full_name)
         if path.exists():
             shutil.rmtree(path)
-        repository = BareRepository.init(path, storage=self, default_branch=default_branch)
+        repository = BareRepository(path, storage=self, default_branch=default_branch)
         self._repositories.append(repository)
         return repository
 

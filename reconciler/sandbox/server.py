@@ -191,7 +191,7 @@ class ForgejoSandbox:
     def git_path(self, repo: str) -> Path:
         """The bare git repository of ``owner/name`` on disk (removed by ``stop()``)."""
         with self.state.lock:
-            return self._repo(repo, self._person(None)).bare.path
+            return self._repo(repo, self._person(None)).bare.materialize()
 
     def _person(self, login: str | None) -> User:
         return self.state.user_named(login or self.admin_login)

@@ -29,6 +29,7 @@ from reconciler.errors import (
 )
 from reconciler.fleet import AgentView
 from reconciler.models import AgentStatus, ExecutionMode, Task, TaskState
+from reconciler.settings import WebhookSettings
 
 SKILL = r"[A-Za-z0-9][A-Za-z0-9_.:+-]*"
 SkillName = Annotated[str, Field(pattern=f"^{SKILL}$", max_length=64)]
@@ -221,6 +222,24 @@ def agents_table(agents: Sequence[AgentSummary], *, now: datetime) -> str:
 
 # --- reading them from the daemon ------------------------------------------------------------
 
+
+def daemon_url(webhook: WebhookSettings) -> str:
+    """Where a local CLI reaches the daemon configured with ``webhook``; a wildcard bind
+    address is reached on loopback. Raises ValueError for port 0 (a port picked at start)."""
+    if webhook.port == 0:
+        raise ValueError(
+            "webhook.port is 0, so the daemon picked its port at start (see its log); "
+            "give the daemon's URL"
+        )
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(webhook.bind, webhook.bind)
+    return f"http://{f'[{host}]' if ':' in host else host}:{webhook.port}"
+
+
+def agents_json(agents: Sequence[AgentSummary]) -> str:
+    """The agents as ``agent-fleet agents --json`` prints them: the API's own JSON."""
+    return AgentList(agents=tuple(agents)).model_dump_json(indent=2)
+
+
 _BY_STATUS: Mapping[int, type[RefusedError]] = {
     401: UnauthenticatedError,
     403: ForbiddenError,
@@ -287,7 +306,9 @@ __all__ = [
     "AgentStatsSummary",
     "AgentSummary",
     "CurrentTask",
+    "agents_json",
     "agents_table",
+    "daemon_url",
     "fetch_agents",
     "format_duration",
 ]

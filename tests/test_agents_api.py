@@ -14,16 +14,19 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
+from reconciler.errors import TransientError, UnauthenticatedError
 from reconciler.keys import agent_key
 from reconciler.models import AgentStatus, TaskState, transition
-from reconciler.settings import StoreSettings
+from reconciler.settings import StoreSettings, WebhookSettings
 from reconciler.store import Store
+from reconciler.views import agents_json, agents_table, daemon_url, fetch_agents
 from tests.sandbox_fixtures import ManualClock
 from tests.test_fleet import ENROLMENT, NOW, OPERATOR, Harness, make_settings
 from webhook.agents_api import install_agent_api
 from webhook.app import make_app
 from webhook.daemon import build, http_app
 from webhook.openapi import OPENAPI_PATH, install_openapi, openapi_document
+from webhook.server import HttpServer
 
 
 class Api:
@@ -440,3 +443,40 @@ def test_the_daemon_wires_the_api_the_registry_and_the_metric(tmp_path: Path) ->
                 assert 'agent_fleet_agents{status="offline"} 1.0' in metrics
         finally:
             assembly.gateway.close()
+
+
+def test_the_cli_reads_the_agents_from_a_served_daemon(api: Api) -> None:
+    """fetch_agents over real HTTP: the table and the JSON the CLI prints; a wrong token and an
+    unreachable daemon are clear errors."""
+    api.register("a1", roles=["developer"])
+    app = make_app()
+    install_agent_api(
+        app, fleet=api.registry.fleet, settings=api.registry.settings, max_body_bytes=1024
+    )
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    server.start()
+    try:
+        found = fetch_agents(server.url, token=OPERATOR, role="developer")
+        assert [a.id for a in found] == ["a1"]
+        assert agents_table(found, now=api.registry.clock()).splitlines()[1].startswith("a1 ")
+        assert '"id": "a1"' in agents_json(found)
+        assert fetch_agents(server.url, token=OPERATOR, status=AgentStatus.OFFLINE) == []
+        with pytest.raises(UnauthenticatedError, match="unknown_token|not issued"):
+            fetch_agents(server.url, token="wrong")
+        port = server.port
+    finally:
+        server.stop()
+    with pytest.raises(TransientError, match="cannot reach"):
+        fetch_agents(f"http://127.0.0.1:{port}", token=OPERATOR, timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("bind", "port", "url"),
+    [("127.0.0.1", 8080, "http://127.0.0.1:8080"), ("0.0.0.0", 9000, "http://127.0.0.1:9000"),
+     ("::", 8080, "http://[::1]:8080"), ("fleet.internal", 80, "http://fleet.internal:80")],
+)  # fmt: skip
+def test_the_cli_finds_the_daemon_from_the_config(bind: str, port: int, url: str) -> None:
+    """The default --server comes from webhook.bind and webhook.port."""
+    assert daemon_url(WebhookSettings(bind=bind, port=port)) == url
+    with pytest.raises(ValueError, match="picked its port"):
+        daemon_url(WebhookSettings(port=0))

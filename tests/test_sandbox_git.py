@@ -136,6 +136,17 @@ def test_token_as_user_name_authenticates_like_forgejo(
     assert (tmp_path / "secret" / "README.md").exists()
 
 
+def test_token_in_an_authorization_header_authenticates(
+    forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """``http.extraHeader=Authorization: token ...`` reaches a private repository."""
+    forge.create_repo("fleet-admin/secret", private=True)
+    header = f"http.extraHeader=Authorization: token {forge.admin_token}"
+    target = tmp_path / "secret"
+    run_git("-c", header, "clone", "-q", forge.clone_url("fleet-admin/secret"), str(target))
+    assert (target / "README.md").exists()
+
+
 def test_public_repo_clones_anonymously_and_private_one_asks_for_credentials(
     forge: ForgejoSandbox, tmp_path: Path
 ) -> None:

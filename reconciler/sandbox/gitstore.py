@@ -7,10 +7,11 @@ follows the repository. ``githttp`` serves the same directory to git clients, an
 ``ForgejoSandbox.stop`` removes it.
 
 Objects the sandbox makes itself (the files of ``push`` and of an initial commit, merge commits)
-are written as loose objects from Python and kept in memory, so the many small pushes of a test
-run start no process. Objects git wrote (a push, a merge's tree) are read through one
-``git cat-file --batch`` per sync. Refs are written as loose ref files, the way git's own
-files backend writes them, under ``ForgeState.lock`` which every ref writer of the sandbox holds.
+are built in Python and kept in memory; they and the refs naming them are written to disk as
+loose objects and loose ref files, the way git writes them, just before a git process next
+reads the repository. So the many small pushes of a test run open no file and start no
+process. Objects git wrote (a push, a merge's tree) are read through one ``git cat-file
+--batch`` per sync. Every writer holds ``ForgeState.lock``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
 
-EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 BLOB_MODE = "100644"
 TREE_MODE = "40000"
 SUBMODULE_MODE = "160000"

@@ -292,6 +292,11 @@ class Fleet:
         now = self._clock()
         token = issue_token()
         digest = token_digest(token)
+        if agent_id is not None and any(h.name == agent_id for h in self._settings().hosts):
+            raise ConflictError(
+                "agent_id_conflict",
+                f"agent id {agent_id!r} is an ssh host declared in the configuration",
+            )
         with self._registering:
             existing = self._store.find_agent(agent_id) if agent_id else None
             if existing is None:

@@ -271,11 +271,12 @@ def test_tokens_survive_a_restart_of_the_process(fleet: Harness) -> None:
 
 def test_an_ssh_host_id_cannot_be_registered_by_a_pull_agent(fleet: Harness) -> None:
     """A host from [[hosts]] keeps its id even against the enrolment secret."""
-    fleet.current = make_settings(hosts=(host("build-01"),))
+    fleet.current = make_settings(hosts=(host("build-01"), host("build-02")))
     fleet.reconcile("build-01")
-    with pytest.raises(ConflictError) as refused:
-        fleet.register("build-01", credential=ENROLMENT)
-    assert refused.value.code == "agent_id_conflict"
+    for name in ("build-01", "build-02"):  # on record, or only declared so far
+        with pytest.raises(ConflictError) as refused:
+            fleet.register(name, credential=ENROLMENT)
+        assert refused.value.code == "agent_id_conflict"
 
 
 # --- heartbeats ------------------------------------------------------------------------------

@@ -187,6 +187,57 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
 
 
 @main.command()
+@_CONFIG_OPTION
+@click.option("--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port).")
+@click.option("--token", default=None, help="Operator token (default: api.operator_token from the config).")
+@click.option("--status", type=click.Choice(["online", "offline", "draining"]), default=None, help="Only agents in this status.")
+@click.option("--capability", multiple=True, help="Only agents with this capability; repeat for several.")
+@click.option("--role", default=None, help="Only agents with this role.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+def agents(
+    config_file: Path,
+    server: str | None,
+    token: str | None,
+    status: str | None,
+    capability: tuple[str, ...],
+    role: str | None,
+    as_json: bool,
+) -> None:
+    """List the fleet's agents, with why an agent is offline or draining.
+
+    Asks the running daemon (GET /api/v1/agents with the operator token): heartbeats live in
+    the daemon's memory and it holds the state store, so the store is not read directly.
+
+    \b
+    Examples:
+      agent-fleet agents --config config/fleet.toml
+      agent-fleet agents --status offline --capability code:python --json
+    """
+    from datetime import UTC, datetime
+
+    from reconciler.errors import FleetError
+    from reconciler.models import AgentStatus
+    from reconciler.views import agents_json, agents_table, daemon_url, fetch_agents
+
+    settings = _load_or_exit(config_file)
+    if token is None:
+        if settings.api.operator_token is None:
+            raise click.UsageError("no operator token: set api.operator_token or pass --token")
+        token = settings.api.operator_token.get_secret_value()
+    try:
+        found = fetch_agents(
+            server or daemon_url(settings.webhook),
+            token=token,
+            capabilities=capability,
+            status=AgentStatus(status) if status else None,
+            role=role,
+        )
+    except (FleetError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(agents_json(found) if as_json else agents_table(found, now=datetime.now(UTC)))
+
+
+@main.command()
 @click.option("--verbose", is_flag=True, help="Also show the daemon's own log lines.")
 def demo(verbose: bool) -> None:
     """Run agent-fleet end to end on this machine with no outside service.

@@ -314,6 +314,11 @@ def plan_lifecycle(
     events: list[TaskEvent] = []
     stop: StopRun | None = None
     agent = _agent(observed, task.agent_id)
+    if observed.dispatched and task.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
+        # A run whose task moved on without it (its agent was declared lost and the task
+        # requeued, or it failed): its lease is stale, so it must not keep working either.
+        if task.state is not TaskState.REVIEW_PENDING:
+            stop = StopRun(task.id, reason=f"the task is {task.state} now")
     if task.state in (TaskState.ASSIGNED, TaskState.RUNNING):
         if task.deadline_at is not None and task.deadline_at <= now:
             why = f"timed out: still {task.state} at its deadline {task.deadline_at:%H:%M:%S} UTC"

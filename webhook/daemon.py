@@ -29,6 +29,7 @@ import structlog
 
 from controllers.assignment import AssignmentController
 from controllers.registry import RegistryController
+from reconciler.dispatch import HostExecutor
 from reconciler.errors import ConfigError, FleetError
 from reconciler.fleet import Fleet
 from reconciler.forgejo import ForgejoGateway
@@ -102,6 +103,7 @@ class Assembly:
     metrics: Metrics
     controllers: tuple[Controller, ...]
     fleet: Fleet
+    executor: HostExecutor | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -139,11 +141,27 @@ def build(
     )
     fleet = Fleet(store, settings=holder, clock=clock, enqueue=queue.add)
     fleet.bind_metrics(metrics)
+    # A dry run dispatches nothing, so it has no executor.
+    executor = (
+        None
+        if dry_run
+        else HostExecutor(
+            store=store,
+            gateway=gateway,
+            settings=holder,
+            clock=clock,
+            enqueue=queue.add,
+            log_dir=Path(settings.store.path) / "logs",
+        )
+    )
     actuator = Actuator(
-        ActContext(gateway=gateway, store=store, enqueue=queue.add), dry_run=dry_run
+        ActContext(gateway=gateway, store=store, enqueue=queue.add, executor=executor),
+        dry_run=dry_run,
     )
     controllers: tuple[Controller, ...] = (
-        AssignmentController(gateway, store, actuator, settings=holder, clock=clock),
+        AssignmentController(
+            gateway, store, actuator, settings=holder, clock=clock, executor=executor
+        ),
         RegistryController(store, fleet, actuator, settings=holder, clock=clock),
     )
     loop = Loop(controllers, queue, workers=settings.loop.workers, metrics=metrics)
@@ -160,7 +178,12 @@ def build(
         metrics=metrics,
         controllers=controllers,
         fleet=fleet,
-        closers=[gateway.close],
+        executor=executor,
+        # Runs first: a run still going when the gateway closes could not open its PR.
+        closers=[
+            *([lambda: executor.shutdown(timeout=settings.loop.shutdown_grace)] if executor else []),
+            gateway.close,
+        ],
     )
 
 

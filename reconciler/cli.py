@@ -242,10 +242,11 @@ def agents(
 def demo(verbose: bool) -> None:
     """Run agent-fleet end to end on this machine with no outside service.
 
-    Starts an embedded Forgejo sandbox and the real daemon (loop, webhook receiver, resync) on
-    loopback with a throw-away state store, files a few labelled issues as a person would, and
-    shows each one picked up through its webhook by the assignment controller, which creates
-    the task and writes its status label back. Stops everything it started; exits 0.
+    Starts an embedded Forgejo sandbox and the real daemon on loopback, with a throw-away
+    state store and a local host running a deterministic demo agent; registers two pull
+    agents through the agent API; files labelled issues and prints each task's life as it
+    happens, through its pull request; shows the task nobody can do waiting and why, and a
+    silent agent going offline. Stops everything it started; exits 0.
 
     \b
     Example:

@@ -99,6 +99,9 @@ TERMINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.CANCELLED})
 ACTIVE_STATES = frozenset({TaskState.ASSIGNED, TaskState.RUNNING, TaskState.REVIEW_PENDING})
 """States in which an agent holds the task's lease."""
 
+BUSY_STATES = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
+"""States in which a task takes one of its agent's slots; a task in review waits for people."""
+
 
 def is_transition_allowed(source: TaskState, target: TaskState) -> bool:
     return target in ALLOWED_TRANSITIONS[source]

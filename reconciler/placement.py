@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from reconciler.models import (
-    ACTIVE_STATES,
+    BUSY_STATES,
     Agent,
     AgentId,
     AgentStatus,
@@ -57,10 +57,10 @@ def is_waiting(task: Task, *, now: datetime) -> bool:
 
 
 def active_load(tasks: Iterable[Task]) -> dict[AgentId, int]:
-    """How many tasks each agent holds a lease on right now."""
+    """How many tasks each agent is working on right now (assigned or running)."""
     load: dict[AgentId, int] = {}
     for task in tasks:
-        if task.state in ACTIVE_STATES and task.agent_id is not None:
+        if task.state in BUSY_STATES and task.agent_id is not None:
             load[task.agent_id] = load.get(task.agent_id, 0) + 1
     return load
 

@@ -28,7 +28,7 @@ from reconciler.errors import (
     UnauthenticatedError,
 )
 from reconciler.fleet import AgentView
-from reconciler.models import AgentStatus, ExecutionMode, Task, TaskState
+from reconciler.models import BUSY_STATES, AgentStatus, ExecutionMode, Task, TaskState
 from reconciler.settings import WebhookSettings
 
 SKILL = r"[A-Za-z0-9][A-Za-z0-9_.:+-]*"
@@ -207,7 +207,8 @@ def agents_table(agents: Sequence[AgentSummary], *, now: datetime) -> str:
                 agent.hostname or "-",
                 ",".join(agent.roles) or "-",
                 ",".join(agent.capabilities) or "-",
-                f"{len(agent.current_tasks)}/{agent.max_concurrency}",
+                # Slots in use: tasks in review hold a lease but wait for people, not the agent.
+                f"{sum(t.state in BUSY_STATES for t in agent.current_tasks)}/{agent.max_concurrency}",
                 heard,
                 f"{agent.stats.uptime_percent:.1f}%",
                 agent.status_reason or "-",

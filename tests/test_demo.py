@@ -6,28 +6,38 @@ import subprocess
 import sys
 import threading
 
-from webhook.demo import DEMO_ISSUES, run_demo
+from webhook.demo import DEMO_ISSUES, PULL_AGENTS, run_demo
 
 
-def test_demo_shows_each_issue_picked_up_through_its_webhook() -> None:
-    """Every demo issue is reconciled by the assignment controller and gets status/todo."""
+def test_demo_runs_tasks_to_pull_requests_and_shows_an_agent_going_offline() -> None:
+    """Runnable tasks go created → assigned → running → review with a PR of the agent's files;
+    the task nobody can do waits with its reason; a silent pull agent goes offline."""
     lines: list[str] = []
     before = set(threading.enumerate())
-    assert run_demo(out=lines.append) == 0
+    assert run_demo(out=lines.append) == 0, "\n".join(lines)
     text = "\n".join(lines)
     for number, issue in enumerate(DEMO_ISSUES, start=1):
-        assert issue.title in text
-        assert f"⟳ assignment:fleet-admin/demo#{number} (ok" in text
-        assert f"fleet-admin/demo#{number}: add label(s) status/todo" in text
-        assert ", ".join(sorted((*issue.labels, "status/todo"))) in text
-    assert "exclusive scopes: priority, status" in text
-    assert "webhook deliveries answered 2xx" in text
+        assert f"+ #{number} {issue.title}" in text
+        assert f"#{number} · → created" in text
+        if issue.runnable:
+            assert f"#{number} created → assigned" in text
+            assert f"#{number} assigned → running" in text
+            assert f"#{number} running → review_pending" in text
+            assert f"#{number} → PR #" in text and "fleet-notes/" in text
+        else:
+            assert f"#{number} waits: no agent has role developer and code:rust" in text
+            assert f"#{number} created → assigned" not in text
+    for agent_id in PULL_AGENTS:
+        assert f"+ {agent_id} registered" in text
+    assert "passed its health check: online" in text
+    silent = [line for line in lines if line.strip().startswith(PULL_AGENTS[-1])]
+    assert silent and "offline" in silent[-1] and "missed intervals" in silent[-1]
     leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
     assert leftover == [], f"threads left running: {leftover}"
 
 
 def test_demo_command_exits_zero() -> None:
-    """The console command as a user runs it: exit 0, output on stdout."""
+    """The console command as a user runs it: exit 0, output on stdout, quiet logs."""
     result = subprocess.run(  # noqa: PLW1510 -- the exit code is the assertion
         [sys.executable, "-m", "reconciler", "demo"],
         capture_output=True,
@@ -37,3 +47,4 @@ def test_demo_command_exits_zero() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "daemon and sandbox stopped" in result.stdout
+    assert result.stderr == "", result.stderr

@@ -34,18 +34,21 @@ from reconciler.errors import ConfigError, FleetError
 from reconciler.fleet import Fleet
 from reconciler.forgejo import ForgejoGateway
 from reconciler.forgejo_types import LabelSpec
+from reconciler.keys import Key
 from reconciler.loop import Loop
 from reconciler.metrics import Metrics
 from reconciler.reconcile import ActContext, Actuator, Controller
 from reconciler.resync import Resync, ResyncTimer
 from reconciler.settings import Settings, load_settings
 from reconciler.store import Store
+from reconciler.tasks import PullQueue
 from reconciler.workqueue import WorkQueue
 from webhook.agents_api import install_agent_api
 from webhook.app import Check, install_health, make_app
 from webhook.forgejo import install_forgejo_webhook
 from webhook.openapi import install_openapi
 from webhook.server import HttpServer
+from webhook.tasks_api import install_tasks_api
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +71,9 @@ RESTART_ONLY = (
 # The hook events agent-fleet subscribes a repository to (see docs/webhooks.md). Forgejo
 # expands "issues" and "pull_request" to every issue and pull-request sub-event, reviews included.
 WEBHOOK_EVENTS = ("issues", "issue_comment", "pull_request", "push", "create", "delete")
+
+
+_unhandled_said: set[str] = set()
 
 
 def utc_now() -> datetime:
@@ -103,6 +109,7 @@ class Assembly:
     metrics: Metrics
     controllers: tuple[Controller, ...]
     fleet: Fleet
+    enqueue: Callable[[Key], None]
     executor: HostExecutor | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 
@@ -139,7 +146,21 @@ def build(
         # A dry run changes nothing, not even the local record of failures.
         backoff_store=None if dry_run else store,
     )
-    fleet = Fleet(store, settings=holder, clock=clock, enqueue=queue.add)
+    handled: set[str] = set()  # filled in once the controllers tuple exists, below
+
+    def enqueue(key: Key) -> None:
+        """Queue a key for a controller this process runs; others are dropped, said once.
+
+        Webhooks and executors name every kind of key; a kind no controller here handles
+        (e.g. review keys, before pull requests are followed) would only fail in the loop.
+        """
+        if key.controller in handled:
+            queue.add(key)
+        elif key.controller not in _unhandled_said:
+            _unhandled_said.add(key.controller)
+            log.info("queue.no_controller", controller=key.controller, key=str(key))
+
+    fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue)
     fleet.bind_metrics(metrics)
     # A dry run dispatches nothing, so it has no executor.
     executor = (
@@ -150,12 +171,12 @@ def build(
             gateway=gateway,
             settings=holder,
             clock=clock,
-            enqueue=queue.add,
+            enqueue=enqueue,
             log_dir=Path(settings.store.path) / "logs",
         )
     )
     actuator = Actuator(
-        ActContext(gateway=gateway, store=store, enqueue=queue.add, executor=executor),
+        ActContext(gateway=gateway, store=store, enqueue=enqueue, executor=executor),
         dry_run=dry_run,
     )
     controllers: tuple[Controller, ...] = (
@@ -164,9 +185,10 @@ def build(
         ),
         RegistryController(store, fleet, actuator, settings=holder, clock=clock),
     )
+    handled.update(c.name for c in controllers)
     loop = Loop(controllers, queue, workers=settings.loop.workers, metrics=metrics)
     resync = Resync(
-        gateway, store, queue.add, settings=holder, clock=clock, metrics=metrics, record=not dry_run
+        gateway, store, enqueue, settings=holder, clock=clock, metrics=metrics, record=not dry_run
     )
     return Assembly(
         settings=holder,
@@ -178,6 +200,7 @@ def build(
         metrics=metrics,
         controllers=controllers,
         fleet=fleet,
+        enqueue=enqueue,
         executor=executor,
         # Runs first: a run still going when the gateway closes could not open its PR.
         closers=[
@@ -196,7 +219,7 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
     install_forgejo_webhook(
         app,
         secret=secret.get_secret_value() if secret else None,
-        enqueue=assembly.queue.add,
+        enqueue=assembly.enqueue,
         max_body_bytes=settings.webhook.max_body_bytes,
         on_delivery=assembly.metrics.count_webhook,
     )
@@ -204,6 +227,17 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
         app,
         fleet=assembly.fleet,
         settings=assembly.settings,
+        max_body_bytes=settings.webhook.max_body_bytes,
+    )
+    install_tasks_api(
+        app,
+        queue=PullQueue(
+            assembly.store,
+            fleet=assembly.fleet,
+            settings=assembly.settings,
+            clock=assembly.fleet.clock,
+            enqueue=assembly.enqueue,
+        ),
         max_body_bytes=settings.webhook.max_body_bytes,
     )
     install_openapi(app)

@@ -1,18 +1,25 @@
 """``agent-fleet demo``: agent-fleet on this machine with no outside service.
 
 Starts the embedded Forgejo sandbox on a free loopback port and the real daemon (loop,
-webhook receiver, resync) against it, with a throw-away state store. The demo files labelled
-issues through the Forgejo gateway as a person would; Forgejo delivers signed webhooks to the
-daemon, which picks each issue up under its assignment key and writes the task's status label
-back. Everything the demo started is stopped before it returns. It lives in the top layer
-because it assembles the whole process, as the daemon does.
+webhook receiver, agent API, resync, executor) against it, with a throw-away state store and
+one local host that runs tasks with the deterministic demo agent CLI. Two pull agents
+register through the agent API and heartbeat. The demo files labelled issues through the
+Forgejo gateway as a person would, and prints each task's life as it lands in the store:
+created, assigned, running on the local host (a real git worktree, the agent's edit, commit,
+push), the pull request opened, in review — while the task nobody can do waits and says why.
+Then one pull agent goes silent and is seen offline. Everything the demo started is stopped
+before it returns. It lives in the top layer because it assembles the whole process.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
+import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,24 +27,30 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from reconciler.forgejo import ForgejoGateway
-from reconciler.keys import ASSIGNMENT
-from reconciler.loop import Outcome
-from reconciler.models import task_id_for
+from reconciler.models import AgentStatus, TaskState, task_id_for
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
+    AdapterSettings,
+    ApiSettings,
     ForgejoSettings,
+    HostSettings,
     LoopSettings,
     Settings,
     StoreSettings,
     WebhookSettings,
 )
-from webhook.daemon import Daemon, label_specs
+from reconciler.store import Store
+from reconciler.views import AgentSummary, agents_table
+from webhook.daemon import Daemon, label_specs, utc_now
 
 Print = Callable[[str], None]
 
 DEMO_OWNER = "fleet-admin"
 DEMO_REPO = "demo"
-WAIT_SECONDS = 20.0
+LOCAL_HOST = "local-dev"
+PULL_AGENTS = ("pull-reviewer-1", "pull-reviewer-2")
+OPERATOR_TOKEN = secrets.token_hex(16)
+WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,7 @@ class DemoIssue:
     title: str
     body: str
     labels: tuple[str, ...]
+    runnable: bool = True
 
 
 DEMO_ISSUES = (
@@ -56,18 +70,21 @@ DEMO_ISSUES = (
     DemoIssue(
         "Document the configuration file",
         "## Goal\nDescribe every key of the config file in docs/config.md.",
-        ("fleet/task", "agent/documenter", "priority/low"),
+        ("fleet/task", "agent/documenter", "needs/docs", "priority/low"),
     ),
     DemoIssue(
         "Port the parser to Rust",
         "## Goal\nA Rust port of the parser module.",
         ("fleet/task", "agent/developer", "needs/code:rust"),
+        runnable=False,
     ),
 )
 
 
-def demo_settings(url: str, token: str, *, state: Path) -> Settings:
-    """Settings for the sandbox: the defaults, pointed at the embedded Forgejo."""
+def demo_settings(url: str, token: str, *, state: Path, work: Path) -> Settings:
+    """Settings for the sandbox: the defaults, pointed at the embedded Forgejo, with one local
+    host that runs tasks with the deterministic demo agent CLI, and short heartbeats so an
+    agent that goes silent is seen offline within seconds."""
     return Settings(
         forgejo=ForgejoSettings(
             url=url,
@@ -77,60 +94,125 @@ def demo_settings(url: str, token: str, *, state: Path) -> Settings:
         ),
         webhook=WebhookSettings(port=0, secret=SecretStr(secrets.token_hex(16))),
         loop=LoopSettings(workers=2, resync_interval=30, shutdown_grace=10),
+        api=ApiSettings(
+            operator_token=SecretStr(OPERATOR_TOKEN), heartbeat_interval=1, missed_heartbeats=3
+        ),
         store=StoreSettings(path=state),
+        hosts=(
+            HostSettings(
+                name=LOCAL_HOST,
+                address="localhost",
+                agent_type="demo-agent",
+                adapter="demo-agent",
+                roles=("developer", "documenter"),
+                capabilities=("code:python", "docs"),
+                max_concurrency=2,
+                workdir=str(work),
+                health_interval=30,
+                min_free_disk_mb=1,
+            ),
+        ),
+        adapters={
+            "demo-agent": AdapterSettings(
+                command=(sys.executable, "-m", "reconciler.demo_agent", "{prompt}"),
+                parser="claude-json",
+            )
+        },
     )
 
 
-class _Progress:
-    """Collects the loop's outcomes for the demo's issues and wakes the demo when all are in."""
+class _Api:
+    """The agent API as a pull agent speaks it (plain HTTP, as any agent would)."""
 
-    def __init__(self, out: Print, repo: str) -> None:
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    def post(self, path: str, body: dict[str, object], *, token: str) -> dict[str, object]:
+        request = urllib.request.Request(
+            f"{self._url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer: dict[str, object] = json.loads(response.read() or b"{}")
+            return answer
+
+
+class _Heartbeats:
+    """Sends heartbeats for a set of agents on a thread until each is told to go silent."""
+
+    def __init__(self, api: _Api, tokens: dict[str, str], *, every: float) -> None:
+        self._api = api
+        self._tokens = dict(tokens)
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-heartbeats", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def silence(self, agent_id: str) -> None:
+        self._tokens.pop(agent_id, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for token in list(self._tokens.values()):
+                try:
+                    self._api.post("/api/v1/agents/heartbeat", {"load": 0.0, "tasks": []}, token=token)
+                except OSError:
+                    pass  # the daemon is stopping; the next beat or the end of the demo follows
+            self._stop.wait(self._every)
+
+
+class _Timeline:
+    """Prints each task event as it lands in the store: the task's life as it happens."""
+
+    def __init__(self, out: Print, store: Store) -> None:
         self._out = out
-        self._repo = repo
-        self._wanted: set[int] = set()
-        self._done: set[int] = set()
-        self._changed = threading.Condition()
+        self._store = store
+        self._seen: dict[str, int] = {}
 
-    def expect(self, number: int) -> None:
-        with self._changed:
-            self._wanted.add(number)
+    def poll(self, numbers: dict[str, int]) -> None:
+        for task_id, number in numbers.items():
+            events = self._store.events_for(task_id)
+            for event in events[self._seen.get(task_id, 0) :]:
+                move = f"{event.from_state or '·'} → {event.to_state}" if event.to_state else event.kind
+                self._out(f"  #{number} {move:<28} {event.reason}")
+            self._seen[task_id] = len(events)
 
-    def __call__(self, outcome: Outcome) -> None:
-        if outcome.key.controller != ASSIGNMENT:
-            return
-        number = int(outcome.key.id)
-        if outcome.actions:
-            self._out(f"  ⟳ {outcome.key} ({outcome.outcome}, {outcome.duration * 1000:.0f} ms)")
-            for action in outcome.actions:
-                self._out(f"      {action}")
-        elif outcome.outcome != "ok":
-            self._out(f"  ⟳ {outcome.key}: {outcome.outcome} {outcome.error}")
-        with self._changed:
-            if outcome.outcome == "ok":
-                self._done.add(number)
-            self._changed.notify_all()
 
-    def missing(self) -> list[int]:
-        with self._changed:
-            return sorted(self._wanted - self._done)
-
-    def wait(self, timeout: float) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: self._wanted <= self._done, timeout=timeout)
+def _settled(store: Store, ids: dict[str, int], *, expect_review: set[str]) -> bool:
+    for task_id in ids:
+        task = store.find_task(task_id)
+        if task is None:
+            return False
+        if task_id in expect_review:
+            if task.state is not TaskState.REVIEW_PENDING:
+                return False
+        elif not task.wait_reason:
+            return False
+    return True
 
 
 def run_demo(*, out: Print = print) -> int:
     """Run the demo, printing what happens; returns the process exit code."""
     with tempfile.TemporaryDirectory(prefix="agent-fleet-demo-") as scratch, ForgejoSandbox() as sandbox:
         out(f"▶ Forgejo sandbox listening on {sandbox.url}")
-        settings = demo_settings(sandbox.url, sandbox.admin_token, state=Path(scratch) / "state")
+        root = Path(scratch)
+        settings = demo_settings(
+            sandbox.url, sandbox.admin_token, state=root / "state", work=root / "agent-work"
+        )
         repo = settings.forgejo.repos[0]
         with ForgejoGateway(sandbox.url, sandbox.admin_token) as person:
             person.create_repo(DEMO_REPO, default_branch="main", auto_init=True)
-            # The demo issues ask for roles and capabilities no host declares; create those too.
+            # The demo issues ask for capabilities no agent has; create those labels too.
             known = {spec.name for spec in label_specs(settings)}
-            wanted = sorted({n for i in DEMO_ISSUES for n in i.labels} - known)
-            for name in wanted:
+            for name in sorted({n for i in DEMO_ISSUES for n in i.labels} - known):
                 sandbox.create_label(repo, name, color="c5def5", description="demo")
 
             daemon = Daemon(settings)
@@ -138,46 +220,104 @@ def run_demo(*, out: Print = print) -> int:
                 update={"webhook_url": f"{daemon.url}/webhooks/forgejo", "manage_webhooks": True}
             )
             daemon.assembly.settings.replace(settings.model_copy(update={"forgejo": hooked}))
-            progress = _Progress(out, repo)
-            daemon.assembly.loop.on_outcome(progress)
+            store = daemon.assembly.store
+            api = _Api(daemon.url)
+            beats: _Heartbeats | None = None
             try:
                 daemon.start()
                 out(f"▶ agent-fleet daemon on {daemon.url}, watching {repo}")
                 labels = person.list_labels(repo)
                 scopes = sorted({lb.scope for lb in labels if lb.exclusive and lb.scope})
                 out(f"▶ {repo} has {len(labels)} labels (exclusive scopes: {', '.join(scopes)})")
-                out(f"▶ filing {len(DEMO_ISSUES)} labelled issues; Forgejo sends a webhook for each:")
-                numbers = []
+
+                out("▶ two pull agents register through the agent API and heartbeat:")
+                tokens: dict[str, str] = {}
+                for agent_id in PULL_AGENTS:
+                    answer = api.post(
+                        "/api/v1/agents/register",
+                        {"agent_id": agent_id, "type": "claude-code", "hostname": "demo",
+                         "roles": ["code-reviewer"], "capabilities": ["review"], "mode": "pull"},
+                        token="",
+                    )
+                    tokens[agent_id] = str(answer["token"])
+                    out(f"  + {agent_id} registered (token issued once, stored hashed)")
+                beats = _Heartbeats(api, tokens, every=0.3)
+                beats.start()
+                if not _wait(lambda: _local_online(daemon), WAIT_SECONDS):
+                    out(f"✗ the local host {LOCAL_HOST} did not come online: {_agent_line(daemon, LOCAL_HOST)}")
+                    return 1
+                out(f"  ✓ {LOCAL_HOST} (ssh-style host on this machine) passed its health check: online")
+
+                out(f"▶ filing {len(DEMO_ISSUES)} labelled issues; the task's life as it happens:")
+                ids: dict[str, int] = {}
                 for demo_issue in DEMO_ISSUES:
                     issue = person.create_issue(
                         repo, title=demo_issue.title, body=demo_issue.body, labels=demo_issue.labels
                     )
-                    numbers.append(issue.number)
-                    progress.expect(issue.number)
+                    ids[task_id_for(repo, issue.number)] = issue.number
                     out(f"  + #{issue.number} {issue.title}  [{', '.join(sorted(issue.labels))}]")
-                settled = progress.wait(WAIT_SECONDS)
-                sandbox.flush_webhooks()
-                received = [d for d in sandbox.deliveries if d.ok]
-                out(f"▶ {len(received)} webhook deliveries answered 2xx by the daemon")
-                out("▶ the issues as Forgejo and the task store now show them:")
-                for number in numbers:
-                    issue = person.get_issue(repo, number)
-                    task = daemon.assembly.store.find_task(task_id_for(repo, number))
-                    state = task.state if task else "—"
-                    needs = ", ".join(task.required_capabilities if task else ()) or "—"
-                    out(
-                        f"  #{number:<3} task {task.id if task else '—':<12} {state:<10} "
-                        f"role={task.required_role if task else '—'} needs={needs} "
-                        f"labels={', '.join(sorted(issue.labels))}"
-                    )
-                if not settled:
-                    out(f"✗ not every issue was reconciled within {WAIT_SECONDS:.0f} s: {progress.missing()}")
+                timeline = _Timeline(out, store)
+                runnable = {t for t, n in ids.items() if DEMO_ISSUES[n - 1].runnable}
+                done = _wait(
+                    lambda: (timeline.poll(ids), _settled(store, ids, expect_review=runnable))[1],
+                    WAIT_SECONDS,
+                )
+                timeline.poll(ids)
+                if not done:
+                    out(f"✗ the tasks did not settle within {WAIT_SECONDS:.0f} s")
                     return 1
-                for number in numbers:
-                    task = daemon.assembly.store.find_task(task_id_for(repo, number))
-                    if task is not None and task.wait_reason:
-                        out(f"  #{number} waits: {task.wait_reason} (also said in a comment on the issue)")
+
+                out("▶ pull requests the agent opened:")
+                for task_id, number in ids.items():
+                    task = store.get_task(task_id)
+                    if task.pr_number is None:
+                        out(f"  #{number} waits: {task.wait_reason} (also said on the issue)")
+                        continue
+                    pull = person.get_pull(repo, task.pr_number)
+                    files = ", ".join(f.filename for f in person.list_pull_files(repo, pull.number))
+                    [receipt] = store.receipts_for(task_id)[-1:]
+                    out(
+                        f"  #{number} → PR #{pull.number} from {pull.head_branch}: {files} "
+                        f"({len(receipt.commits)} commit, {receipt.tokens} tokens)"
+                    )
+
+                silent = PULL_AGENTS[-1]
+                out(f"▶ {silent} stops heartbeating; after 3 missed intervals it is offline:")
+                beats.silence(silent)
+                if not _wait(lambda: _status(daemon, silent) == AgentStatus.OFFLINE, WAIT_SECONDS):
+                    out(f"✗ {silent} was not marked offline")
+                    return 1
+                views = daemon.assembly.fleet.agents()
+                table = agents_table([AgentSummary.of(v) for v in views], now=utc_now())
+                for line in table.splitlines():
+                    out(f"  {line}")
             finally:
+                if beats is not None:
+                    beats.stop()
                 daemon.stop()
     out("▶ daemon and sandbox stopped; nothing left running")
     return 0
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        pause.wait(0.1)
+    return condition()
+
+
+def _status(daemon: Daemon, agent_id: str) -> AgentStatus | None:
+    agent = daemon.assembly.store.find_agent(agent_id)
+    return agent.status if agent else None
+
+
+def _local_online(daemon: Daemon) -> bool:
+    return _status(daemon, LOCAL_HOST) is AgentStatus.ONLINE
+
+
+def _agent_line(daemon: Daemon, agent_id: str) -> str:
+    agent = daemon.assembly.store.find_agent(agent_id)
+    return f"{agent.status}: {agent.status_reason}" if agent else "not registered"

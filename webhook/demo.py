@@ -258,10 +258,12 @@ def run_demo(*, out: Print = print) -> int:
                     out(f"  + #{issue.number} {issue.title}  [{', '.join(sorted(issue.labels))}]")
                 timeline = _Timeline(out, store)
                 runnable = {t for t, n in ids.items() if DEMO_ISSUES[n - 1].runnable}
-                done = _wait(
-                    lambda: (timeline.poll(ids), _settled(store, ids, expect_review=runnable))[1],
-                    WAIT_SECONDS,
-                )
+
+                def progressed() -> bool:
+                    timeline.poll(ids)
+                    return _settled(store, ids, expect_review=runnable)
+
+                done = _wait(progressed, WAIT_SECONDS)
                 timeline.poll(ids)
                 if not done:
                     out(f"✗ the tasks did not settle within {WAIT_SECONDS:.0f} s")

@@ -228,6 +228,11 @@ class Fleet:
             agent.token_hash: agent.id for agent in store.list_agents() if agent.token_hash
         }
 
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        """The clock the registry judges liveness by; the pull queue shares it."""
+        return self._clock
+
     # --- locks and soft state ----------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -530,6 +535,12 @@ class Fleet:
             except StaleStateError:
                 raise _changed_meanwhile(task) from None
         return StatusUpdate(task=updated, changed=True)
+
+    def check_lease(self, task: Task, agent_id: str, lease_generation: int) -> None:
+        """Refuse an agent's request about ``task`` unless it holds the task's current lease:
+        :class:`ConflictError` ``stale_lease`` for a lease it held once, :class:`ForbiddenError`
+        ``not_your_task`` for a task it never held under that lease. Call under its agent lock."""
+        self._check_lease(task, AgentId(agent_id), lease_generation)
 
     def _check_lease(self, task: Task, agent_id: AgentId, lease_generation: int) -> None:
         if task.agent_id == agent_id and task.lease_generation == lease_generation:

@@ -1,10 +1,10 @@
 """The OpenAPI document of the agent API, served at ``GET /api/v1/openapi.json``.
 
 The daemon's HTTP assembly calls :func:`install_openapi`. The schemas are generated from the
-same pydantic models the handlers in ``webhook/agents_api.py`` validate and answer with, so
-they cannot drift; the list of operations is written out here, and a test
-(``tests/test_agents_api.py``) checks it against the real routes of the Bottle app in both
-directions — every documented operation is a route, every ``/api/v1`` route is documented —
+same pydantic models the handlers in ``webhook/agents_api.py`` and ``webhook/tasks_api.py``
+validate and answer with, so they cannot drift; the list of operations is written out here,
+and a test (``tests/test_agents_api.py``) checks it against the real routes of the Bottle app
+in both directions — every documented operation is a route, every ``/api/v1`` route is documented —
 and validates the document with openapi-spec-validator. ``docs/agents-api.md`` is its prose.
 """
 
@@ -36,6 +36,13 @@ from webhook.agents_api import (
     TaskStatusRequest,
 )
 from webhook.app import json_response
+from webhook.tasks_api import (
+    CompleteRequest,
+    DequeueRequest,
+    ReceiptAnswer,
+    ReceiptRequest,
+    TaskHandout,
+)
 
 OPENAPI_PATH = f"{API}/openapi.json"
 VERSION = "1"
@@ -106,6 +113,7 @@ class Operation:
     request: type[BaseModel] | None = None
     errors: Mapping[int, str] = field(default_factory=dict)
     parameters: tuple[Mapping[str, Any], ...] = ()
+    no_content: str = ""  # when set, the operation may also answer 204 without a body
 
 
 _AUTH_ERRORS = {
@@ -115,6 +123,14 @@ _AUTH_ERRORS = {
 _BODY_ERRORS = {
     400: "`malformed_json`, `invalid_body` (unknown fields included)",
     413: "`body_too_large`",
+}
+_RECEIPT_ERRORS = {
+    **_BODY_ERRORS,
+    401: _AUTH_ERRORS[401],
+    403: "`not_your_task`: the agent never held the task under that lease",
+    404: "`task_not_found`",
+    409: "`stale_lease`, `illegal_transition` (the task is not running), `receipt_conflict` "
+    "(another receipt under this id), `task_changed`",
 }
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -228,6 +244,45 @@ OPERATIONS: tuple[Operation, ...] = (
         parameters=(_TASK_ID,),
     ),
     Operation(
+        "post",
+        f"{API}/tasks/dequeue",
+        "dequeueTask",
+        "Take the next waiting task that fits the agent, under a new lease.",
+        "agent",
+        (200, TaskHandout, "The task, its lease, its branch and where to fetch and push it."),
+        request=DequeueRequest,
+        errors={
+            **_BODY_ERRORS,
+            401: _AUTH_ERRORS[401],
+            403: "`not_your_agent`",
+            404: "`agent_not_found`",
+            409: "`agent_deregistered`, `task_changed`",
+        },
+        no_content="No task for the agent now: none fits, no free slot, or the agent is not "
+        "online (offline, draining).",
+    ),
+    Operation(
+        "post",
+        f"{API}/tasks/{{task_id}}/complete",
+        "completeTask",
+        "Finish a running task that produces no pull request, with its receipt.",
+        "agent",
+        (201, ReceiptAnswer, "Accepted (a retry of the same receipt gets the same answer)."),
+        request=CompleteRequest,
+        errors=_RECEIPT_ERRORS,
+        parameters=(_TASK_ID,),
+    ),
+    Operation(
+        "post",
+        f"{API}/receipts",
+        "submitReceipt",
+        "Hand in what the agent did for its running task; idempotent by receipt_id.",
+        "agent",
+        (201, ReceiptAnswer, "Accepted (a retry of the same receipt gets the same answer)."),
+        request=ReceiptRequest,
+        errors=_RECEIPT_ERRORS,
+    ),
+    Operation(
         "get",
         OPENAPI_PATH,
         "openapi",
@@ -259,6 +314,8 @@ def openapi_document() -> dict[str, Any]:
         else:
             answer["content"] = {"application/json": {"schema": {"type": "object"}}}
         responses: dict[str, Any] = {str(status): answer}
+        if op.no_content:
+            responses["204"] = {"description": op.no_content}
         for code, text in sorted(op.errors.items()):
             responses[str(code)] = {
                 "description": text,
@@ -283,7 +340,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "agent-fleet agent API",
             "version": VERSION,
-            "description": "Registration, heartbeats, drains, listings and task status. "
+            "description": "Registration, heartbeats, drains, listings, task status, taking "
+            "tasks, completing them and receipts. "
             "Every error is JSON {error, message} with a stable error code.",
         },
         "paths": paths,

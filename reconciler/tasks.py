@@ -1,0 +1,450 @@
+"""The pull queue: pull agents take tasks, finish them and hand in receipts. No HTTP here.
+
+The agent API's task endpoints (``webhook/tasks_api.py``) call one :class:`PullQueue`, built by
+the daemon's HTTP assembly beside the :class:`~reconciler.fleet.Fleet` it builds on:
+
+* :meth:`PullQueue.dequeue` gives the calling agent the first waiting task that fits it
+  (``placement.next_task_for``: queue order, role, capabilities, pin, a free slot) under a new
+  lease, with a deadline from ``timeouts``. The choice and the assignment happen under one
+  lock, and the write is a compare-and-swap against the task as it was chosen, so twenty
+  agents asking at once never get the same task and a reconcile writing the task meanwhile
+  makes the dequeue choose again.
+* :meth:`PullQueue.accept_receipt` records what an agent says it did, under its lease: a
+  receipt with a pull request moves the task ``running → review_pending``; one without (the
+  ``complete`` endpoint) finishes it ``running → completed``. Receipts are idempotent by their
+  client-chosen id: the same receipt sent again gets the first answer, whatever happened to
+  the task since; a different receipt under a used id is refused.
+
+**What is verified, and what is not yet.** Here: the caller is the agent holding the task's
+current lease, the task is running, and the receipt is well-formed. Not here: any claim about
+Forgejo (that the pull request exists, is on the task's branch, holds the claimed commits,
+changes files, has green statuses). The webhook layer never calls Forgejo; that check is the
+receipts controller's, keyed by the task, and it slots in at :func:`settle` — the one place a
+receipt moves a task. Until it exists, every receipt is recorded with ``verified: false``.
+
+Nothing is written for a refused request: every check runs before the first write.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from reconciler.errors import ConflictError
+from reconciler.fleet import Fleet, actor_for
+from reconciler.keys import Key, agent_key, issue_key, pull_key
+from reconciler.models import (
+    Agent,
+    AgentId,
+    AgentStatus,
+    Artifact,
+    ExecutionMode,
+    Priority,
+    Receipt,
+    ReceiptId,
+    Task,
+    TaskEvent,
+    TaskId,
+    TaskState,
+    assign,
+    transition,
+)
+from reconciler.placement import next_task_for
+from reconciler.settings import LabelsSettings, Settings
+from reconciler.store import Store
+
+log = structlog.get_logger(__name__)
+
+# A dequeue that loses its chosen task to a concurrent writer chooses again, this many times.
+DEQUEUE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Handout:
+    """A task given to a pull agent, with what it needs to fetch the work and push it back.
+
+    The prompt is not in it: the worker builds it from the issue with its own Forgejo token
+    (``reconciler.prompt.build_prompt``), since the daemon's HTTP layer never calls Forgejo.
+    ``base_branch`` None means the repository's default branch, which the worker reads from
+    Forgejo for the same reason.
+    """
+
+    task: Task
+    clone_url: str
+    forgejo_url: str
+    issue_url: str
+    base_branch: str | None = None
+
+
+@dataclass(frozen=True)
+class ReceiptClaim:
+    """What an agent submits about one task; the store keeps it as a :class:`Receipt`."""
+
+    receipt_id: ReceiptId
+    task_id: TaskId
+    lease_generation: int
+    pr_number: int | None = None
+    branch: str = ""
+    commits: tuple[str, ...] = ()
+    summary: str = ""
+    artifacts: tuple[Artifact, ...] = ()
+    cost_usd: float = 0.0
+    tokens: int = 0
+    duration_s: float = 0.0
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """A receipt's answer: the receipt as stored and the state it moved its task to.
+
+    A function of the stored receipt alone, so a retried submission gets the same answer.
+    """
+
+    receipt: Receipt
+    task_state: TaskState
+    verified: bool = False
+
+
+def forgejo_base(settings: Settings) -> str:
+    return settings.forgejo.url.rstrip("/")
+
+
+def clone_url_for(settings: Settings, repo: str) -> str:
+    """The repository's git URL over HTTP: ``{forgejo.url}/{owner}/{name}.git``."""
+    return f"{forgejo_base(settings)}/{repo}.git"
+
+
+def issue_url_for(settings: Settings, repo: str, number: int) -> str:
+    return f"{forgejo_base(settings)}/{repo}/issues/{number}"
+
+
+def labels_implied(task: Task, vocabulary: LabelsSettings) -> tuple[str, ...]:
+    """The labels a task's fields say its issue carries: trigger, role, needs and priority.
+
+    The timeout of a dequeued task is chosen from these (the daemon's HTTP layer does not read
+    the issue); a ``timeouts.per_label`` entry for any other label applies to ssh dispatches
+    only.
+    """
+    labels = [vocabulary.trigger]
+    if task.required_role:
+        labels.append(vocabulary.role_prefix + task.required_role)
+    labels += [vocabulary.capability_prefix + c for c in task.required_capabilities]
+    priority = {
+        Priority.HIGH: vocabulary.priority_high,
+        Priority.MEDIUM: vocabulary.priority_medium,
+        Priority.LOW: vocabulary.priority_low,
+    }
+    labels.append(priority[task.priority])
+    return tuple(labels)
+
+
+def target_state(receipt: Receipt) -> TaskState:
+    """Where a receipt takes its running task: review with a pull request, else completed."""
+    return TaskState.REVIEW_PENDING if receipt.pr_number is not None else TaskState.COMPLETED
+
+
+def settle(task: Task, receipt: Receipt, *, now: datetime) -> tuple[Task, list[TaskEvent]]:
+    """The task after ``receipt`` (the caller checked owner, lease and state) and the events
+    that explain it: the receipt itself, then the transition.
+
+    The one place a receipt moves a task. The receipts controller's verification against
+    Forgejo belongs here, before ``completed``; until it exists, nothing is claimed verified.
+    """
+    actor = actor_for(receipt.agent_id)
+    commits = f"{len(receipt.commits)} commit(s)"
+    if receipt.pr_number is not None:
+        what = f"pull request #{receipt.pr_number} with {commits}"
+    else:
+        what = f"no pull request, {commits}"
+    note = TaskEvent(
+        task_id=task.id,
+        at=now,
+        actor=actor,
+        kind="receipt",
+        reason=f"receipt {receipt.id}: {what} (not verified against Forgejo)",
+        data={
+            "receipt_id": receipt.id,
+            "pr_number": receipt.pr_number,
+            "commits": list(receipt.commits),
+            "verified": False,
+        },
+    )
+    changes: dict[str, object] = {"last_activity_at": now}
+    if receipt.session_id:
+        changes["session_id"] = receipt.session_id
+    if receipt.pr_number is not None:
+        moved, event = transition(
+            task,
+            TaskState.REVIEW_PENDING,
+            now=now,
+            actor=actor,
+            reason=f"pull request #{receipt.pr_number} opened",
+            pr_number=receipt.pr_number,
+            **changes,
+        )
+    else:
+        moved, event = transition(
+            task,
+            TaskState.COMPLETED,
+            now=now,
+            actor=actor,
+            reason=f"completed on the agent's receipt {receipt.id}, not verified against Forgejo",
+            **changes,
+        )
+    return moved, [note, event]
+
+
+class PullQueue:
+    """Dequeue, receipts and completion for pull agents, over the store and the Fleet."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        fleet: Fleet,
+        settings: Callable[[], Settings],
+        clock: Callable[[], datetime],
+        enqueue: Callable[[Key], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._fleet = fleet
+        self._settings = settings
+        self._clock = clock
+        self._enqueue = enqueue
+        # One dequeue at a time chooses among the waiting tasks: a choice is only as good as
+        # the list it was made from.
+        self._choosing = threading.Lock()
+
+    @property
+    def fleet(self) -> Fleet:
+        """The registry this queue authenticates and fences agents with."""
+        return self._fleet
+
+    def _notify(self, key: Key) -> None:
+        if self._enqueue is not None:
+            self._enqueue(key)
+
+    # --- dequeue -----------------------------------------------------------------------------
+
+    def dequeue(self, agent_id: str) -> Handout | None:
+        """Give the agent the next waiting task that fits it, or None (nothing fits, or the
+        agent is not online, draining, silent past its grace period, or without a free slot).
+
+        Raises :class:`NotFoundError` for an unknown agent and :class:`ConflictError`
+        ``agent_deregistered`` for one that left the fleet.
+        """
+        settings = self._settings()
+        now = self._clock()
+        # Under the agent's lock: the registry takes a lost agent's tasks back under the same
+        # lock, so it sees this assignment or this dequeue sees the agent offline.
+        with self._fleet.agent_lock(agent_id):
+            agent = self._store.get_agent(agent_id)
+            if agent.deregistered:
+                raise ConflictError(
+                    "agent_deregistered",
+                    f"agent {agent_id} deregistered; register again to take tasks",
+                )
+            if not self._may_take_work(agent, now=now):
+                return None
+            with self._choosing:
+                task = self._assign_next(agent, now=now, settings=settings)
+        if task is None:
+            return None
+        log.info(
+            "task.dequeued",
+            task=task.id,
+            agent_id=agent.id,
+            lease=task.lease_generation,
+            attempt=task.attempt,
+        )
+        # Labels and the assignment comment follow through the assignment controller; the
+        # registry looks at the agent again, in case it was declared lost in the meantime.
+        self._notify(issue_key(task.repo, task.issue_number))
+        self._notify(agent_key(agent.id))
+        return Handout(
+            task=task,
+            clone_url=clone_url_for(settings, task.repo),
+            forgejo_url=forgejo_base(settings),
+            issue_url=issue_url_for(settings, task.repo, task.issue_number),
+        )
+
+    def _may_take_work(self, agent: Agent, *, now: datetime) -> bool:
+        return (
+            agent.mode is ExecutionMode.PULL
+            and agent.status is AgentStatus.ONLINE
+            and not agent.drain_requested
+            and self._fleet.is_alive(agent, now=now)
+        )
+
+    def _assign_next(self, agent: Agent, *, now: datetime, settings: Settings) -> Task | None:
+        for _ in range(DEQUEUE_ATTEMPTS):
+            chosen = next_task_for(agent, tasks=self._store.list_tasks(), now=now)
+            if chosen is None:
+                return None
+            assigned, event = assign(
+                chosen, agent.id, now=now, actor=actor_for(agent.id),
+                reason=f"dequeued by {agent.id}",
+            )  # fmt: skip
+            timeout = settings.timeouts.for_task(
+                roles=(chosen.required_role,) if chosen.required_role else (),
+                labels=labels_implied(chosen, settings.labels),
+            )
+            assigned = Task.model_validate(
+                {
+                    **assigned.model_dump(),
+                    "deadline_at": now + timedelta(seconds=timeout),
+                    "failure_reason": "",
+                    "failure_retryable": False,
+                }
+            )
+            if self._swap(chosen, assigned, event):
+                return assigned
+        raise ConflictError(
+            "task_changed", "the waiting tasks kept changing while one was chosen; ask again"
+        )
+
+    def _swap(self, expected: Task, task: Task, event: TaskEvent) -> bool:
+        """Write ``task`` and its event only if the store still holds ``expected``."""
+        won: list[bool] = []
+
+        def change(current: Task) -> Task:
+            if current != expected:
+                return current
+            self._store.append_event(event)
+            won.append(True)
+            return task
+
+        # A reconcile may have changed the task since it was listed: then nothing of this
+        # assignment is written (the unchanged task is), and the choice is made again.
+        if self._store.find_task(expected.id) != expected:
+            return False
+        self._store.update_task(expected.id, change)
+        return bool(won)
+
+    # --- receipts ----------------------------------------------------------------------------
+
+    def accept_receipt(self, agent_id: str, claim: ReceiptClaim) -> Acceptance:
+        """Record the agent's receipt for its running task and move the task on (see
+        :func:`settle`); or give the first answer again for a receipt already accepted.
+
+        Refusals, with nothing stored: :class:`NotFoundError` (no such task),
+        :class:`ForbiddenError` ``not_your_task``, :class:`ConflictError` ``stale_lease`` or
+        ``receipt_conflict`` (another receipt under this id), and
+        :class:`IllegalTransitionError` (the task is not running).
+        """
+        now = self._clock()
+        candidate = Receipt(
+            id=claim.receipt_id,
+            task_id=claim.task_id,
+            agent_id=AgentId(agent_id),
+            lease_generation=claim.lease_generation,
+            pr_number=claim.pr_number,
+            branch=claim.branch,
+            commits=claim.commits,
+            summary=claim.summary,
+            artifacts=claim.artifacts,
+            cost_usd=claim.cost_usd,
+            tokens=claim.tokens,
+            duration_s=claim.duration_s,
+            session_id=claim.session_id,
+            submitted_at=now,
+        )
+        moved: Task | None = None
+        with self._fleet.agent_lock(agent_id):
+            previous = self._store.find_receipt(candidate.id)
+            if previous is None:
+                accepted: list[Task] = []
+
+                def change(task: Task) -> Task:
+                    # Checked again under the store's lock: another agent may use the same id.
+                    if self._store.find_receipt(candidate.id) is not None:
+                        return task
+                    self._fleet.check_lease(task, agent_id, candidate.lease_generation)
+                    settled, events = settle(task, candidate, now=now)  # raises if not running
+                    self._store.put_receipt(candidate)
+                    for event in events:
+                        self._store.append_event(event)
+                    accepted.append(settled)
+                    return settled
+
+                self._store.update_task(candidate.task_id, change)
+                if accepted:
+                    moved = accepted[0]
+                else:
+                    previous = self._store.get_receipt(candidate.id)
+            if previous is not None:
+                _same_receipt(previous, candidate)
+                moved = self._finish(previous, now=now)
+                candidate = previous
+        if moved is not None:
+            self._after(moved, candidate)
+            log.info(
+                "receipt.accepted",
+                receipt=candidate.id,
+                task=moved.id,
+                agent_id=agent_id,
+                pr=candidate.pr_number,
+                state=moved.state,
+            )
+        # A function of the stored receipt alone: a retry gets the first answer.
+        return Acceptance(receipt=candidate, task_state=target_state(candidate))
+
+    def _finish(self, receipt: Receipt, *, now: datetime) -> Task | None:
+        """For a receipt sent again: move its task on if a crash between storing the receipt
+        and writing the task left that undone (call under the agent's lock). The moved task,
+        or None when there was nothing to do."""
+        task = self._store.find_task(receipt.task_id)
+        if task is None or task.state is not TaskState.RUNNING:
+            return None
+        finished: list[Task] = []
+
+        def finish(current: Task) -> Task:
+            if (
+                current.state is not TaskState.RUNNING
+                or current.agent_id != receipt.agent_id
+                or current.lease_generation != receipt.lease_generation
+            ):
+                return current
+            settled, events = settle(current, receipt, now=now)
+            for event in events:
+                self._store.append_event(event)
+            finished.append(settled)
+            return settled
+
+        self._store.update_task(receipt.task_id, finish)
+        return finished[0] if finished else None
+
+    def _after(self, task: Task, receipt: Receipt) -> None:
+        self._notify(issue_key(task.repo, task.issue_number))
+        if receipt.pr_number is not None:
+            self._notify(pull_key(task.repo, receipt.pr_number))
+
+
+def _same_receipt(stored: Receipt, candidate: Receipt) -> None:
+    """Refuse a receipt that reuses a stored receipt's id with other content."""
+    ignore = {"submitted_at"}
+    if stored.model_dump(exclude=ignore) != candidate.model_dump(exclude=ignore):
+        raise ConflictError(
+            "receipt_conflict",
+            f"receipt {stored.id} was already submitted with other content; a new receipt "
+            "needs a new receipt_id",
+        )
+
+
+__all__ = [
+    "DEQUEUE_ATTEMPTS",
+    "Acceptance",
+    "Handout",
+    "PullQueue",
+    "ReceiptClaim",
+    "clone_url_for",
+    "issue_url_for",
+    "labels_implied",
+    "settle",
+    "target_state",
+]

@@ -60,8 +60,9 @@ mkdir -p "$(dirname "$cache")" "$WORKDIR/tasks"
 prepare() {
   if [ ! -d "$cache" ]; then git clone --quiet --bare "$CLONE_URL" "$cache"; fi
   git -C "$cache" fetch --quiet --prune origin '+refs/heads/*:refs/remotes/origin/*'
-  git -C "$cache" worktree prune
+  # A stopped or crashed run leaves its worktree behind: remove it, then forget it.
   rm -rf "$wt"
+  git -C "$cache" worktree prune
   if git -C "$cache" rev-parse -q --verify "refs/remotes/origin/$BRANCH" >/dev/null; then
     start="refs/remotes/origin/$BRANCH"
   else

@@ -1,0 +1,537 @@
+"""The pull worker: two worker processes sharing the work of a real daemon against the
+in-memory Forgejo, one task with ``once``, stop orders and self-fencing, and the receipt
+outbox surviving a daemon restart mid-submission and a worker restart before the ack.
+
+Waits are bounded: the API or the store is polled against a deadline; no test sleeps for a
+fixed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from reconciler.adapters import group_members, start_local
+from reconciler.forgejo import ForgejoGateway
+from reconciler.models import RepoName, Task, TaskState, branch_for, task_id_for, transition
+from reconciler.sandbox import ForgejoSandbox
+from reconciler.settings import (
+    AdapterSettings,
+    ApiSettings,
+    ForgejoSettings,
+    LoopSettings,
+    Settings,
+    StoreSettings,
+    WebhookSettings,
+)
+from reconciler.store import Store
+from reconciler.worker import AgentApi, TaskRun, Worker, WorkerConfig
+from tests.sandbox_fixtures import DEMO_REPO
+from webhook.daemon import Assembly, Daemon, build, http_app, utc_now
+from webhook.server import HttpServer
+
+ENROLMENT = "worker-test-enrolment"
+OPERATOR = "worker-test-operator"
+DEMO_AGENT = AdapterSettings(
+    command=(sys.executable, "-m", "reconciler.demo_agent", "{prompt}"), parser="claude-json"
+)
+WAIT_S = 60.0
+
+
+def wait_until(what: str, check: Callable[[], bool], *, timeout: float = WAIT_S) -> None:
+    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def worker_config(tmp_path: Path, name: str, server: str, **fields: Any) -> WorkerConfig:
+    values: dict[str, Any] = {
+        "server": server,
+        "token": ENROLMENT,
+        "agent_id": name,
+        "agent_type": "demo-agent",
+        "adapter": DEMO_AGENT,
+        "roles": ("developer",),
+        "capabilities": ("code:python",),
+        "max_concurrency": 2,
+        "hostname": f"{name}-box",
+        "workdir": tmp_path / name / "work",
+        "state_dir": tmp_path / name / "state",
+        "forgejo_token": "unused",
+        "poll_interval": 0.2,
+        "retry_initial": 0.2,
+        "retry_max": 1.0,
+        "request_timeout": 10.0,
+    }
+    values.update(fields)
+    return WorkerConfig.model_validate(values)
+
+
+def config_json(config: WorkerConfig) -> str:
+    """The config as JSON with its secrets in clear, for a worker process."""
+    data = config.model_dump(mode="json")
+    data["token"] = config.token.get_secret_value() if config.token else None
+    data["forgejo_token"] = config.forgejo_token.get_secret_value()
+    return json.dumps(data)
+
+
+# --- the daemon stand-ins ------------------------------------------------------------------
+
+
+def daemon_settings(forge_url: str, token: str, state: Path) -> Settings:
+    return Settings(
+        forgejo=ForgejoSettings(
+            url=forge_url, token=SecretStr(token), repos=(DEMO_REPO,), bot_login="fleet-admin"
+        ),
+        webhook=WebhookSettings(bind="127.0.0.1", port=0),
+        loop=LoopSettings(workers=2, resync_interval=3600, shutdown_grace=10),
+        api=ApiSettings(operator_token=SecretStr(OPERATOR), enrolment_secret=SecretStr(ENROLMENT)),
+        store=StoreSettings(path=state),
+    )
+
+
+@pytest.fixture
+def daemon(served_forge: ForgejoSandbox, tmp_path: Path) -> Iterator[Daemon]:
+    """The real daemon (loop, resync, HTTP) on loopback against the served Forgejo, with
+    the label vocabulary in place."""
+    settings = daemon_settings(served_forge.url, served_forge.admin_token, tmp_path / "daemon")
+    running = Daemon(settings)
+    running.start()
+    yield running
+    running.stop()
+
+
+def file_issue(forge: ForgejoSandbox, title: str) -> Task:
+    """A labelled issue, as a person files it; the task id its issue will have."""
+    number = forge.create_issue(
+        DEMO_REPO, title, body=f"## Goal\n{title}, please.", labels=["fleet/task"]
+    )
+    tid = task_id_for(DEMO_REPO, number)
+    now = utc_now()
+    return Task(
+        id=tid, repo=RepoName(DEMO_REPO), issue_number=number, title=title,
+        branch=branch_for(tid, title), created_at=now, updated_at=now,
+    )  # fmt: skip
+
+
+def queue_issues(daemon: Daemon, forge: ForgejoSandbox, titles: list[str]) -> list[Task]:
+    """File issues and have the daemon turn them into waiting tasks (a resync, as on a timer)."""
+    tasks = [file_issue(forge, title) for title in titles]
+    daemon.assembly.resync.full()
+    store = daemon.assembly.store
+    wait_until(
+        "the tasks to be created",
+        lambda: all(store.find_task(t.id) is not None for t in tasks),
+    )
+    return tasks
+
+
+class ApiServer:
+    """The daemon's HTTP app and store without its loop, which a test stops and restarts on
+    the same port and state directory, as an operator restarts the daemon."""
+
+    def __init__(self, state: Path) -> None:
+        self.settings = daemon_settings("http://forgejo.invalid", "unused", state)
+        self.port = 0
+        self.store: Store
+        self.assembly: Assembly
+        self.http: HttpServer
+        self.wrap: Callable[[Any], Any] = lambda app: app
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.store = Store.open(self.settings.store.path)
+        self.assembly = build(self.settings, store=self.store)
+        app = self.wrap(http_app(self.assembly, readiness=dict))
+        self.http = HttpServer(app, host="127.0.0.1", port=self.port)
+        self.port = self.http.port
+        self.http.start()
+
+    def stop(self) -> None:
+        self.http.stop()
+        for close in self.assembly.closers:
+            close()
+        self.store.close()
+
+    def waiting_task(self, number: int) -> Task:
+        now = utc_now()
+        tid = task_id_for(DEMO_REPO, number)
+        task = Task(
+            id=tid, repo=RepoName(DEMO_REPO), issue_number=number, title=f"Issue {number}",
+            branch=branch_for(tid, f"Issue {number}"), created_at=now, updated_at=now,
+        )  # fmt: skip
+        self.store.put_task(task)
+        return task
+
+
+@pytest.fixture
+def api_server(tmp_path: Path) -> Iterator[ApiServer]:
+    server = ApiServer(tmp_path / "daemon")
+    yield server
+    if not server.store.closed:  # a test may leave it stopped
+        server.stop()
+
+
+def receipt_for(task: Task, *, lease: int = 1, receipt_id: str | None = None) -> dict[str, Any]:
+    return {
+        "receipt_id": receipt_id or f"{task.id}-l{lease}-r",
+        "task_id": task.id,
+        "lease_generation": lease,
+        "pr_number": 3,
+        "branch": task.branch,
+        "commits": ["c" * 40],
+        "summary": "done",
+    }
+
+
+def holding_worker(
+    tmp_path: Path, server: ApiServer, *, monotonic: Callable[[], float] = time.monotonic
+) -> tuple[Worker, list[TaskRun]]:
+    """A worker registered with the server whose runs only wait to be stopped."""
+    taken: list[TaskRun] = []
+
+    def hold(run: TaskRun) -> None:
+        taken.append(run)
+        run.cancelled.wait(30)
+
+    worker = Worker(worker_config(tmp_path, "w1", server.url), execute=hold, monotonic=monotonic)
+    worker.open()
+    return worker, taken
+
+
+# --- two worker processes against the daemon -----------------------------------------------
+
+
+def start_worker_process(
+    config: WorkerConfig, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], Path]:
+    config_file = tmp_path / f"{config.agent_id}.json"
+    config_file.write_text(config_json(config))
+    log_file = tmp_path / f"{config.agent_id}.log"
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from reconciler.logs import configure_logging\n"
+        "from reconciler.worker import WorkerConfig, serve\n"
+        "configure_logging(level='info', json=True)\n"
+        "sys.exit(serve(WorkerConfig.model_validate_json(Path(sys.argv[1]).read_text())))\n"
+    )
+    with log_file.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", script, str(config_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AGENT_FLEET_")},
+        )
+    return process, log_file
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+@pytest.mark.usefixtures("isolated_git")
+def test_pull_mode_with_two_worker_processes_against_the_daemon(
+    daemon: Daemon, served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """Four labelled issues, two worker processes with the demo agent CLI: each task is taken
+    once, by one worker, and ends in review with its PR (the agent's file in it), its receipt
+    stored and status/review on the issue; nothing runs twice."""
+    titles = ["Add a version flag", "Write the changelog", "Fix the typo", "Add a test"]
+    tasks = queue_issues(daemon, served_forge, titles)
+    store = daemon.assembly.store
+    processes = []
+    for name in ("w1", "w2"):
+        config = worker_config(tmp_path, name, daemon.url, forgejo_token=served_forge.admin_token)
+        processes.append((name, *start_worker_process(config, tmp_path)))
+    try:
+        wait_until(
+            "every task to reach review",
+            lambda: all(
+                (t := store.find_task(task.id)) is not None and t.state is TaskState.REVIEW_PENDING
+                for task in tasks
+            ),
+        )
+        gateway = ForgejoGateway(served_forge.url, served_forge.admin_token)
+        try:
+            wait_until(
+                "status/review on every issue",
+                lambda: all(
+                    "status/review" in gateway.get_issue(DEMO_REPO, t.issue_number).labels
+                    for t in tasks
+                ),
+            )
+            for task in tasks:
+                done = store.get_task(task.id)
+                assert done.pr_number is not None and done.attempt == 1
+                pull = gateway.get_pull(DEMO_REPO, done.pr_number)
+                assert pull.head_branch == task.branch
+                assert f"Closes #{task.issue_number}" in pull.body
+                files = [f.filename for f in gateway.list_pull_files(DEMO_REPO, done.pr_number)]
+                slug = task.branch.split("-", 2)[2]
+                assert files == [f"fleet-notes/{slug}.md"]
+                [receipt] = store.receipts_for(task.id)
+                assert receipt.agent_id == done.agent_id and receipt.pr_number == done.pr_number
+                commits = gateway.list_pull_commits(DEMO_REPO, done.pr_number)
+                assert [c.sha for c in commits] == list(receipt.commits)
+                moves = [e.to_state for e in store.events_for(task.id) if e.to_state]
+                assert moves == [
+                    TaskState.CREATED,
+                    TaskState.ASSIGNED,
+                    TaskState.RUNNING,
+                    TaskState.REVIEW_PENDING,
+                ]
+        finally:
+            gateway.close()
+    finally:
+        for _, process, _ in processes:
+            process.send_signal(signal.SIGTERM)
+        codes = [process.wait(timeout=30) for _, process, _ in processes]
+    assert codes == [0, 0]
+    taken: dict[str, list[str]] = {}
+    for name, _, log_file in processes:
+        for event in log_events(log_file):
+            if event.get("event") == "task.taken":
+                taken.setdefault(event["task"], []).append(name)
+    assert sorted(taken) == sorted(t.id for t in tasks)
+    assert all(len(names) == 1 for names in taken.values()), taken
+    for task in tasks:
+        assert taken[task.id] == [store.get_task(task.id).agent_id]
+
+
+@pytest.mark.usefixtures("isolated_git")
+def test_once_runs_one_task_and_a_restart_registers_with_the_saved_token(
+    daemon: Daemon, served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """``once``: one task to a delivered receipt, exit 0. Started again without the enrolment
+    secret, the worker registers its id again with the token it saved."""
+    [task] = queue_issues(daemon, served_forge, ["Add a version flag"])
+    config = worker_config(tmp_path, "w1", daemon.url, forgejo_token=served_forge.admin_token)
+    assert Worker(config).run(once=True) == 0
+    done = daemon.assembly.store.get_task(task.id)
+    assert done.state is TaskState.REVIEW_PENDING and done.agent_id == "w1"
+    assert len(daemon.assembly.store.receipts_for(task.id)) == 1
+    again = Worker(config.model_copy(update={"token": None}))
+    again.open()
+    try:
+        assert again.agent_id == "w1"
+        assert again.pending_receipts() == 0
+    finally:
+        again.close()
+
+
+# --- stop orders and fencing ----------------------------------------------------------------
+
+
+def test_a_stop_order_in_a_heartbeat_reply_kills_the_run(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """The task was taken back (requeued): the next heartbeat's reply says stop, and the run's
+    CLI process group is gone."""
+    task = api_server.waiting_task(5)
+    started = threading.Event()
+    pids: list[int] = []
+
+    def run_cli(run: TaskRun) -> None:
+        local = start_local(["sleep", "60"], cwd=tmp_path, env=dict(os.environ), timeout=60)
+        assert local.pid is not None
+        pids.append(local.pid)
+        run.attach(local)
+        started.set()
+        local.wait()
+
+    worker = Worker(worker_config(tmp_path, "w1", api_server.url), execute=run_cli)
+    worker.open()
+    try:
+        assert worker.take_once()
+        assert started.wait(10)
+        assert worker.beat_once() is not None and worker.running()  # still ours: no stop
+        stored = api_server.store.get_task(task.id)
+        requeued, event = transition(stored, TaskState.CREATED, now=utc_now(), actor="test",
+                                     agent_id=None)  # fmt: skip
+        api_server.store.record(requeued, event)
+        beat = worker.beat_once()
+        assert beat is not None and [s.code for s in beat.stop] == ["requeued"]
+        wait_until("the run to end", lambda: not worker.running(), timeout=15)
+        assert group_members(pids[0]) == []
+    finally:
+        worker.stop()
+        worker.close()
+
+
+def test_without_an_acknowledged_heartbeat_for_the_lease_ttl_the_worker_fences_itself(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """Daemon unreachable: heartbeats fail; at lease_ttl_s since the last acknowledged one the
+    runs are stopped and no task is taken; a heartbeat that gets through lifts the fence."""
+    api_server.waiting_task(5)
+    api_server.waiting_task(6)
+    clock = [1000.0]
+    worker, taken = holding_worker(tmp_path, api_server, monotonic=lambda: clock[0])
+    try:
+        assert worker.take_once()
+        wait_until("the run to start", lambda: bool(taken))
+        api_server.stop()
+        clock[0] += worker.lease_ttl - 1
+        assert worker.beat_once() is None
+        assert worker.may_take_work() and not taken[0].cancelled.is_set()
+        clock[0] += 1
+        assert worker.beat_once() is None
+        assert taken[0].cancelled.is_set() and "no heartbeat acknowledged" in taken[0].stop_reason
+        assert not worker.may_take_work() and not worker.take_once()
+        api_server.start()
+        assert worker.beat_once() is not None and worker.may_take_work()
+        assert worker.take_once()
+    finally:
+        worker.stop()
+        worker.close()
+
+
+# --- the receipt outbox ---------------------------------------------------------------------
+
+
+def started_task(worker: Worker, server: ApiServer, taken: list[TaskRun], number: int) -> Task:
+    """A task the worker dequeued and reported running."""
+    task = server.waiting_task(number)
+    assert worker.take_once()
+    wait_until("the run to start", lambda: any(r.task_id == task.id for r in taken))
+    worker.api.report(task.id, lease_generation=1, running=True)
+    return server.store.get_task(task.id)
+
+
+def test_a_receipt_survives_a_daemon_restart_mid_submission(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """The daemon stores the receipt and dies before answering; while it is down the worker
+    retries with backoff; after the restart the retry gets the first answer: one receipt."""
+    clock = [0.0]
+    worker, taken = holding_worker(tmp_path, api_server, monotonic=lambda: clock[0])
+    try:
+        task = started_task(worker, api_server, taken, 5)
+        api_server.stop()
+        # The next start answers the first receipt with a 503 after storing it: its answer
+        # is lost, as if the daemon died in between.
+        answered: list[int] = []
+
+        def lose_first_answer(app: Any) -> Any:
+            def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+                if environ["PATH_INFO"] != "/api/v1/receipts" or answered:
+                    return app(environ, start_response)
+                body = b"".join(app(environ, lambda *a, **k: None))
+                answered.append(len(body))
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"the daemon went away"]
+
+            return wrapped
+
+        api_server.wrap = lose_first_answer
+        api_server.start()
+        worker.outbox.put(receipt_for(task))  # type: ignore[union-attr]
+        assert worker.deliver_once() == pytest.approx(0.2)  # stored, but no answer
+        assert len(api_server.store.receipts_for(task.id)) == 1 and answered
+        api_server.stop()
+        clock[0] += 0.2
+        assert worker.deliver_once() == pytest.approx(0.4)  # the daemon is down
+        assert worker.pending_receipts() == 1
+        clock[0] += 0.1
+        assert worker.deliver_once() == pytest.approx(0.3)  # not due yet: nothing sent
+        api_server.wrap = lambda app: app
+        api_server.start()
+        clock[0] += 0.3
+        assert worker.deliver_once() is None
+        assert worker.pending_receipts() == 0 and len(worker.delivered) == 1
+        assert len(api_server.store.receipts_for(task.id)) == 1
+        assert api_server.store.get_task(task.id).state is TaskState.REVIEW_PENDING
+    finally:
+        worker.stop()
+        worker.close()
+
+
+def test_receipts_queued_before_a_worker_stops_arrive_once_after_it_starts_again(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """Stopped after queueing one receipt (never sent) and after sending another whose answer
+    it never recorded: started again from its state directory, without the enrolment secret,
+    it delivers both, and the daemon holds each once."""
+    worker, taken = holding_worker(tmp_path, api_server)
+    try:
+        unsent = started_task(worker, api_server, taken, 5)
+        unacked = started_task(worker, api_server, taken, 6)
+        assert worker.outbox is not None
+        worker.outbox.put(receipt_for(unsent))
+        worker.outbox.put(receipt_for(unacked))
+        worker.api.submit_receipt(receipt_for(unacked))  # arrives; the ack is never recorded
+    finally:
+        worker.stop()
+        worker.close()
+    assert len(api_server.store.receipts_for(unacked.id)) == 1
+    assert api_server.store.receipts_for(unsent.id) == []
+    restarted = Worker(
+        worker_config(tmp_path, "w1", api_server.url, token=None), execute=lambda run: None
+    )
+    restarted.open()
+    try:
+        assert restarted.pending_receipts() == 2
+        assert restarted.deliver_once() is None
+        assert restarted.pending_receipts() == 0 and len(restarted.delivered) == 2
+    finally:
+        restarted.close()
+    for task in (unsent, unacked):
+        assert len(api_server.store.receipts_for(task.id)) == 1
+        assert api_server.store.get_task(task.id).state is TaskState.REVIEW_PENDING
+
+
+def test_a_receipt_refused_for_good_leaves_the_outbox(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """A stale lease is never going to be accepted: the receipt is dropped, not retried."""
+    worker, taken = holding_worker(tmp_path, api_server)
+    try:
+        task = started_task(worker, api_server, taken, 5)
+        assert worker.outbox is not None
+        worker.outbox.put(receipt_for(task, lease=7))
+        assert worker.deliver_once() is None
+        assert worker.pending_receipts() == 0 and worker.delivered == []
+        assert api_server.store.receipts_for(task.id) == []
+    finally:
+        worker.stop()
+        worker.close()
+
+
+def test_the_agent_api_client_maps_refusals_to_the_error_module(api_server: ApiServer) -> None:
+    """401/403/409 with the daemon's code; an unreachable daemon is transient."""
+    from reconciler.errors import TransientError, UnauthenticatedError
+
+    client = AgentApi(api_server.url, timeout=5)
+    client.token = "forged"
+    with pytest.raises(UnauthenticatedError) as refused:
+        client.dequeue()
+    assert refused.value.code == "unknown_token"
+    api_server.stop()
+    with pytest.raises(TransientError, match="cannot reach"):
+        client.dequeue()

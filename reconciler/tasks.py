@@ -38,6 +38,7 @@ from reconciler.errors import ConflictError
 from reconciler.fleet import Fleet, actor_for
 from reconciler.keys import Key, agent_key, issue_key, pull_key
 from reconciler.models import (
+    BUSY_STATES,
     Agent,
     AgentId,
     AgentStatus,
@@ -61,6 +62,9 @@ log = structlog.get_logger(__name__)
 
 # A dequeue that loses its chosen task to a concurrent writer chooses again, this many times.
 DEQUEUE_ATTEMPTS = 5
+# What a dequeue reads: the waiting tasks, and those that take a slot (for the agent's load).
+# Tasks in review or finished are most of a fleet's live tasks and are never read here.
+DEQUEUE_READS = BUSY_STATES | {TaskState.CREATED}
 
 
 @dataclass(frozen=True)
@@ -283,7 +287,8 @@ class PullQueue:
 
     def _assign_next(self, agent: Agent, *, now: datetime, settings: Settings) -> Task | None:
         for _ in range(DEQUEUE_ATTEMPTS):
-            chosen = next_task_for(agent, tasks=self._store.list_tasks(), now=now)
+            tasks = self._store.list_tasks(state=DEQUEUE_READS)
+            chosen = next_task_for(agent, tasks=tasks, now=now)
             if chosen is None:
                 return None
             assigned, event = assign(

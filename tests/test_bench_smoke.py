@@ -74,3 +74,16 @@ def test_heartbeat_bench_prints_throughput_and_latency_against_targets() -> None
     assert "<= 20 ms" in rows["open loop, 200/s offered: p99"]
     assert len(VERDICT.findall(output)) == 2
     assert "20 online, 0 stop orders, state file untouched" in output
+
+
+def test_dispatch_bench_prints_dequeue_latency_doubles_and_webhook_to_assigned() -> None:
+    """bench/dispatch.py --quick: pull agents dequeue (burst and polling), nothing is handed out
+    twice, and a labelled issue's webhook is timed to its assignment on an ssh host."""
+    output = run_bench("dispatch.py")
+    rows = rows_of(output)
+    assert "<= 20 ms" in rows["polling, 10 agents x 1/s: p99"]
+    assert re.search(
+        r"\s0 of \d+ tasks handed out", rows["double assignments (answers + event log)"]
+    )
+    assert "<= 50 ms" in rows["webhook -> assigned, labels written: p50"]
+    assert len(VERDICT.findall(output)) == 3

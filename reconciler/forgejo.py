@@ -718,9 +718,11 @@ class ForgejoGateway:
         """
         tag = marker_tag(marker)
         text = f"{tag}\n{body}"
-        login = self.bot_login()
         existing = comments if comments is not None else self.list_comments(repo, number)
-        mine = next((c for c in existing if c.author == login and tag in c.body), None)
+        mine = None
+        if existing:  # only then does it matter who the bot is (one call, once per process)
+            login = self.bot_login()
+            mine = next((c for c in existing if c.author == login and tag in c.body), None)
         if mine is None:
             return self.create_comment(repo, number, text), "created"
         if _same_text(mine.body, text):

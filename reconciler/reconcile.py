@@ -99,13 +99,21 @@ class UpsertComment(Action):
     number: int
     marker: str
     body: str
+    no_comments_yet: bool = False
+    """The issue had no comments when observed: nothing to find, so no listing is needed."""
 
     def describe(self) -> str:
         first = self.body.strip().splitlines()[0] if self.body.strip() else ""
         return f"{self.repo}#{self.number}: write the {self.marker} comment: {first[:80]}"
 
     def apply(self, ctx: ActContext) -> None:
-        ctx.gateway.upsert_marker_comment(self.repo, self.number, marker=self.marker, body=self.body)
+        ctx.gateway.upsert_marker_comment(
+            self.repo,
+            self.number,
+            marker=self.marker,
+            body=self.body,
+            comments=() if self.no_comments_yet else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -130,8 +130,7 @@ def test_signed_delivery_is_accepted_and_its_keys_enqueued(receiver: Receiver) -
     """A correctly signed issues delivery answers 202 and enqueues the issue's key."""
     answer = receiver.post(ISSUE_OPENED, event="issues")
     assert answer.status == 202
-    assert answer.headers["Content-Type"] == "application/json"
-    assert answer.json() == {"accepted": 1, "keys": ["assignment:example/example#1"]}
+    assert answer.body == b""  # the status says it; the keys are in the debug log
     assert receiver.enqueued == [issue_key("example/example", 1)]
     assert receiver.deliveries == [("issues", "accepted")]
 

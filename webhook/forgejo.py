@@ -28,6 +28,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any
@@ -148,7 +149,9 @@ def install_forgejo_webhook(
             _record(on_delivery, event, event_type, delivery, DeliveryResult.IGNORED)
             return bottle.HTTPResponse(status=204)
         _record(on_delivery, event, event_type, delivery, DeliveryResult.ACCEPTED, keys=keys)
-        return _json(202, {"accepted": len(keys), "keys": [str(each) for each in keys]})
+        # No body: the status says it all, and any body makes every delivery measurably
+        # slower on the server (bench/webhook.py). The keys are in the debug log.
+        return bottle.HTTPResponse(status=202)
 
     app.route(path, method="POST", callback=receive, name="forgejo_webhook")
 
@@ -310,6 +313,26 @@ def _parse_form_payload(body: bytes) -> str:
 # --- responses and records ---------------------------------------------------------------
 
 
+_DEBUG_BY_WRAPPER: dict[object, bool] = {}
+
+
+def _debug_logged() -> bool:
+    """Whether debug lines are emitted under the current logging set-up.
+
+    Cached per structlog configuration: even a debug call that is filtered out costs a
+    logger bind, which at webhook rates is as much as the rest of the receiver's own work.
+    """
+    wrapper = structlog.get_config()["wrapper_class"]
+    enabled = _DEBUG_BY_WRAPPER.get(wrapper)
+    if enabled is None:
+        try:
+            enabled = bool(wrapper(None, [], {}).is_enabled_for(logging.DEBUG))
+        except (AttributeError, TypeError):  # not a filtering logger: assume it logs
+            enabled = True
+        _DEBUG_BY_WRAPPER[wrapper] = enabled
+    return enabled
+
+
 def _first_header(environ: Mapping[str, Any], names: tuple[str, ...]) -> str:
     """The first non-empty value among header ``names``; an empty header counts as absent.
 
@@ -368,7 +391,12 @@ def _record(
     # Accepted and ignored deliveries are counted in /metrics and their keys show up in the
     # reconcile log, so they log at debug: an info line per delivery costs as much server
     # time as the rest of the receiver. Refusals are what an operator must see.
-    emit = log.debug if result in (DeliveryResult.ACCEPTED, DeliveryResult.IGNORED) else log.warning
+    routine = result in (DeliveryResult.ACCEPTED, DeliveryResult.IGNORED)
+    if routine and not _debug_logged():
+        if on_delivery is not None:
+            on_delivery(event if event in KNOWN_EVENTS else "other", result.value)
+        return
+    emit = log.debug if routine else log.warning
     emit(
         "webhook.received",
         # structlog's own `event` is the message name, so the Forgejo event gets a longer one.

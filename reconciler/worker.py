@@ -547,7 +547,6 @@ class Worker:
         self._outbox_wake = threading.Event()
         self._registering = threading.Lock()
         self.taken = 0
-        self.finished: list[tuple[TaskId, bool]] = []  # (task, whether a receipt was queued)
         self.delivered: list[str] = []  # receipt ids the daemon acknowledged
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -793,13 +792,11 @@ class Worker:
             self._report(run, running=True, note=f"started on {self.config.hostname}")
         except (RefusedError, NotFoundError, RunStopped) as exc:
             log.warning("task.not_started", task=task.id, error=str(exc))
-            self.finished.append((task.id, False))
             return
         worktree: Path | None = None
         gateway = ForgejoGateway(
             assignment.forgejo_url, self.config.forgejo_token.get_secret_value()
         )
-        queued = False
         try:
             base = assignment.base_branch or gateway.get_repo(task.repo).default_branch
             prompt = prompt_for(gateway, task, attempt=assignment.attempt)
@@ -829,6 +826,7 @@ class Worker:
             )
             if not commits:
                 raise RunFailed("the agent finished without changing anything on the branch")
+            run.check()
             pull = gateway.find_pull_by_head(task.repo, assignment.branch)
             if pull is None:
                 body = f"Closes #{task.issue_number}\n\n{summary}".strip()
@@ -851,7 +849,6 @@ class Worker:
                     "session_id": session_id,
                 }
             )
-            queued = True
         except RunStopped as exc:
             log.info("task.stopped", task=task.id, reason=str(exc))
         except (FleetError, git.GitCommandError, OSError, ValueError) as exc:
@@ -864,7 +861,6 @@ class Worker:
             if worktree is not None:
                 with contextlib.suppress(OSError, git.GitCommandError):
                     remove_worktree(workdir=self.config.workdir, repo=task.repo, worktree=worktree)
-            self.finished.append((task.id, queued))
 
     def _report(self, run: TaskRun, *, running: bool = False, note: str = "") -> None:
         """A status update, retried while the daemon is unreachable (refusals are final)."""

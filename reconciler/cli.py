@@ -15,6 +15,7 @@ import click
 
 from reconciler import __version__
 from reconciler.errors import ConfigError, StoreLockedError
+from reconciler.models import TaskState
 
 if TYPE_CHECKING:
     from reconciler.settings import Settings
@@ -237,6 +238,48 @@ def agents(
     click.echo(agents_json(found) if as_json else agents_table(found, now=datetime.now(UTC)))
 
 
+@main.command()
+@_CONFIG_OPTION
+@click.option("--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port).")
+@click.option("--token", default=None, help="Operator token (default: api.operator_token from the config).")
+@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in TaskState]), help="Only tasks in this state; repeat for several.")
+@click.option("--repo", default=None, help="Only tasks of this repository (owner/name).")
+def status(
+    config_file: Path, server: str | None, token: str | None, states: tuple[str, ...], repo: str | None
+) -> None:
+    """Show the live tasks: counts by state, then each task with its agent, or why it waits
+    (no agent has code:rust; all 3 matching agents at capacity; backing off until 14:05), or
+    why it failed.
+
+    Asks the running daemon (GET /api/v1/tasks with the operator token).
+
+    \b
+    Examples:
+      agent-fleet status --config config/fleet.toml
+      agent-fleet status --state created --repo acme/web
+    """
+    from datetime import UTC, datetime
+
+    from reconciler.errors import FleetError
+    from reconciler.views import daemon_url, fetch_tasks, status_report
+
+    settings = _load_or_exit(config_file)
+    if token is None:
+        if settings.api.operator_token is None:
+            raise click.UsageError("no operator token: set api.operator_token or pass --token")
+        token = settings.api.operator_token.get_secret_value()
+    try:
+        tasks = fetch_tasks(
+            server or daemon_url(settings.webhook),
+            token=token,
+            states=[TaskState(s) for s in states],
+            repo=repo,
+        )
+    except (FleetError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(status_report(tasks, now=datetime.now(UTC)))
+
+
 @main.group()
 def agent() -> None:
     """Run this machine as a pull agent of a fleet.
@@ -304,7 +347,7 @@ def agent_run(
     """
     import shlex
 
-    from pydantic import ValidationError
+    from pydantic import SecretStr, ValidationError
 
     from reconciler.logs import configure_logging
     from reconciler.worker import WorkerConfig, resolve_adapter, serve
@@ -313,7 +356,7 @@ def agent_run(
     try:
         config = WorkerConfig(
             server=server,
-            token=token,
+            token=SecretStr(token) if token else None,
             agent_id=agent_id,
             agent_type=agent_type or adapter,
             adapter=resolve_adapter(
@@ -324,7 +367,7 @@ def agent_run(
             max_concurrency=max_concurrency,
             workdir=workdir.absolute(),
             state_dir=state_dir.absolute(),
-            forgejo_token=forgejo_token,
+            forgejo_token=SecretStr(forgejo_token),
             poll_interval=poll_interval,
         )
     except (ValueError, ValidationError) as exc:

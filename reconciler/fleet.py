@@ -58,7 +58,7 @@ from reconciler.models import (
     TaskState,
     transition,
 )
-from reconciler.placement import active_load
+from reconciler.placement import active_load, queue_order
 from reconciler.settings import ApiSettings, Settings
 from reconciler.store import Store
 
@@ -610,6 +610,12 @@ class Fleet:
             current_tasks=tuple(sorted(tasks, key=lambda t: t.id)),
             uptime_percent=uptime_percent(agent, now=now),
         )
+
+    def tasks(self, *, states: Iterable[TaskState] = (), repo: str | None = None) -> list[Task]:
+        """Live tasks (not yet archived), in queue order: for people and tools."""
+        wanted = set(states)
+        found = self._store.list_tasks(state=wanted or None, repo=repo)
+        return sorted(found, key=queue_order)
 
     def available_agents(self) -> list[Agent]:
         """Agents that may be given a new task now, least loaded first: online (not draining,

@@ -262,14 +262,85 @@ def fetch_agents(
     Raises :class:`RefusedError` (401/403…) or :class:`NotFoundError` with the daemon's own
     message, and :class:`TransientError` when the daemon cannot be reached.
     """
-    if not server.startswith(("http://", "https://")):
-        raise ValueError(f"the daemon's address must be an http(s) URL, not {server!r}")
     query = [("capability", c) for c in capabilities]
     if status is not None:
         query.append(("status", status.value))
     if role is not None:
         query.append(("role", role))
-    url = f"{server.rstrip('/')}/api/v1/agents"
+    url, body = _get(server, "/api/v1/agents", query, token=token, timeout=timeout)
+    try:
+        return list(AgentList.model_validate_json(body).agents)
+    except ValidationError as exc:
+        raise TransientError(f"{url} answered something that is not an agent list: {exc}") from None
+
+
+class TaskList(_Shape):
+    tasks: tuple[Task, ...]
+
+
+def fetch_tasks(
+    server: str,
+    *,
+    token: str,
+    states: Sequence[TaskState] = (),
+    repo: str | None = None,
+    timeout: float = 10.0,
+) -> list[Task]:
+    """``GET /api/v1/tasks`` from a running daemon with the operator token."""
+    query = [("state", s.value) for s in states]
+    if repo is not None:
+        query.append(("repo", repo))
+    url, body = _get(server, "/api/v1/tasks", query, token=token, timeout=timeout)
+    try:
+        return list(TaskList.model_validate_json(body).tasks)
+    except ValidationError as exc:
+        raise TransientError(f"{url} answered something that is not a task list: {exc}") from None
+
+
+def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
+    """``agent-fleet status``: how many tasks are in each state, then each live task with
+    its agent, or why it waits, or why it failed."""
+    if not tasks:
+        return "no live tasks"
+    counts: dict[str, int] = {}
+    for task in tasks:
+        counts[task.state.value] = counts.get(task.state.value, 0) + 1
+    lines = ["  ".join(f"{state}: {n}" for state, n in sorted(counts.items())), ""]
+    rows = [("TASK", "ISSUE", "PRIORITY", "STATE", "AGENT", "AGE", "WHY / WHAT")]
+    for task in tasks:
+        if task.state is TaskState.FAILED:
+            why = task.failure_reason
+        elif task.state is TaskState.CREATED:
+            why = task.wait_reason or "waiting to be placed"
+        elif task.pr_number is not None:
+            why = f"PR #{task.pr_number} on {task.branch}"
+        else:
+            why = f"attempt {task.attempt} on {task.branch}"
+        rows.append(
+            (
+                task.id,
+                f"{task.repo}#{task.issue_number}",
+                task.priority.value,
+                task.state.value,
+                task.agent_id or "-",
+                format_duration((now - task.created_at).total_seconds()),
+                why,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def _get(
+    server: str, path: str, query: list[tuple[str, str]], *, token: str, timeout: float
+) -> tuple[str, bytes]:
+    """GET one API path with the operator token; the URL and the raw body."""
+    if not server.startswith(("http://", "https://")):
+        raise ValueError(f"the daemon's address must be an http(s) URL, not {server!r}")
+    url = f"{server.rstrip('/')}{path}"
     if query:
         url += "?" + urllib.parse.urlencode(query)
     request = urllib.request.Request(
@@ -286,10 +357,7 @@ def fetch_agents(
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TransientError(f"cannot reach the agent-fleet daemon at {server}: {reason}") from None
-    try:
-        return list(AgentList.model_validate_json(body).agents)
-    except ValidationError as exc:
-        raise TransientError(f"{url} answered something that is not an agent list: {exc}") from None
+    return url, body
 
 
 def _error_of(body: bytes, *, fallback: str) -> tuple[str, str]:
@@ -311,5 +379,7 @@ __all__ = [
     "agents_table",
     "daemon_url",
     "fetch_agents",
+    "fetch_tasks",
     "format_duration",
+    "status_report",
 ]

@@ -480,3 +480,75 @@ def test_the_cli_finds_the_daemon_from_the_config(bind: str, port: int, url: str
     assert daemon_url(WebhookSettings(bind=bind, port=port)) == url
     with pytest.raises(ValueError, match="picked its port"):
         daemon_url(WebhookSettings(port=0))
+
+
+def test_status_lists_live_tasks_with_why_they_wait_from_a_served_daemon(
+    api: Api, tmp_path: Path
+) -> None:
+    """GET /api/v1/tasks (operator only) and `agent-fleet status` over real HTTP: counts by
+    state, queue order, and each task's reason to wait or to have failed."""
+    from datetime import timedelta
+
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+    from reconciler.models import Priority, RepoName, Task, task_id_for
+    from reconciler.views import fetch_tasks, status_report
+
+    now = api.registry.clock()
+    store = api.registry.store
+    base = {"repo": RepoName("acme/web"), "title": "t", "created_at": now, "updated_at": now}
+    store.put_task(
+        Task(
+            id=task_id_for("acme/web", 1),
+            issue_number=1,
+            wait_reason="no agent has role developer and code:rust",
+            **base,
+        )
+    )
+    store.put_task(
+        Task(
+            id=task_id_for("acme/web", 2),
+            issue_number=2,
+            priority=Priority.HIGH,
+            **{**base, "created_at": now - timedelta(minutes=5)},
+        )
+    )
+    store.put_task(
+        Task(
+            id=task_id_for("acme/web", 3),
+            issue_number=3,
+            state=TaskState.FAILED,
+            failure_reason="timed out",
+            **base,
+        )
+    )
+    assert api.call("get", "/tasks", token="nope").status_code == 401
+    app = make_app()
+    install_agent_api(
+        app, fleet=api.registry.fleet, settings=api.registry.settings, max_body_bytes=1024
+    )
+    server = HttpServer(app, host="127.0.0.1", port=0)
+    server.start()
+    try:
+        tasks = fetch_tasks(server.url, token=OPERATOR)
+        assert [t.issue_number for t in tasks] == [2, 1, 3]  # high priority first, then age
+        report = status_report(tasks, now=now)
+        assert report.splitlines()[0] == "created: 2  failed: 1"
+        assert "no agent has role developer and code:rust" in report and "timed out" in report
+        assert [
+            t.issue_number
+            for t in fetch_tasks(server.url, token=OPERATOR, states=[TaskState.FAILED])
+        ] == [3]
+        config = tmp_path / "fleet.toml"
+        config.write_text(
+            '[forgejo]\nurl = "http://forgejo.invalid"\ntoken = "t"\nbot_login = "bot"\n'
+        )
+        result = CliRunner().invoke(
+            main, ["status", "--config", str(config), "--server", server.url, "--token", OPERATOR]
+        )
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.output
+    assert "created: 2  failed: 1" in result.output
+    assert "no agent has role developer and code:rust" in result.output

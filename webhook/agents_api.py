@@ -188,6 +188,12 @@ class TaskDetail(_Answer):
     events: tuple[TaskEvent, ...]
 
 
+class TaskList(_Answer):
+    """``GET /api/v1/tasks``: live tasks in queue order, each with why it waits or failed."""
+
+    tasks: tuple[Task, ...]
+
+
 class ErrorAnswer(_Answer):
     """Every error: a stable machine-readable code and a sentence for people."""
 
@@ -497,6 +503,24 @@ def install_agent_api(
             raise _not_found("task_not_found", exc) from None
         return 200, TaskStatusAnswer(task=update.task, changed=update.changed)
 
+    @app.get(f"{API}/tasks")  # type: ignore[untyped-decorator]
+    @endpoint
+    def list_tasks() -> tuple[int, BaseModel]:
+        operator_caller(fleet)
+        query = bottle.request.query
+        unknown = sorted(set(query.keys()) - {"state", "repo"})
+        if unknown:
+            raise ApiError(
+                400, "invalid_query", f"unknown query parameter(s): {', '.join(unknown)}"
+            )
+        try:
+            states = [TaskState(s) for s in query.getall("state") if s]
+        except ValueError:
+            known = ", ".join(s.value for s in TaskState)
+            raise ApiError(400, "invalid_query", f"state must be one of {known}") from None
+        tasks = fleet.tasks(states=states, repo=query.get("repo") or None)
+        return 200, TaskList(tasks=tuple(tasks))
+
     @app.get(f"{API}/tasks/<task_id>")  # type: ignore[untyped-decorator]
     @endpoint
     def get_task(task_id: str) -> tuple[int, BaseModel]:
@@ -521,6 +545,7 @@ __all__ = [
     "RegisterAnswer",
     "RegisterRequest",
     "TaskDetail",
+    "TaskList",
     "TaskStatusAnswer",
     "TaskStatusRequest",
     "agent_caller",

@@ -19,7 +19,7 @@ import bottle  # type: ignore[import-untyped]  # bottle ships no type informatio
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from reconciler.models import AgentStatus
+from reconciler.models import AgentStatus, TaskState
 from reconciler.views import AgentList, AgentSummary
 from webhook.agents_api import (
     API,
@@ -32,6 +32,7 @@ from webhook.agents_api import (
     RegisterAnswer,
     RegisterRequest,
     TaskDetail,
+    TaskList,
     TaskStatusAnswer,
     TaskStatusRequest,
 )
@@ -232,6 +233,31 @@ OPERATIONS: tuple[Operation, ...] = (
             409: "`stale_lease`, `illegal_transition`, `task_changed`",
         },
         parameters=(_TASK_ID,),
+    ),
+    Operation(
+        "get",
+        f"{API}/tasks",
+        "listTasks",
+        "Live tasks in queue order, each with its state, agent, and why it waits or failed.",
+        "operator",
+        (200, TaskList, "The tasks, highest priority and oldest first."),
+        errors={400: "`invalid_query`", **_AUTH_ERRORS},
+        parameters=(
+            {
+                "name": "state",
+                "in": "query",
+                "required": False,
+                "description": "Only tasks in this state; repeat for several.",
+                "schema": {"type": "string", "enum": [s.value for s in TaskState]},
+            },
+            {
+                "name": "repo",
+                "in": "query",
+                "required": False,
+                "description": "Only tasks of this repository (owner/name).",
+                "schema": {"type": "string"},
+            },
+        ),
     ),
     Operation(
         "get",

@@ -93,6 +93,15 @@ def _open_store_or_exit(settings: Settings) -> Store:
         sys.exit(3)
 
 
+def _operator_token(settings: Settings, given: str | None) -> str:
+    """The --token given, else api.operator_token from the config."""
+    if given is not None:
+        return given
+    if settings.api.operator_token is None:
+        raise click.UsageError("no operator token: set api.operator_token or pass --token")
+    return settings.api.operator_token.get_secret_value()
+
+
 _CONFIG_OPTION = click.option(
     "--config",
     "config_file",
@@ -221,10 +230,7 @@ def agents(
     from reconciler.views import agents_json, agents_table, daemon_url, fetch_agents
 
     settings = _load_or_exit(config_file)
-    if token is None:
-        if settings.api.operator_token is None:
-            raise click.UsageError("no operator token: set api.operator_token or pass --token")
-        token = settings.api.operator_token.get_secret_value()
+    token = _operator_token(settings, token)
     try:
         found = fetch_agents(
             server or daemon_url(settings.webhook),
@@ -264,10 +270,7 @@ def status(
     from reconciler.views import daemon_url, fetch_tasks, status_report
 
     settings = _load_or_exit(config_file)
-    if token is None:
-        if settings.api.operator_token is None:
-            raise click.UsageError("no operator token: set api.operator_token or pass --token")
-        token = settings.api.operator_token.get_secret_value()
+    token = _operator_token(settings, token)
     try:
         tasks = fetch_tasks(
             server or daemon_url(settings.webhook),

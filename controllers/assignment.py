@@ -195,6 +195,15 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     if not open_and_wanted:
         if task is None or task.is_terminal:
             return ()
+        # Merging a pull request that says "Closes #N" closes the issue: the task's fate is
+        # its PR's (the review and receipts controllers complete or fail it), not a cancel.
+        if (
+            issue is not None
+            and issue.state is not IssueState.OPEN
+            and task.pr_number is not None
+            and task.state in (TaskState.REVIEW_PENDING, TaskState.FAILED)
+        ):
+            return ()
         if issue is None:
             why = "the issue no longer exists"
         elif issue.state is not IssueState.OPEN:

@@ -417,7 +417,8 @@ class HostExecutor:
             return verdicts[login]
 
         return build_prompt(issue=issue, comments=comments, trusted=trusted, repo=task.repo,
-                            branch=task.branch, attempt=task.attempt)
+                            branch=task.branch, attempt=task.attempt,
+                            review_feedback=task.review_feedback)
 
     # --- reporting back ------------------------------------------------------------------
 

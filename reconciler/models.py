@@ -246,6 +246,27 @@ class Lease(_Frozen):
     _check_times = field_validator("granted_at")(_aware)
 
 
+class CheckOutcome(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    PENDING = "pending"
+    """Not decided yet (a required status still running): checked again later."""
+
+
+class ReceiptCheck(_Frozen):
+    """One claim of a receipt checked against Forgejo, and what Forgejo showed."""
+
+    name: str = Field(
+        description="pull_request, repository, branch, commits, diff, or status:<context>"
+    )
+    outcome: CheckOutcome
+    detail: str = Field(default="", description="What was found, in words a person can act on.")
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is CheckOutcome.PASSED
+
+
 class Task(_Frozen):
     id: TaskId
     repo: RepoName
@@ -277,6 +298,23 @@ class Task(_Frozen):
     comment_digest: str = ""
     """Digest of the task's status comment as last written, so an unchanged comment costs no
     Forgejo call; empty means it must be checked (e.g. after local state was lost)."""
+    previous_agent: AgentId | None = None
+    """The agent that worked on the task before changes were requested in review: placement
+    gives the next attempt back to it when it fits and has a free slot."""
+    review_feedback: tuple[str, ...] = ()
+    """The review comments (trusted reviewers only) the next attempt's prompt must answer."""
+    reviews_seen: tuple[int, ...] = ()
+    """Ids of the pull request's reviews already acted on or recorded, so each counts once."""
+    branch_head: str = ""
+    """The tip of the task's branch as last seen: a new tip is activity on the task."""
+    sent_back_head: str = ""
+    """The pull request's head commit when changes were last requested: the task goes back
+    to review only with newer work on it."""
+    checks: tuple[ReceiptCheck, ...] = ()
+    """The verification of the receipt that completed or failed the task, one entry per claim
+    (every verification, passed or not, is in the task's events, kind ``verification``)."""
+    result_digest: str = ""
+    """Digest of the result comment as last written (empty: not written by this store)."""
 
     _check_times = field_validator(
         "created_at", "updated_at", "last_activity_at", "deadline_at", "not_before"

@@ -7,7 +7,9 @@ API's dequeue (where a pull agent takes the best task it can run). Both see the 
 * a task fits an agent that is online, not draining, has the required role and every
   required capability, and has a free slot (``max_concurrency`` minus its active tasks);
   a pinned task (``fleet/assign:<agent>``) fits only that agent;
-* among fitting agents the least loaded wins (by share of slots used, then id);
+* among fitting agents the least loaded wins (by share of slots used, then id) — except that
+  a task sent back by a review goes to the agent that worked on it before (``previous_agent``)
+  when that agent fits and has a free slot: it knows the branch and may resume its session;
 * a task ahead in the queue takes a slot before a task behind it, so a low-priority task
   never jumps a high-priority one for the last free slot;
 * when a task cannot be placed, ``Placement.reason`` says why in words a person can act on.
@@ -86,6 +88,12 @@ def _least_loaded(agents: Sequence[Agent], load: Mapping[AgentId, int]) -> Agent
     return min(agents, key=lambda a: (load.get(a.id, 0) / a.max_concurrency, load.get(a.id, 0), a.id))
 
 
+def _preferred(task: Task, agents: Sequence[Agent], load: Mapping[AgentId, int]) -> Agent:
+    """The agent ``task`` goes to among ``agents`` (each fits it and has a free slot)."""
+    previous = next((a for a in agents if a.id == task.previous_agent), None)
+    return previous if previous is not None else _least_loaded(agents, load)
+
+
 def place(
     task: Task,
     *,
@@ -142,7 +150,7 @@ def place(
             break
         takers = [a for a in online if free[a.id] > 0 and fits(other, a)]
         if takers:
-            free[_least_loaded(takers, load).id] -= 1
+            free[_preferred(other, takers, load).id] -= 1
 
     open_slots = [a for a in online if free[a.id] > 0]
     if not open_slots:
@@ -155,7 +163,7 @@ def place(
             None,
             f"waiting for a pull agent to take it ({len(open_slots)} matching online with a free slot)",
         )
-    return Placement(_least_loaded(placeable, load))
+    return Placement(_preferred(task, placeable, load))
 
 
 def next_task_for(agent: Agent, *, tasks: Sequence[Task], now: datetime) -> Task | None:

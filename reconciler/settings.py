@@ -690,6 +690,41 @@ class RetriesSettings(Section):
         return _not_below(value, info.data.get("backoff_initial"), name="backoff_initial")
 
 
+StatusContext = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class ReviewSettings(Section):
+    """Pull requests, reviews and the verification of receipts."""
+
+    required_statuses: tuple[StatusContext, ...] = Field(
+        default=(),
+        description="Commit status contexts that must be success on a pull request's head "
+        "before its task completes (e.g. ci/build); empty: no status is required.",
+    )
+    close_issue: bool = Field(
+        default=False,
+        description="Close the task's issue when the task completes (Forgejo also closes it "
+        "on merge when the pull request body says Closes #N).",
+    )
+    receipt_grace: Seconds = Field(
+        default=120.0,
+        description="Seconds a running task's agent has after its last push to hand in the "
+        "receipt for its open pull request; past it the task goes to review without one.",
+    )
+    status_recheck: Seconds = Field(
+        default=60.0,
+        description="Seconds between looks at required statuses still pending on a merged "
+        "pull request.",
+    )
+
+    @field_validator("required_statuses")
+    @classmethod
+    def _contexts_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise _custom("duplicate_context", "a status context is listed twice")
+        return value
+
+
 # --- the model -----------------------------------------------------------------------------
 
 
@@ -760,6 +795,10 @@ class Settings(BaseSettings):
     )
     retries: RetriesSettings = Field(
         default_factory=RetriesSettings, description="Task retries and review rounds."
+    )
+    review: ReviewSettings = Field(
+        default_factory=ReviewSettings,
+        description="Pull requests, reviews and receipt verification.",
     )
 
     @classmethod

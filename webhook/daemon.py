@@ -28,7 +28,9 @@ from typing import Any
 import structlog
 
 from controllers.assignment import AssignmentController
+from controllers.receipts import ReceiptsController
 from controllers.registry import RegistryController
+from controllers.review import ReviewController
 from reconciler.dispatch import HostExecutor
 from reconciler.errors import ConfigError, FleetError
 from reconciler.fleet import Fleet
@@ -184,6 +186,8 @@ def build(
             gateway, store, actuator, settings=holder, clock=clock, executor=executor
         ),
         RegistryController(store, fleet, actuator, settings=holder, clock=clock),
+        ReviewController(gateway, store, actuator, settings=holder, clock=clock, executor=executor),
+        ReceiptsController(gateway, store, actuator, settings=holder, clock=clock),
     )
     handled.update(c.name for c in controllers)
     loop = Loop(controllers, queue, workers=settings.loop.workers, metrics=metrics)

@@ -208,6 +208,9 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         )  # fmt: skip
 
     if pull.merged:
+        if task.state is TaskState.REVIEW_PENDING:
+            # The reviews that led to the merge belong in the history too.
+            task = _reviews(observed, task, pull, events, now=now, settings=settings)
         if task.state in (TaskState.REVIEW_PENDING, TaskState.RUNNING):
             follow_up.append(task_key(task.repo, task.id))
     elif pull.state is IssueState.CLOSED:
@@ -298,6 +301,8 @@ def _reviews(
             note = f"{review.author} approved pull request #{pull.number}{text}"
         elif review.state is ReviewState.COMMENT:
             note = f"{review.author} commented on pull request #{pull.number}{text}"
+        elif pull.merged:
+            note = f"{review.author} requested changes, but pull request #{pull.number} was merged"
         elif review.commit_id and pull.head_sha and review.commit_id != pull.head_sha:
             note = (
                 f"{review.author} requested changes on {short(review.commit_id)}; newer commits "
@@ -470,7 +475,7 @@ class ReviewController:
         if (
             pull is None
             or task.state is not TaskState.REVIEW_PENDING
-            or pull.state is not IssueState.OPEN
+            or (pull.state is not IssueState.OPEN and not pull.merged)
             or not is_the_tasks_pull(pull, task)
         ):
             return observed

@@ -284,6 +284,47 @@ def status(
 
 
 @main.group()
+def tasks() -> None:
+    """Look at one task of the fleet.
+
+    \b
+    Example:
+      agent-fleet tasks show 12-3f9a1c2b --config config/fleet.toml
+    """
+
+
+@tasks.command("show")
+@click.argument("task_id")
+@_CONFIG_OPTION
+@click.option("--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port).")
+@click.option("--token", default=None, help="Operator token (default: api.operator_token from the config).")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of the timeline.")
+def tasks_show(task_id: str, config_file: Path, server: str | None, token: str | None, as_json: bool) -> None:
+    """Show one task and its full history: created, assigned (agent, lease), running, progress,
+    the pull request, reviews, receipts, each verification of a receipt, completed or failed.
+
+    Asks the running daemon (GET /api/v1/tasks/ID with the operator token). The id is the one
+    agent-fleet status lists, issue number first.
+
+    \b
+    Examples:
+      agent-fleet tasks show 12-3f9a1c2b --config config/fleet.toml
+      agent-fleet tasks show 12-3f9a1c2b --json
+    """
+    from reconciler.errors import FleetError
+    from reconciler.history import fetch_task, task_report
+    from reconciler.views import daemon_url
+
+    settings = _load_or_exit(config_file)
+    token = _operator_token(settings, token)
+    try:
+        history = fetch_task(server or daemon_url(settings.webhook), task_id, token=token)
+    except (FleetError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(history.model_dump_json(indent=2) if as_json else task_report(history))
+
+
+@main.group()
 def agent() -> None:
     """Run this machine as a pull agent of a fleet.
 

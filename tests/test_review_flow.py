@@ -25,7 +25,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from click.testing import CliRunner
+
 from controllers.receipts import RESULT_MARKER
+from reconciler.cli import main
+from reconciler.history import fetch_task
 from reconciler.forgejo import marker_tag
 from reconciler.models import (
     AgentId,
@@ -40,6 +44,7 @@ from reconciler.models import (
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
     AdapterSettings,
+    ApiSettings,
     ForgejoSettings,
     HostSettings,
     LoopSettings,
@@ -55,6 +60,7 @@ from webhook.daemon import Assembly, build, http_app, prepare_repos
 from webhook.server import HttpServer
 
 SECRET = "review-flow-secret"
+OPERATOR = "review-flow-operator-token"
 HOST = "local"
 RUN_TIMEOUT = 60.0
 
@@ -187,6 +193,7 @@ def flow_settings(forge: ForgejoSandbox, tmp_path: Path, **sections: object) -> 
             bot_login=forge.admin_login,
         ),
         webhook=WebhookSettings(secret=SecretStr(SECRET), port=1),
+        api=ApiSettings(operator_token=SecretStr(OPERATOR)),
         loop=LoopSettings(resync_interval=3600),
         store=StoreSettings(path=tmp_path / "state"),
         hosts=(
@@ -302,6 +309,40 @@ def test_a_task_goes_through_a_rejected_review_to_a_verified_merge(make_flow: An
     assert flow.assembly.gateway.writes == writes
     assert len(flow.store.events_for(done.id)) == events
     assert len(flow.result_comments(number)) == 1
+
+
+def test_tasks_show_prints_the_whole_history_through_the_daemon(make_flow: Any, tmp_path: Path) -> None:
+    """agent-fleet tasks show ID asks the daemon's API and prints the task with every event:
+    created, assigned with its lease, running, the PR, the receipt, each verification, review."""
+    flow: Flow = make_flow()
+    number = flow.forge.create_issue(DEMO_REPO, "Add a --quiet flag", body="## Goal\nBe quiet.", labels=["fleet/task"])
+    flow.deliver("issues-opened", number=number)
+    task = flow.task(number)
+    assert task.pr_number is not None
+    flow.forge.review(DEMO_REPO, task.pr_number, "REQUEST_CHANGES", body="Shorter, please.", author="alice")
+    flow.store.put_task(task.model_copy(update={"review_count": flow.assembly.settings().retries.max_review_rounds}))
+    flow.deliver("pull_request_review-rejected", number=task.pr_number, branch=task.branch)
+
+    history = fetch_task(flow.server.url, task.id, token=OPERATOR)
+    assert history.task.state is TaskState.FAILED and len(history.events) == len(flow.store.events_for(task.id))
+    config = tmp_path / "cli.toml"
+    config.write_text(f'[forgejo]\nurl = "{flow.forge.url}"\ntoken = "t"\nbot_login = "b"\n')
+    result = CliRunner().invoke(
+        main, ["tasks", "show", task.id, "--config", str(config), "--server", flow.server.url, "--token", OPERATOR]
+    )
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert text.startswith(f"task {task.id}  {DEMO_REPO}#{number}  Add a --quiet flag")
+    assert "failed (not retried): changes were requested in 4 review rounds" in text
+    for line in ("new → created", "created → assigned", "assigned to local (lease 1)", "assigned → running",
+                 "running → review_pending", f"pull request #{task.pr_number} opened", "receipt",
+                 "verification ✓", "pull_request passed", "alice requested changes: Shorter, please.",
+                 "review_pending → failed"):  # fmt: skip
+        assert line in text, line
+    missing = CliRunner().invoke(
+        main, ["tasks", "show", "9-00000000", "--config", str(config), "--server", flow.server.url, "--token", OPERATOR]
+    )
+    assert missing.exit_code == 1 and "no task '9-00000000'" in missing.output, missing.output
 
 
 def test_push_and_opened_payloads_move_a_pull_agents_task_to_review(make_flow: Any) -> None:

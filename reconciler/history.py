@@ -1,0 +1,114 @@
+"""A task's history as people read it: fetched from the daemon, printed as a timeline.
+
+``agent-fleet tasks show ID`` calls :func:`fetch_task` (``GET /api/v1/tasks/{id}`` with the
+operator token — the daemon holds the state store, so the store is not read directly) and
+prints :func:`task_report`: the task's state, its agent, PR and the checks of its receipt,
+then every event oldest first — created, assigned (agent, lease), running, progress, pushes,
+the pull request, reviews, receipts, each verification, completed or failed.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from reconciler.errors import TransientError
+from reconciler.models import CheckOutcome, Task, TaskEvent, TaskState
+from reconciler.views import _get
+
+_MARK = {CheckOutcome.PASSED: "✓", CheckOutcome.FAILED: "✗", CheckOutcome.PENDING: "…"}
+
+
+class TaskHistory(BaseModel):
+    """``GET /api/v1/tasks/{id}``: the task and its events, oldest first."""
+
+    # An older CLI reads a newer daemon's answer: fields it does not know are ignored.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    task: Task
+    events: tuple[TaskEvent, ...]
+
+
+def fetch_task(server: str, task_id: str, *, token: str, timeout: float = 10.0) -> TaskHistory:
+    """One task and its history from a running daemon, with the operator token.
+
+    Raises :class:`NotFoundError` for an unknown task, :class:`RefusedError` for a refused
+    token and :class:`TransientError` when the daemon cannot be reached.
+    """
+    if not task_id.strip():
+        raise ValueError("give a task id, e.g. 12-3f9a1c2b")
+    path = f"/api/v1/tasks/{urllib.parse.quote(task_id, safe='')}"
+    url, body = _get(server, path, [], token=token, timeout=timeout)
+    try:
+        return TaskHistory.model_validate_json(body)
+    except ValidationError as exc:
+        raise TransientError(f"{url} answered something that is not a task: {exc}") from None
+
+
+def _what(event: TaskEvent) -> str:
+    if event.kind == "transition":
+        source = event.from_state.value if event.from_state is not None else "new"
+        target = event.to_state.value if event.to_state is not None else "?"
+        return f"{source} → {target}"
+    if event.kind == "verification":
+        outcome = str(event.data.get("outcome", ""))
+        known = {o.value: o for o in CheckOutcome}
+        return f"verification {_MARK[known[outcome]] if outcome in known else '?'}"
+    return event.kind
+
+
+def _detail(event: TaskEvent) -> str:
+    data: dict[str, Any] = event.data
+    assigned = event.kind == "transition" and event.to_state is TaskState.ASSIGNED
+    if assigned and "lease_generation" in data:
+        return f"{event.reason} (lease {data['lease_generation']})"
+    return event.reason
+
+
+def task_report(history: TaskHistory) -> str:
+    """The task, then its history as one line per event."""
+    task = history.task
+    lines = [f"task {task.id}  {task.repo}#{task.issue_number}  {task.title}"]
+    facts = [f"state: {task.state.value}"]
+    if task.agent_id:
+        facts.append(f"agent: {task.agent_id} (lease {task.lease_generation})")
+    elif task.previous_agent:
+        facts.append(f"previous agent: {task.previous_agent}")
+    facts.append(f"attempt {task.attempt}")
+    if task.review_count:
+        facts.append(f"{task.review_count} review round(s) asked for changes")
+    if task.pr_number is not None:
+        facts.append(f"PR #{task.pr_number}")
+    facts.append(f"branch {task.branch}")
+    lines.append(" · ".join(facts))
+    if task.state is TaskState.FAILED and task.failure_reason:
+        retry = "will be retried" if task.failure_retryable else "not retried"
+        lines.append(f"failed ({retry}): {task.failure_reason}")
+    if task.state is TaskState.CREATED and task.wait_reason:
+        lines.append(f"waiting: {task.wait_reason}")
+    if task.checks:
+        lines.append("receipt checks:")
+        lines += [f"  {_MARK[c.outcome]} {c.name}: {c.detail}" for c in task.checks]
+    lines += ["", "history:"]
+    lines += _timeline(history.events)
+    return "\n".join(lines)
+
+
+def _timeline(events: Sequence[TaskEvent]) -> list[str]:
+    if not events:
+        return ["  (no events)"]
+    rows = [(f"{e.at:%Y-%m-%d %H:%M:%S}", _what(e), e.actor, _detail(e)) for e in events]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [
+        "  "
+        + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        + "  "
+        + row[3]
+        for row in rows
+    ]
+
+
+__all__ = ["TaskHistory", "fetch_task", "task_report"]

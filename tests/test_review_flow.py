@@ -23,14 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
-
 from click.testing import CliRunner
+from pydantic import SecretStr
 
 from controllers.receipts import RESULT_MARKER
 from reconciler.cli import main
-from reconciler.history import fetch_task
 from reconciler.forgejo import marker_tag
+from reconciler.history import fetch_task
 from reconciler.models import (
     AgentId,
     AgentStatus,

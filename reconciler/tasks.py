@@ -5,10 +5,14 @@ the daemon's HTTP assembly beside the :class:`~reconciler.fleet.Fleet` it builds
 
 * :meth:`PullQueue.dequeue` gives the calling agent the first waiting task that fits it
   (``placement.next_task_for``: queue order, role, capabilities, pin, a free slot) under a new
-  lease, with a deadline from ``timeouts``. The choice and the assignment happen under one
-  lock, and the write is a compare-and-swap against the task as it was chosen, so twenty
-  agents asking at once never get the same task and a reconcile writing the task meanwhile
-  makes the dequeue choose again.
+  lease, with a deadline from ``timeouts``. Dequeues arriving together are *group committed*
+  (:class:`~reconciler.store.group_commit.GroupCommit`): one caller at a time chooses for
+  every dequeue waiting, in arrival order, each seeing the tasks the ones before it took, and
+  writes all their assignments with one durable write (``Store.commit``), a compare-and-swap
+  against the tasks as they were chosen. So a hundred agents asking at once never get the same
+  task, share a handful of writes instead of queueing behind a hundred, and a reconcile
+  writing a chosen task meanwhile makes the batch choose again. Nobody gets an answer before
+  the batch is on disk; a batch that cannot be written fails every dequeue in it.
 * :meth:`PullQueue.accept_receipt` records what an agent says it did, under its lease: a
   receipt with a pull request moves the task ``running → review_pending``; one without (the
   ``complete`` endpoint) finishes it ``running → completed``. Receipts are idempotent by their
@@ -27,14 +31,13 @@ Nothing is written for a refused request: every check runs before the first writ
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 
-from reconciler.errors import ConflictError
+from reconciler.errors import ConflictError, StaleStateError, StoreError
 from reconciler.fleet import Fleet, actor_for
 from reconciler.keys import Key, agent_key, issue_key, pull_key
 from reconciler.models import (
@@ -57,6 +60,8 @@ from reconciler.models import (
 from reconciler.placement import next_task_for
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
+from reconciler.store.group_commit import GroupCommit
+from reconciler.store.store import TaskWrite
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +70,25 @@ DEQUEUE_ATTEMPTS = 5
 # What a dequeue reads: the waiting tasks, and those that take a slot (for the agent's load).
 # Tasks in review or finished are most of a fleet's live tasks and are never read here.
 DEQUEUE_READS = BUSY_STATES | {TaskState.CREATED}
+
+
+@dataclass(frozen=True)
+class DequeueAsk:
+    """One agent's dequeue, checked and waiting for its batch: the agent as read under its
+    lock, and the clock and settings of the moment it asked."""
+
+    agent: Agent
+    now: datetime
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A task chosen for one ask: the task as read, as assigned, and the event saying so."""
+
+    chosen: Task
+    assigned: Task
+    event: TaskEvent
 
 
 @dataclass(frozen=True)
@@ -147,6 +171,48 @@ def labels_implied(task: Task, vocabulary: LabelsSettings) -> tuple[str, ...]:
     return tuple(labels)
 
 
+def plan_assignments(asks: Sequence[DequeueAsk], tasks: Sequence[Task]) -> list[Assignment | None]:
+    """What each ask gets, in turn, from ``tasks`` (the waiting and busy tasks): the task
+    ``next_task_for`` picks for its agent, assigned with a new lease and a deadline — or None.
+
+    Pure. Each ask sees the tasks as the asks before it left them, so no task is given twice
+    and an agent's load counts what it took earlier in the same batch.
+    """
+    view = list(tasks)
+    position = {task.id: index for index, task in enumerate(view)}
+    planned: list[Assignment | None] = []
+    for ask in asks:
+        chosen = next_task_for(ask.agent, tasks=view, now=ask.now)
+        if chosen is None:
+            planned.append(None)
+            continue
+        assignment = assignment_for(chosen, ask)
+        view[position[chosen.id]] = assignment.assigned
+        planned.append(assignment)
+    return planned
+
+
+def assignment_for(chosen: Task, ask: DequeueAsk) -> Assignment:
+    """``chosen`` assigned to the asking agent under a new lease, with its deadline."""
+    agent, now = ask.agent, ask.now
+    assigned, event = assign(
+        chosen, agent.id, now=now, actor=actor_for(agent.id), reason=f"dequeued by {agent.id}"
+    )
+    timeout = ask.settings.timeouts.for_task(
+        roles=(chosen.required_role,) if chosen.required_role else (),
+        labels=labels_implied(chosen, ask.settings.labels),
+    )
+    assigned = Task.model_validate(
+        {
+            **assigned.model_dump(),
+            "deadline_at": now + timedelta(seconds=timeout),
+            "failure_reason": "",
+            "failure_retryable": False,
+        }
+    )
+    return Assignment(chosen=chosen, assigned=assigned, event=event)
+
+
 def target_state(receipt: Receipt) -> TaskState:
     """Where a receipt takes its running task: review with a pull request, else completed."""
     return TaskState.REVIEW_PENDING if receipt.pr_number is not None else TaskState.COMPLETED
@@ -220,14 +286,19 @@ class PullQueue:
         self._settings = settings
         self._clock = clock
         self._enqueue = enqueue
-        # One dequeue at a time chooses among the waiting tasks: a choice is only as good as
-        # the list it was made from.
-        self._choosing = threading.Lock()
+        # One batch at a time chooses among the waiting tasks (a choice is only as good as the
+        # list it was made from) and writes them all at once.
+        self._dequeues: GroupCommit[DequeueAsk, Task | None] = GroupCommit(self._assign_batch)
 
     @property
     def fleet(self) -> Fleet:
         """The registry this queue authenticates and fences agents with."""
         return self._fleet
+
+    @property
+    def dequeues(self) -> GroupCommit[DequeueAsk, Task | None]:
+        """The dequeues' group commit (how many wait, how many batches were written)."""
+        return self._dequeues
 
     def _notify(self, key: Key) -> None:
         if self._enqueue is not None:
@@ -244,8 +315,9 @@ class PullQueue:
         """
         settings = self._settings()
         now = self._clock()
-        # Under the agent's lock: the registry takes a lost agent's tasks back under the same
-        # lock, so it sees this assignment or this dequeue sees the agent offline.
+        # Under the agent's lock until the batch is written: the registry takes a lost agent's
+        # tasks back under the same lock, so it sees this assignment or this dequeue sees the
+        # agent offline.
         with self._fleet.agent_lock(agent_id):
             agent = self._store.get_agent(agent_id)
             if agent.deregistered:
@@ -255,8 +327,7 @@ class PullQueue:
                 )
             if not self._may_take_work(agent, now=now):
                 return None
-            with self._choosing:
-                task = self._assign_next(agent, now=now, settings=settings)
+            task = self._dequeues.submit(DequeueAsk(agent=agent, now=now, settings=settings))
         if task is None:
             return None
         log.info(
@@ -285,51 +356,31 @@ class PullQueue:
             and self._fleet.is_alive(agent, now=now)
         )
 
-    def _assign_next(self, agent: Agent, *, now: datetime, settings: Settings) -> Task | None:
+    def _assign_batch(self, asks: Sequence[DequeueAsk]) -> list[Task | None | Exception]:
+        """Choose for every ask in turn and write the assignments with one ``Store.commit``;
+        the group commit's leader calls this, one batch at a time. Per ask: its assigned task,
+        None, or the error it fails with (each its own: every waiter raises its own)."""
         for _ in range(DEQUEUE_ATTEMPTS):
-            tasks = self._store.list_tasks(state=DEQUEUE_READS)
-            chosen = next_task_for(agent, tasks=tasks, now=now)
-            if chosen is None:
-                return None
-            assigned, event = assign(
-                chosen, agent.id, now=now, actor=actor_for(agent.id),
-                reason=f"dequeued by {agent.id}",
-            )  # fmt: skip
-            timeout = settings.timeouts.for_task(
-                roles=(chosen.required_role,) if chosen.required_role else (),
-                labels=labels_implied(chosen, settings.labels),
+            try:
+                planned = plan_assignments(asks, self._store.list_tasks(state=DEQUEUE_READS))
+                made = [a for a in planned if a is not None]
+                self._store.commit(
+                    [TaskWrite(a.assigned, expected=a.chosen) for a in made],
+                    events=[a.event for a in made],
+                )
+            except StaleStateError:
+                # A reconcile changed a chosen task since it was listed: nothing of the batch
+                # was written; choose again from the new state.
+                continue
+            except StoreError as exc:
+                return [_unwritten(ask, exc, batch=len(asks)) for ask in asks]
+            return [a.assigned if a is not None else None for a in planned]
+        return [
+            ConflictError(
+                "task_changed", "the waiting tasks kept changing while one was chosen; ask again"
             )
-            assigned = Task.model_validate(
-                {
-                    **assigned.model_dump(),
-                    "deadline_at": now + timedelta(seconds=timeout),
-                    "failure_reason": "",
-                    "failure_retryable": False,
-                }
-            )
-            if self._swap(chosen, assigned, event):
-                return assigned
-        raise ConflictError(
-            "task_changed", "the waiting tasks kept changing while one was chosen; ask again"
-        )
-
-    def _swap(self, expected: Task, task: Task, event: TaskEvent) -> bool:
-        """Write ``task`` and its event only if the store still holds ``expected``."""
-        won: list[bool] = []
-
-        def change(current: Task) -> Task:
-            if current != expected:
-                return current
-            self._store.append_event(event)
-            won.append(True)
-            return task
-
-        # A reconcile may have changed the task since it was listed: then nothing of this
-        # assignment is written (the unchanged task is), and the choice is made again.
-        if self._store.find_task(expected.id) != expected:
-            return False
-        self._store.update_task(expected.id, change)
-        return bool(won)
+            for _ in asks
+        ]
 
     # --- receipts ----------------------------------------------------------------------------
 
@@ -430,6 +481,15 @@ class PullQueue:
             self._notify(pull_key(task.repo, receipt.pr_number))
 
 
+def _unwritten(ask: DequeueAsk, cause: StoreError, *, batch: int) -> StoreError:
+    error = StoreError(
+        f"dequeue by {ask.agent.id} failed, with every dequeue of its batch of {batch}: their "
+        f"assignments could not be stored, so none was made: {cause}"
+    )
+    error.__cause__ = cause
+    return error
+
+
 def _same_receipt(stored: Receipt, candidate: Receipt) -> None:
     """Refuse a receipt that reuses a stored receipt's id with other content."""
     ignore = {"submitted_at"}
@@ -444,12 +504,15 @@ def _same_receipt(stored: Receipt, candidate: Receipt) -> None:
 __all__ = [
     "DEQUEUE_ATTEMPTS",
     "Acceptance",
+    "Assignment",
+    "DequeueAsk",
     "Handout",
     "PullQueue",
     "ReceiptClaim",
     "clone_url_for",
     "issue_url_for",
     "labels_implied",
+    "plan_assignments",
     "settle",
     "target_state",
 ]

@@ -121,16 +121,19 @@ class JsonLinesLog:
 
     # --- writing ------------------------------------------------------------------------
 
-    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Append ``records`` with one write and one fsync; durable when this returns."""
+    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Append ``records`` with one write and one fsync; durable when this returns.
+
+        Returns the offset the records start at, which :meth:`cut_back` takes.
+        """
         if self._failure is not None:
             raise StoreError(self._failure)
         records = list(records)
         lines = [encode_line(record, key_fields=self.key_fields) for record in records]
-        if not lines:
-            return
-        data = b"".join(lines)
         start = self._size
+        if not lines:
+            return start
+        data = b"".join(lines)
         try:
             view = memoryview(data)
             while view:
@@ -145,6 +148,30 @@ class JsonLinesLog:
             for record, line in zip(records, lines):
                 self._index_line(tuple(record[f] for f in self.key_fields), offset, len(line))
                 offset += len(line)
+        return start
+
+    def cut_back(self, offset: int) -> None:
+        """Remove every record appended at or after ``offset`` (what :meth:`append` returned):
+        records whose companion write failed, so they were never acknowledged. Durable when
+        this returns."""
+        if self._failure is not None:
+            raise StoreError(self._failure)
+        if not 0 <= offset <= self._size:
+            raise ValueError(f"cannot cut {self.path} back to byte {offset} of {self._size}")
+        if offset == self._size:
+            return
+        try:
+            os.ftruncate(self._fd, offset)
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._failure = (
+                f"{self.path} holds records of a failed write that could not be cut off ({exc}); "
+                "restart agent-fleet"
+            )
+            raise StoreError(self._failure) from exc
+        self._size = offset
+        # Rare (a failed write): rebuild the index on the next lookup rather than edit it.
+        self._indexes = None
 
     def _undo_partial_append(self, start: int, cause: OSError) -> None:
         # Later appends must not land after half a line: cut back to the last whole line.

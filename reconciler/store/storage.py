@@ -155,6 +155,15 @@ class KeyedTable(Table):
 
         self._update_table(replace)
 
+    def put_docs(self, docs: Mapping[str, Mapping[str, Any]]) -> None:
+        """Insert or replace several documents whole with one write of the file."""
+
+        def replace(table: dict[Any, Mapping[str, Any]]) -> None:
+            for doc_id, doc in docs.items():
+                table[doc_id] = dict(doc)
+
+        self._update_table(replace)
+
     def delete_docs(self, doc_ids: Iterable[str]) -> int:
         """Remove the documents that exist among ``doc_ids`` in one write; return how many."""
         wanted = set(doc_ids)

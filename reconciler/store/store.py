@@ -27,7 +27,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -95,6 +95,14 @@ class OutboxMessage(BaseModel):
         if value.tzinfo is None:
             raise ValueError("timestamps must carry a time zone")
         return value
+
+
+class TaskWrite(NamedTuple):
+    """One task for :meth:`Store.commit`: written only if the store still holds ``expected``
+    (None: no such task), as :meth:`Store.replace_task` does."""
+
+    task: Task
+    expected: Task | None
 
 
 def encode_backoff_key(key: tuple[str, str, str]) -> str:
@@ -359,6 +367,50 @@ class Store:
                     f"{current.state if current else 'absent'}); reconciling again"
                 )
             self.put_task(task)
+
+    def commit(self, writes: Sequence[TaskWrite], *, events: Sequence[TaskEvent] = ()) -> None:
+        """Write several tasks and the events that explain them together: one fsync'd append
+        of ``events``, then one durable write of the live state holding every task.
+
+        All or nothing. If any stored task is no longer its write's ``expected``,
+        :class:`StaleStateError` names them and nothing is written. If the state write fails,
+        the events just appended are cut off the log again, so the store is as it was. Events
+        first, as in :meth:`record`: a crash between the two leaves events whose tasks did not
+        land (never acknowledged), never a task no event explains.
+
+        The dequeue's group commit (``reconciler.tasks``) calls this once for every batch of
+        assignments, so concurrent dequeues share one write.
+        """
+        ids = [write.task.id for write in writes]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"commit writes a task more than once: {sorted(ids)}")
+        stray = sorted({event.task_id for event in events} - set(ids))
+        if stray:
+            raise ValueError(f"commit has events of tasks it does not write: {stray}")
+        if not writes:
+            return
+        with self._locked():
+            changed = [
+                (write, current)
+                for write in writes
+                if (current := self.find_task(write.task.id)) != write.expected
+            ]
+            if changed:
+                raise StaleStateError(
+                    "; ".join(
+                        f"task {write.task.id} changed since it was read "
+                        f"({write.expected.state if write.expected else 'absent'} → "
+                        f"{current.state if current else 'absent'})"
+                        for write, current in changed
+                    )
+                    + "; nothing was written"
+                )
+            start = self._events.append(_dump(event) for event in events)
+            try:
+                self._table(_TASKS).put_docs({write.task.id: _dump(write.task) for write in writes})
+            except BaseException:
+                self._events.cut_back(start)
+                raise
 
     def record(self, task: Task, event: TaskEvent) -> None:
         """Append ``event`` to the log, then save ``task``.
@@ -661,5 +713,6 @@ __all__ = [
     "JsonValue",
     "OutboxMessage",
     "Store",
+    "TaskWrite",
     "encode_backoff_key",
 ]

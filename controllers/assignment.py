@@ -293,7 +293,15 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     body = status_comment(task, agents=observed.agents, settings=settings)
     digest = comment_digest(body)
     if body and digest != task.comment_digest:
-        actions.append(UpsertComment(observed.repo, issue.number, marker=COMMENT_MARKER, body=body))
+        actions.append(
+            UpsertComment(
+                observed.repo,
+                issue.number,
+                marker=COMMENT_MARKER,
+                body=body,
+                no_comments_yet=issue.comments == 0,
+            )
+        )
         task = _with(task, now=task.updated_at, comment_digest=digest)
 
     if stop is not None:

@@ -33,6 +33,7 @@ import structlog
 from reconciler.adapters import RunOutput, parse_output, render_command, render_env
 from reconciler.errors import FleetError
 from reconciler.forgejo import ForgejoGateway
+from reconciler.forgejo_types import IssueState
 from reconciler.hosts import RemoteResult, run_remote
 from reconciler.keys import Key, issue_key, pull_key
 from reconciler.models import (
@@ -173,7 +174,8 @@ class HostExecutor:
             run.thread = threading.Thread(target=self._execute, args=(run,), name=f"run-{task_id}", daemon=True)
             self._runs[task_id] = run
             self._threads[task_id] = run.thread
-        run.thread.start()
+            # Started before anyone else can see it, so wait() never joins an unstarted thread.
+            run.thread.start()
         log.info("task.dispatched", task=task_id, agent=agent_id, lease=lease_generation)
 
     def stop(self, task_id: TaskId, *, reason: str) -> bool:
@@ -349,7 +351,8 @@ class HostExecutor:
             raise RunFailed("the agent finished without changing anything on the branch")
 
         pull = self._gateway.find_pull_by_head(task.repo, task.branch)
-        if pull is None:
+        # A closed pull request (unmerged, then requeued) is history: this attempt opens a new one.
+        if pull is None or pull.state is not IssueState.OPEN:
             body = f"Closes #{task.issue_number}\n\n{result.summary}".strip()
             pull = self._gateway.create_pull(task.repo, head=task.branch, base=base, title=task.title, body=body)
         return Receipt(
@@ -413,7 +416,9 @@ class HostExecutor:
                     permission = self._gateway.get_permission(task.repo, login)
                 except FleetError:
                     permission = None
-                verdicts[login] = is_trusted_author(login, permission)
+                verdicts[login] = is_trusted_author(
+                    login, permission, allow=frozenset(self._settings().forgejo.trusted_authors)
+                )
             return verdicts[login]
 
         return build_prompt(issue=issue, comments=comments, trusted=trusted, repo=task.repo,

@@ -22,8 +22,9 @@ import structlog
 
 from reconciler.forgejo import ForgejoGateway
 from reconciler.forgejo_types import Issue
-from reconciler.keys import Key, agent_key, issue_key, pull_key
+from reconciler.keys import Key, agent_key, branch_key, issue_key, pull_key
 from reconciler.metrics import Metrics
+from reconciler.models import TaskState
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
 
@@ -151,6 +152,12 @@ class Resync:
         # Tasks whose issue was closed (or lost its label) are no longer in the open list:
         # their keys make the controller notice and cancel them.
         keys += [issue_key(repo, n) for n in sorted(tracked)]
+        # A pull request merged or closed while no webhook arrived (or the daemon was down) is
+        # no longer in the open list: its task's review key makes the review controller look.
+        keys += [
+            pull_key(repo, t.pr_number) if t.pr_number else branch_key(repo, t.branch)
+            for t in self._store.list_tasks(repo=repo, state=TaskState.REVIEW_PENDING)
+        ]
         for key in keys:
             self._enqueue(key)
         self._remember(repo, started)

@@ -185,6 +185,13 @@ class ForgejoSettings(Section):
         default=True,
         description="Create the label vocabulary in each watched repository.",
     )
+    trusted_authors: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Logins whose issue text and comments go into agent prompts besides the "
+            "repository's collaborators with write access (everyone else's text is left out)."
+        ),
+    )
 
     @field_validator("url")
     @classmethod
@@ -968,11 +975,23 @@ def _environment_parse_problem(exc: SettingsError) -> str:
     return f"cannot parse {variables}: lists and tables must be given as JSON ({exc.__cause__})"
 
 
+# Variables read by commands and tools, not by the settings model: never typos.
+COMMAND_VARIABLES = frozenset(
+    {
+        "AGENT_FLEET_WORKER_TOKEN",  # agent-fleet agent run --token
+        "AGENT_FLEET_WORKER_FORGEJO_TOKEN",  # agent-fleet agent run --forgejo-token
+        "AGENT_FLEET_CLI_DIR",  # where the tests find the pinned agent CLIs
+        "AGENT_FLEET_TEST_FORGEJO_URL",  # the contract tests against a real Forgejo
+        "AGENT_FLEET_TEST_FORGEJO_TOKEN",
+    }
+)
+
+
 def _unknown_environment_names(environment: Mapping[str, str]) -> list[tuple[str, str]]:
     """``AGENT_FLEET_…`` variables naming no section: most likely a typo, never ignored."""
     problems = []
     for name in sorted(environment):
-        if not name.upper().startswith(ENV_PREFIX):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in COMMAND_VARIABLES:
             continue
         section = name[len(ENV_PREFIX) :].split(ENV_NESTING, 1)[0].lower()
         if section in Settings.model_fields:

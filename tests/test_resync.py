@@ -163,3 +163,19 @@ def test_since_overlaps_the_previous_listing(harness: Harness) -> None:
     harness.keys.clear()
     harness.resync.incremental()
     assert issue_key(DEMO_REPO, number) in harness.keys
+
+
+def test_full_resync_looks_at_tasks_in_review_whose_pull_request_left_the_open_list(
+    harness: Harness,
+) -> None:
+    """A PR merged or closed while no webhook arrived is looked at through its task."""
+    from reconciler.keys import branch_key
+
+    now = harness.clock()
+    base = {"repo": RepoName(DEMO_REPO), "title": "t", "created_at": now, "updated_at": now,
+            "state": TaskState.REVIEW_PENDING, "agent_id": "a", "lease_generation": 1}
+    harness.store.put_task(Task(id=task_id_for(DEMO_REPO, 40), issue_number=40, pr_number=41, **base))
+    harness.store.put_task(Task(id=task_id_for(DEMO_REPO, 42), issue_number=42, branch="task/42-x", **base))
+    harness.resync.full()
+    assert pull_key(DEMO_REPO, 41) in harness.keys
+    assert branch_key(DEMO_REPO, "task/42-x") in harness.keys

@@ -469,3 +469,16 @@ def test_config_check_rejects_a_broken_copy_with_field_paths(tmp_path: Path) -> 
     assert result.exit_code == 2
     assert "forgejo.url" in result.stderr
     assert "loop.speed" in result.stderr
+
+
+def test_variables_read_by_commands_are_not_taken_for_typos() -> None:
+    """AGENT_FLEET_WORKER_TOKEN belongs to `agent-fleet agent run`, not to the settings."""
+    from reconciler.settings import COMMAND_VARIABLES, load_settings
+
+    env = {
+        "AGENT_FLEET_FORGEJO__URL": "https://forgejo.example.org",
+        "AGENT_FLEET_FORGEJO__TOKEN": "t",
+        "AGENT_FLEET_FORGEJO__BOT_LOGIN": "bot",
+        **dict.fromkeys(COMMAND_VARIABLES, "x"),
+    }
+    assert load_settings(None, env=env).forgejo.bot_login == "bot"

@@ -107,6 +107,7 @@ WRITE_OPERATIONS = frozenset(
         "merge_pull",
         "create_review",
         "create_status",
+        "add_collaborator",
         "create_hook",
         "edit_hook",
         "create_file",
@@ -534,6 +535,17 @@ class ForgejoGateway:
             "get_permission",
             f"{_repo_path(repo)}/collaborators/{_seg(login)}/permission",
             lambda raw: RepoPermission.from_api(raw, login=login),
+        )
+
+    def add_collaborator(self, repo: str, login: str, *, permission: str = "write") -> None:
+        """Give ``login`` ``permission`` (read, write, admin) on ``repo``. A PUT: idempotent,
+        so retried like a read."""
+        self._request(
+            "add_collaborator",
+            "PUT",
+            f"{_repo_path(repo)}/collaborators/{_seg(login)}",
+            body={"permission": permission},
+            idempotent=True,
         )
 
     # --- issues ------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ import threading
 from webhook.demo import DEMO_ISSUES, PULL_AGENTS, run_demo
 
 
-def test_demo_runs_tasks_to_pull_requests_and_shows_an_agent_going_offline() -> None:
-    """Runnable tasks go created → assigned → running → review with a PR of the agent's files;
-    the task nobody can do waits with its reason; a silent pull agent goes offline."""
+def test_demo_runs_tasks_through_review_to_done_and_shows_an_agent_going_offline() -> None:
+    """Runnable tasks go created → assigned → running → review with a PR of the agent's files,
+    one is sent back by a review and rerun, all are merged, verified and done; the task nobody
+    can do waits with its reason; a silent pull agent goes offline."""
     lines: list[str] = []
     before = set(threading.enumerate())
     assert run_demo(out=lines.append) == 0, "\n".join(lines)
@@ -24,9 +25,14 @@ def test_demo_runs_tasks_to_pull_requests_and_shows_an_agent_going_offline() -> 
             assert f"#{number} assigned → running" in text
             assert f"#{number} running → review_pending" in text
             assert f"#{number} → PR #" in text and "fleet-notes/" in text
+            assert f"#{number} review_pending → completed" in text
+            row = next(line for line in lines if line.split()[:2] == [f"#{number}", "completed"])
+            assert "status/done" in row and "receipt verified" in row
         else:
             assert f"#{number} waits: no agent has role developer and code:rust" in text
             assert f"#{number} created → assigned" not in text
+    assert "#1 review_pending → created     changes requested by alice" in text
+    assert text.count("#1 assigned → running") == 2, "the review sends #1 back for a rerun"
     for agent_id in PULL_AGENTS:
         assert f"+ {agent_id} registered" in text
     assert "passed its health check: online" in text

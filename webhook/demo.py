@@ -7,13 +7,17 @@ register through the agent API and heartbeat. The demo files labelled issues thr
 Forgejo gateway as a person would, and prints each task's life as it lands in the store:
 created, assigned, running on the local host (a real git worktree, the agent's edit, commit,
 push), the pull request opened, in review — while the task nobody can do waits and says why.
-Then one pull agent goes silent and is seen offline. Everything the demo started is stopped
+Then the demo plays the reviewer: it asks for changes once (the agent runs again with the
+review in its prompt), approves and merges every pull request, and each task's receipt is
+verified against Forgejo before it is done, with status/done and a result comment; a summary
+table follows. Then one pull agent goes silent and is seen offline. Everything the demo started is stopped
 before it returns. It lives in the top layer because it assembles the whole process.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sys
 import tempfile
@@ -50,6 +54,8 @@ DEMO_REPO = "demo"
 LOCAL_HOST = "local-dev"
 PULL_AGENTS = ("pull-reviewer-1", "pull-reviewer-2")
 OPERATOR_TOKEN = secrets.token_hex(16)
+REVIEWER = "alice"
+REVIEW_TEXT = "Please also say how --version behaves with --help."
 WAIT_SECONDS = 30.0
 
 
@@ -283,6 +289,9 @@ def run_demo(*, out: Print = print) -> int:
                         f"({len(receipt.commits)} commit, {receipt.tokens} tokens)"
                     )
 
+                if not _review(out, sandbox, person, store, repo, ids, runnable, timeline):
+                    return 1
+
                 silent = PULL_AGENTS[-1]
                 out(f"▶ {silent} stops heartbeating; after 3 missed intervals it is offline:")
                 beats.silence(silent)
@@ -299,6 +308,87 @@ def run_demo(*, out: Print = print) -> int:
                 daemon.stop()
     out("▶ daemon and sandbox stopped; nothing left running")
     return 0
+
+
+def _review(
+    out: Print,
+    sandbox: ForgejoSandbox,
+    person: ForgejoGateway,
+    store: Store,
+    repo: str,
+    ids: dict[str, int],
+    runnable: set[str],
+    timeline: _Timeline,
+) -> bool:
+    """Play the reviewer: ask for changes once, then approve and merge every pull request;
+    each task goes through its verified receipt to done. False when something did not happen."""
+    sandbox.create_user(REVIEWER)
+    person.add_collaborator(repo, REVIEWER, permission="write")
+    first = min(runnable, key=lambda t: ids[t])
+    task = store.get_task(first)
+    assert task.pr_number is not None
+    out(f"▶ {REVIEWER} reviews PR #{task.pr_number} and asks for changes; the agent runs again:")
+    sandbox.review(repo, task.pr_number, "REQUEST_CHANGES", body=REVIEW_TEXT, author=REVIEWER)
+
+    def rerun_in_review() -> bool:
+        timeline.poll(ids)
+        again = store.get_task(first)
+        return again.review_count == 1 and again.state is TaskState.REVIEW_PENDING
+
+    if not _wait(rerun_in_review, WAIT_SECONDS):
+        out(f"✗ the task of PR #{task.pr_number} did not come back to review after the rerun")
+        return False
+    timeline.poll(ids)
+    notes = [f.filename for f in person.list_pull_files(repo, task.pr_number)]
+    out(f"  PR #{task.pr_number} now has {len(person.list_pull_commits(repo, task.pr_number))} commits ({', '.join(notes)})")
+
+    out(f"▶ {REVIEWER} approves and merges every PR; the receipts are checked against Forgejo:")
+    for task_id in sorted(runnable, key=ids.__getitem__):
+        pr = store.get_task(task_id).pr_number
+        assert pr is not None
+        sandbox.review(repo, pr, "APPROVED", body="Looks good.", author=REVIEWER)
+        sandbox.merge(repo, pr, author=REVIEWER)
+
+    def all_done() -> bool:
+        timeline.poll(ids)
+        return all(store.get_task(t).state is TaskState.COMPLETED for t in runnable)
+
+    if not _wait(all_done, WAIT_SECONDS):
+        out("✗ not every merged task was completed")
+        return False
+    timeline.poll(ids)
+    out("▶ summary:")
+    rows = [("ISSUE", "STATE", "ATTEMPTS", "REVIEWS", "PR", "COMMITS", "TOKENS", "LABEL", "RESULT")]
+    for task_id, number in ids.items():
+        done = store.get_task(task_id)
+        issue = person.get_issue(repo, number)
+        status = next((n for n in issue.labels if n.startswith("status/")), "-")
+        receipts = store.receipts_for(task_id)
+        comment = next(
+            (c for c in person.list_comments(repo, number) if "agent-fleet:result" in c.body), None
+        )
+        rows.append(
+            (
+                f"#{number}",
+                done.state.value,
+                str(done.attempt),
+                str(done.review_count),
+                f"#{done.pr_number}" if done.pr_number else "-",
+                str(len(receipts[-1].commits)) if receipts else "-",
+                str(sum(r.tokens for r in receipts)) if receipts else "-",
+                status,
+                (_plain(comment.body.split("\n")[1])[:60] if comment else done.wait_reason or "-"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return True
+
+
+def _plain(markdown: str) -> str:
+    """A comment line as text: links to their labels, no emphasis."""
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", markdown).replace("**", "")
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> bool:

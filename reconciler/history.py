@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from reconciler.errors import TransientError
 from reconciler.models import CheckOutcome, Task, TaskEvent, TaskState
-from reconciler.views import _get
+from reconciler.views import get_json
 
 _MARK = {CheckOutcome.PASSED: "✓", CheckOutcome.FAILED: "✗", CheckOutcome.PENDING: "…"}
 
@@ -41,7 +41,7 @@ def fetch_task(server: str, task_id: str, *, token: str, timeout: float = 10.0) 
     if not task_id.strip():
         raise ValueError("give a task id, e.g. 12-3f9a1c2b")
     path = f"/api/v1/tasks/{urllib.parse.quote(task_id, safe='')}"
-    url, body = _get(server, path, [], token=token, timeout=timeout)
+    url, body = get_json(server, path, [], token=token, timeout=timeout)
     try:
         return TaskHistory.model_validate_json(body)
     except ValidationError as exc:

@@ -267,7 +267,7 @@ def fetch_agents(
         query.append(("status", status.value))
     if role is not None:
         query.append(("role", role))
-    url, body = _get(server, "/api/v1/agents", query, token=token, timeout=timeout)
+    url, body = get_json(server, "/api/v1/agents", query, token=token, timeout=timeout)
     try:
         return list(AgentList.model_validate_json(body).agents)
     except ValidationError as exc:
@@ -290,7 +290,7 @@ def fetch_tasks(
     query = [("state", s.value) for s in states]
     if repo is not None:
         query.append(("repo", repo))
-    url, body = _get(server, "/api/v1/tasks", query, token=token, timeout=timeout)
+    url, body = get_json(server, "/api/v1/tasks", query, token=token, timeout=timeout)
     try:
         return list(TaskList.model_validate_json(body).tasks)
     except ValidationError as exc:
@@ -334,10 +334,14 @@ def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
     return "\n".join(lines)
 
 
-def _get(
+def get_json(
     server: str, path: str, query: list[tuple[str, str]], *, token: str, timeout: float
 ) -> tuple[str, bytes]:
-    """GET one API path with the operator token; the URL and the raw body."""
+    """GET one API path of a running daemon with the operator token; the URL and the raw body.
+
+    Raises :class:`RefusedError` (401/403…) or :class:`NotFoundError` with the daemon's own
+    message, and :class:`TransientError` when the daemon cannot be reached.
+    """
     if not server.startswith(("http://", "https://")):
         raise ValueError(f"the daemon's address must be an http(s) URL, not {server!r}")
     url = f"{server.rstrip('/')}{path}"
@@ -381,5 +385,6 @@ __all__ = [
     "fetch_agents",
     "fetch_tasks",
     "format_duration",
+    "get_json",
     "status_report",
 ]

@@ -4,7 +4,7 @@ Used by :class:`reconciler.tasks.PullQueue`, whose dequeues each assign a task: 
 write of the live state per assignment serialises a burst of agents behind each other's
 ``fsync``. :class:`GroupCommit` batches them, leader/follower style:
 
-* a caller :meth:`~GroupCommit.submit`\\ s its request and waits;
+* a caller submits its request (:meth:`GroupCommit.submit`) and waits;
 * when no batch is being committed, the caller becomes the *leader*: it takes every request
   waiting (its own among them), runs the commit function on them once — one durable write —
   and wakes the callers with their answers;

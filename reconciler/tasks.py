@@ -37,9 +37,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from reconciler.errors import ConflictError, StaleStateError, StoreError
+from reconciler.errors import ConflictError, IllegalTransitionError, StaleStateError, StoreError
 from reconciler.fleet import Fleet, actor_for
-from reconciler.keys import Key, agent_key, issue_key, pull_key
+from reconciler.keys import Key, agent_key, issue_key, pull_key, task_key
 from reconciler.models import (
     BUSY_STATES,
     Agent,
@@ -214,16 +214,20 @@ def assignment_for(chosen: Task, ask: DequeueAsk) -> Assignment:
 
 
 def target_state(receipt: Receipt) -> TaskState:
-    """Where a receipt takes its running task: review with a pull request, else completed."""
-    return TaskState.REVIEW_PENDING if receipt.pr_number is not None else TaskState.COMPLETED
+    """Where a receipt takes its running task: review with a pull request; without one the
+    task stays running until the receipts controller has verified the claimed commits on the
+    claimed branch against Forgejo (then completed, or failed with the reasons)."""
+    return TaskState.REVIEW_PENDING if receipt.pr_number is not None else TaskState.RUNNING
 
 
 def settle(task: Task, receipt: Receipt, *, now: datetime) -> tuple[Task, list[TaskEvent]]:
     """The task after ``receipt`` (the caller checked owner, lease and state) and the events
     that explain it: the receipt itself, then the transition.
 
-    The one place a receipt moves a task. The receipts controller's verification against
-    Forgejo belongs here, before ``completed``; until it exists, nothing is claimed verified.
+    The one place a receipt moves a task. Nothing here is trusted: a receipt with a pull
+    request moves the task to review, where the review and receipts controllers check it
+    against Forgejo before it is completed; a receipt without one leaves the task running for
+    the receipts controller to verify.
     """
     actor = actor_for(receipt.agent_id)
     commits = f"{len(receipt.commits)} commit(s)"
@@ -258,14 +262,12 @@ def settle(task: Task, receipt: Receipt, *, now: datetime) -> tuple[Task, list[T
             **changes,
         )
     else:
-        moved, event = transition(
-            task,
-            TaskState.COMPLETED,
-            now=now,
-            actor=actor,
-            reason=f"completed on the agent's receipt {receipt.id}, not verified against Forgejo",
-            **changes,
-        )
+        if task.state is not TaskState.RUNNING:
+            raise IllegalTransitionError(
+                f"task {task.id} is {task.state}: report it running before handing in its receipt"
+            )
+        kept = Task.model_validate({**task.model_dump(), **changes, "updated_at": now})
+        return kept, [note]
     return moved, [note, event]
 
 
@@ -455,7 +457,8 @@ class PullQueue:
         and writing the task left that undone (call under the agent's lock). The moved task,
         or None when there was nothing to do."""
         task = self._store.find_task(receipt.task_id)
-        if task is None or task.state is not TaskState.RUNNING:
+        if task is None or task.state is not TaskState.RUNNING or receipt.pr_number is None:
+            # Without a pull request the task stays running by design: nothing to finish.
             return None
         finished: list[Task] = []
 
@@ -479,6 +482,8 @@ class PullQueue:
         self._notify(issue_key(task.repo, task.issue_number))
         if receipt.pr_number is not None:
             self._notify(pull_key(task.repo, receipt.pr_number))
+        else:
+            self._notify(task_key(task.repo, task.id))
 
 
 def _unwritten(ask: DequeueAsk, cause: StoreError, *, batch: int) -> StoreError:

@@ -460,6 +460,8 @@ def prompt_for(gateway: ForgejoGateway, task: Task, *, attempt: int) -> str:
         trusted=trusted,
         repo=task.repo,
         branch=task.branch,
+        # A rerun after a review requesting changes: the review's text, as the daemon kept it.
+        review_feedback=task.review_feedback,
         attempt=attempt,
     )
 

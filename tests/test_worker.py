@@ -535,3 +535,34 @@ def test_the_agent_api_client_maps_refusals_to_the_error_module(api_server: ApiS
     api_server.stop()
     with pytest.raises(TransientError, match="cannot reach"):
         client.dequeue()
+
+
+def test_a_rerun_after_review_carries_the_review_into_the_workers_prompt(forge: Any) -> None:
+    """The dequeued task's review feedback (kept by the daemon) reaches the pull worker's prompt."""
+    from datetime import UTC, datetime
+
+    import httpx as _httpx
+
+    from reconciler.forgejo import ForgejoGateway as _Gateway
+    from reconciler.models import RepoName, Task, task_id_for
+    from reconciler.worker import prompt_for
+    from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL
+
+    number = forge.create_issue(DEMO_REPO, "Add a flag", body="## Goal\nAdd --version.")
+    now = datetime.now(UTC)
+    task = Task(
+        id=task_id_for(DEMO_REPO, number),
+        repo=RepoName(DEMO_REPO),
+        issue_number=number,
+        title="Add a flag",
+        branch="task/x",
+        created_at=now,
+        updated_at=now,
+        review_feedback=("alice: Please also document it in the README.",),
+    )
+    with _Gateway(
+        IN_PROCESS_URL, forge.admin_token, transport=_httpx.WSGITransport(app=forge.app)
+    ) as gateway:
+        prompt = prompt_for(gateway, task, attempt=2)
+    assert "Please also document it in the README." in prompt
+    assert "Add --version." in prompt

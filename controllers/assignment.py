@@ -27,8 +27,9 @@ from reconciler.errors import ForgejoNotFound, StalledError
 from reconciler.executor import Executor
 from reconciler.forgejo import ForgejoGateway
 from reconciler.forgejo_types import Issue, IssueState
-from reconciler.keys import ASSIGNMENT, Key
+from reconciler.keys import ASSIGNMENT, Key, issue_key
 from reconciler.models import (
+    BUSY_STATES,
     Agent,
     AgentId,
     ExecutionMode,
@@ -44,12 +45,13 @@ from reconciler.models import (
     task_id_for,
     transition,
 )
-from reconciler.placement import place
+from reconciler.placement import place, waiting_for
 from reconciler.reconcile import (
     ActContext,
     Action,
     Actuator,
     AddLabels,
+    Enqueue,
     RemoveLabels,
     Result,
     SaveTask,
@@ -311,7 +313,22 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         actions.append(SaveTask(task, tuple(events), expected=before))
     if dispatch is not None:
         actions.append(dispatch)
+    actions += plan_freed_slot(observed, task, now=now)
     return tuple(actions)
+
+
+def plan_freed_slot(observed: Observed, task: Task, *, now: datetime) -> list[Action]:
+    """A task that no longer occupies its ssh agent (its run ended: in review, failed, lost)
+    leaves a slot: the waiting tasks that slot could take are looked at now."""
+    agent = _agent(observed, task.agent_id)
+    if agent is None or agent.mode is not ExecutionMode.SSH or task.state in BUSY_STATES:
+        return []
+    others = tuple(t for t in observed.tasks if t.id != task.id) + (task,)
+    return [
+        Enqueue(issue_key(t.repo, t.issue_number))
+        for t in waiting_for(agent, tasks=others, now=now)
+        if t.id != task.id
+    ]
 
 
 def _with(task: Task, *, now: datetime, **changes: object) -> Task:
@@ -331,11 +348,14 @@ def plan_lifecycle(
     events: list[TaskEvent] = []
     stop: StopRun | None = None
     agent = _agent(observed, task.agent_id)
-    if observed.dispatched and task.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
-        # A run whose task moved on without it (its agent was declared lost and the task
-        # requeued, or it failed): its lease is stale, so it must not keep working either.
-        if task.state is not TaskState.REVIEW_PENDING:
-            stop = StopRun(task.id, reason=f"the task is {task.state} now")
+    # A run whose task moved on without it (its agent was declared lost and the task requeued,
+    # or it failed): its lease is stale, so it must not keep working either.
+    if observed.dispatched and task.state not in (
+        TaskState.ASSIGNED,
+        TaskState.RUNNING,
+        TaskState.REVIEW_PENDING,
+    ):
+        stop = StopRun(task.id, reason=f"the task is {task.state} now")
     if task.state in (TaskState.ASSIGNED, TaskState.RUNNING):
         if task.deadline_at is not None and task.deadline_at <= now:
             why = f"timed out: still {task.state} at its deadline {task.deadline_at:%H:%M:%S} UTC"

@@ -44,6 +44,7 @@ from reconciler.models import (
     requeue,
     transition,
 )
+from reconciler.placement import waiting_for
 from reconciler.reconcile import (
     ActContext,
     Action,
@@ -429,4 +430,15 @@ class RegistryController:
             self._actuator.apply(actions)
         if observed.health is not None:
             self._checked[observed.agent_id] = now
+        self._offer_free_slots(key.id, now=now)
         return Result(requeue_after=next_look(observed, now=now, settings=settings))
+
+    def _offer_free_slots(self, agent_id: str, *, now: datetime) -> None:
+        """An online ssh host with free slots: the waiting tasks it could take are looked at
+        now (it just came online, or a slot freed since the last check), not at the next
+        resync. Pull agents take their tasks themselves."""
+        agent = self._store.find_agent(agent_id)
+        if agent is None or agent.mode is not ExecutionMode.SSH:
+            return
+        waiting = waiting_for(agent, tasks=self._store.list_tasks(), now=now)
+        self._actuator.apply([Enqueue(issue_key(t.repo, t.issue_number)) for t in waiting])

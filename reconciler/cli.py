@@ -160,8 +160,9 @@ def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
 def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
     """Run one full reconcile pass over every watched repository, then exit.
 
-    With --dry-run nothing is changed, in Forgejo or locally: the actions the pass would take
-    (labels, comments, task changes, dispatches) are printed, like a plan.
+    Tasks it dispatches to ssh hosts run to their end before it exits. With --dry-run nothing
+    is changed, in Forgejo or locally: the actions the pass would take (labels, comments, task
+    changes, dispatches) are printed, like a plan.
 
     \b
     Example:
@@ -179,6 +180,13 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
             prepare_repos(assembly)
         assembly.resync.full()
         outcomes = assembly.loop.drain()
+        # Runs dispatched to ssh hosts are part of the pass: wait for them (each is bounded by
+        # its task's deadline), then reconcile what their results changed.
+        executor = assembly.executor
+        while executor is not None and executor.running():
+            for task_id in executor.running():
+                executor.wait(task_id, timeout=settings.timeouts.task_default)
+            outcomes += assembly.loop.drain()
         for closer in assembly.closers:
             closer()
     finally:

@@ -166,6 +166,19 @@ def place(
     return Placement(_preferred(task, placeable, load))
 
 
+def waiting_for(agent: Agent, *, tasks: Sequence[Task], now: datetime) -> list[Task]:
+    """The waiting tasks, in queue order, that a free slot on ``agent`` could take — at most as
+    many as it has free slots. When an agent comes online or a slot frees, their keys are
+    queued so placement happens now rather than at the next resync."""
+    if agent.status is not AgentStatus.ONLINE:
+        return []
+    free = agent.max_concurrency - active_load(tasks).get(agent.id, 0)
+    if free <= 0:
+        return []
+    waiting = sorted((t for t in tasks if is_waiting(t, now=now)), key=queue_order)
+    return [t for t in waiting if fits(t, agent)][:free]
+
+
 def next_task_for(agent: Agent, *, tasks: Sequence[Task], now: datetime) -> Task | None:
     """The task a pull agent takes when it asks: the first waiting task, in queue order, that
     fits it — provided it is online and has a free slot."""

@@ -25,7 +25,14 @@ from reconciler.forgejo import ForgejoGateway
 from reconciler.forgejo_types import Issue, IssueState
 from reconciler.keys import issue_key
 from reconciler.models import Agent, AgentId, ExecutionMode, Priority, Task, TaskState, task_id_for
-from reconciler.reconcile import ActContext, Actuator, AddLabels, RemoveLabels, SaveTask, UpsertComment
+from reconciler.reconcile import (
+    ActContext,
+    Actuator,
+    AddLabels,
+    RemoveLabels,
+    SaveTask,
+    UpsertComment,
+)
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings
 from reconciler.store import Store
@@ -238,7 +245,7 @@ def test_label_changes_follow_the_task_with_an_update_event() -> None:
     [save] = [a for a in actions if isinstance(a, SaveTask)]
     assert save.task.required_capabilities == ("code:rust",)
     assert save.task.priority is Priority.LOW
-    assert [e.kind for e in save.events][0] == "updated"
+    assert next(e.kind for e in save.events) == "updated"
 
 
 def test_an_illegal_move_is_not_planned_for_a_completed_task() -> None:
@@ -327,3 +334,19 @@ def test_forgejo_errors_propagate_for_the_loop_to_retry(tmp_path: Path) -> None:
         with pytest.raises(ForgejoServerError):
             reconciler.reconcile(issue_key(DEMO_REPO, 1))
         assert store.list_tasks() == []
+
+
+def test_a_slot_freed_by_a_finished_run_is_offered_to_the_waiting_tasks() -> None:
+    """The run of #12 ended in review: the task waiting behind it for box-1 is looked at now."""
+    from reconciler.reconcile import Enqueue
+
+    in_review = task(TaskState.REVIEW_PENDING, agent_id="box-1", lease_generation=1, attempt=1,
+                     pr_number=7, comment_digest=comment_digest(status_comment(
+                         task(TaskState.REVIEW_PENDING, agent_id="box-1", lease_generation=1, attempt=1, pr_number=7),
+                         agents=(), settings=SETTINGS)))
+    behind = task(id=task_id_for(REPO, 13), issue_number=13, required_role="developer",
+                  required_capabilities=("code:python",), wait_reason="the matching agent at capacity")
+    observed = Observed(REPO, 12, issue("fleet/task", "status/review"), in_review,
+                        agents=(SSH_AGENT,), tasks=(in_review, behind))
+    actions = plan(observed, now=NOW, settings=SETTINGS)
+    assert [a.key for a in actions if isinstance(a, Enqueue)] == [issue_key(REPO, 13)]

@@ -58,3 +58,33 @@ def test_a_real_pass_acts_and_a_second_pass_does_nothing(served_forge: ForgejoSa
     assert code == 0, output
     assert "did:" not in output
     assert "0 action(s) taken" in output
+
+
+def test_a_pass_runs_what_it_dispatches_to_the_end(served_forge: ForgejoSandbox, tmp_path: Path) -> None:
+    """With a local host, one pass places the task, runs the agent, opens the PR, and exits."""
+    import sys
+
+    served_forge.create_label(DEMO_REPO, "fleet/task")
+    number = served_forge.create_issue(DEMO_REPO, "Write the notes", labels=["fleet/task"])
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        config_text(served_forge, tmp_path / "state")
+        + f"""
+[adapters.demo-agent]
+command = ["{sys.executable}", "-m", "reconciler.demo_agent", "{{prompt}}"]
+parser = "claude-json"
+
+[[hosts]]
+name = "local"
+address = "localhost"
+adapter = "demo-agent"
+workdir = "{tmp_path / 'work'}"
+min_free_disk_mb = 0
+"""
+    )
+    code, output = run_once(config)
+    assert code == 0, output
+    assert "dispatch to local" in output
+    with Store.open(tmp_path / "state") as store:
+        task = store.get_task(task_id_for(DEMO_REPO, number))
+    assert task.state.value == "review_pending" and task.pr_number is not None

@@ -15,16 +15,16 @@ the daemon's HTTP assembly beside the :class:`~reconciler.fleet.Fleet` it builds
   the batch is on disk; a batch that cannot be written fails every dequeue in it.
 * :meth:`PullQueue.accept_receipt` records what an agent says it did, under its lease: a
   receipt with a pull request moves the task ``running → review_pending``; one without (the
-  ``complete`` endpoint) finishes it ``running → completed``. Receipts are idempotent by their
-  client-chosen id: the same receipt sent again gets the first answer, whatever happened to
-  the task since; a different receipt under a used id is refused.
+  ``complete`` endpoint) leaves it running and queues its receipts key. Receipts are
+  idempotent by their client-chosen id: the same receipt sent again gets the first answer,
+  whatever happened to the task since; a different receipt under a used id is refused.
 
-**What is verified, and what is not yet.** Here: the caller is the agent holding the task's
+**What is checked here, and what later.** Here: the caller is the agent holding the task's
 current lease, the task is running, and the receipt is well-formed. Not here: any claim about
 Forgejo (that the pull request exists, is on the task's branch, holds the claimed commits,
-changes files, has green statuses). The webhook layer never calls Forgejo; that check is the
-receipts controller's, keyed by the task, and it slots in at :func:`settle` — the one place a
-receipt moves a task. Until it exists, every receipt is recorded with ``verified: false``.
+changes files, has green statuses; without a PR, that the commits are on the claimed branch).
+The webhook layer never calls Forgejo; that check is the review and receipts controllers',
+before a task is completed, so every answer here says ``verified: false``.
 
 Nothing is written for a refused request: every check runs before the first write.
 """

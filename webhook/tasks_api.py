@@ -143,7 +143,10 @@ class ReceiptAnswer(_Answer):
     pr_number: int | None
     task_state: TaskState = Field(description="Where the receipt took the task.")
     verified: bool = Field(
-        description="Whether the claims were checked against Forgejo; not yet, so false."
+        description=(
+            "Whether the claims were checked against Forgejo: never at hand-in (the receipts "
+            "controller checks them before the task is completed), so false."
+        )
     )
     submitted_at: datetime = Field(description="When the receipt was first accepted.")
 

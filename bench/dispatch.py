@@ -56,27 +56,29 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import multiprocessing
 import os
 import shutil
-import statistics
-import sys
 import tempfile
-import textwrap
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Self
 
-# Run as a script, this file's directory comes first on sys.path; the bench/ scripts' names
-# could shadow the packages they measure.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
+# Importing the harness takes bench/ off sys.path, where the bench/ scripts' names would shadow
+# the packages they measure: it comes before the project's imports (see bench/harness.py).
+from harness import (
+    ConnectionThreads,
+    LoadClient,
+    Row,
+    percentile_ms,
+    print_notes,
+    print_table,
+    register_agents,
+    verdict,
+)
 from pydantic import SecretStr
 
 from reconciler.forgejo import ForgejoGateway
@@ -100,7 +102,6 @@ from webhook.forgejo import WEBHOOK_PATH
 from webhook.server import HttpServer
 
 DEQUEUE_PATH = "/api/v1/tasks/dequeue"
-REGISTER_PATH = "/api/v1/agents/register"
 ENROLMENT = "bench-enrolment-secret"
 OPERATOR = "bench-operator-token"
 WEBHOOK_SECRET = "bench-webhook-secret"
@@ -150,17 +151,17 @@ def drive(job: Job) -> Run:
     """One keep-alive connection and thread per agent; a barrier starts them together."""
     run = Run()
     lock = threading.Lock()
-    barrier = threading.Barrier(len(job.agents) + 1)
-    start_at = [0.0]
+    together = ConnectionThreads(len(job.agents))
 
-    def agent(n: int, agent_id: str, token: str) -> None:
+    def agent(n: int) -> None:
+        agent_id, token = job.agents[n]
         conn = http.client.HTTPConnection(job.host, job.port, timeout=60)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         mine: list[tuple[float, int, str | None]] = []
         try:
-            barrier.wait()
+            together.ready()
             # Polling: staggered over the interval; burst: all at the same instant, once.
-            due = start_at[0] + (n / len(job.agents)) * job.interval
+            due = together.started + (n / len(job.agents)) * job.interval
             while True:
                 now = time.perf_counter()
                 if due > now:
@@ -173,7 +174,7 @@ def drive(job: Job) -> Run:
                 task = json.loads(body)["task"]["id"] if response.status == 200 else None
                 mine.append((latency, response.status, task))
                 due += job.interval
-                if job.interval == 0 or due >= start_at[0] + job.seconds:
+                if job.interval == 0 or due >= together.started + job.seconds:
                     break
         except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
             with lock:
@@ -188,57 +189,9 @@ def drive(job: Job) -> Run:
                         run.handed.append((task, agent_id))
                         run.assigning.append(latency)
 
-    threads = [
-        threading.Thread(target=agent, args=(n, *pair), daemon=True)
-        for n, pair in enumerate(job.agents)
-    ]
-    for thread in threads:
-        thread.start()
-    start_at[0] = time.perf_counter() + 0.05
-    barrier.wait()
-    for thread in threads:
-        thread.join(job.seconds + 120)
-    run.elapsed = time.perf_counter() - start_at[0]
+    started = together.run(agent, timeout=job.seconds + 120, lead=0.05)
+    run.elapsed = time.perf_counter() - started
     return run
-
-
-def serve_jobs(conn: Connection) -> None:
-    """The client process: run each job sent, answer with its ``Run``, stop on ``None``."""
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        conn.send(drive(job))
-
-
-class LoadClient:
-    """A client process forked at start (no server thread exists yet to be forked with it)."""
-
-    def __init__(self) -> None:
-        context = multiprocessing.get_context("fork")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=serve_jobs, args=(child,), name="dispatch-bench-client", daemon=True
-        )
-        self._process.start()
-        child.close()
-
-    def run(self, job: Job) -> Run:
-        self._conn.send(job)
-        if not self._conn.poll(job.seconds + 180):
-            raise SystemExit("the load client did not answer; is the server stuck?")
-        run: Run = self._conn.recv()
-        return run
-
-    def close(self) -> None:
-        try:
-            self._conn.send(None)
-        except OSError:
-            pass  # the process is gone already
-        self._process.join(timeout=5)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=5)
 
 
 # --- part 1: dequeue -----------------------------------------------------------------------
@@ -257,36 +210,22 @@ def dequeue_settings(root: Path) -> Settings:
     )
 
 
-def register_agents(port: int, count: int, *, prefix: str = "pull") -> list[tuple[str, str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    agents = []
-    try:
-        for n in range(count):
-            body = {
-                "agent_id": f"{prefix}-{n:03d}",
-                "type": "claude-code",
-                "hostname": f"worker-{n // 4:03d}",
-                "roles": ["developer"],
-                "capabilities": ["code:python", "test"],
-                "max_concurrency": SLOTS,
-            }
-            conn.request(
-                "POST",
-                REGISTER_PATH,
-                body=json.dumps(body),
-                headers={
-                    "Authorization": f"Bearer {ENROLMENT}",
-                    "Content-Type": "application/json",
-                },
-            )
-            response = conn.getresponse()
-            answer = json.loads(response.read())
-            if response.status != 201:
-                raise SystemExit(f"registering agent {n} failed: {response.status} {answer}")
-            agents.append((answer["agent_id"], answer["token"]))
-    finally:
-        conn.close()
-    return agents
+def registration(n: int, *, prefix: str) -> dict[str, object]:
+    """What the ``n``-th pull agent (named ``prefix``-n) tells the API when it registers."""
+    return {
+        "agent_id": f"{prefix}-{n:03d}",
+        "type": "claude-code",
+        "hostname": f"worker-{n // 4:03d}",
+        "roles": ["developer"],
+        "capabilities": ["code:python", "test"],
+        "max_concurrency": SLOTS,
+    }
+
+
+def pull_agents(port: int, count: int, *, prefix: str) -> tuple[tuple[str, str], ...]:
+    """``count`` pull agents registered through the API; their (id, token)."""
+    bodies = (registration(n, prefix=prefix) for n in range(count))
+    return tuple(register_agents(port, bodies, enrolment=ENROLMENT))
 
 
 def seed_tasks(store: Store, first: int, count: int) -> list[str]:
@@ -361,20 +300,33 @@ def doubles(runs: list[Run]) -> int:
     return sum(count - 1 for count in seen.values() if count > 1)
 
 
-def measure_dequeue(client: LoadClient, options: Options, *, root: Path) -> DequeueResults:
+def measure_dequeue(
+    client: LoadClient[Job, Run], options: Options, *, root: Path
+) -> DequeueResults:
     settings = dequeue_settings(root)
+
+    def dequeues(
+        port: int, agents: tuple[tuple[str, str], ...], *, seconds: float = 0, interval: float = 0
+    ) -> Run:
+        """Every agent dequeues on ``port``: once (no interval), or each interval for seconds."""
+        run, _ = client.run(
+            Job(port=port, agents=agents, seconds=seconds, interval=interval),
+            timeout=seconds + 180,
+        )
+        return run
+
     with Store.open(settings.store.path) as store:
         assembly = build(settings, store=store)
         app = http_app(assembly, readiness=dict)
         server = HttpServer(app, host="127.0.0.1", port=0, threads=settings.webhook.threads)
         server.start()
         try:
-            agents = tuple(register_agents(server.port, options.agents))
+            agents = pull_agents(server.port, options.agents, prefix="pull")
             # Nothing waits yet: every dequeue answers 204 and writes nothing.
-            idle = client.run(Job(port=server.port, agents=agents, seconds=0, interval=0))
+            idle = dequeues(server.port, agents)
             tasks = seed_tasks(store, 1, options.agents)
             with CountedStateWrites() as burst_writes:
-                burst = client.run(Job(port=server.port, agents=agents, seconds=0, interval=0))
+                burst = dequeues(server.port, agents)
             done = threading.Event()
             arrived: list[str] = []
 
@@ -391,13 +343,8 @@ def measure_dequeue(client: LoadClient, options: Options, *, root: Path) -> Dequ
             feeder = threading.Thread(target=arrive, name="arrivals", daemon=True)
             feeder.start()
             try:
-                polling = client.run(
-                    Job(
-                        port=server.port,
-                        agents=agents,
-                        seconds=options.poll_seconds,
-                        interval=POLL_INTERVAL,
-                    )
+                polling = dequeues(
+                    server.port, agents, seconds=options.poll_seconds, interval=POLL_INTERVAL
                 )
             finally:
                 done.set()
@@ -409,12 +356,10 @@ def measure_dequeue(client: LoadClient, options: Options, *, root: Path) -> Dequ
             wide_server = HttpServer(app, host="127.0.0.1", port=0, threads=options.agents)
             wide_server.start()
             try:
-                wide_agents = tuple(register_agents(server.port, options.agents, prefix="wide"))
+                wide_agents = pull_agents(server.port, options.agents, prefix="wide")
                 tasks += seed_tasks(store, len(tasks) + 1, options.agents)
                 with CountedStateWrites() as wide_writes:
-                    wide = client.run(
-                        Job(port=wide_server.port, agents=wide_agents, seconds=0, interval=0)
-                    )
+                    wide = dequeues(wide_server.port, wide_agents)
             finally:
                 wide_server.stop()
             in_log = sum(
@@ -589,26 +534,6 @@ def one_issue(forge: ForgejoSandbox, daemon: Daemon, n: int) -> tuple[float, flo
 # --- reporting -----------------------------------------------------------------------------
 
 
-def percentile_ms(samples: list[float], q: int) -> float:
-    values = [s * 1000 for s in samples]
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "MISS"
-
-
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("measure", "result", "target", "")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    print("  ".join("-" * w for w in widths[:3]))
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
 @dataclass(frozen=True)
 class Options:
     agents: int
@@ -625,9 +550,7 @@ def burst_result(run: Run, *, writes: int | None = None) -> str:
     )
 
 
-def report(
-    dequeue: DequeueResults, webhook: WebhookResults, options: Options
-) -> list[tuple[str, str, str, str]]:
+def report(dequeue: DequeueResults, webhook: WebhookResults, options: Options) -> list[Row]:
     burst, polling, wide = dequeue.burst, dequeue.polling, dequeue.wide
     burst_p99 = percentile_ms(burst.latencies, 99)
     poll_p99 = percentile_ms(polling.latencies, 99)
@@ -747,7 +670,7 @@ def main() -> None:
     devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
     configure_logging(level="info", json=True, stream=devnull)
     load = os.getloadavg()[0]
-    client = LoadClient()  # forked before any server thread starts
+    client = LoadClient(drive, name="dispatch-bench-client")  # before any server thread starts
     root = Path(tempfile.mkdtemp(prefix="agent-fleet-dispatch-bench-"))
     started = time.perf_counter()
     try:
@@ -784,7 +707,7 @@ def main() -> None:
         ),
         f"The run took {took:.1f} s.",
     )
-    print("\n" + "\n".join(textwrap.fill(note, width=96) for note in notes))
+    print_notes(notes)
 
 
 if __name__ == "__main__":

@@ -26,26 +26,27 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import multiprocessing
 import os
-import resource
 import shutil
-import statistics
-import sys
 import tempfile
-import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 from pathlib import Path
 
-# Run as a script, this file's directory comes first on sys.path; the bench/ scripts' names
-# could shadow the packages they measure.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
+# Importing the harness takes bench/ off sys.path, where the bench/ scripts' names would shadow
+# the packages they measure: it comes before the project's imports (see bench/harness.py).
+from harness import (
+    ConnectionThreads,
+    LoadClient,
+    Row,
+    percentile_ms,
+    print_notes,
+    print_table,
+    register_agents,
+    verdict,
+)
 from pydantic import SecretStr
 
 from reconciler.logs import configure_logging
@@ -56,7 +57,6 @@ from webhook.daemon import build, http_app
 from webhook.server import HttpServer
 
 HEARTBEAT_PATH = "/api/v1/agents/heartbeat"
-REGISTER_PATH = "/api/v1/agents/register"
 OPERATOR = "bench-operator-token"
 ENROLMENT = "bench-enrolment-secret"
 REPO = "example/bench"
@@ -109,11 +109,10 @@ class Run:
 
 def drive(job: Job) -> Run:
     """Send heartbeats on ``job.connections`` keep-alive connections, the agents in turn."""
-    barrier = threading.Barrier(job.connections + 1)
+    together = ConnectionThreads(job.connections)
     run = Run()
     lock = threading.Lock()
     ends = [0.0] * job.connections
-    start_at = [0.0]
 
     def send(conn: http.client.HTTPConnection, token: str, body: bytes) -> tuple[int, bytes]:
         conn.request(
@@ -137,8 +136,8 @@ def drive(job: Job) -> Run:
                 for i in range(job.warmup):
                     send(conn, *mine[i % len(mine)])
             finally:
-                barrier.wait()  # a failed warm-up still releases the others
-            started = start_at[0]
+                together.ready()  # a failed warm-up still releases the others
+            started = together.started
             deadline = started + job.seconds
             # Open loop: this connection's share of the rate, staggered against the others.
             period = job.connections / job.rate if job.rate else 0.0
@@ -176,65 +175,11 @@ def drive(job: Job) -> Run:
                 for status, count in answers.items():
                     run.statuses[status] = run.statuses.get(status, 0) + count
 
-    threads = [
-        threading.Thread(target=connection, args=(n,), daemon=True) for n in range(job.connections)
-    ]
-    for thread in threads:
-        thread.start()
-    start_at[0] = time.perf_counter() + 0.05  # every connection starts on the same schedule
-    barrier.wait()
-    for thread in threads:
-        thread.join(job.seconds + 60)
-    run.elapsed = max(ends) - start_at[0] if any(ends) else job.seconds
+    # Every connection starts on the same schedule, a moment after the threads are launched.
+    started = together.run(connection, timeout=job.seconds + 60, lead=0.05)
+    run.elapsed = max(ends) - started if any(ends) else job.seconds
     run.sent = len(run.latencies) + job.warmup * job.connections
     return run
-
-
-def serve_jobs(conn: Connection) -> None:
-    """The client process: run each job sent, answer with its ``Run``, stop on ``None``."""
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        conn.send(drive(job))
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class LoadClient:
-    """A client process forked at start (no server thread exists yet to be forked with it)."""
-
-    def __init__(self) -> None:
-        context = multiprocessing.get_context("fork")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=serve_jobs, args=(child,), name="heartbeat-bench-client", daemon=True
-        )
-        self._process.start()
-        child.close()
-
-    def run(self, job: Job) -> Run:
-        """Run ``job`` and measure this process's CPU time meanwhile: the server's cost."""
-        before = _cpu_seconds()
-        self._conn.send(job)
-        if not self._conn.poll(job.seconds + 90):
-            raise SystemExit("the load client did not answer; is the server stuck?")
-        run: Run = self._conn.recv()
-        run.server_cpu = _cpu_seconds() - before
-        return run
-
-    def close(self) -> None:
-        try:
-            self._conn.send(None)
-        except OSError:
-            pass  # the process is gone already
-        self._process.join(timeout=5)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=5)
 
 
 # --- the fleet -----------------------------------------------------------------------------
@@ -253,38 +198,17 @@ def bench_settings(root: Path) -> Settings:
     )
 
 
-def register_agents(port: int, count: int) -> list[tuple[str, str]]:
-    """Register ``count`` agents through the API; their (id, token)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    agents = []
-    try:
-        for n in range(count):
-            body = {
-                "agent_id": f"agent-{n:04d}",
-                "type": ("claude-code", "codex-cli", "hermes")[n % 3],
-                "hostname": f"worker-{n // 8:03d}",
-                "roles": ["developer"] if n % 4 else ["code-reviewer"],
-                "capabilities": ["code:python", "test"],
-                "max_concurrency": 2,
-                "metadata": {"version": "1.0.0", "llm_model": "claude-sonnet"},
-            }
-            conn.request(
-                "POST",
-                REGISTER_PATH,
-                body=json.dumps(body),
-                headers={
-                    "Authorization": f"Bearer {ENROLMENT}",
-                    "Content-Type": "application/json",
-                },
-            )
-            response = conn.getresponse()
-            answer = json.loads(response.read())
-            if response.status != 201:
-                raise SystemExit(f"registering agent {n} failed: {response.status} {answer}")
-            agents.append((answer["agent_id"], answer["token"]))
-    finally:
-        conn.close()
-    return agents
+def registration(n: int) -> dict[str, object]:
+    """What the ``n``-th agent tells the API when it registers."""
+    return {
+        "agent_id": f"agent-{n:04d}",
+        "type": ("claude-code", "codex-cli", "hermes")[n % 3],
+        "hostname": f"worker-{n // 8:03d}",
+        "roles": ["developer"] if n % 4 else ["code-reviewer"],
+        "capabilities": ["code:python", "test"],
+        "max_concurrency": 2,
+        "metadata": {"version": "1.0.0", "llm_model": "claude-sonnet"},
+    }
 
 
 def give_tasks(store: Store, agents: list[tuple[str, str]]) -> dict[str, str]:
@@ -325,30 +249,10 @@ def heartbeat_bodies(
 # --- measuring and reporting ---------------------------------------------------------------
 
 
-def percentile_ms(samples: list[float], q: int) -> float:
-    values = [s * 1000 for s in samples]
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 def check(run: Run, name: str) -> None:
     """Refuse to report a run whose answers were not all 200: it measured nothing."""
     if run.errors or set(run.statuses) - {200} or not run.latencies:
         raise SystemExit(f"{name}: unexpected answers {run.statuses} or errors {run.errors[:3]}")
-
-
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "MISS"
-
-
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("measure", "result", "target", "")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    print("  ".join("-" * w for w in widths[:3]))
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @dataclass(frozen=True)
@@ -372,7 +276,7 @@ class Results:
     threads: int
 
 
-def measure(client: LoadClient, options: Options, *, root: Path) -> Results:
+def measure(client: LoadClient[Job, Run], options: Options, *, root: Path) -> Results:
     settings = bench_settings(root)
     with Store.open(settings.store.path) as store:
         assembly = build(settings, store=store)
@@ -385,24 +289,32 @@ def measure(client: LoadClient, options: Options, *, root: Path) -> Results:
         server.start()
         try:
             started = time.perf_counter()
-            agents = register_agents(server.port, options.agents)
+            agents = register_agents(
+                server.port, map(registration, range(options.agents)), enrolment=ENROLMENT
+            )
             registration_s = time.perf_counter() - started
             held = give_tasks(store, agents)
             bodies = heartbeat_bodies(agents, held)
             state_file = store.path / "state.json"
             before = state_file.read_bytes()
 
-            def job(*, seconds: float, rate: float | None) -> Job:
-                return Job(
-                    port=server.port,
-                    bodies=bodies,
-                    connections=options.connections,
-                    seconds=seconds,
-                    rate=rate,
+            def load(*, seconds: float, rate: float | None) -> Run:
+                """One run of heartbeats, with the server's CPU time meanwhile."""
+                run, run_cpu = client.run(
+                    Job(
+                        port=server.port,
+                        bodies=bodies,
+                        connections=options.connections,
+                        seconds=seconds,
+                        rate=rate,
+                    ),
+                    timeout=seconds + 90,
                 )
+                run.server_cpu = run_cpu
+                return run
 
-            capacity = client.run(job(seconds=options.capacity_seconds, rate=None))
-            open_loop = client.run(job(seconds=options.open_seconds, rate=options.rate))
+            capacity = load(seconds=options.capacity_seconds, rate=None)
+            open_loop = load(seconds=options.open_seconds, rate=options.rate)
             online = len(assembly.fleet.agents(status=AgentStatus.ONLINE))
             written = state_file.read_bytes() != before
         finally:
@@ -422,7 +334,7 @@ def measure(client: LoadClient, options: Options, *, root: Path) -> Results:
     )
 
 
-def report(results: Results, options: Options) -> list[tuple[str, str, str, str]]:
+def report(results: Results, options: Options) -> list[Row]:
     capacity, open_loop = results.capacity, results.open_loop
     throughput = len(capacity.latencies) / capacity.elapsed if capacity.elapsed else 0.0
     achieved = len(open_loop.latencies) / open_loop.elapsed if open_loop.elapsed else 0.0
@@ -523,7 +435,7 @@ def main() -> None:
     devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
     configure_logging(level="info", json=True, stream=devnull)
     load = os.getloadavg()[0]
-    client = LoadClient()  # forked before any server thread starts
+    client = LoadClient(drive, name="heartbeat-bench-client")  # before any server thread starts
     root = Path(tempfile.mkdtemp(prefix="agent-fleet-heartbeat-bench-"))
     started = time.perf_counter()
     try:
@@ -553,7 +465,7 @@ def main() -> None:
         ),
         f"The run took {took:.1f} s, registration included.",
     )
-    print("\n" + "\n".join(textwrap.fill(note, width=96) for note in notes))
+    print_notes(notes)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ import argparse
 import json
 import random
 import shutil
-import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,12 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-# Run as a script, this file's directory comes first on sys.path, where bench/webhook.py would
-# shadow the `webhook` package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
 import httpx
+
+# Importing the harness takes bench/ off sys.path, where bench/webhook.py would shadow the
+# `webhook` package: it comes before the project's imports (see bench/harness.py).
+from harness import Row, print_notes, print_table, verdict
 from pydantic import SecretStr
 
 from reconciler.keys import ASSIGNMENT
@@ -238,20 +235,7 @@ def deliver(assembly: Assembly, requests: list[QueuedWebhook]) -> list[str]:
     return keys
 
 
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "MISS"
-
-
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("measure", "result", "target", "")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    print("  ".join("-" * w for w in widths[:3]))
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
-def run(issues: int, pulls: int, root: Path) -> tuple[list[tuple[str, str, str, str]], World]:
+def run(issues: int, pulls: int, root: Path) -> tuple[list[Row], World]:
     clock = ManualClock()
     forge = ForgejoSandbox(clock=clock)
     forge.create_repo(REPO)
@@ -266,7 +250,7 @@ def run(issues: int, pulls: int, root: Path) -> tuple[list[tuple[str, str, str, 
         loop=LoopSettings(),
         store=StoreSettings(path=root / "state"),
     )
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[Row] = []
     with Store.open(root / "state") as store:
         assembly = build(
             settings, store=store, clock=clock, transport=httpx.WSGITransport(app=forge.app)
@@ -418,7 +402,7 @@ def webhook_rows(
     label: str,
     act: Callable[[], object],
     cold: bool = False,
-) -> list[tuple[str, str, str, str]]:
+) -> list[Row]:
     """The reconcile one webhook delivery triggers, then the one its own echo triggers.
 
     ``cold``: the process has not looked at the repository's labels yet, so its first label
@@ -495,7 +479,7 @@ def main() -> None:
             "receiver; the label write is status/todo, whose own webhook comes back as the echo."
         ),
     )
-    print("\n" + "\n".join(textwrap.fill(note, width=96) for note in notes))
+    print_notes(notes)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+# Importing the harness takes bench/ off sys.path, where the bench/ scripts' names would shadow
+# the packages they measure: it comes before the project's imports (see bench/harness.py).
+from harness import Row, print_table, verdict
+
 from reconciler.models import AgentId, RepoName, Task, TaskEvent, TaskId, TaskState, task_id_for
 from reconciler.store import Store
 from reconciler.store.logfile import encode_line
@@ -149,10 +153,6 @@ def bench_reopen(root: Path) -> tuple[float, float, float]:
     return opened, first_events, first_archived
 
 
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "MISS"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temp directory")
@@ -165,7 +165,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[Row] = []
     plain_p50, plain_p99 = percentile(plain_ms, 50), percentile(plain_ms, 99)
     store_p50, store_p99 = percentile(store_ms, 50), percentile(store_ms, 99)
     rows.append(("plain fsync'd JSON-lines append p50", f"{plain_p50:.3f} ms", "baseline", ""))
@@ -207,13 +207,7 @@ def main() -> None:
         ("open + both first lookups", f"{total * 1000:.0f} ms", "<= 2000 ms", verdict(total <= 2))
     )
 
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    header = ("measure", "result", "target", "")
-    widths = [max(w, len(h)) for w, h in zip(widths, header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    print("  ".join("-" * w for w in widths[:3]))
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print_table(rows)
     print(
         f"\n{APPENDS} appends each; {LIVE_WRITES} live writes; temp dir under "
         f"{args.dir or tempfile.gettempdir()}"

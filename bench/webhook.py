@@ -24,30 +24,31 @@ import hashlib
 import hmac
 import http.client
 import json
-import multiprocessing
 import os
-import resource
 import shutil
-import statistics
-import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's directory comes first on sys.path, and this file's own name
-# would shadow the `webhook` package it measures.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 import httpx
+
+# Importing the harness takes bench/ off sys.path, where this file's name would shadow the
+# `webhook` package it measures: it comes before the project's imports (see bench/harness.py).
+from harness import (
+    ConnectionThreads,
+    LoadClient,
+    Row,
+    percentile_ms,
+    print_notes,
+    print_table,
+    verdict,
+)
 from pydantic import SecretStr
 
 from reconciler.forgejo import ForgejoGateway
@@ -212,7 +213,7 @@ class Run:
 
 def drive(job: Job) -> Run:
     """Send the job's requests; each connection warms up, then all start together."""
-    barrier = threading.Barrier(job.connections + 1)
+    together = ConnectionThreads(job.connections)
     shares = [
         job.requests // job.connections + (1 if n < job.requests % job.connections else 0)
         for n in range(job.connections)
@@ -236,7 +237,7 @@ def drive(job: Job) -> Run:
                 for _ in range(job.warmup):
                     send(conn)
             finally:
-                barrier.wait()  # a failed warm-up still releases the others
+                together.ready()  # a failed warm-up still releases the others
             started = time.perf_counter()
             samples = per_connection[n]
             answers: dict[int, int] = {}
@@ -260,66 +261,11 @@ def drive(job: Job) -> Run:
         finally:
             conn.close()
 
-    threads = [
-        threading.Thread(target=connection, args=(n,), daemon=True) for n in range(job.connections)
-    ]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join(job.time_limit + 30)
+    started = together.run(connection, timeout=job.time_limit + 30)
     run.elapsed = max(ends) - started if any(ends) else time.perf_counter() - started
     run.latencies = [s for samples in per_connection for s in samples]
     run.sent = len(run.latencies) + job.warmup * job.connections
     return run
-
-
-def serve_jobs(conn: Connection) -> None:
-    """The client process: run each job sent, answer with its ``Run``, stop on ``None``."""
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        conn.send(drive(job))
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class LoadClient:
-    """A client process forked at start (no server thread exists yet to be forked with it)."""
-
-    def __init__(self) -> None:
-        context = multiprocessing.get_context("fork")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=serve_jobs, args=(child,), name="webhook-bench-client", daemon=True
-        )
-        self._process.start()
-        child.close()
-
-    def run(self, job: Job) -> Run:
-        """Run ``job`` and measure this process's CPU time meanwhile: the server's cost."""
-        before = _cpu_seconds()
-        self._conn.send(job)
-        if not self._conn.poll(job.time_limit + 40):
-            raise SystemExit("the load client did not answer; is the server stuck?")
-        run: Run = self._conn.recv()
-        run.server_cpu = _cpu_seconds() - before
-        return run
-
-    def close(self) -> None:
-        try:
-            self._conn.send(None)
-        except OSError:
-            pass  # the process is gone already
-        self._process.join(timeout=5)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=5)
 
 
 # --- the servers --------------------------------------------------------------------------
@@ -382,10 +328,7 @@ class Measured:
         return self.count / elapsed if elapsed > 0 else 0.0
 
     def percentile_ms(self, q: int) -> float:
-        samples = [s * 1000 for r in self.runs for s in r.latencies]
-        if len(samples) < 2:
-            return samples[0] if samples else float("nan")
-        return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+        return percentile_ms((s for r in self.runs for s in r.latencies), q)
 
     @property
     def cpu_per_request_us(self) -> float:
@@ -405,19 +348,6 @@ class Measured:
                 statuses[status] = statuses.get(status, 0) + n
         if errors or set(statuses) - {expected}:
             raise SystemExit(f"{name}: unexpected answers {statuses} or errors {errors[:3]}")
-
-
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "MISS"
-
-
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("measure", "result", "target", "")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    print("  ".join("-" * w for w in widths[:3]))
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @dataclass(frozen=True)
@@ -453,7 +383,7 @@ class Results:
     threads: int = 0
 
 
-def measure(client: LoadClient, options: Options, *, body: bytes, root: Path) -> Results:
+def measure(client: LoadClient[Job, Run], options: Options, *, body: bytes, root: Path) -> Results:
     """Drive the three servers in alternating rounds, then the receiver with many connections."""
     headers = tuple(forgejo_headers(body).items())
     settings = receiver_settings(root)
@@ -462,16 +392,22 @@ def measure(client: LoadClient, options: Options, *, body: bytes, root: Path) ->
     warmup = min(20, max(1, per_round // options.connections // 10))
     results = Results(threads=threads)
 
-    def job(port: int, *, connections: int, requests: int, warm: int) -> Job:
-        return Job(
-            port=port,
-            body=body,
-            headers=headers,
-            connections=connections,
-            requests=requests,
-            warmup=warm,
-            time_limit=options.time_limit,
+    def load(port: int, *, connections: int, requests: int, warm: int) -> Run:
+        """One run against the server on ``port``, with the server's CPU time meanwhile."""
+        run, cpu = client.run(
+            Job(
+                port=port,
+                body=body,
+                headers=headers,
+                connections=connections,
+                requests=requests,
+                warmup=warm,
+                time_limit=options.time_limit,
+            ),
+            timeout=options.time_limit + 40,
         )
+        run.server_cpu = cpu
+        return run
 
     with Store.open(root / "state") as store:
         # The daemon's assembly; its loop is never started, so nothing drains the queue, and
@@ -490,24 +426,20 @@ def measure(client: LoadClient, options: Options, *, body: bytes, root: Path) ->
                 for app, measured in servers:
                     with served(app, threads=threads) as server:
                         measured.runs.append(
-                            client.run(
-                                job(
-                                    server.port,
-                                    connections=options.connections,
-                                    requests=per_round,
-                                    warm=warmup,
-                                )
+                            load(
+                                server.port,
+                                connections=options.connections,
+                                requests=per_round,
+                                warm=warmup,
                             )
                         )
             with served(receiver, threads=threads) as server:
                 results.wide.runs.append(
-                    client.run(
-                        job(
-                            server.port,
-                            connections=options.wide_connections,
-                            requests=options.wide_requests,
-                            warm=2,
-                        )
+                    load(
+                        server.port,
+                        connections=options.wide_connections,
+                        requests=options.wide_requests,
+                        warm=2,
                     )
                 )
             results.queued = assembly.queue.depth()
@@ -520,7 +452,7 @@ def measure(client: LoadClient, options: Options, *, body: bytes, root: Path) ->
     return results
 
 
-def report(results: Results, options: Options) -> list[tuple[str, str, str, str]]:
+def report(results: Results, options: Options) -> list[Row]:
     bare, same, receiver, wide = (
         results.bare,
         results.same_answer,
@@ -641,7 +573,7 @@ def main() -> None:
     devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
     configure_logging(level="info", json=True, stream=devnull)
     load = os.getloadavg()[0]
-    client = LoadClient()  # forked before any server thread starts
+    client = LoadClient(drive, name="webhook-bench-client")  # before any server thread starts
     root = Path(tempfile.mkdtemp(prefix="agent-fleet-webhook-bench-"))
     started = time.perf_counter()
     try:
@@ -674,7 +606,7 @@ def main() -> None:
         ),
         f"{options.rounds} alternating round(s); the run took {took:.1f} s.",
     )
-    print("\n" + "\n".join(textwrap.fill(note, width=96) for note in notes))
+    print_notes(notes)
 
 
 if __name__ == "__main__":

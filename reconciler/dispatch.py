@@ -61,8 +61,8 @@ mkdir -p "$(dirname "$cache")" "$WORKDIR/tasks"
 prepare() {
   if [ ! -d "$cache" ]; then git clone --quiet --bare "$CLONE_URL" "$cache"; fi
   git -C "$cache" fetch --quiet --prune origin '+refs/heads/*:refs/remotes/origin/*'
-  # A stopped or crashed run leaves its worktree behind: remove it, then forget it.
-  rm -rf "$wt"
+  # A stopped or crashed run leaves its worktree (and its stop marker) behind: remove them.
+  rm -rf "$wt" "$wt.stop" "$wt.pid"
   git -C "$cache" worktree prune
   if git -C "$cache" rev-parse -q --verify "refs/remotes/origin/$BRANCH" >/dev/null; then
     start="refs/remotes/origin/$BRANCH"
@@ -82,12 +82,25 @@ echo "WORKTREE=$wt"
 
 _RUN = r"""
 cd "$WT"
-# The CLI runs under timeout(1), which puts it in its own process group: killing the timeout
-# process (its pid is in the pid file) stops the CLI and everything it started.
+# The CLI runs under timeout(1), which makes itself a process group leader: killing that group
+# stops the CLI and everything it started. A stop is asked for by creating $WT.stop; a watcher
+# then signals the group until it is gone — it retries, because a signal sent in the instant
+# before timeout(1) has made its group finds no group yet (and must not kill timeout alone,
+# which would orphan the CLI). `kill -TERM -PID` (no `--`: dash's kill does not take it).
 timeout -k 10 "$LIMIT" "$@" &
-echo $! > "$WT.pid"
+pid=$!
+echo "$pid" > "$WT.pid"
+(
+  while [ ! -f "$WT.stop" ]; do sleep 0.2; done
+  while kill -0 "$pid" 2>/dev/null; do
+    kill -TERM "-$pid" 2>/dev/null
+    sleep 0.1
+  done
+) >/dev/null 2>&1 &
+watcher=$!
 status=0
-wait $! || status=$?
+wait "$pid" || status=$?
+kill "$watcher" 2>/dev/null
 rm -f "$WT.pid"
 exit $status
 """
@@ -113,7 +126,8 @@ STOP_ATTEMPTS = 50
 STOP_PAUSE = 0.2
 
 _STOP = r"""
-if [ -f "$WT.pid" ]; then kill -TERM "$(cat "$WT.pid")" 2>/dev/null || true; fi
+touch "$WT.stop"
+if [ -f "$WT.pid" ]; then kill -TERM "-$(cat "$WT.pid")" 2>/dev/null || true; fi
 """
 
 
@@ -184,12 +198,15 @@ class HostExecutor:
         if run is None:
             return False
         run.cancelled.set()
-        # The CLI may be starting right now, before its pid is on file: try again until the
-        # run's thread has ended, for a bounded time.
+        # Leave the stop on the host once the worktree exists (the run's watcher acts on it
+        # whenever the CLI starts); before that, the cancelled flag stops the run before its
+        # CLI. Then wait, bounded, for the run's thread to end.
+        asked = False
         for _ in range(STOP_ATTEMPTS):
-            if run.host is not None and run.worktree and run.cli_started.is_set():
+            if not asked and run.host is not None and run.worktree:
                 try:
                     self._run_remote(run.host, _STOP, timeout=30, env={"WT": run.worktree})
+                    asked = True
                 except FleetError as exc:
                     log.warning("task.stop_failed", task=task_id, error=str(exc))
             if run.thread is None or not run.thread.is_alive():

@@ -421,26 +421,10 @@ class HostExecutor:
         path.write_text(f"exit: {ran.exit_code} timed_out: {ran.timed_out}\n--- stdout\n{ran.stdout}\n--- stderr\n{ran.stderr}\n")
 
     def _default_prompt(self, task: Task) -> str:
-        from reconciler.prompt import build_prompt, is_trusted_author
+        from reconciler.prompt import prompt_for_task
 
-        issue = self._gateway.get_issue(task.repo, task.issue_number)
-        comments = self._gateway.list_comments(task.repo, task.issue_number)
-        verdicts: dict[str, bool] = {}
-
-        def trusted(login: str) -> bool:
-            if login not in verdicts:
-                try:
-                    permission = self._gateway.get_permission(task.repo, login)
-                except FleetError:
-                    permission = None
-                verdicts[login] = is_trusted_author(
-                    login, permission, allow=frozenset(self._settings().forgejo.trusted_authors)
-                )
-            return verdicts[login]
-
-        return build_prompt(issue=issue, comments=comments, trusted=trusted, repo=task.repo,
-                            branch=task.branch, attempt=task.attempt,
-                            review_feedback=task.review_feedback)
+        allow = frozenset(self._settings().forgejo.trusted_authors)
+        return prompt_for_task(self._gateway, task, attempt=task.attempt, allow=allow)
 
     # --- reporting back ------------------------------------------------------------------
 

@@ -25,9 +25,14 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from reconciler.errors import StalledError
+from reconciler.errors import FleetError, StalledError
 from reconciler.forgejo_types import Comment, Issue, RepoPermission
+from reconciler.models import Task
+
+if TYPE_CHECKING:
+    from reconciler.forgejo import ForgejoGateway
 
 # Linux refuses a single argv element over 128 KiB (MAX_ARG_STRLEN); the prompt is one.
 MAX_PROMPT_BYTES = 96 * 1024
@@ -328,3 +333,40 @@ def _shortened(prompt: str, *, issue: Issue) -> str:
     head = data[:keep].decode("utf-8", errors="ignore")
     tail = data[-keep:].decode("utf-8", errors="ignore")
     return head + note + tail
+
+
+def prompt_for_task(
+    gateway: ForgejoGateway,
+    task: Task,
+    *,
+    attempt: int,
+    allow: AbstractSet[str] = frozenset(),
+) -> str:
+    """The task's prompt from its issue as Forgejo shows it now, trusted authors only.
+
+    Used by the ssh executor and the pull worker alike. Each author's permission is asked for
+    once per prompt; ``allow`` names logins trusted regardless (``forgejo.trusted_authors``).
+    A rerun after a review carries the review's text the daemon kept on the task.
+    """
+    issue = gateway.get_issue(task.repo, task.issue_number)
+    comments = gateway.list_comments(task.repo, task.issue_number)
+    verdicts: dict[str, bool] = {}
+
+    def trusted(login: str) -> bool:
+        if login not in verdicts:
+            try:
+                permission: RepoPermission | None = gateway.get_permission(task.repo, login)
+            except FleetError:
+                permission = None
+            verdicts[login] = is_trusted_author(login, permission, allow=allow)
+        return verdicts[login]
+
+    return build_prompt(
+        issue=issue,
+        comments=comments,
+        trusted=trusted,
+        repo=task.repo,
+        branch=task.branch,
+        review_feedback=task.review_feedback,
+        attempt=attempt,
+    )

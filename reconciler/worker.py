@@ -76,7 +76,7 @@ from reconciler.errors import (
 )
 from reconciler.forgejo import ForgejoGateway
 from reconciler.models import Task, TaskId
-from reconciler.prompt import build_prompt, is_trusted_author
+from reconciler.prompt import prompt_for_task
 from reconciler.settings import BUILTIN_ADAPTERS, AdapterSettings
 from reconciler.store import Store
 
@@ -440,30 +440,8 @@ def remove_worktree(*, workdir: Path, repo: str, worktree: Path) -> None:
 
 
 def prompt_for(gateway: ForgejoGateway, task: Task, *, attempt: int) -> str:
-    """The task's prompt from its issue as Forgejo shows it now, trusted authors only."""
-    issue = gateway.get_issue(task.repo, task.issue_number)
-    comments = gateway.list_comments(task.repo, task.issue_number)
-    verdicts: dict[str, bool] = {}
-
-    def trusted(login: str) -> bool:
-        if login not in verdicts:
-            try:
-                permission = gateway.get_permission(task.repo, login)
-            except FleetError:
-                permission = None
-            verdicts[login] = is_trusted_author(login, permission)
-        return verdicts[login]
-
-    return build_prompt(
-        issue=issue,
-        comments=comments,
-        trusted=trusted,
-        repo=task.repo,
-        branch=task.branch,
-        # A rerun after a review requesting changes: the review's text, as the daemon kept it.
-        review_feedback=task.review_feedback,
-        attempt=attempt,
-    )
+    """The task's prompt, built here from the issue with the worker's own Forgejo token."""
+    return prompt_for_task(gateway, task, attempt=attempt)
 
 
 # --- one task's run --------------------------------------------------------------------------

@@ -75,9 +75,6 @@ RESTART_ONLY = (
 WEBHOOK_EVENTS = ("issues", "issue_comment", "pull_request", "push", "create", "delete")
 
 
-_unhandled_said: set[str] = set()
-
-
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -149,6 +146,7 @@ def build(
         backoff_store=None if dry_run else store,
     )
     handled: set[str] = set()  # filled in once the controllers tuple exists, below
+    unhandled_said: set[str] = set()  # per process: each kind is logged once
 
     def enqueue(key: Key) -> None:
         """Queue a key for a controller this process runs; others are dropped, said once.
@@ -158,8 +156,8 @@ def build(
         """
         if key.controller in handled:
             queue.add(key)
-        elif key.controller not in _unhandled_said:
-            _unhandled_said.add(key.controller)
+        elif key.controller not in unhandled_said:
+            unhandled_said.add(key.controller)
             log.info("queue.no_controller", controller=key.controller, key=str(key))
 
     fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue)

@@ -145,21 +145,9 @@ def build(
         # A dry run changes nothing, not even the local record of failures.
         backoff_store=None if dry_run else store,
     )
-    handled: set[str] = set()  # filled in once the controllers tuple exists, below
-    unhandled_said: set[str] = set()  # per process: each kind is logged once
-
-    def enqueue(key: Key) -> None:
-        """Queue a key for a controller this process runs; others are dropped, said once.
-
-        Webhooks and executors name every kind of key; a kind no controller here handles
-        (e.g. review keys, before pull requests are followed) would only fail in the loop.
-        """
-        if key.controller in handled:
-            queue.add(key)
-        elif key.controller not in unhandled_said:
-            unhandled_said.add(key.controller)
-            log.info("queue.no_controller", controller=key.controller, key=str(key))
-
+    # Every kind of key webhooks and executors name has its controller in the tuple below;
+    # a key for no controller is reported by the loop.
+    enqueue = queue.add
     fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue)
     fleet.bind_metrics(metrics)
     # A dry run dispatches nothing, so it has no executor.
@@ -187,7 +175,6 @@ def build(
         ReviewController(gateway, store, actuator, settings=holder, clock=clock, executor=executor),
         ReceiptsController(gateway, store, actuator, settings=holder, clock=clock),
     )
-    handled.update(c.name for c in controllers)
     loop = Loop(controllers, queue, workers=settings.loop.workers, metrics=metrics)
     resync = Resync(
         gateway, store, enqueue, settings=holder, clock=clock, metrics=metrics, record=not dry_run

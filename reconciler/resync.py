@@ -215,8 +215,10 @@ class ResyncTimer:
         """One tick: a full resync when one is due, an incremental one otherwise."""
         try:
             if self._last_full is None or self._monotonic() - self._last_full >= self._full_interval:
-                self._last_full = self._monotonic()
+                started = self._monotonic()
                 self._resync.full()
+                # Only a full resync that finished counts: a failed one is tried again next tick.
+                self._last_full = started
             else:
                 self._resync.incremental()
         except Exception as exc:  # noqa: BLE001 -- a failed resync must not kill the thread

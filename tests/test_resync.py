@@ -144,15 +144,23 @@ def test_the_timer_runs_a_full_resync_first_then_incremental_ones() -> None:
 
 
 def test_a_failing_resync_does_not_stop_the_timer() -> None:
-    """An exception in one tick is logged; the next tick runs."""
+    """An exception in one tick is logged; the next tick runs, and tries the full resync again
+    (a failed one does not count as done)."""
+    attempts: list[str] = []
 
     class Broken:
         def full(self) -> int:
+            attempts.append("full")
             raise RuntimeError("Forgejo down")
+
+        def incremental(self) -> int:
+            attempts.append("incremental")
+            return 0
 
     timer = ResyncTimer(Broken(), interval=60, full_interval=600, monotonic=lambda: 0.0)  # type: ignore[arg-type]
     timer.run_once()  # must not raise
     timer.run_once()
+    assert attempts == ["full", "full"]
 
 
 def test_since_overlaps_the_previous_listing(harness: Harness) -> None:

@@ -81,8 +81,8 @@ from harness import (
 )
 from pydantic import SecretStr
 
-from reconciler.forgejo import ForgejoGateway
-from reconciler.logs import configure_logging
+from reconciler.engine.logs import configure_logging
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import RepoName, Task, TaskState, branch_for, task_id_for
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
@@ -98,7 +98,7 @@ from reconciler.settings import (
 )
 from reconciler.store import Store, storage
 from webhook.daemon import WEBHOOK_EVENTS, Daemon, build, http_app
-from webhook.forgejo import WEBHOOK_PATH
+from webhook.receiver import WEBHOOK_PATH
 from webhook.server import HttpServer
 
 DEQUEUE_PATH = "/api/v1/tasks/dequeue"

@@ -18,7 +18,7 @@ tasks it runs. Two runs:
 The load comes from a separate process forked before any server starts (``http.client``, one
 thread per connection), so client and server share no interpreter lock — but they do share
 the machine's cores, and the latencies include the client's own time. The table also shows
-that no heartbeat wrote to the store: heartbeats are soft state (see reconciler/fleet.py).
+that no heartbeat wrote to the store: heartbeats are soft state (see reconciler/fleet/agents.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from harness import (
 )
 from pydantic import SecretStr
 
-from reconciler.logs import configure_logging
+from reconciler.engine.logs import configure_logging
 from reconciler.models import AgentId, AgentStatus, RepoName, Task, TaskState, task_id_for
 from reconciler.settings import ApiSettings, ForgejoSettings, Settings, StoreSettings
 from reconciler.store import Store

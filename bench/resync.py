@@ -35,8 +35,8 @@ import httpx
 from harness import Row, print_notes, print_table, verdict
 from pydantic import SecretStr
 
+from reconciler.engine.logs import configure_logging
 from reconciler.keys import ASSIGNMENT
-from reconciler.logs import configure_logging
 from reconciler.sandbox import ForgejoSandbox, QueuedWebhook
 from reconciler.settings import (
     ForgejoSettings,

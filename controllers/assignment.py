@@ -23,10 +23,21 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from reconciler.engine.reconcile import (
+    ActContext,
+    Action,
+    Actuator,
+    AddLabels,
+    Enqueue,
+    RemoveLabels,
+    Result,
+    SaveTask,
+    UpsertComment,
+)
 from reconciler.errors import ForgejoNotFound, StalledError
-from reconciler.executor import Executor
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import Issue, IssueState
+from reconciler.fleet.placement import place, waiting_for
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import Issue, IssueState
 from reconciler.keys import ASSIGNMENT, Key, issue_key
 from reconciler.models import (
     BUSY_STATES,
@@ -45,18 +56,7 @@ from reconciler.models import (
     task_id_for,
     transition,
 )
-from reconciler.placement import place, waiting_for
-from reconciler.reconcile import (
-    ActContext,
-    Action,
-    Actuator,
-    AddLabels,
-    Enqueue,
-    RemoveLabels,
-    Result,
-    SaveTask,
-    UpsertComment,
-)
+from reconciler.run.executor import Executor
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
 

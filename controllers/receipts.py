@@ -1,7 +1,7 @@
 """The receipts controller (key: a task): verifies what an agent claims, then completes the task.
 
 ``reconcile(("receipts", repo, task_id))`` observes the task, the receipt to check and what
-Forgejo shows about it (``reconciler.verify``), plans with the pure :func:`plan` and applies.
+Forgejo shows about it (``reconciler.fleet.verify``), plans with the pure :func:`plan` and applies.
 The review controller enqueues the key when a receipt arrives for a PR in review and when the
 task's pull request is merged; a receipt without a pull request (a task completed through the
 API) names the key itself.
@@ -35,9 +35,33 @@ from datetime import datetime
 
 import structlog
 
+from reconciler.console.views import format_duration
+from reconciler.engine.reconcile import (
+    ActContext,
+    Action,
+    Actuator,
+    AddLabels,
+    CloseIssue,
+    Enqueue,
+    Result,
+    SaveTask,
+    UpsertComment,
+)
 from reconciler.errors import ForgejoNotFound, NotFoundError, StaleStateError, WaitingError
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import Commit, Issue, IssueState, PullRequest
+from reconciler.fleet.verify import (
+    Evidence,
+    check_receipt,
+    checked_receipts,
+    failed,
+    gather,
+    pending,
+    receipt_from_pull,
+    recorded_checks,
+    short,
+    verification_event,
+)
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import Commit, Issue, IssueState, PullRequest
 from reconciler.keys import RECEIPTS, Key, issue_key
 from reconciler.models import (
     Agent,
@@ -50,32 +74,8 @@ from reconciler.models import (
     TaskState,
     transition,
 )
-from reconciler.reconcile import (
-    ActContext,
-    Action,
-    Actuator,
-    AddLabels,
-    CloseIssue,
-    Enqueue,
-    Result,
-    SaveTask,
-    UpsertComment,
-)
 from reconciler.settings import Settings
 from reconciler.store import Store
-from reconciler.verify import (
-    Evidence,
-    check_receipt,
-    checked_receipts,
-    failed,
-    gather,
-    pending,
-    receipt_from_pull,
-    recorded_checks,
-    short,
-    verification_event,
-)
-from reconciler.views import format_duration
 
 log = structlog.get_logger(__name__)
 

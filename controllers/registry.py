@@ -1,7 +1,7 @@
 """The registry controller (key: one agent id): who is online, and what a lost agent leaves behind.
 
 ``reconcile(("registry", "", agent_id))`` observes the agent's record, its soft state in the
-:class:`~reconciler.fleet.Fleet` (the last heartbeat) and the tasks it holds, plans with the
+:class:`~reconciler.fleet.agents.Fleet` (the last heartbeat) and the tasks it holds, plans with the
 pure :func:`plan`, and applies the actions:
 
 * a pull agent silent for ``missed_heartbeats × heartbeat_interval`` goes offline, with the
@@ -31,8 +31,19 @@ from typing import Protocol
 
 import structlog
 
+from reconciler.console.views import format_duration
+from reconciler.engine.reconcile import (
+    ActContext,
+    Action,
+    Actuator,
+    Enqueue,
+    Result,
+    SaveAgent,
+    SaveTask,
+)
 from reconciler.errors import WaitingError
-from reconciler.fleet import LOST_WITH_AGENT, Fleet, Pulse, grace_period, with_status
+from reconciler.fleet.agents import LOST_WITH_AGENT, Fleet, Pulse, grace_period, with_status
+from reconciler.fleet.placement import waiting_for
 from reconciler.keys import REGISTRY, Key, issue_key
 from reconciler.models import (
     Agent,
@@ -44,19 +55,8 @@ from reconciler.models import (
     requeue,
     transition,
 )
-from reconciler.placement import waiting_for
-from reconciler.reconcile import (
-    ActContext,
-    Action,
-    Actuator,
-    Enqueue,
-    Result,
-    SaveAgent,
-    SaveTask,
-)
 from reconciler.settings import HostSettings, Settings
 from reconciler.store import Store
-from reconciler.views import format_duration
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +69,7 @@ RESTART_MARK = " · restart: "
 
 
 class HealthReport(Protocol):
-    """What a host health check found (``reconciler.hosts.HostHealth``)."""
+    """What a host health check found (``reconciler.run.hosts.HostHealth``)."""
 
     @property
     def healthy(self) -> bool: ...
@@ -79,7 +79,7 @@ class HealthReport(Protocol):
 
 
 class RestartReport(Protocol):
-    """What running a host's restart command did (``reconciler.hosts.RestartOutcome``)."""
+    """What running a host's restart command did (``reconciler.run.hosts.RestartOutcome``)."""
 
     @property
     def ok(self) -> bool: ...
@@ -101,14 +101,14 @@ class HostRestart(Protocol):
 
 def check_host(host: HostSettings, *, command: str, timeout: float) -> HealthReport:
     """The real health check over ssh (imported on first use: it pulls in fabric)."""
-    from reconciler import hosts
+    from reconciler.run import hosts
 
     return hosts.check_host(host, command=command, timeout=timeout)
 
 
 def restart_host(host: HostSettings, *, timeout: float) -> RestartReport:
     """The real restart over ssh (imported on first use: it pulls in fabric)."""
-    from reconciler import hosts
+    from reconciler.run import hosts
 
     return hosts.restart_host(host, timeout=timeout)
 

@@ -36,10 +36,11 @@ from datetime import datetime
 
 import structlog
 
+from reconciler.engine.reconcile import Action, Actuator, Enqueue, Result, SaveTask
 from reconciler.errors import ForgejoNotFound, StaleStateError, WaitingError
-from reconciler.executor import Executor
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import IssueState, PullRequest, Review, ReviewState
+from reconciler.fleet.verify import checked_receipts, short
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import IssueState, PullRequest, Review, ReviewState
 from reconciler.keys import BRANCH_PREFIX, REVIEW, Key, issue_key, task_key
 from reconciler.models import (
     Task,
@@ -50,11 +51,10 @@ from reconciler.models import (
     task_id_from_branch,
     transition,
 )
-from reconciler.prompt import is_trusted_author
-from reconciler.reconcile import Action, Actuator, Enqueue, Result, SaveTask
+from reconciler.run.executor import Executor
+from reconciler.run.prompt import is_trusted_author
 from reconciler.settings import Settings
 from reconciler.store import Store
-from reconciler.verify import checked_receipts, short
 
 log = structlog.get_logger(__name__)
 

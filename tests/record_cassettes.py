@@ -41,8 +41,8 @@ from vcr.cassette import Cassette  # type: ignore[import-untyped]
 from vcr.serializers import yamlserializer  # type: ignore[import-untyped]
 
 from reconciler.errors import ForgejoError
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import LabelSpec
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import LabelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CASSETTES = ROOT / "cassettes"

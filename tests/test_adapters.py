@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters import (
+from reconciler.run.adapters import (
     AgentResult,
     RunOutput,
     group_members,

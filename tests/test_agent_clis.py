@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters import (
+from reconciler.forgejo.types import Issue, IssueState
+from reconciler.run.adapters import (
     AgentResult,
     LocalRun,
     group_members,
@@ -32,8 +33,7 @@ from reconciler.adapters import (
     render_env,
     start_local,
 )
-from reconciler.forgejo_types import Issue, IssueState
-from reconciler.prompt import build_prompt
+from reconciler.run.prompt import build_prompt
 from reconciler.settings import BUILTIN_ADAPTERS, AdapterSettings
 from tests.modelapi import INPUT_TOKENS, OUTPUT_TOKENS, ModelApiStandIn, Script
 

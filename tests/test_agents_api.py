@@ -14,12 +14,12 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
+from reconciler.console.views import agents_json, agents_table, daemon_url, fetch_agents
 from reconciler.errors import TransientError, UnauthenticatedError
 from reconciler.keys import agent_key
 from reconciler.models import AgentStatus, TaskState, transition
 from reconciler.settings import StoreSettings, WebhookSettings
 from reconciler.store import Store
-from reconciler.views import agents_json, agents_table, daemon_url, fetch_agents
 from tests.sandbox_fixtures import ManualClock
 from tests.test_fleet import ENROLMENT, NOW, OPERATOR, Harness, make_settings
 from webhook.agents_api import install_agent_api
@@ -491,9 +491,9 @@ def test_status_lists_live_tasks_with_why_they_wait_from_a_served_daemon(
 
     from click.testing import CliRunner
 
-    from reconciler.cli import main
+    from reconciler.console.views import fetch_tasks, status_report
     from reconciler.models import Priority, RepoName, Task, task_id_for
-    from reconciler.views import fetch_tasks, status_report
+    from webhook.cli import main
 
     now = api.registry.clock()
     store = api.registry.store

@@ -21,11 +21,7 @@ from controllers.assignment import (
     read_labels,
     status_comment,
 )
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import Issue, IssueState
-from reconciler.keys import issue_key
-from reconciler.models import Agent, AgentId, ExecutionMode, Priority, Task, TaskState, task_id_for
-from reconciler.reconcile import (
+from reconciler.engine.reconcile import (
     ActContext,
     Actuator,
     AddLabels,
@@ -33,6 +29,10 @@ from reconciler.reconcile import (
     SaveTask,
     UpsertComment,
 )
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import Issue, IssueState
+from reconciler.keys import issue_key
+from reconciler.models import Agent, AgentId, ExecutionMode, Priority, Task, TaskState, task_id_for
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings
 from reconciler.store import Store
@@ -338,7 +338,7 @@ def test_forgejo_errors_propagate_for_the_loop_to_retry(tmp_path: Path) -> None:
 
 def test_a_slot_freed_by_a_finished_run_is_offered_to_the_waiting_tasks() -> None:
     """The run of #12 ended in review: the task waiting behind it for box-1 is looked at now."""
-    from reconciler.reconcile import Enqueue
+    from reconciler.engine.reconcile import Enqueue
 
     in_review = task(TaskState.REVIEW_PENDING, agent_id="box-1", lease_generation=1, attempt=1,
                      pr_number=7, comment_digest=comment_digest(status_comment(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import vcr.errors  # type: ignore[import-untyped]
 
-from reconciler.forgejo_types import IssueState, ReviewState
+from reconciler.forgejo.types import IssueState, ReviewState
 from tests.record_cassettes import (
     DEFAULT_EXAMPLES,
     EXAMPLE_CASSETTES,

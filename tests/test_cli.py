@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from reconciler.cli import main
+from webhook.cli import main
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 

@@ -85,7 +85,7 @@ class DaemonProcess:
 def start_daemon(config: Path) -> DaemonProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_FLEET_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "run", "--config", str(config), "--log-json"],
+        [sys.executable, "-m", "webhook", "run", "--config", str(config), "--log-json"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -145,7 +145,7 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(
     """The store's lock keeps two daemons from reconciling the same state."""
     daemon.wait_for("daemon.started")
     second = subprocess.run(  # noqa: PLW1510 -- the exit code is the assertion
-        [sys.executable, "-m", "reconciler", "run", "--config", str(daemon_config)],
+        [sys.executable, "-m", "webhook", "run", "--config", str(daemon_config)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

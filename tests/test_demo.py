@@ -45,7 +45,7 @@ def test_demo_runs_tasks_through_review_to_done_and_shows_an_agent_going_offline
 def test_demo_command_exits_zero() -> None:
     """The console command as a user runs it: exit 0, output on stdout, quiet logs."""
     result = subprocess.run(  # noqa: PLW1510 -- the exit code is the assertion
-        [sys.executable, "-m", "reconciler", "demo"],
+        [sys.executable, "-m", "webhook", "demo"],
         capture_output=True,
         text=True,
         timeout=60,

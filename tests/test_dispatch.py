@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from reconciler.dispatch import HostExecutor
-from reconciler.forgejo import ForgejoGateway
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key
 from reconciler.models import AgentId, RepoName, Task, TaskState, branch_for, task_id_for
+from reconciler.run.ssh import HostExecutor
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
     AdapterSettings,
@@ -30,7 +30,7 @@ from reconciler.store import Store
 from tests.sandbox_fixtures import DEMO_REPO, ManualClock
 
 DEMO_AGENT = AdapterSettings(
-    command=(sys.executable, "-m", "reconciler.demo_agent", "{prompt}"), parser="claude-json"
+    command=(sys.executable, "-m", "reconciler.agent.demo_agent", "{prompt}"), parser="claude-json"
 )
 FAILING = AdapterSettings(command=("sh", "-c", "echo 'no credentials' >&2; exit 1"), parser="claude-json")
 SLEEPING = AdapterSettings(command=("sh", "-c", "sleep 60"), parser="raw")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from reconciler.forgejo import ForgejoGateway
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import issue_key
 from reconciler.models import TaskState, task_id_for
 from reconciler.sandbox import ForgejoSandbox

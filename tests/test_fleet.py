@@ -16,10 +16,19 @@ import pytest
 from pydantic import SecretStr
 
 from controllers.registry import HealthReport, RegistryController, RestartReport
+from reconciler.console.views import AgentSummary, agents_table
+from reconciler.engine.metrics import Metrics
+from reconciler.engine.reconcile import ActContext, Actuator, Result
 from reconciler.errors import ConflictError, ForbiddenError, UnauthenticatedError
-from reconciler.fleet import Fleet, HeldTask, Profile, Registration, token_digest, with_status
+from reconciler.fleet.agents import (
+    Fleet,
+    HeldTask,
+    Profile,
+    Registration,
+    token_digest,
+    with_status,
+)
 from reconciler.keys import Key, agent_key
-from reconciler.metrics import Metrics
 from reconciler.models import (
     AgentId,
     AgentStatus,
@@ -31,10 +40,8 @@ from reconciler.models import (
     task_id_for,
     transition,
 )
-from reconciler.reconcile import ActContext, Actuator, Result
 from reconciler.settings import ApiSettings, ForgejoSettings, HostSettings, Settings
 from reconciler.store import Store
-from reconciler.views import AgentSummary, agents_table
 from tests.sandbox_fixtures import ManualClock
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -62,7 +69,7 @@ def make_settings(*, enrolment: bool = True, hosts: tuple[HostSettings, ...] = (
 
 
 class FakeHealth:
-    """A health check's result, as ``reconciler.hosts.HostHealth`` reports it."""
+    """A health check's result, as ``reconciler.run.hosts.HostHealth`` reports it."""
 
     def __init__(self, *problems: str) -> None:
         self.problems = tuple(problems)
@@ -420,7 +427,7 @@ def test_uptime_is_the_share_of_time_up_since_registration(fleet: Harness) -> No
     agent = with_status(agent, AgentStatus.OFFLINE, reason="x", now=fleet.clock.advance(1800))
     agent = with_status(agent, AgentStatus.ONLINE, reason="", now=fleet.clock.advance(600))
     fleet.clock.advance(1200)
-    from reconciler.fleet import uptime_percent
+    from reconciler.fleet.agents import uptime_percent
 
     assert uptime_percent(agent, now=fleet.clock()) == pytest.approx(83.3)
     assert agent.stats.online_seconds == 1800

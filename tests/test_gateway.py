@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from reconciler.errors import ForgejoConflict, ForgejoForbidden, ForgejoNotFound
-from reconciler.forgejo import WRITE_OPERATIONS, ForgejoGateway, marker_tag
-from reconciler.forgejo_types import CommitState, IssueState, LabelSpec
+from reconciler.forgejo.gateway import WRITE_OPERATIONS, ForgejoGateway, marker_tag
+from reconciler.forgejo.types import CommitState, IssueState, LabelSpec
 from reconciler.sandbox import ForgejoSandbox
 
 BASE_URL = "http://localhost:3000"

@@ -23,8 +23,8 @@ from reconciler.errors import (
     ForgejoRateLimited,
     ForgejoServerError,
 )
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import CommitState, LabelSpec
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import CommitState, LabelSpec
 
 TOKEN = "s3cret-token-value"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from reconciler.errors import StaleStateError, StoreError
-from reconciler.fleet import _LOCK_STRIPES
+from reconciler.fleet.agents import _LOCK_STRIPES
+from reconciler.fleet.queue import DequeueAsk, Handout, PullQueue, plan_assignments
 from reconciler.models import (
     Agent,
     AgentId,
@@ -33,7 +34,6 @@ from reconciler.store import Store, storage
 from reconciler.store.group_commit import GroupCommit
 from reconciler.store.logfile import JsonLinesLog
 from reconciler.store.store import EVENTS_FILE, TaskWrite
-from reconciler.tasks import DequeueAsk, Handout, PullQueue, plan_assignments
 from tests.test_fleet import REPO, Harness
 from tests.test_store_durability import kill_after
 

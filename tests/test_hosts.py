@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from reconciler.errors import TransientError
-from reconciler.hosts import check_host, cli_for, restart_host, run_remote
+from reconciler.run.hosts import check_host, cli_for, restart_host, run_remote
 from reconciler.settings import HostSettings, load_settings
 
 if TYPE_CHECKING:

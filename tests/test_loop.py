@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from reconciler.engine.loop import Loop, Outcome
+from reconciler.engine.metrics import Metrics
+from reconciler.engine.reconcile import ActContext, Action, Actuator, Result
+from reconciler.engine.workqueue import WorkQueue
 from reconciler.errors import StalledError, WaitingError
 from reconciler.keys import Key
-from reconciler.loop import Loop, Outcome
-from reconciler.metrics import Metrics
-from reconciler.reconcile import ActContext, Action, Actuator, Result
-from reconciler.workqueue import WorkQueue
 
 KEY = Key("fake", "acme/web", "12")
 

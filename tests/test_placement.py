@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from reconciler.fleet.placement import next_task_for, place
 from reconciler.models import (
     Agent,
     AgentId,
@@ -17,7 +18,6 @@ from reconciler.models import (
     TaskState,
     task_id_for,
 )
-from reconciler.placement import next_task_for, place
 
 NOW = datetime(2026, 11, 21, 14, 0, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from reconciler.errors import StalledError
-from reconciler.forgejo_types import Comment, Issue, IssueState, RepoPermission
-from reconciler.prompt import (
+from reconciler.forgejo.types import Comment, Issue, IssueState, RepoPermission
+from reconciler.run.prompt import (
     MAX_PROMPT_BYTES,
     IssueSections,
     build_prompt,

@@ -20,8 +20,17 @@ from controllers.receipts import (
     ReceiptsController,
     plan,
 )
-from reconciler.forgejo import ForgejoGateway, marker_tag
-from reconciler.forgejo_types import ChangedFile, Commit, Issue, IssueState, PullRequest
+from reconciler.engine.reconcile import (
+    ActContext,
+    Actuator,
+    AddLabels,
+    Enqueue,
+    SaveTask,
+    UpsertComment,
+)
+from reconciler.fleet.verify import Evidence
+from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
+from reconciler.forgejo.types import ChangedFile, Commit, Issue, IssueState, PullRequest
 from reconciler.keys import Key, issue_key, task_key
 from reconciler.models import (
     Agent,
@@ -37,18 +46,9 @@ from reconciler.models import (
     branch_for,
     task_id_for,
 )
-from reconciler.reconcile import (
-    ActContext,
-    Actuator,
-    AddLabels,
-    Enqueue,
-    SaveTask,
-    UpsertComment,
-)
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, ReviewSettings, Settings
 from reconciler.store import Store
-from reconciler.verify import Evidence
 from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
 from webhook.daemon import label_specs
 

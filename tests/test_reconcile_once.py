@@ -6,13 +6,13 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from reconciler.cli import main
-from reconciler.forgejo import ForgejoGateway
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import task_id_for
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.store import Store
 from tests.sandbox_fixtures import DEMO_REPO
 from tests.test_daemon import config_text
+from webhook.cli import main
 
 
 def run_once(config: Path, *extra: str) -> tuple[int, str]:
@@ -71,7 +71,7 @@ def test_a_pass_runs_what_it_dispatches_to_the_end(served_forge: ForgejoSandbox,
         config_text(served_forge, tmp_path / "state")
         + f"""
 [adapters.demo-agent]
-command = ["{sys.executable}", "-m", "reconciler.demo_agent", "{{prompt}}"]
+command = ["{sys.executable}", "-m", "reconciler.agent.demo_agent", "{{prompt}}"]
 parser = "claude-json"
 
 [[hosts]]

@@ -19,8 +19,10 @@ from controllers.registry import (
     next_look,
     plan,
 )
+from reconciler.engine.reconcile import Action, Actuator, Enqueue, SaveAgent, SaveTask, recording
+from reconciler.engine.resync import Resync
 from reconciler.errors import ConflictError, WaitingError
-from reconciler.fleet import HeldTask, Pulse
+from reconciler.fleet.agents import HeldTask, Pulse
 from reconciler.keys import agent_key, issue_key
 from reconciler.models import (
     Agent,
@@ -32,8 +34,6 @@ from reconciler.models import (
     assign,
     task_id_for,
 )
-from reconciler.reconcile import Action, Actuator, Enqueue, SaveAgent, SaveTask, recording
-from reconciler.resync import Resync
 from reconciler.settings import HostSettings, Settings
 from tests.test_fleet import NOW, REPO, FakeHealth, FakeRestart, Harness, host, make_settings
 

@@ -13,11 +13,11 @@ import pytest
 from pydantic import SecretStr
 
 from controllers.registry import RegistryController
-from reconciler.fleet import Fleet
-from reconciler.hosts import RestartOutcome, restart_host
+from reconciler.engine.reconcile import ActContext, Actuator
+from reconciler.fleet.agents import Fleet
 from reconciler.keys import agent_key
 from reconciler.models import AgentStatus
-from reconciler.reconcile import ActContext, Actuator
+from reconciler.run.hosts import RestartOutcome, restart_host
 from reconciler.settings import ForgejoSettings, HostSettings, Settings
 from reconciler.store import Store
 from tests.sandbox_fixtures import ManualClock

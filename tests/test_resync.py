@@ -9,10 +9,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from reconciler.forgejo import ForgejoGateway
+from reconciler.engine.resync import Resync, ResyncTimer
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key, issue_key, pull_key
 from reconciler.models import RepoName, Task, TaskState, task_id_for
-from reconciler.resync import Resync, ResyncTimer
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings, StoreSettings
 from reconciler.store import Store

@@ -20,8 +20,10 @@ from controllers.review import (
     next_check,
     plan,
 )
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import IssueState, PullRequest, Review, ReviewState
+from reconciler.engine.reconcile import ActContext, Actuator, Enqueue, SaveTask
+from reconciler.fleet.placement import place
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import IssueState, PullRequest, Review, ReviewState
 from reconciler.keys import Key, branch_key, issue_key, pull_key, task_key
 from reconciler.models import (
     Agent,
@@ -35,8 +37,6 @@ from reconciler.models import (
     branch_for,
     task_id_for,
 )
-from reconciler.placement import place
-from reconciler.reconcile import ActContext, Actuator, Enqueue, SaveTask
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, RetriesSettings, Settings
 from reconciler.store import Store

@@ -27,9 +27,8 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from controllers.receipts import RESULT_MARKER
-from reconciler.cli import main
-from reconciler.forgejo import marker_tag
-from reconciler.history import fetch_task
+from reconciler.console.history import fetch_task
+from reconciler.forgejo.gateway import marker_tag
 from reconciler.models import (
     AgentId,
     AgentStatus,
@@ -55,6 +54,7 @@ from reconciler.settings import (
 from reconciler.store import Store
 from tests.forgejo_data import EXAMPLES
 from tests.sandbox_fixtures import DEMO_REPO, ManualClock
+from webhook.cli import main
 from webhook.daemon import Assembly, build, http_app, prepare_repos
 from webhook.server import HttpServer
 
@@ -179,7 +179,7 @@ def recording_agent(prompts: Path) -> AdapterSettings:
     """The demo agent CLI, with each prompt it gets appended to ``prompts`` first."""
     script = (
         f'printf "%s\\n=====PROMPT-END=====\\n" "$1" >> {shlex.quote(str(prompts))}; '
-        f'exec {shlex.quote(sys.executable)} -m reconciler.demo_agent "$1"'
+        f'exec {shlex.quote(sys.executable)} -m reconciler.agent.demo_agent "$1"'
     )
     return AdapterSettings(command=("sh", "-c", script, "agent", "{prompt}"), parser="claude-json")
 

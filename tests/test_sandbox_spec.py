@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +25,7 @@ from reconciler.sandbox import ForgejoSandbox
 pytest_plugins = ("tests.sandbox_fixtures",)
 
 from tests.forgejo_data import SPEC_PATH
+
 REPO = "/repos/fleet-admin/demo"
 
 # Properties real Forgejo sends that its spec does not declare, each with its reason.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,6 +25,7 @@ pytest_plugins = ("tests.sandbox_fixtures",)
 DEMO = "fleet-admin/demo"
 from tests.forgejo_data import EXAMPLES
 from tests.forgejo_data import SPEC_PATH as SPEC
+
 SECRET = "s3cret"
 
 # Top-level payload fields Forgejo v16's payload structs have and the older recordings lack

@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
 
-from reconciler.cli import main
 from reconciler.errors import ConfigError
 from reconciler.settings import (
     ENV_PREFIX,
@@ -22,6 +21,7 @@ from reconciler.settings import (
     load_settings,
     render_reference,
 )
+from webhook.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "fleet.example.toml"

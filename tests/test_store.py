@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.engine.workqueue import BackoffStore
 from reconciler.errors import NotFoundError, StoreError
 from reconciler.keys import Key, agent_key, issue_key
 from reconciler.models import (
@@ -24,7 +25,6 @@ from reconciler.models import (
 )
 from reconciler.store import Backoff, Store, encode_backoff_key
 from reconciler.store.store import STATE_FILE
-from reconciler.workqueue import BackoffStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

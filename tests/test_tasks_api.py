@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from reconciler.fleet.queue import PullQueue, labels_implied
 from reconciler.keys import agent_key, issue_key, pull_key
 from reconciler.models import (
     AgentId,
@@ -30,7 +31,6 @@ from reconciler.models import (
     transition,
 )
 from reconciler.settings import TimeoutsSettings
-from reconciler.tasks import PullQueue, labels_implied
 from tests.test_fleet import ENROLMENT, OPERATOR, REPO, Harness, make_settings
 from webhook.agents_api import install_agent_api
 from webhook.app import make_app

@@ -11,8 +11,18 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import ChangedFile, IssueState, PullRequest
+from reconciler.fleet.verify import (
+    Evidence,
+    check_receipt,
+    checked_receipts,
+    failed,
+    gather,
+    receipt_from_pull,
+    recorded_checks,
+    verification_event,
+)
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import ChangedFile, IssueState, PullRequest
 from reconciler.models import (
     AgentId,
     CheckOutcome,
@@ -27,16 +37,6 @@ from reconciler.models import (
     task_id_for,
 )
 from reconciler.sandbox import ForgejoSandbox
-from reconciler.verify import (
-    Evidence,
-    check_receipt,
-    checked_receipts,
-    failed,
-    gather,
-    receipt_from_pull,
-    recorded_checks,
-    verification_event,
-)
 from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)

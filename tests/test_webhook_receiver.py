@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from reconciler.keys import Key, issue_key, pull_key
 from tests.forgejo_data import EXAMPLES
-from webhook.forgejo import WEBHOOK_PATH, install_forgejo_webhook
+from webhook.receiver import WEBHOOK_PATH, install_forgejo_webhook
 
 SECRET = "s3cret-hook-key"
 LIMIT = 64 * 1024

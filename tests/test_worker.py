@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from reconciler.adapters import group_members, start_local
-from reconciler.forgejo import ForgejoGateway
+from reconciler.agent.worker import AgentApi, TaskRun, Worker, WorkerConfig
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import RepoName, Task, TaskState, branch_for, task_id_for, transition
+from reconciler.run.adapters import group_members, start_local
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
     AdapterSettings,
@@ -36,7 +37,6 @@ from reconciler.settings import (
     WebhookSettings,
 )
 from reconciler.store import Store
-from reconciler.worker import AgentApi, TaskRun, Worker, WorkerConfig
 from tests.sandbox_fixtures import DEMO_REPO
 from webhook.daemon import Assembly, Daemon, build, http_app, utc_now
 from webhook.server import HttpServer
@@ -44,7 +44,7 @@ from webhook.server import HttpServer
 ENROLMENT = "worker-test-enrolment"
 OPERATOR = "worker-test-operator"
 DEMO_AGENT = AdapterSettings(
-    command=(sys.executable, "-m", "reconciler.demo_agent", "{prompt}"), parser="claude-json"
+    command=(sys.executable, "-m", "reconciler.agent.demo_agent", "{prompt}"), parser="claude-json"
 )
 WAIT_S = 60.0
 
@@ -229,8 +229,8 @@ def start_worker_process(
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from reconciler.logs import configure_logging\n"
-        "from reconciler.worker import WorkerConfig, serve\n"
+        "from reconciler.engine.logs import configure_logging\n"
+        "from reconciler.agent.worker import WorkerConfig, serve\n"
         "configure_logging(level='info', json=True)\n"
         "sys.exit(serve(WorkerConfig.model_validate_json(Path(sys.argv[1]).read_text())))\n"
     )
@@ -543,9 +543,9 @@ def test_a_rerun_after_review_carries_the_review_into_the_workers_prompt(forge: 
 
     import httpx as _httpx
 
-    from reconciler.forgejo import ForgejoGateway as _Gateway
+    from reconciler.agent.worker import prompt_for
+    from reconciler.forgejo.gateway import ForgejoGateway as _Gateway
     from reconciler.models import RepoName, Task, task_id_for
-    from reconciler.worker import prompt_for
     from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL
 
     number = forge.create_issue(DEMO_REPO, "Add a flag", body="## Goal\nAdd --version.")

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from reconciler.engine.workqueue import BackoffStore, WorkQueue
 from reconciler.keys import Key, agent_key, issue_key
-from reconciler.workqueue import BackoffStore, WorkQueue
 
 A = issue_key("acme/web", 1)
 B = issue_key("acme/web", 2)

@@ -2,7 +2,7 @@
 
 The daemon's HTTP assembly (``webhook.daemon.http_app``) calls :func:`install_agent_api` once.
 Every handler is thin: parse and validate the request (pydantic models, unknown fields
-refused), work out who is calling, call the :class:`~reconciler.fleet.Fleet`, and answer JSON.
+refused), work out who is calling, call the :class:`~reconciler.fleet.agents.Fleet`, and answer JSON.
 The reference, with every error code, is ``docs/agents-api.md``; the OpenAPI document served
 at ``GET /api/v1/openapi.json`` is built by ``webhook/openapi.py`` from the models here.
 
@@ -39,6 +39,7 @@ import bottle  # type: ignore[import-untyped]  # bottle ships no type informatio
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from reconciler.console.views import AgentList, AgentMetadata, AgentSummary
 from reconciler.errors import (
     ConflictError,
     ForbiddenError,
@@ -47,10 +48,9 @@ from reconciler.errors import (
     RefusedError,
     UnauthenticatedError,
 )
-from reconciler.fleet import Fleet, HeldTask, Profile, grace_period
+from reconciler.fleet.agents import Fleet, HeldTask, Profile, grace_period
 from reconciler.models import AgentId, AgentStatus, Task, TaskEvent, TaskId, TaskState
 from reconciler.settings import CapabilityName, RoleName, Settings
-from reconciler.views import AgentList, AgentMetadata, AgentSummary
 from webhook.app import json_response
 
 log = structlog.get_logger(__name__)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import bottle  # type: ignore[import-untyped]
 import structlog
 
-from reconciler.metrics import CONTENT_TYPE, Metrics
+from reconciler.engine.metrics import CONTENT_TYPE, Metrics
 
 log = structlog.get_logger(__name__)
 

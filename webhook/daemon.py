@@ -31,24 +31,24 @@ from controllers.assignment import AssignmentController
 from controllers.receipts import ReceiptsController
 from controllers.registry import RegistryController
 from controllers.review import ReviewController
-from reconciler.dispatch import HostExecutor
+from reconciler.engine.loop import Loop
+from reconciler.engine.metrics import Metrics
+from reconciler.engine.reconcile import ActContext, Actuator, Controller
+from reconciler.engine.resync import Resync, ResyncTimer
+from reconciler.engine.workqueue import WorkQueue
 from reconciler.errors import ConfigError, FleetError
-from reconciler.fleet import Fleet
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import LabelSpec
+from reconciler.fleet.agents import Fleet
+from reconciler.fleet.queue import PullQueue
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import LabelSpec
 from reconciler.keys import Key
-from reconciler.loop import Loop
-from reconciler.metrics import Metrics
-from reconciler.reconcile import ActContext, Actuator, Controller
-from reconciler.resync import Resync, ResyncTimer
+from reconciler.run.ssh import HostExecutor
 from reconciler.settings import Settings, load_settings
 from reconciler.store import Store
-from reconciler.tasks import PullQueue
-from reconciler.workqueue import WorkQueue
 from webhook.agents_api import install_agent_api
 from webhook.app import Check, install_health, make_app
-from webhook.forgejo import install_forgejo_webhook
 from webhook.openapi import install_openapi
+from webhook.receiver import install_forgejo_webhook
 from webhook.server import HttpServer
 from webhook.tasks_api import install_tasks_api
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from reconciler.forgejo import ForgejoGateway
+from reconciler.console.views import AgentSummary, agents_table
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import AgentStatus, TaskState, task_id_for
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
@@ -44,7 +45,6 @@ from reconciler.settings import (
     WebhookSettings,
 )
 from reconciler.store import Store
-from reconciler.views import AgentSummary, agents_table
 from webhook.daemon import Daemon, label_specs, utc_now
 
 Print = Callable[[str], None]
@@ -120,7 +120,7 @@ def demo_settings(url: str, token: str, *, state: Path, work: Path) -> Settings:
         ),
         adapters={
             "demo-agent": AdapterSettings(
-                command=(sys.executable, "-m", "reconciler.demo_agent", "{prompt}"),
+                command=(sys.executable, "-m", "reconciler.agent.demo_agent", "{prompt}"),
                 parser="claude-json",
             )
         },

@@ -1,6 +1,6 @@
 """Which work-queue keys a Forgejo webhook delivery names: a pure mapping, no I/O.
 
-Called by the webhook receiver (`webhook.forgejo`) after the signature is verified and the body
+Called by the webhook receiver (`webhook.receiver`) after the signature is verified and the body
 parsed. A delivery only says "look at this issue / pull request / task branch soon": the
 controllers read the current state themselves, so nothing here looks past the few fields that
 identify the thing that changed (repository, number, branch).

@@ -19,8 +19,8 @@ import bottle  # type: ignore[import-untyped]  # bottle ships no type informatio
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from reconciler.console.views import AgentList, AgentSummary
 from reconciler.models import AgentStatus, TaskState
-from reconciler.views import AgentList, AgentSummary
 from webhook.agents_api import (
     API,
     DeregisterAnswer,

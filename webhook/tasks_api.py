@@ -3,7 +3,7 @@
 The daemon's HTTP assembly (``webhook.daemon.http_app``) calls :func:`install_tasks_api` once,
 beside the agent API (``webhook/agents_api.py``), whose plumbing it shares: bearer tokens,
 body validation, JSON errors. Handlers parse, authenticate and call the
-:class:`~reconciler.tasks.PullQueue`; they never call Forgejo. ``docs/agents-api.md`` is the
+:class:`~reconciler.fleet.queue.PullQueue`; they never call Forgejo. ``docs/agents-api.md`` is the
 reference, ``webhook/openapi.py`` documents the same models.
 
 | method | path                              | who                         |
@@ -24,8 +24,8 @@ import bottle  # type: ignore[import-untyped]  # bottle ships no type informatio
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.errors import NotFoundError
+from reconciler.fleet.queue import Acceptance, PullQueue, ReceiptClaim
 from reconciler.models import Artifact, ReceiptId, Task, TaskId, TaskState
-from reconciler.tasks import Acceptance, PullQueue, ReceiptClaim
 from webhook.agents_api import API, AgentIdText, ApiError, agent_caller, endpoint, read_body
 
 RECEIPT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"

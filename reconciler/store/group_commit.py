@@ -1,6 +1,6 @@
 """Group commit: callers that each need a durable write at the same moment share one.
 
-Used by :class:`reconciler.tasks.PullQueue`, whose dequeues each assign a task: one durable
+Used by :class:`reconciler.fleet.queue.PullQueue`, whose dequeues each assign a task: one durable
 write of the live state per assignment serialises a burst of agents behind each other's
 ``fsync``. :class:`GroupCommit` batches them, leader/follower style:
 

@@ -378,7 +378,7 @@ class Store:
         first, as in :meth:`record`: a crash between the two leaves events whose tasks did not
         land (never acknowledged), never a task no event explains.
 
-        The dequeue's group commit (``reconciler.tasks``) calls this once for every batch of
+        The dequeue's group commit (``reconciler.fleet.queue``) calls this once for every batch of
         assignments, so concurrent dequeues share one write.
         """
         ids = [write.task.id for write in writes]

@@ -1,6 +1,6 @@
 """Frozen models of the Forgejo objects agent-fleet reads, and the one place raw JSON becomes them.
 
-The Forgejo gateway (``reconciler.forgejo``) calls the ``from_api`` constructors on every
+The Forgejo gateway (``reconciler.forgejo.gateway``) calls the ``from_api`` constructors on every
 response body it receives; controllers, the loop and the CLI only ever see these models, never a
 raw dict. Parsing is lenient where real servers differ (a field missing from an older Gitea or
 Forgejo, ``null`` where a list was expected, ``login`` spelled ``username`` by legacy servers) and

@@ -130,7 +130,7 @@ def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
     import signal
     import threading
 
-    from reconciler.logs import configure_logging
+    from reconciler.engine.logs import configure_logging
     from webhook.daemon import Daemon
 
     configure_logging(level=log_level, json=log_json)
@@ -168,7 +168,7 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
     Example:
       agent-fleet reconcile --once --dry-run --config config/fleet.toml
     """
-    from reconciler.logs import configure_logging
+    from reconciler.engine.logs import configure_logging
     from webhook.daemon import build, prepare_repos
 
     configure_logging(level="warning")
@@ -233,9 +233,9 @@ def agents(
     """
     from datetime import UTC, datetime
 
+    from reconciler.console.views import agents_json, agents_table, daemon_url, fetch_agents
     from reconciler.errors import FleetError
     from reconciler.models import AgentStatus
-    from reconciler.views import agents_json, agents_table, daemon_url, fetch_agents
 
     settings = _load_or_exit(config_file)
     token = _operator_token(settings, token)
@@ -274,8 +274,8 @@ def status(
     """
     from datetime import UTC, datetime
 
+    from reconciler.console.views import daemon_url, fetch_tasks, status_report
     from reconciler.errors import FleetError
-    from reconciler.views import daemon_url, fetch_tasks, status_report
 
     settings = _load_or_exit(config_file)
     token = _operator_token(settings, token)
@@ -319,9 +319,9 @@ def tasks_show(task_id: str, config_file: Path, server: str | None, token: str |
       agent-fleet tasks show 12-3f9a1c2b --config config/fleet.toml
       agent-fleet tasks show 12-3f9a1c2b --json
     """
+    from reconciler.console.history import fetch_task, task_report
+    from reconciler.console.views import daemon_url
     from reconciler.errors import FleetError
-    from reconciler.history import fetch_task, task_report
-    from reconciler.views import daemon_url
 
     settings = _load_or_exit(config_file)
     token = _operator_token(settings, token)
@@ -395,14 +395,14 @@ def agent_run(
       agent-fleet agent run --server http://fleet.internal:8080 --token "$ENROLMENT" \\
           --adapter claude-code --roles developer --capabilities code:python,test
       agent-fleet agent run --server http://127.0.0.1:8080 --once \\
-          --command 'python -m reconciler.demo_agent {prompt}' --parser claude-json
+          --command 'python -m reconciler.agent.demo_agent {prompt}' --parser claude-json
     """
     import shlex
 
     from pydantic import SecretStr, ValidationError
 
-    from reconciler.logs import configure_logging
-    from reconciler.worker import WorkerConfig, resolve_adapter, serve
+    from reconciler.agent.worker import WorkerConfig, resolve_adapter, serve
+    from reconciler.engine.logs import configure_logging
 
     configure_logging(level=log_level, json=log_json)
     try:
@@ -447,7 +447,7 @@ def demo(verbose: bool) -> None:
       agent-fleet demo
       agent-fleet demo --verbose
     """
-    from reconciler.logs import configure_logging
+    from reconciler.engine.logs import configure_logging
     from webhook.demo import run_demo
 
     configure_logging(level="info" if verbose else "warning")

@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from reconciler.engine.metrics import Metrics
 from reconciler.errors import (
     ConflictError,
     ForbiddenError,
@@ -44,8 +45,8 @@ from reconciler.errors import (
     StaleStateError,
     UnauthenticatedError,
 )
+from reconciler.fleet.placement import active_load, queue_order
 from reconciler.keys import Key, agent_key
-from reconciler.metrics import Metrics
 from reconciler.models import (
     ACTIVE_STATES,
     Agent,
@@ -58,7 +59,6 @@ from reconciler.models import (
     TaskState,
     transition,
 )
-from reconciler.placement import active_load, queue_order
 from reconciler.settings import ApiSettings, Settings
 from reconciler.store import Store
 

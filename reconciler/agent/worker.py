@@ -14,13 +14,13 @@ with a :class:`WorkerConfig`. The :class:`Worker` then
    takes no new one until a heartbeat gets through again (it fences itself before the
    registry can give its tasks to anyone else);
 3. **dequeues** (``POST /api/v1/tasks/dequeue``) while it has a free slot, and runs each task
-   on a thread of its own, as the ssh executor (``reconciler/dispatch.py``) does on a host:
+   on a thread of its own, as the ssh executor (``reconciler/run/ssh.py``) does on a host:
    reports ``running``; reads the issue from Forgejo with its own Forgejo token and builds the
-   prompt (``reconciler.prompt``: trusted authors only); prepares a git worktree on
+   prompt (``reconciler.run.prompt``: trusted authors only); prepares a git worktree on
    ``task/<id>-<slug>`` from a per-repository bare clone (gitpython); runs the adapter's CLI
    (``adapters.start_local``: stdin ``/dev/null``, a per-task log, a wall-clock limit at the
    task's deadline, cancellable); commits what the agent left, pushes, and opens (or finds) the
-   pull request through :class:`~reconciler.forgejo.ForgejoGateway`;
+   pull request through :class:`~reconciler.forgejo.gateway.ForgejoGateway`;
 4. **hands in the receipt** through a durable outbox: the receipt is written to the worker's
    own :class:`~reconciler.store.Store` (``--state-dir``) before it is sent, and a thread of
    its own sends it to ``POST /api/v1/receipts`` with exponential backoff until the daemon
@@ -64,7 +64,6 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from reconciler import __version__
-from reconciler.adapters import LocalRun, parse_output, render_command, render_env, start_local
 from reconciler.errors import (
     ConflictError,
     FleetError,
@@ -74,9 +73,10 @@ from reconciler.errors import (
     TransientError,
     UnauthenticatedError,
 )
-from reconciler.forgejo import ForgejoGateway
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import Task, TaskId
-from reconciler.prompt import prompt_for_task
+from reconciler.run.adapters import LocalRun, parse_output, render_command, render_env, start_local
+from reconciler.run.prompt import prompt_for_task
 from reconciler.settings import BUILTIN_ADAPTERS, AdapterSettings
 from reconciler.store import Store
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import structlog
 
+from reconciler.engine.metrics import Metrics
+from reconciler.engine.reconcile import Controller, recording
+from reconciler.engine.workqueue import WorkQueue
 from reconciler.errors import StalledError, WaitingError
 from reconciler.keys import Key
-from reconciler.metrics import Metrics
-from reconciler.reconcile import Controller, recording
-from reconciler.workqueue import WorkQueue
 
 log = structlog.get_logger(__name__)
 

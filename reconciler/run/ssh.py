@@ -30,11 +30,9 @@ from pathlib import Path
 
 import structlog
 
-from reconciler.adapters import RunOutput, parse_output, render_command, render_env
 from reconciler.errors import FleetError
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import IssueState
-from reconciler.hosts import RemoteResult, run_remote
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import IssueState
 from reconciler.keys import Key, issue_key, pull_key
 from reconciler.models import (
     AgentId,
@@ -46,6 +44,8 @@ from reconciler.models import (
     TaskState,
     transition,
 )
+from reconciler.run.adapters import RunOutput, parse_output, render_command, render_env
+from reconciler.run.hosts import RemoteResult, run_remote
 from reconciler.settings import HostSettings, Settings
 from reconciler.store import Store
 
@@ -421,7 +421,7 @@ class HostExecutor:
         path.write_text(f"exit: {ran.exit_code} timed_out: {ran.timed_out}\n--- stdout\n{ran.stdout}\n--- stderr\n{ran.stderr}\n")
 
     def _default_prompt(self, task: Task) -> str:
-        from reconciler.prompt import prompt_for_task
+        from reconciler.run.prompt import prompt_for_task
 
         allow = frozenset(self._settings().forgejo.trusted_authors)
         return prompt_for_task(self._gateway, task, attempt=task.attempt, allow=allow)

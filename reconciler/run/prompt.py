@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from reconciler.errors import FleetError, StalledError
-from reconciler.forgejo_types import Comment, Issue, RepoPermission
+from reconciler.forgejo.types import Comment, Issue, RepoPermission
 from reconciler.models import Task
 
 if TYPE_CHECKING:
-    from reconciler.forgejo import ForgejoGateway
+    from reconciler.forgejo.gateway import ForgejoGateway
 
 # Linux refuses a single argv element over 128 KiB (MAX_ARG_STRLEN); the prompt is one.
 MAX_PROMPT_BYTES = 96 * 1024
-# agent-fleet's own comments carry this hidden marker (reconciler.forgejo).
+# agent-fleet's own comments carry this hidden marker (reconciler.forgejo.gateway).
 _OWN_MARKER = "<!-- agent-fleet:"
 
 

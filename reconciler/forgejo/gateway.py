@@ -6,7 +6,7 @@ named operations (``list_issues``, ``add_labels``, ``upsert_marker_comment`` …
 * sends requests through pyforgejo's HTTP client (``PyforgejoApi``: base URL, the
   ``Authorization: token`` header, timeouts, query encoding) with pyforgejo's own retry switched
   off on every call, because pyforgejo re-sends POSTs and retries 409s;
-* parses each JSON body exactly once into the frozen models of ``reconciler.forgejo_types``.
+* parses each JSON body exactly once into the frozen models of ``reconciler.forgejo.types``.
   pyforgejo's typed models are not used: they reject the ``null`` list bodies real servers send,
   and every list call needs the paging headers anyway;
 * follows pagination (``limit=50``, ``Link: rel="next"`` / ``X-Total-Count``);
@@ -41,7 +41,7 @@ from reconciler.errors import (
     ForgejoRateLimited,
     ForgejoServerError,
 )
-from reconciler.forgejo_types import (
+from reconciler.forgejo.types import (
     ApiSettings,
     Branch,
     ChangedFile,

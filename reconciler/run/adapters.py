@@ -10,7 +10,7 @@ module in three steps:
 2. :func:`run_local` (or :func:`start_local`, which returns a handle that another thread can
    :meth:`LocalRun.cancel`) runs it on this machine: stdin from ``/dev/null``, output streamed
    to a per-task log while it runs, a wall-clock timeout that kills the whole process group.
-   The ssh executor (``reconciler.hosts``) runs the same argv remotely and fills the same
+   The ssh executor (``reconciler.run.hosts``) runs the same argv remotely and fills the same
    :class:`RunOutput`.
 3. :func:`parse_output` reads a :class:`RunOutput` with the adapter's parser into an
    :class:`AgentResult` (summary, session id, cost, tokens, duration, error). Parsers never raise

@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import Issue
+from reconciler.engine.metrics import Metrics
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import Issue
 from reconciler.keys import Key, agent_key, branch_key, issue_key, pull_key
-from reconciler.metrics import Metrics
 from reconciler.models import TaskState
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store

@@ -1,6 +1,6 @@
 """A deterministic stand-in for an agent CLI, used by ``agent-fleet demo`` and by tests.
 
-``python -m reconciler.demo_agent PROMPT`` does what a coding agent does to its worktree, in
+``python -m reconciler.agent.demo_agent PROMPT`` does what a coding agent does to its worktree, in
 a fixed way: it writes ``fleet-notes/<slug>.md`` with the task's goal taken from the prompt
 (and, on a rerun with review feedback, a section answering it), commits nothing itself (the
 executor commits what an agent leaves), and prints a result object in Claude Code's
@@ -38,7 +38,7 @@ def _title(prompt: str) -> str:
 def main(argv: list[str]) -> int:
     started = time.monotonic()
     if len(argv) != 1:
-        print("usage: python -m reconciler.demo_agent PROMPT", file=sys.stderr)
+        print("usage: python -m reconciler.agent.demo_agent PROMPT", file=sys.stderr)
         return 2
     prompt = argv[0]
     title = _title(prompt)

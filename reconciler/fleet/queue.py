@@ -1,7 +1,7 @@
 """The pull queue: pull agents take tasks, finish them and hand in receipts. No HTTP here.
 
 The agent API's task endpoints (``webhook/tasks_api.py``) call one :class:`PullQueue`, built by
-the daemon's HTTP assembly beside the :class:`~reconciler.fleet.Fleet` it builds on:
+the daemon's HTTP assembly beside the :class:`~reconciler.fleet.agents.Fleet` it builds on:
 
 * :meth:`PullQueue.dequeue` gives the calling agent the first waiting task that fits it
   (``placement.next_task_for``: queue order, role, capabilities, pin, a free slot) under a new
@@ -38,7 +38,8 @@ from datetime import datetime, timedelta
 import structlog
 
 from reconciler.errors import ConflictError, IllegalTransitionError, StaleStateError, StoreError
-from reconciler.fleet import Fleet, actor_for
+from reconciler.fleet.agents import Fleet, actor_for
+from reconciler.fleet.placement import next_task_for
 from reconciler.keys import Key, agent_key, issue_key, pull_key, task_key
 from reconciler.models import (
     BUSY_STATES,
@@ -57,7 +58,6 @@ from reconciler.models import (
     assign,
     transition,
 )
-from reconciler.placement import next_task_for
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
 from reconciler.store.group_commit import GroupCommit
@@ -96,7 +96,7 @@ class Handout:
     """A task given to a pull agent, with what it needs to fetch the work and push it back.
 
     The prompt is not in it: the worker builds it from the issue with its own Forgejo token
-    (``reconciler.prompt.build_prompt``), since the daemon's HTTP layer never calls Forgejo.
+    (``reconciler.run.prompt.build_prompt``), since the daemon's HTTP layer never calls Forgejo.
     ``base_branch`` None means the repository's default branch, which the worker reads from
     Forgejo for the same reason.
     """

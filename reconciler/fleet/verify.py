@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from reconciler.errors import ForgejoNotFound
-from reconciler.forgejo import ForgejoGateway
-from reconciler.forgejo_types import (
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import (
     Branch,
     ChangedFile,
     CombinedStatus,

@@ -1,29 +1,16 @@
-"""The configuration model of agent-fleet and the one function that loads it.
-
-``load_settings(path, env=...)`` reads a TOML file, applies ``AGENT_FLEET_…`` environment
-overrides (``__`` separates nesting levels: ``AGENT_FLEET_FORGEJO__URL``) and returns a frozen
-``Settings``, or raises ``ConfigError`` listing every problem with its dotted field path.
-Precedence, highest first: environment, file, defaults.
-
-Loading is a pure function of (file text, environment): the daemon calls it again whenever the
-file changes and keeps its old settings when the new file is invalid. There is no global
-settings object; the CLI loads one and passes it down. ``render_reference()`` produces the field
-tables of ``docs/configuration.md`` from the field descriptions (a test keeps them in sync).
-"""
+"""The configuration model: every section and field of agent-fleet's settings, with their
+validation. ``reconciler.settings.loading`` reads a file and the environment into it."""
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import string
-import tomllib
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from types import NoneType, UnionType
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -39,19 +26,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticUndefined
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    SettingsError,
 )
 from pydantic_settings.sources.utils import parse_env_vars
-
-from reconciler.errors import ConfigError
 
 ENV_PREFIX = "AGENT_FLEET_"
 ENV_NESTING = "__"
@@ -924,294 +907,3 @@ class Settings(BaseSettings):
             if secret is not None and secret.get_secret_value().startswith("change-me"):
                 found.append(f"{path} still holds the example placeholder")
         return tuple(found)
-
-
-# --- loading -------------------------------------------------------------------------------
-
-
-def load_settings(path: Path | str | None, *, env: Mapping[str, str] | None = None) -> Settings:
-    """Load settings from the TOML file at ``path`` (None: defaults only) and the environment.
-
-    ``env`` replaces ``os.environ`` (tests, reloads with a fixed environment). Raises
-    ``ConfigError`` listing every problem as ``(field path, message)``; has no side effects.
-    """
-    environment: Mapping[str, str] = os.environ if env is None else env
-    source = "" if path is None else str(path)
-    file_data = {} if path is None else _read_toml(Path(path))
-    problems = _unknown_environment_names(environment)
-    token = _LOADING.set(_LoadInputs(file_data=file_data, environment=environment))
-    try:
-        settings = Settings()  # type: ignore[call-arg]  # values come from the sources
-    except ValidationError as exc:
-        problems.extend(_problem(error, environment) for error in exc.errors())
-    except SettingsError as exc:  # an environment value that should be JSON is not
-        problems.append(("<environment>", _environment_parse_problem(exc)))
-    finally:
-        _LOADING.reset(token)
-    if problems:
-        raise ConfigError(problems, source=source)
-    return settings
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([("<file>", "file not found")], source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([("<file>", f"cannot read: {exc}")], source=str(path)) from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # The message already ends with "(at line L, column C)".
-        raise ConfigError([("<file>", f"TOML syntax error: {exc}")], source=str(path)) from None
-
-
-def _environment_parse_problem(exc: SettingsError) -> str:
-    field = re.search(r'field "(\w+)"', str(exc))
-    variables = (
-        f"{ENV_PREFIX}{field.group(1).upper()}..." if field else f"an {ENV_PREFIX}... variable"
-    )
-    return f"cannot parse {variables}: lists and tables must be given as JSON ({exc.__cause__})"
-
-
-# Variables read by commands and tools, not by the settings model: never typos.
-COMMAND_VARIABLES = frozenset(
-    {
-        "AGENT_FLEET_WORKER_TOKEN",  # agent-fleet agent run --token
-        "AGENT_FLEET_WORKER_FORGEJO_TOKEN",  # agent-fleet agent run --forgejo-token
-        "AGENT_FLEET_CLI_DIR",  # where the tests find the pinned agent CLIs
-        "AGENT_FLEET_TEST_FORGEJO_URL",  # the contract tests against a real Forgejo
-        "AGENT_FLEET_TEST_FORGEJO_TOKEN",
-    }
-)
-
-
-def _unknown_environment_names(environment: Mapping[str, str]) -> list[tuple[str, str]]:
-    """``AGENT_FLEET_…`` variables naming no section: most likely a typo, never ignored."""
-    problems = []
-    for name in sorted(environment):
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() in COMMAND_VARIABLES:
-            continue
-        section = name[len(ENV_PREFIX) :].split(ENV_NESTING, 1)[0].lower()
-        if section in Settings.model_fields:
-            continue
-        hint = ""
-        for candidate in Settings.model_fields:
-            if section.startswith(candidate + "_"):
-                rest = section[len(candidate) + 1 :].upper()
-                hint = (
-                    f"; nesting needs a double underscore: {ENV_PREFIX}{candidate.upper()}__{rest}"
-                )
-                break
-        problems.append((name, f"no setting {section!r} for this variable{hint}"))
-    return problems
-
-
-def _problem(error: Any, environment: Mapping[str, str]) -> tuple[str, str]:
-    loc: tuple[str | int, ...] = tuple(error["loc"])
-    message: str = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown key" + _suggestion(loc)
-    origin = _environment_origin(loc, environment)
-    if origin:
-        message += f" (value from {origin})"
-    return ".".join(str(part) for part in loc), message
-
-
-def _suggestion(loc: tuple[str | int, ...]) -> str:
-    model = _model_at(loc[:-1])
-    if model is None or not isinstance(loc[-1], str):
-        return ""
-    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The model class that validates the value at ``loc`` in the settings tree."""
-    model: type[BaseModel] = Settings
-    position = 0
-    while position < len(loc):
-        field = model.model_fields.get(str(loc[position]))
-        nested = _nested_model(field.annotation) if field else None
-        if nested is None:
-            return None
-        shape, model = nested
-        position += 1 if shape == "" else 2  # lists and tables add an index/key to the path
-    return model if position == len(loc) else None
-
-
-def _environment_origin(loc: tuple[str | int, ...], environment: Mapping[str, str]) -> str:
-    names = {name.upper() for name in environment}
-    for length in range(len(loc), 0, -1):
-        candidate = ENV_PREFIX + ENV_NESTING.join(str(part) for part in loc[:length]).upper()
-        if candidate in names:
-            return candidate
-    return ""
-
-
-# --- the reference -------------------------------------------------------------------------
-
-
-def _strip_optional(annotation: Any) -> tuple[Any, bool]:
-    if get_origin(annotation) in (Union, UnionType):
-        args = [arg for arg in get_args(annotation) if arg is not NoneType]
-        if len(args) == 1:
-            return args[0], True
-    return annotation, False
-
-
-def _strip_annotated(annotation: Any) -> Any:
-    while get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    return annotation
-
-
-def _is_model(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
-def _nested_model(annotation: Any) -> tuple[str, type[BaseModel]] | None:
-    """How a field holds a section: ("", M) itself, ("[]", M) a list, ("<name>", M) a table."""
-    annotation, _ = _strip_optional(_strip_annotated(annotation))
-    if _is_model(annotation):
-        return "", annotation
-    args = get_args(annotation)
-    if get_origin(annotation) is tuple and args and _is_model(args[0]):
-        return "[]", args[0]
-    if get_origin(annotation) in (Mapping, dict) and len(args) == 2 and _is_model(args[1]):
-        return "<name>", args[1]
-    return None
-
-
-def _is_url(annotation: Any) -> bool:
-    if get_origin(annotation) is not Annotated:
-        return False
-    return any(_is_url_validator(meta) for meta in get_args(annotation)[1:])
-
-
-def _is_url_validator(meta: object) -> bool:
-    return isinstance(meta, BeforeValidator) and meta.func is _http_url
-
-
-def _type_name(annotation: Any) -> str:
-    annotation, optional = _strip_optional(_strip_annotated(annotation))
-    if _is_url(annotation):
-        return "URL (optional)" if optional else "URL"
-    annotation = _strip_annotated(annotation)
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is Literal:
-        name = " | ".join(f'"{arg}"' for arg in args)
-    elif origin is tuple:
-        name = f"list of {_type_name(args[0])}s"
-    elif origin in (Mapping, dict):
-        name = f"table of {_type_name(args[1])}s"
-    else:
-        simple = {bool: "boolean", int: "integer", float: "number", str: "string",
-                  SecretStr: "secret", Path: "path"}  # fmt: skip
-        name = simple.get(annotation, getattr(annotation, "__name__", str(annotation)))
-    return f"{name} (optional)" if optional else name
-
-
-def _toml_value(value: Any) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Path):
-        return f'"{value.as_posix()}"'
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    if isinstance(value, Mapping):
-        if any(isinstance(item, BaseModel) for item in value.values()):
-            return "built in: " + ", ".join(value)
-        return "{" + ", ".join(f"{key} = {_toml_value(v)}" for key, v in value.items()) + "}"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class FieldReference:
-    """One row of the configuration reference."""
-
-    path: str
-    type: str
-    default: str
-    env: str
-    description: str
-
-
-def iter_field_reference(
-    model: type[BaseModel] = Settings, *, prefix: str = "", env: str | None = ENV_PREFIX
-) -> Iterator[FieldReference]:
-    """Every field under ``model``, depth first, by the path a config file writes it at.
-
-    Sections are walked into; a list of tables (``hosts``) or a table of tables (``adapters``)
-    gets a row of its own, then rows for its items' fields as ``hosts[].name`` and
-    ``adapters.<name>.command``. ``env`` is the variable-name prefix, None inside such items
-    (they are set through the container's variable, as JSON).
-    """
-    for name, field in model.model_fields.items():
-        path = prefix + name
-        env_name = f"{env}{name.upper()}" if env is not None else ""
-        nested = _nested_model(field.annotation)
-        if nested is not None and nested[0] == "":
-            inner_env = env_name + ENV_NESTING if env is not None else None
-            yield from iter_field_reference(nested[1], prefix=path + ".", env=inner_env)
-            continue
-        yield FieldReference(
-            path=path,
-            type=_field_type(field, nested),
-            default=_field_default(field),
-            env=env_name if env is not None else f"in `{ENV_PREFIX}{_section_of(path).upper()}`",
-            description=field.description or "",
-        )
-        if nested is not None:
-            shape, item_model = nested
-            item_prefix = f"{path}[]." if shape == "[]" else f"{path}.<name>."
-            yield from iter_field_reference(item_model, prefix=item_prefix, env=None)
-
-
-def _section_of(path: str) -> str:
-    return path.split(".", 1)[0].split("[", 1)[0]
-
-
-def _field_type(field: FieldInfo, nested: tuple[str, type[BaseModel]] | None) -> str:
-    if nested is not None:
-        return "list of tables" if nested[0] == "[]" else "table of tables"
-    if any(_is_url_validator(meta) for meta in field.metadata):
-        return "URL"
-    return _type_name(field.annotation)
-
-
-def _field_default(field: FieldInfo) -> str:
-    if field.default is PydanticUndefined and field.default_factory is None:
-        return "required"
-    return _toml_value(field.get_default(call_default_factory=True))
-
-
-def render_reference() -> str:
-    """The generated part of docs/configuration.md: one table per top-level key."""
-    rows = list(iter_field_reference())
-    out: list[str] = []
-    for name, field in Settings.model_fields.items():
-        nested = _nested_model(field.annotation)
-        shape = nested[0] if nested else None
-        heading = {"": f"[{name}]", "[]": f"[[{name}]]", "<name>": f"[{name}.<name>]"}
-        out += [f"### `{heading.get(shape, name) if shape is not None else name}`", ""]
-        out += [f"{field.description}", ""]
-        out += ["| key | type | default | environment | description |", "|---|---|---|---|---|"]
-        for row in rows:
-            if _section_of(row.path) != name:
-                continue
-            default = row.default if row.default in ("required", "unset") else f"`{row.default}`"
-            env = f"`{row.env}`" if row.env.startswith(ENV_PREFIX) else row.env + " (JSON)"
-            cells = (f"`{row.path}`", row.type, default, env, row.description)
-            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-        out.append("")
-    return "\n".join(out)

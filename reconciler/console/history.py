@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from reconciler.console.views import get_json
 from reconciler.errors import TransientError
 from reconciler.models import CheckOutcome, Task, TaskEvent, TaskState
-from reconciler.views import get_json
 
 _MARK = {CheckOutcome.PASSED: "✓", CheckOutcome.FAILED: "✗", CheckOutcome.PENDING: "…"}
 

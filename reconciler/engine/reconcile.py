@@ -25,8 +25,8 @@ from reconciler.keys import Key
 from reconciler.models import Agent, Task, TaskEvent
 
 if TYPE_CHECKING:
-    from reconciler.executor import Executor
-    from reconciler.forgejo import ForgejoGateway
+    from reconciler.forgejo.gateway import ForgejoGateway
+    from reconciler.run.executor import Executor
     from reconciler.store import Store
 
 

@@ -1,0 +1,4 @@
+"""What the command line prints: answer models read from the daemon, tables and histories.
+
+It writes nothing.
+"""

@@ -237,7 +237,9 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
             )
         )
     elif task.state is TaskState.CANCELLED:
-        task, event = requeue(task, now=now, actor=ACTOR, reason="the issue asks for the fleet again")
+        task, event = requeue(
+            task, now=now, actor=ACTOR, reason="the issue asks for the fleet again"
+        )
         events.append(event)
 
     follow = {
@@ -277,7 +279,9 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
 
     dispatch: Dispatch | None = None
     if task.state is TaskState.CREATED:
-        task, placement_events, dispatch = plan_placement(observed, task, now=now, settings=settings)
+        task, placement_events, dispatch = plan_placement(
+            observed, task, now=now, settings=settings
+        )
         events += placement_events
 
     actions = []
@@ -362,8 +366,13 @@ def plan_lifecycle(
             if observed.dispatched:
                 stop = StopRun(task.id, reason=why)
             task, event = transition(
-                task, TaskState.FAILED, now=now, actor=ACTOR, reason=why,
-                failure_reason=why, failure_retryable=True,
+                task,
+                TaskState.FAILED,
+                now=now,
+                actor=ACTOR,
+                reason=why,
+                failure_reason=why,
+                failure_retryable=True,
             )
             events.append(event)
         elif agent is not None and agent.mode is ExecutionMode.SSH and not observed.dispatched:
@@ -376,7 +385,9 @@ def plan_lifecycle(
             delay = retry_delay(task.attempt, settings=settings)
             until = now + timedelta(seconds=delay)
             task, event = requeue(
-                task, now=now, actor=ACTOR,
+                task,
+                now=now,
+                actor=ACTOR,
                 reason=f"retry {task.attempt} of {settings.retries.max_retries} "
                 f"after: {task.failure_reason}",
             )
@@ -386,7 +397,10 @@ def plan_lifecycle(
             task = _with(task, now=now, failure_retryable=False)
             events.append(
                 TaskEvent(
-                    task_id=task.id, at=now, actor=ACTOR, kind="gave_up",
+                    task_id=task.id,
+                    at=now,
+                    actor=ACTOR,
+                    kind="gave_up",
                     reason=f"failed for good after {task.attempt} attempt(s): {task.failure_reason}",
                 )
             )
@@ -407,9 +421,19 @@ def plan_placement(
     if placement.agent is None:
         if placement.reason != task.wait_reason:
             task = _with(task, now=now, wait_reason=placement.reason)
-            return task, [
-                TaskEvent(task_id=task.id, at=now, actor=ACTOR, kind="waiting", reason=placement.reason)
-            ], None
+            return (
+                task,
+                [
+                    TaskEvent(
+                        task_id=task.id,
+                        at=now,
+                        actor=ACTOR,
+                        kind="waiting",
+                        reason=placement.reason,
+                    )
+                ],
+                None,
+            )
         return task, [], None
     agent = placement.agent
     task, event = assign(task, agent.id, now=now, actor=ACTOR)
@@ -417,8 +441,13 @@ def plan_placement(
         roles=(task.required_role,) if task.required_role else (),
         labels=observed.issue.labels if observed.issue is not None else (),
     )
-    task = _with(task, now=now, deadline_at=now + timedelta(seconds=timeout), failure_reason="",
-                 failure_retryable=False)
+    task = _with(
+        task,
+        now=now,
+        deadline_at=now + timedelta(seconds=timeout),
+        failure_reason="",
+        failure_retryable=False,
+    )
     return task, [event], Dispatch(task.id, agent.id, lease_generation=task.lease_generation)
 
 

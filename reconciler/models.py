@@ -374,7 +374,9 @@ def transition(
     if "state" in changes or "id" in changes:
         raise ValueError("transition() sets the state itself; the id never changes")
     # Validated (model_copy would not be), so a bad change fails here, not later in the store.
-    updated = Task.model_validate({**task.model_dump(), **changes, "state": target, "updated_at": now})
+    updated = Task.model_validate(
+        {**task.model_dump(), **changes, "state": target, "updated_at": now}
+    )
     event = TaskEvent(
         task_id=task.id,
         at=now,
@@ -409,9 +411,7 @@ def assign(
 def requeue(task: Task, *, now: datetime, actor: str, reason: str) -> tuple[Task, TaskEvent]:
     """Send ``task`` back to the queue. Its lease generation is kept, so the next assignment
     bumps it past any lease the previous agent still holds."""
-    return transition(
-        task, TaskState.CREATED, now=now, actor=actor, reason=reason, agent_id=None
-    )
+    return transition(task, TaskState.CREATED, now=now, actor=actor, reason=reason, agent_id=None)
 
 
 def _jsonable(value: Any) -> Any:

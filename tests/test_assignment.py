@@ -89,7 +89,9 @@ def planned(
     now: datetime = NOW,
 ) -> tuple[object, ...]:
     tasks = (obs_task,) if obs_task is not None else ()
-    observed = Observed(REPO, 12, obs_issue, obs_task, agents=agents, tasks=tasks, dispatched=dispatched)
+    observed = Observed(
+        REPO, 12, obs_issue, obs_task, agents=agents, tasks=tasks, dispatched=dispatched
+    )
     return plan(observed, now=now, settings=SETTINGS)
 
 
@@ -125,64 +127,151 @@ def waiting(**changes: object) -> Task:
 
 
 SSH_AGENT = Agent(
-    id=AgentId("box-1"), type="claude-code", roles=("developer",), capabilities=("code:python",),
-    mode=ExecutionMode.SSH, registered_at=NOW,
+    id=AgentId("box-1"),
+    type="claude-code",
+    roles=("developer",),
+    capabilities=("code:python",),
+    mode=ExecutionMode.SSH,
+    registered_at=NOW,
 )
 
 
 @pytest.mark.parametrize(
     ("name", "observed_issue", "observed_task", "expected"),
     [
-        ("new fleet issue waits, says why", issue("fleet/task"), None, ["add:status/todo", "comment", "save:created:None->created,waiting"]),
-        ("agent/ label alone is a trigger", issue("agent/developer"), None, ["add:status/todo", "comment", "save:created:None->created,waiting"]),
+        (
+            "new fleet issue waits, says why",
+            issue("fleet/task"),
+            None,
+            ["add:status/todo", "comment", "save:created:None->created,waiting"],
+        ),
+        (
+            "agent/ label alone is a trigger",
+            issue("agent/developer"),
+            None,
+            ["add:status/todo", "comment", "save:created:None->created,waiting"],
+        ),
         ("plain issue", issue("bug"), None, []),
         ("already in desired state", issue("fleet/task", "status/todo"), waiting(), []),
-        ("closed issue cancels", issue("fleet/task", state=IssueState.CLOSED), task(), ["save:cancelled:created->cancelled"]),
-        ("lost its labels cancels", issue("bug", "status/todo"), task(), ["save:cancelled:created->cancelled"]),
+        (
+            "closed issue cancels",
+            issue("fleet/task", state=IssueState.CLOSED),
+            task(),
+            ["save:cancelled:created->cancelled"],
+        ),
+        (
+            "lost its labels cancels",
+            issue("bug", "status/todo"),
+            task(),
+            ["save:cancelled:created->cancelled"],
+        ),
         ("deleted issue cancels", None, task(), ["save:cancelled:created->cancelled"]),
-        ("cancelled stays cancelled when closed", issue("fleet/task", state=IssueState.CLOSED), task(TaskState.CANCELLED), []),
-        ("reopened issue requeues", issue("fleet/task"), waiting(state=TaskState.CANCELLED), ["add:status/todo", "comment", "save:created:cancelled->created"]),
-        ("retry on failed requeues and removes the label", issue("fleet/task", "fleet/retry", "status/failed"), waiting(state=TaskState.FAILED), ["add:status/todo", "remove:fleet/retry", "comment", "save:created:failed->created"]),
-        ("retry on a task that did not fail only removes the label", issue("fleet/task", "fleet/retry", "status/todo"), waiting(), ["remove:fleet/retry"]),
-        ("stray second status label is removed", issue("fleet/task", "status/todo", "status/done"), waiting(), ["remove:status/done"]),
-        ("lost store, done on the issue", issue("fleet/task", "status/done"), None, ["save:completed:None->completed"]),
-        ("lost store, in review on the issue", issue("fleet/task", "status/review"), None, ["comment", "save:review_pending:None->review_pending"]),
-        ("lost store, doing on the issue is requeued", issue("fleet/task", "status/doing"), None, ["add:status/todo", "comment", "save:created:None->created,waiting"]),
+        (
+            "cancelled stays cancelled when closed",
+            issue("fleet/task", state=IssueState.CLOSED),
+            task(TaskState.CANCELLED),
+            [],
+        ),
+        (
+            "reopened issue requeues",
+            issue("fleet/task"),
+            waiting(state=TaskState.CANCELLED),
+            ["add:status/todo", "comment", "save:created:cancelled->created"],
+        ),
+        (
+            "retry on failed requeues and removes the label",
+            issue("fleet/task", "fleet/retry", "status/failed"),
+            waiting(state=TaskState.FAILED),
+            ["add:status/todo", "remove:fleet/retry", "comment", "save:created:failed->created"],
+        ),
+        (
+            "retry on a task that did not fail only removes the label",
+            issue("fleet/task", "fleet/retry", "status/todo"),
+            waiting(),
+            ["remove:fleet/retry"],
+        ),
+        (
+            "stray second status label is removed",
+            issue("fleet/task", "status/todo", "status/done"),
+            waiting(),
+            ["remove:status/done"],
+        ),
+        (
+            "lost store, done on the issue",
+            issue("fleet/task", "status/done"),
+            None,
+            ["save:completed:None->completed"],
+        ),
+        (
+            "lost store, in review on the issue",
+            issue("fleet/task", "status/review"),
+            None,
+            ["comment", "save:review_pending:None->review_pending"],
+        ),
+        (
+            "lost store, doing on the issue is requeued",
+            issue("fleet/task", "status/doing"),
+            None,
+            ["add:status/todo", "comment", "save:created:None->created,waiting"],
+        ),
     ],
 )
-def test_plan(name: str, observed_issue: Issue | None, observed_task: Task | None, expected: list[str]) -> None:
+def test_plan(
+    name: str, observed_issue: Issue | None, observed_task: Task | None, expected: list[str]
+) -> None:
     """What the controller decides for each kind of issue and task (pure: no I/O)."""
     assert kinds(planned(observed_issue, observed_task)) == expected
 
 
 def test_a_waiting_task_is_given_to_a_free_ssh_agent_and_dispatched() -> None:
     """Placement: assigned with a new lease and a deadline, status/doing, comment, then dispatch."""
-    actions = planned(issue("fleet/task", "agent/developer", "needs/code:python", "status/todo"),
-                      waiting(required_role="developer", required_capabilities=("code:python",)),
-                      agents=(SSH_AGENT,))
-    assert kinds(actions) == ["add:status/doing", "comment", "save:assigned:created->assigned", "dispatch:box-1"]
+    actions = planned(
+        issue("fleet/task", "agent/developer", "needs/code:python", "status/todo"),
+        waiting(required_role="developer", required_capabilities=("code:python",)),
+        agents=(SSH_AGENT,),
+    )
+    assert kinds(actions) == [
+        "add:status/doing",
+        "comment",
+        "save:assigned:created->assigned",
+        "dispatch:box-1",
+    ]
     saved = next(a for a in actions if isinstance(a, SaveTask))
     assert saved.task.lease_generation == 1 and saved.task.attempt == 1
     assert saved.task.deadline_at == NOW + timedelta(seconds=SETTINGS.timeouts.task_default)
     comment = next(a for a in actions if isinstance(a, UpsertComment))
-    assert "box-1" in comment.body and saved.task.branch in comment.body and "attempt 1" in comment.body
+    assert (
+        "box-1" in comment.body
+        and saved.task.branch in comment.body
+        and "attempt 1" in comment.body
+    )
 
 
 def test_closing_the_issue_mid_run_cancels_and_stops_the_run() -> None:
     """Cancel saves first, then stops the process on the host."""
     running = task(TaskState.RUNNING, agent_id="box-1", lease_generation=1, attempt=1)
-    actions = planned(issue("fleet/task", state=IssueState.CLOSED), running, agents=(SSH_AGENT,), dispatched=True)
+    actions = planned(
+        issue("fleet/task", state=IssueState.CLOSED), running, agents=(SSH_AGENT,), dispatched=True
+    )
     assert kinds(actions) == ["save:cancelled:running->cancelled", "stop"]
 
 
 def test_a_run_past_its_deadline_fails_and_is_retried_after_a_backoff() -> None:
     """Timeout → failed (retryable) → requeued with not_before = now + backoff, run stopped."""
-    running = task(TaskState.RUNNING, agent_id="box-1", lease_generation=1, attempt=1,
-                   deadline_at=NOW - timedelta(seconds=1))
-    actions = planned(issue("fleet/task", "status/doing"), running, agents=(SSH_AGENT,), dispatched=True)
+    running = task(
+        TaskState.RUNNING,
+        agent_id="box-1",
+        lease_generation=1,
+        attempt=1,
+        deadline_at=NOW - timedelta(seconds=1),
+    )
+    actions = planned(
+        issue("fleet/task", "status/doing"), running, agents=(SSH_AGENT,), dispatched=True
+    )
     saved = next(a for a in actions if isinstance(a, SaveTask))
     assert [(e.from_state, e.to_state) for e in saved.events if e.to_state] == [
-        (TaskState.RUNNING, TaskState.FAILED), (TaskState.FAILED, TaskState.CREATED),
+        (TaskState.RUNNING, TaskState.FAILED),
+        (TaskState.FAILED, TaskState.CREATED),
     ]
     assert saved.task.not_before == NOW + timedelta(seconds=SETTINGS.retries.backoff_initial)
     assert "timed out" in saved.task.failure_reason
@@ -193,8 +282,14 @@ def test_a_run_past_its_deadline_fails_and_is_retried_after_a_backoff() -> None:
 def test_after_the_last_retry_the_task_stays_failed_with_its_reason() -> None:
     """attempt > max_retries: no requeue; the reason stays on the task and the issue."""
     last = SETTINGS.retries.max_retries + 1
-    failed = task(TaskState.FAILED, agent_id="box-1", lease_generation=last, attempt=last,
-                  failure_reason="timed out", failure_retryable=True)
+    failed = task(
+        TaskState.FAILED,
+        agent_id="box-1",
+        lease_generation=last,
+        attempt=last,
+        failure_reason="timed out",
+        failure_retryable=True,
+    )
     actions = planned(issue("fleet/task", "status/doing"), failed, agents=(SSH_AGENT,))
     saved = next(a for a in actions if isinstance(a, SaveTask))
     assert saved.task.state is TaskState.FAILED and not saved.task.failure_retryable
@@ -206,9 +301,16 @@ def test_after_the_last_retry_the_task_stays_failed_with_its_reason() -> None:
 
 def test_a_run_this_process_lost_is_requeued() -> None:
     """An ssh task assigned but not running here (e.g. after a restart) goes back to the queue."""
-    orphan = task(TaskState.RUNNING, agent_id="box-1", lease_generation=1, attempt=1,
-                  deadline_at=NOW + timedelta(hours=1))
-    actions = planned(issue("fleet/task", "status/doing"), orphan, agents=(SSH_AGENT,), dispatched=False)
+    orphan = task(
+        TaskState.RUNNING,
+        agent_id="box-1",
+        lease_generation=1,
+        attempt=1,
+        deadline_at=NOW + timedelta(hours=1),
+    )
+    actions = planned(
+        issue("fleet/task", "status/doing"), orphan, agents=(SSH_AGENT,), dispatched=False
+    )
     saved = next(a for a in actions if isinstance(a, SaveTask))
     states = [e.to_state for e in saved.events if e.to_state]
     assert states[:2] == [TaskState.AGENT_LOST, TaskState.CREATED]
@@ -221,21 +323,34 @@ def test_a_new_wait_reason_is_written_once() -> None:
     first = planned(issue("fleet/task", "status/todo"), waiting())
     assert first == ()
     offline = SSH_AGENT.model_copy(update={"status": "offline"})
-    changed = planned(issue("fleet/task", "agent/developer", "status/todo"),
-                      waiting(required_role="developer"), agents=(offline,))
+    changed = planned(
+        issue("fleet/task", "agent/developer", "status/todo"),
+        waiting(required_role="developer"),
+        agents=(offline,),
+    )
     assert kinds(changed) == ["comment", "save:created:waiting"]
 
 
 def test_labels_set_priority_role_capabilities_hold_and_pin() -> None:
     """The label vocabulary is read into what the task needs."""
     spec = read_labels(
-        ("fleet/task", "agent/developer", "needs/code:python", "needs/test", "priority/high",
-         "fleet/hold", "fleet/assign:box-1"),
+        (
+            "fleet/task",
+            "agent/developer",
+            "needs/code:python",
+            "needs/test",
+            "priority/high",
+            "fleet/hold",
+            "fleet/assign:box-1",
+        ),
         SETTINGS.labels,
     )
     assert spec.wanted and spec.hold
     assert (spec.priority, spec.role, spec.capabilities, spec.pinned) == (
-        Priority.HIGH, "developer", ("code:python", "test"), AgentId("box-1"),
+        Priority.HIGH,
+        "developer",
+        ("code:python", "test"),
+        AgentId("box-1"),
     )
 
 
@@ -267,7 +382,9 @@ def controller(
     store = Store.open(tmp_path / "state")
     actuator = Actuator(ActContext(gateway=gateway, store=store))
     yield (
-        AssignmentController(gateway, store, actuator, settings=lambda: SETTINGS, clock=forge_clock),
+        AssignmentController(
+            gateway, store, actuator, settings=lambda: SETTINGS, clock=forge_clock
+        ),
         gateway,
         store,
     )
@@ -328,8 +445,11 @@ def test_forgejo_errors_propagate_for_the_loop_to_retry(tmp_path: Path) -> None:
     gateway = ForgejoGateway(IN_PROCESS_URL, "token", transport=down, read_retries=0)
     with Store.open(tmp_path / "state") as store:
         reconciler = AssignmentController(
-            gateway, store, Actuator(ActContext(gateway=gateway, store=store)),
-            settings=lambda: SETTINGS, clock=lambda: NOW,
+            gateway,
+            store,
+            Actuator(ActContext(gateway=gateway, store=store)),
+            settings=lambda: SETTINGS,
+            clock=lambda: NOW,
         )
         with pytest.raises(ForgejoServerError):
             reconciler.reconcile(issue_key(DEMO_REPO, 1))
@@ -340,13 +460,40 @@ def test_a_slot_freed_by_a_finished_run_is_offered_to_the_waiting_tasks() -> Non
     """The run of #12 ended in review: the task waiting behind it for box-1 is looked at now."""
     from reconciler.engine.reconcile import Enqueue
 
-    in_review = task(TaskState.REVIEW_PENDING, agent_id="box-1", lease_generation=1, attempt=1,
-                     pr_number=7, comment_digest=comment_digest(status_comment(
-                         task(TaskState.REVIEW_PENDING, agent_id="box-1", lease_generation=1, attempt=1, pr_number=7),
-                         agents=(), settings=SETTINGS)))
-    behind = task(id=task_id_for(REPO, 13), issue_number=13, required_role="developer",
-                  required_capabilities=("code:python",), wait_reason="the matching agent at capacity")
-    observed = Observed(REPO, 12, issue("fleet/task", "status/review"), in_review,
-                        agents=(SSH_AGENT,), tasks=(in_review, behind))
+    in_review = task(
+        TaskState.REVIEW_PENDING,
+        agent_id="box-1",
+        lease_generation=1,
+        attempt=1,
+        pr_number=7,
+        comment_digest=comment_digest(
+            status_comment(
+                task(
+                    TaskState.REVIEW_PENDING,
+                    agent_id="box-1",
+                    lease_generation=1,
+                    attempt=1,
+                    pr_number=7,
+                ),
+                agents=(),
+                settings=SETTINGS,
+            )
+        ),
+    )
+    behind = task(
+        id=task_id_for(REPO, 13),
+        issue_number=13,
+        required_role="developer",
+        required_capabilities=("code:python",),
+        wait_reason="the matching agent at capacity",
+    )
+    observed = Observed(
+        REPO,
+        12,
+        issue("fleet/task", "status/review"),
+        in_review,
+        agents=(SSH_AGENT,),
+        tasks=(in_review, behind),
+    )
     actions = plan(observed, now=NOW, settings=SETTINGS)
     assert [a.key for a in actions if isinstance(a, Enqueue)] == [issue_key(REPO, 13)]

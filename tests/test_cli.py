@@ -13,7 +13,9 @@ from webhook.cli import main
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 
-def all_commands(group: click.Group, prefix: str = "agent-fleet") -> list[tuple[str, click.Command]]:
+def all_commands(
+    group: click.Group, prefix: str = "agent-fleet"
+) -> list[tuple[str, click.Command]]:
     found: list[tuple[str, click.Command]] = []
     for name, command in sorted(group.commands.items()):
         path = f"{prefix} {name}"

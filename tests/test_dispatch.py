@@ -32,7 +32,9 @@ from tests.sandbox_fixtures import DEMO_REPO, ManualClock
 DEMO_AGENT = AdapterSettings(
     command=(sys.executable, "-m", "reconciler.agent.demo_agent", "{prompt}"), parser="claude-json"
 )
-FAILING = AdapterSettings(command=("sh", "-c", "echo 'no credentials' >&2; exit 1"), parser="claude-json")
+FAILING = AdapterSettings(
+    command=("sh", "-c", "echo 'no credentials' >&2; exit 1"), parser="claude-json"
+)
 SLEEPING = AdapterSettings(command=("sh", "-c", "sleep 60"), parser="raw")
 
 
@@ -49,9 +51,17 @@ class Rig:
     def task(self, number: int, *, agent: str, title: str = "Add a --version flag") -> Task:
         tid = task_id_for(DEMO_REPO, number)
         task = Task(
-            id=tid, repo=RepoName(DEMO_REPO), issue_number=number, title=title,
-            state=TaskState.ASSIGNED, agent_id=AgentId(agent), lease_generation=1, attempt=1,
-            branch=branch_for(tid, title), created_at=self.clock(), updated_at=self.clock(),
+            id=tid,
+            repo=RepoName(DEMO_REPO),
+            issue_number=number,
+            title=title,
+            state=TaskState.ASSIGNED,
+            agent_id=AgentId(agent),
+            lease_generation=1,
+            attempt=1,
+            branch=branch_for(tid, title),
+            created_at=self.clock(),
+            updated_at=self.clock(),
             deadline_at=self.clock() + timedelta(minutes=10),
         )
         self.store.put_task(task)
@@ -64,9 +74,20 @@ class Rig:
         return self.store.get_task(task.id)
 
 
-def make_rig(forge: ForgejoSandbox, clock: ManualClock, tmp_path: Path, host: HostSettings, adapter: AdapterSettings) -> Rig:
+def make_rig(
+    forge: ForgejoSandbox,
+    clock: ManualClock,
+    tmp_path: Path,
+    host: HostSettings,
+    adapter: AdapterSettings,
+) -> Rig:
     settings = Settings(
-        forgejo=ForgejoSettings(url=forge.url, token=SecretStr(forge.admin_token), repos=(DEMO_REPO,), bot_login="fleet-admin"),
+        forgejo=ForgejoSettings(
+            url=forge.url,
+            token=SecretStr(forge.admin_token),
+            repos=(DEMO_REPO,),
+            bot_login="fleet-admin",
+        ),
         hosts=(host,),
         adapters={host.adapter: adapter},
         timeouts=TimeoutsSettings(dispatch=60),
@@ -75,8 +96,12 @@ def make_rig(forge: ForgejoSandbox, clock: ManualClock, tmp_path: Path, host: Ho
     gateway = ForgejoGateway(forge.url, forge.admin_token)
     rig_holder: list[Rig] = []
     executor = HostExecutor(
-        store=store, gateway=gateway, settings=lambda: settings, clock=clock,
-        enqueue=lambda key: rig_holder[0].enqueued.append(key), log_dir=tmp_path / "logs",
+        store=store,
+        gateway=gateway,
+        settings=lambda: settings,
+        clock=clock,
+        enqueue=lambda key: rig_holder[0].enqueued.append(key),
+        log_dir=tmp_path / "logs",
         prompt_for=lambda task: f"Task #{task.issue_number}: {task.title}\n\n## Goal\nDo it well.",
     )
     rig = Rig(forge=forge, store=store, gateway=gateway, executor=executor, clock=clock)
@@ -85,8 +110,13 @@ def make_rig(forge: ForgejoSandbox, clock: ManualClock, tmp_path: Path, host: Ho
 
 
 def local_host(tmp_path: Path, adapter: str = "demo-agent") -> HostSettings:
-    return HostSettings(name="local", address="localhost", adapter=adapter, workdir=str(tmp_path / "work"),
-                        roles=("developer",))
+    return HostSettings(
+        name="local",
+        address="localhost",
+        adapter=adapter,
+        workdir=str(tmp_path / "work"),
+        roles=("developer",),
+    )
 
 
 @pytest.fixture
@@ -116,11 +146,14 @@ def test_a_dispatched_task_runs_pushes_opens_a_pull_request_and_leaves_a_receipt
     assert [c.sha for c in commits] == list(receipt.commits)
     assert not rig.executor.is_running(task.id)
     assert [e.to_state for e in rig.store.events_for(task.id) if e.to_state] == [
-        TaskState.RUNNING, TaskState.REVIEW_PENDING,
+        TaskState.RUNNING,
+        TaskState.REVIEW_PENDING,
     ]
 
 
-def test_a_failing_cli_fails_the_task_with_its_reason(served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> None:
+def test_a_failing_cli_fails_the_task_with_its_reason(
+    served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path
+) -> None:
     """The CLI's error becomes the task's failure reason, marked worth a retry."""
     rig = make_rig(served_forge, forge_clock, tmp_path, local_host(tmp_path, "broken"), FAILING)
     try:
@@ -133,7 +166,9 @@ def test_a_failing_cli_fails_the_task_with_its_reason(served_forge: ForgejoSandb
         rig.store.close()
 
 
-def test_stopping_a_run_kills_its_process_and_records_no_failure(served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> None:
+def test_stopping_a_run_kills_its_process_and_records_no_failure(
+    served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path
+) -> None:
     """Cancel mid-run: the CLI process is gone and the run writes nothing over the task."""
     rig = make_rig(served_forge, forge_clock, tmp_path, local_host(tmp_path, "sleepy"), SLEEPING)
     try:
@@ -156,16 +191,22 @@ def test_a_run_whose_lease_was_superseded_writes_nothing(rig: Rig) -> None:
     """If the task was given to someone else meanwhile, the run's results are dropped."""
     number = rig.forge.create_issue(DEMO_REPO, "Reassigned")
     task = rig.task(number, agent="local", title="Reassigned")
-    rig.store.put_task(task.model_copy(update={"lease_generation": 2, "agent_id": AgentId("other")}))
+    rig.store.put_task(
+        task.model_copy(update={"lease_generation": 2, "agent_id": AgentId("other")})
+    )
     after = rig.run(task)
     assert after.lease_generation == 2 and after.state is TaskState.ASSIGNED
     assert rig.store.receipts_for(task.id) == []
 
 
-def test_over_ssh_the_same_run_works_against_a_real_sshd(served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path, sshd: object) -> None:
+def test_over_ssh_the_same_run_works_against_a_real_sshd(
+    served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path, sshd: object
+) -> None:
     """The executor's three steps over a real ssh connection to a host with git."""
     host = sshd.host_settings(  # type: ignore[attr-defined]
-        name="box-1", adapter="demo-agent", workdir=str(tmp_path / "remote"),
+        name="box-1",
+        adapter="demo-agent",
+        workdir=str(tmp_path / "remote"),
         known_hosts_file=sshd.known_hosts,  # type: ignore[attr-defined]
     )
     rig = make_rig(served_forge, forge_clock, tmp_path, host, DEMO_AGENT)
@@ -173,7 +214,10 @@ def test_over_ssh_the_same_run_works_against_a_real_sshd(served_forge: ForgejoSa
         number = rig.forge.create_issue(DEMO_REPO, "Over ssh")
         done = rig.run(rig.task(number, agent="box-1", title="Over ssh"))
         assert done.state is TaskState.REVIEW_PENDING, rig.store.events_for(done.id)[-1].reason
-        assert rig.gateway.list_pull_files(DEMO_REPO, done.pr_number or 0)[0].filename == "fleet-notes/over-ssh.md"
+        assert (
+            rig.gateway.list_pull_files(DEMO_REPO, done.pr_number or 0)[0].filename
+            == "fleet-notes/over-ssh.md"
+        )
     finally:
         rig.executor.shutdown(timeout=10)
         rig.store.close()

@@ -20,7 +20,9 @@ def test_relative_links_resolve(page: Path) -> None:
     for target in LINK.findall(page.read_text()):
         if "://" in target:
             continue
-        assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to missing {target}"
+        assert (page.parent / target).exists(), (
+            f"{page.relative_to(ROOT)} links to missing {target}"
+        )
 
 
 def test_readme_opens_with_the_demo_and_the_test_command() -> None:

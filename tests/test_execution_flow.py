@@ -56,15 +56,30 @@ class World:
         return self.store.get_task(task_id_for(DEMO_REPO, number))
 
 
-def make_world(forge: ForgejoSandbox, clock: ManualClock, tmp_path: Path, adapter: AdapterSettings, **settings_kw: object) -> World:
+def make_world(
+    forge: ForgejoSandbox,
+    clock: ManualClock,
+    tmp_path: Path,
+    adapter: AdapterSettings,
+    **settings_kw: object,
+) -> World:
     pids = tmp_path / "pids"
     pids.mkdir()
     host = HostSettings(
-        name="local", address="localhost", adapter="test-cli", workdir=str(tmp_path / "work"),
-        roles=("developer",), min_free_disk_mb=0,
+        name="local",
+        address="localhost",
+        adapter="test-cli",
+        workdir=str(tmp_path / "work"),
+        roles=("developer",),
+        min_free_disk_mb=0,
     )
     settings = Settings(
-        forgejo=ForgejoSettings(url=forge.url, token=SecretStr(forge.admin_token), repos=(DEMO_REPO,), bot_login="fleet-admin"),
+        forgejo=ForgejoSettings(
+            url=forge.url,
+            token=SecretStr(forge.admin_token),
+            repos=(DEMO_REPO,),
+            bot_login="fleet-admin",
+        ),
         hosts=(host,),
         adapters={"test-cli": adapter.model_copy(update={"env": {"PIDS": str(pids)}})},
         loop=LoopSettings(workers=1),
@@ -82,7 +97,9 @@ def make_world(forge: ForgejoSandbox, clock: ManualClock, tmp_path: Path, adapte
 
 
 @pytest.fixture
-def world_factory(served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> Iterator[object]:
+def world_factory(
+    served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path
+) -> Iterator[object]:
     made: list[World] = []
 
     def make(adapter: AdapterSettings, **kw: object) -> World:
@@ -108,7 +125,9 @@ def _alive(pid: int) -> bool:
 def test_closing_the_issue_mid_run_cancels_the_task_and_kills_its_process(world_factory) -> None:  # type: ignore[no-untyped-def]
     """Running → the person closes the issue → cancelled, and the CLI process is gone."""
     world: World = world_factory(SLEEPER)
-    number = world.forge.create_issue(DEMO_REPO, "Long job", labels=["fleet/task", "agent/developer"])
+    number = world.forge.create_issue(
+        DEMO_REPO, "Long job", labels=["fleet/task", "agent/developer"]
+    )
     world.reconcile(number)
     task = world.task(number)
     executor = world.assembly.executor
@@ -138,7 +157,9 @@ def test_a_timed_out_run_is_retried_with_backoff_then_fails_for_good(world_facto
         timeouts=TimeoutsSettings(task_default=600),
         retries=RetriesSettings(max_retries=2, backoff_initial=30, backoff_max=600),
     )
-    number = world.forge.create_issue(DEMO_REPO, "Never ends", labels=["fleet/task", "agent/developer"])
+    number = world.forge.create_issue(
+        DEMO_REPO, "Never ends", labels=["fleet/task", "agent/developer"]
+    )
     executor = world.assembly.executor
     assert executor is not None
     delays = []

@@ -67,7 +67,9 @@ class ScriptedController:
         return step
 
 
-def make(script: list[object], clock: FakeClock, store: object | None = None) -> tuple[Loop, ScriptedController]:
+def make(
+    script: list[object], clock: FakeClock, store: object | None = None
+) -> tuple[Loop, ScriptedController]:
     queue = WorkQueue(
         clock=clock.monotonic,
         wall_clock=clock.wall_clock,
@@ -77,7 +79,9 @@ def make(script: list[object], clock: FakeClock, store: object | None = None) ->
         backoff_store=store,  # type: ignore[arg-type]
     )
     controller = ScriptedController(script)
-    return Loop((controller,), queue, workers=2, metrics=Metrics(), clock=clock.monotonic), controller
+    return Loop(
+        (controller,), queue, workers=2, metrics=Metrics(), clock=clock.monotonic
+    ), controller
 
 
 def test_success_clears_backoff_and_reports_the_actions() -> None:

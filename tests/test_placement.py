@@ -32,16 +32,29 @@ def agent(
     mode: ExecutionMode = ExecutionMode.SSH,
 ) -> Agent:
     return Agent(
-        id=AgentId(name), type="claude-code", roles=roles, capabilities=caps,
-        max_concurrency=slots, status=status, mode=mode, registered_at=NOW,
+        id=AgentId(name),
+        type="claude-code",
+        roles=roles,
+        capabilities=caps,
+        max_concurrency=slots,
+        status=status,
+        mode=mode,
+        registered_at=NOW,
     )
 
 
-def task(number: int, *, caps: tuple[str, ...] = ("code:python",), age: int = 0, **changes: object) -> Task:
+def task(
+    number: int, *, caps: tuple[str, ...] = ("code:python",), age: int = 0, **changes: object
+) -> Task:
     base: dict[str, object] = {
-        "id": task_id_for("acme/web", number), "repo": RepoName("acme/web"), "issue_number": number,
-        "title": f"task {number}", "required_role": "developer", "required_capabilities": caps,
-        "created_at": NOW - timedelta(minutes=age), "updated_at": NOW,
+        "id": task_id_for("acme/web", number),
+        "repo": RepoName("acme/web"),
+        "issue_number": number,
+        "title": f"task {number}",
+        "required_role": "developer",
+        "required_capabilities": caps,
+        "created_at": NOW - timedelta(minutes=age),
+        "updated_at": NOW,
     }
     return Task.model_validate({**base, **changes})
 
@@ -60,23 +73,68 @@ def test_least_loaded_matching_agent_wins() -> None:
 @pytest.mark.parametrize(
     ("the_task", "agents", "others", "reason"),
     [
-        (task(1, caps=("code:rust",)), [agent("a")], [], "no agent has role developer and code:rust"),
-        (task(1), [agent("a", status=AgentStatus.OFFLINE)], [], "no online agent has role developer and code:python"),
-        (task(1), [agent("a", status=AgentStatus.DRAINING)], [], "no online agent has role developer and code:python (1 draining)"),
-        (task(1), [agent("a"), agent("b")], [running_on(2, "a"), running_on(3, "b")], "all 2 matching agents at capacity"),
+        (
+            task(1, caps=("code:rust",)),
+            [agent("a")],
+            [],
+            "no agent has role developer and code:rust",
+        ),
+        (
+            task(1),
+            [agent("a", status=AgentStatus.OFFLINE)],
+            [],
+            "no online agent has role developer and code:python",
+        ),
+        (
+            task(1),
+            [agent("a", status=AgentStatus.DRAINING)],
+            [],
+            "no online agent has role developer and code:python (1 draining)",
+        ),
+        (
+            task(1),
+            [agent("a"), agent("b")],
+            [running_on(2, "a"), running_on(3, "b")],
+            "all 2 matching agents at capacity",
+        ),
         (task(1), [agent("a")], [running_on(2, "a")], "the matching agent at capacity"),
         (task(1, on_hold=True), [agent("a")], [], "on hold (fleet/hold)"),
-        (task(1, not_before=NOW + timedelta(minutes=5), attempt=2), [agent("a")], [], "backing off until 14:05 UTC after attempt 2"),
-        (task(1, pinned_agent="zz"), [agent("a")], [], "pinned to zz, which is not a registered agent"),
-        (task(1, pinned_agent="a", caps=("code:go",)), [agent("a")], [], "pinned to a, which does not have role developer and code:go"),
-        (task(1), [agent("a", mode=ExecutionMode.PULL)], [], "waiting for a pull agent to take it (1 matching online with a free slot)"),
+        (
+            task(1, not_before=NOW + timedelta(minutes=5), attempt=2),
+            [agent("a")],
+            [],
+            "backing off until 14:05 UTC after attempt 2",
+        ),
+        (
+            task(1, pinned_agent="zz"),
+            [agent("a")],
+            [],
+            "pinned to zz, which is not a registered agent",
+        ),
+        (
+            task(1, pinned_agent="a", caps=("code:go",)),
+            [agent("a")],
+            [],
+            "pinned to a, which does not have role developer and code:go",
+        ),
+        (
+            task(1),
+            [agent("a", mode=ExecutionMode.PULL)],
+            [],
+            "waiting for a pull agent to take it (1 matching online with a free slot)",
+        ),
     ],
 )
-def test_why_a_task_waits(the_task: Task, agents: list[Agent], others: list[Task], reason: str) -> None:
+def test_why_a_task_waits(
+    the_task: Task, agents: list[Agent], others: list[Task], reason: str
+) -> None:
     """Each way a task can fail to be placed has its own words (seen as the assignment
     controller sees it: it places on ssh agents; pull agents take tasks themselves)."""
     result = place(
-        the_task, agents=agents, tasks=[the_task, *others], now=NOW,
+        the_task,
+        agents=agents,
+        tasks=[the_task, *others],
+        now=NOW,
         modes=frozenset({ExecutionMode.SSH}),
     )
     assert not result.placed
@@ -96,7 +154,10 @@ def test_a_lower_priority_task_does_not_take_the_last_slot_from_a_higher_one() -
     low = task(1, priority=Priority.LOW, age=60)
     high = task(2, priority=Priority.HIGH)
     only = agent("a")
-    assert place(low, agents=[only], tasks=[low, high], now=NOW).reason == "the matching agent at capacity"
+    assert (
+        place(low, agents=[only], tasks=[low, high], now=NOW).reason
+        == "the matching agent at capacity"
+    )
     assert place(high, agents=[only], tasks=[low, high], now=NOW).agent == only
 
 

@@ -145,18 +145,100 @@ V5 = "verification," * 4 + "verification"
     ("name", "obs", "settings", "expected"),
     [
         ("nothing to check", Observed(task()), SETTINGS, []),
-        ("claims of a PR in review hold", Observed(task(), RECEIPT, evidence=evidence(), issue=issue()), SETTINGS, ["RecordEvents", "count:0/0"]),
-        ("claims checked already", Observed(task(), RECEIPT, evidence=evidence(), issue=issue(), recorded=PASSED), SETTINGS, []),
-        ("claims of a PR in review lie", Observed(task(), RECEIPT, evidence=evidence(files=0), issue=issue("status/review")), SETTINGS,
-         ["add:status/failed", "UpsertComment", f"save:failed:{V5},review_pending->failed", "count:0/1", "enqueue:assignment"]),
-        ("merged and verified", Observed(task(), RECEIPT, evidence=evidence(merged=True), final=True, issue=issue("status/review"), recorded=PASSED), SETTINGS,
-         ["add:status/done", "UpsertComment", "save:completed:review_pending->completed", "count:1/0", "enqueue:assignment"]),
-        ("merged, verified, the issue closed", Observed(task(), RECEIPT, evidence=evidence(merged=True), final=True, issue=issue("status/review"), recorded=PASSED), CLOSING,
-         ["add:status/done", "CloseIssue", "UpsertComment", "save:completed:review_pending->completed", "count:1/0", "enqueue:assignment"]),
-        ("merged without a receipt", Observed(task(), RECEIPT, generated=True, evidence=evidence(merged=True), final=True, issue=issue("status/done")), SETTINGS,
-         ["StoreReceipt", "UpsertComment", f"save:completed:receipt,{V5},review_pending->completed", "count:1/0", "enqueue:assignment"]),
-        ("merged, a required status missing", Observed(task(), RECEIPT, evidence=evidence(merged=True), final=True, issue=issue()), CI,
-         ["add:status/failed", "UpsertComment", f"save:failed:{V5},verification,review_pending->failed", "count:0/1", "enqueue:assignment"]),
+        (
+            "claims of a PR in review hold",
+            Observed(task(), RECEIPT, evidence=evidence(), issue=issue()),
+            SETTINGS,
+            ["RecordEvents", "count:0/0"],
+        ),
+        (
+            "claims checked already",
+            Observed(task(), RECEIPT, evidence=evidence(), issue=issue(), recorded=PASSED),
+            SETTINGS,
+            [],
+        ),
+        (
+            "claims of a PR in review lie",
+            Observed(task(), RECEIPT, evidence=evidence(files=0), issue=issue("status/review")),
+            SETTINGS,
+            [
+                "add:status/failed",
+                "UpsertComment",
+                f"save:failed:{V5},review_pending->failed",
+                "count:0/1",
+                "enqueue:assignment",
+            ],
+        ),
+        (
+            "merged and verified",
+            Observed(
+                task(),
+                RECEIPT,
+                evidence=evidence(merged=True),
+                final=True,
+                issue=issue("status/review"),
+                recorded=PASSED,
+            ),
+            SETTINGS,
+            [
+                "add:status/done",
+                "UpsertComment",
+                "save:completed:review_pending->completed",
+                "count:1/0",
+                "enqueue:assignment",
+            ],
+        ),
+        (
+            "merged, verified, the issue closed",
+            Observed(
+                task(),
+                RECEIPT,
+                evidence=evidence(merged=True),
+                final=True,
+                issue=issue("status/review"),
+                recorded=PASSED,
+            ),
+            CLOSING,
+            [
+                "add:status/done",
+                "CloseIssue",
+                "UpsertComment",
+                "save:completed:review_pending->completed",
+                "count:1/0",
+                "enqueue:assignment",
+            ],
+        ),
+        (
+            "merged without a receipt",
+            Observed(
+                task(),
+                RECEIPT,
+                generated=True,
+                evidence=evidence(merged=True),
+                final=True,
+                issue=issue("status/done"),
+            ),
+            SETTINGS,
+            [
+                "StoreReceipt",
+                "UpsertComment",
+                f"save:completed:receipt,{V5},review_pending->completed",
+                "count:1/0",
+                "enqueue:assignment",
+            ],
+        ),
+        (
+            "merged, a required status missing",
+            Observed(task(), RECEIPT, evidence=evidence(merged=True), final=True, issue=issue()),
+            CI,
+            [
+                "add:status/failed",
+                "UpsertComment",
+                f"save:failed:{V5},verification,review_pending->failed",
+                "count:0/1",
+                "enqueue:assignment",
+            ],
+        ),
     ],
 )
 def test_plan(name: str, obs: Observed, settings: Settings, expected: list[str]) -> None:
@@ -170,7 +252,10 @@ def test_a_lie_found_in_review_fails_the_task_for_a_retry() -> None:
                    now=NOW, settings=SETTINGS)  # fmt: skip
     failed = next(a.task for a in actions if isinstance(a, SaveTask))
     assert failed.failure_retryable
-    assert failed.failure_reason == "receipt r-1 did not hold up: diff: pull request #7 changes no file"
+    assert (
+        failed.failure_reason
+        == "receipt r-1 did not hold up: diff: pull request #7 changes no file"
+    )
     assert [c.name for c in failed.checks if c.outcome is CheckOutcome.FAILED] == ["diff"]
     comment = next(a for a in actions if isinstance(a, UpsertComment))
     assert comment.marker == RESULT_MARKER and "❌ **Receipt refused" in comment.body
@@ -183,7 +268,9 @@ def test_after_the_merge_a_refused_receipt_fails_for_good() -> None:
                             issue=issue()), now=NOW, settings=SETTINGS)  # fmt: skip
     failed = next(a.task for a in actions if isinstance(a, SaveTask))
     assert failed.state is TaskState.FAILED and not failed.failure_retryable
-    assert failed.failure_reason.startswith("pull request #7 was merged, but receipt r-1 did not hold up")
+    assert failed.failure_reason.startswith(
+        "pull request #7 was merged, but receipt r-1 did not hold up"
+    )
 
 
 def test_the_result_comment_has_everything_a_person_asks_about() -> None:
@@ -191,7 +278,9 @@ def test_the_result_comment_has_everything_a_person_asks_about() -> None:
     actions = plan(Observed(task(attempt=2, review_count=1), RECEIPT, evidence=evidence(merged=True, files=2),
                             final=True, issue=issue()), now=NOW, settings=SETTINGS)  # fmt: skip
     body = next(a for a in actions if isinstance(a, UpsertComment)).body
-    assert body.startswith("✅ **Done**: pull request [#7](https://forgejo.example.org/acme/web/pulls/7) merged")
+    assert body.startswith(
+        "✅ **Done**: pull request [#7](https://forgejo.example.org/acme/web/pulls/7) merged"
+    )
     for part in ("> Fixed the login.", "[`cccccccccc`](https://forgejo.example.org/c) Fix login",
                  "Files changed (2)", "`f0.py` (+3 −1)", "$0.2500", "1,200", "1m35s",
                  "| Attempts | 2 (1 review round(s) asking for changes) |", f"task `{TASK_ID}`"):  # fmt: skip
@@ -221,17 +310,27 @@ class Rig:
 
     @property
     def controller(self) -> ReceiptsController:
-        actuator = Actuator(ActContext(gateway=self.gateway, store=self.store, enqueue=self.enqueued.append))
+        actuator = Actuator(
+            ActContext(gateway=self.gateway, store=self.store, enqueue=self.enqueued.append)
+        )
         return ReceiptsController(self.gateway, self.store, actuator, settings=lambda: self.settings,
                                   clock=self.clock)  # fmt: skip
 
-    def in_review(self, *, pull_request: bool = True, with_receipt: bool = True) -> tuple[Task, Receipt]:
+    def in_review(
+        self, *, pull_request: bool = True, with_receipt: bool = True
+    ) -> tuple[Task, Receipt]:
         """A task in review with its PR and the agent's truthful receipt, as a run leaves them."""
-        number = self.forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task", "status/review"])
+        number = self.forge.create_issue(
+            DEMO_REPO, "Fix login", labels=["fleet/task", "status/review"]
+        )
         tid = task_id_for(DEMO_REPO, number)
         branch = branch_for(tid, "Fix login")
         sha = self.forge.push(DEMO_REPO, branch, files={"login.py": "ok\n"}, message="Fix login")
-        pr = self.forge.open_pull(DEMO_REPO, branch, title="Fix login", body=f"Closes #{number}") if pull_request else None
+        pr = (
+            self.forge.open_pull(DEMO_REPO, branch, title="Fix login", body=f"Closes #{number}")
+            if pull_request
+            else None
+        )
         now = self.clock()
         the_task = Task(
             id=tid, repo=RepoName(DEMO_REPO), issue_number=number, title="Fix login",
@@ -258,12 +357,16 @@ class Rig:
 
 @pytest.fixture
 def rig(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> Iterator[Rig]:
-    gateway = ForgejoGateway(IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app))
+    gateway = ForgejoGateway(
+        IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
+    )
     gateway.ensure_labels(DEMO_REPO, label_specs(SETTINGS))
     store = Store.open(tmp_path / "state")
     store.put_agent(Agent(id=AgentId("box-1"), type="claude-code", mode=ExecutionMode.SSH,
                           registered_at=forge_clock()))  # fmt: skip
-    settings = SETTINGS.model_copy(update={"forgejo": SETTINGS.forgejo.model_copy(update={"bot_login": "fleet-admin"})})
+    settings = SETTINGS.model_copy(
+        update={"forgejo": SETTINGS.forgejo.model_copy(update={"bot_login": "fleet-admin"})}
+    )
     yield Rig(forge, gateway, store, forge_clock, settings)
     store.close()
     gateway.close()
@@ -309,7 +412,10 @@ def test_a_lying_receipt_is_refused_with_its_reasons_on_the_issue(rig: Rig) -> N
     rig.controller.reconcile(task_key(DEMO_REPO, the_task.id))
     failed = rig.store.get_task(the_task.id)
     assert failed.state is TaskState.FAILED and failed.failure_retryable
-    assert f"commits: 1 claimed commit(s) are not in pull request #{the_task.pr_number}" in failed.failure_reason
+    assert (
+        f"commits: 1 claimed commit(s) are not in pull request #{the_task.pr_number}"
+        in failed.failure_reason
+    )
     events = rig.store.events_for(the_task.id)
     refused = [e for e in events if e.kind == "verification" and e.data["outcome"] == "failed"]
     assert [e.data["check"] for e in refused] == ["commits"]
@@ -339,7 +445,9 @@ def test_a_merged_pull_request_without_a_receipt_gets_one_made_and_verified(rig:
 def test_a_pending_required_status_waits_then_completes(rig: Rig) -> None:
     """ci/build pending on the head: requeued after status_recheck, nothing completed; success
     then completes; the waiting pass repeated writes nothing."""
-    rig.settings = rig.settings.model_copy(update={"review": ReviewSettings(required_statuses=("ci/build",), status_recheck=30)})
+    rig.settings = rig.settings.model_copy(
+        update={"review": ReviewSettings(required_statuses=("ci/build",), status_recheck=30)}
+    )
     the_task, _ = rig.in_review()
     assert the_task.pr_number is not None
     head = rig.gateway.get_pull(DEMO_REPO, the_task.pr_number).head_sha

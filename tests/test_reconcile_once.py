@@ -20,7 +20,9 @@ def run_once(config: Path, *extra: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_dry_run_prints_the_plan_and_changes_nothing(served_forge: ForgejoSandbox, tmp_path: Path) -> None:
+def test_dry_run_prints_the_plan_and_changes_nothing(
+    served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
     """The plan names the task and the label; Forgejo and the local store are left untouched."""
     served_forge.create_label(DEMO_REPO, "fleet/task")
     number = served_forge.create_issue(DEMO_REPO, "Add a --version flag", labels=["fleet/task"])
@@ -32,7 +34,10 @@ def test_dry_run_prints_the_plan_and_changes_nothing(served_forge: ForgejoSandbo
 
     assert code == 0, output
     assert f"would: {DEMO_REPO}#{number}: add label(s) status/todo" in output
-    assert f"would: task {task_id_for(DEMO_REPO, number)} ({DEMO_REPO}#{number}): new task, created" in output
+    assert (
+        f"would: task {task_id_for(DEMO_REPO, number)} ({DEMO_REPO}#{number}): new task, created"
+        in output
+    )
     with ForgejoGateway(served_forge.url, served_forge.admin_token) as gateway:
         assert gateway.get_issue(DEMO_REPO, number).labels == ("fleet/task",)
         assert gateway.list_comments(DEMO_REPO, number) == ()
@@ -43,7 +48,9 @@ def test_dry_run_prints_the_plan_and_changes_nothing(served_forge: ForgejoSandbo
         assert store.get_meta(f"resync.since:{DEMO_REPO}") is None
 
 
-def test_a_real_pass_acts_and_a_second_pass_does_nothing(served_forge: ForgejoSandbox, tmp_path: Path) -> None:
+def test_a_real_pass_acts_and_a_second_pass_does_nothing(
+    served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
     """Without --dry-run the label is written; the next pass over the same world makes no write."""
     served_forge.create_label(DEMO_REPO, "fleet/task")
     number = served_forge.create_issue(DEMO_REPO, "Document the config", labels=["fleet/task"])
@@ -60,7 +67,9 @@ def test_a_real_pass_acts_and_a_second_pass_does_nothing(served_forge: ForgejoSa
     assert "0 action(s) taken" in output
 
 
-def test_a_pass_runs_what_it_dispatches_to_the_end(served_forge: ForgejoSandbox, tmp_path: Path) -> None:
+def test_a_pass_runs_what_it_dispatches_to_the_end(
+    served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
     """With a local host, one pass places the task, runs the agent, opens the PR, and exits."""
     import sys
 
@@ -78,7 +87,7 @@ parser = "claude-json"
 name = "local"
 address = "localhost"
 adapter = "demo-agent"
-workdir = "{tmp_path / 'work'}"
+workdir = "{tmp_path / "work"}"
 min_free_disk_mb = 0
 """
     )

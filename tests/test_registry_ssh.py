@@ -50,7 +50,9 @@ class Registry:
 
 def settings_for(*hosts: HostSettings) -> Settings:
     return Settings(
-        forgejo=ForgejoSettings(url="http://forgejo.invalid", token=SecretStr("t"), bot_login="bot"),
+        forgejo=ForgejoSettings(
+            url="http://forgejo.invalid", token=SecretStr("t"), bot_login="bot"
+        ),
         hosts=hosts,
     )
 
@@ -79,7 +81,9 @@ def registry_for(tmp_path: Path, forge_clock: ManualClock) -> Iterator[Any]:
 def test_a_healthy_host_is_online(sshd: Any, registry_for: Any) -> None:
     """The CLI and git are there, the disk has room: the host's agent is online."""
     sshd.install_cli("claude")
-    host = sshd.host_settings(name="box-1", adapter="claude-code", known_hosts_file=sshd.known_hosts)
+    host = sshd.host_settings(
+        name="box-1", adapter="claude-code", known_hosts_file=sshd.known_hosts
+    )
     registry = registry_for(host)
     registry.check("box-1")
     assert registry.status("box-1")[0] is AgentStatus.ONLINE

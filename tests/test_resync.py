@@ -28,7 +28,9 @@ SETTINGS = Settings(
 
 
 class Harness:
-    def __init__(self, forge: ForgejoSandbox, clock: ManualClock, store: Store, *, record: bool = True) -> None:
+    def __init__(
+        self, forge: ForgejoSandbox, clock: ManualClock, store: Store, *, record: bool = True
+    ) -> None:
         self.forge = forge
         self.clock = clock
         self.store = store
@@ -38,7 +40,12 @@ class Harness:
         )
         self.gateway.ensure_labels(DEMO_REPO, label_specs(SETTINGS))
         self.resync = Resync(
-            self.gateway, store, self.keys.append, settings=lambda: SETTINGS, clock=clock, record=record
+            self.gateway,
+            store,
+            self.keys.append,
+            settings=lambda: SETTINGS,
+            clock=clock,
+            record=record,
         )
 
     def calls(self, action: object) -> int:
@@ -87,8 +94,12 @@ def test_full_resync_includes_tasks_whose_issue_was_closed(harness: Harness) -> 
     number = harness.forge.create_issue(DEMO_REPO, "closed later", labels=["fleet/task"])
     harness.store.put_task(
         Task(
-            id=task_id_for(DEMO_REPO, number), repo=RepoName(DEMO_REPO), issue_number=number,
-            title="closed later", created_at=harness.clock(), updated_at=harness.clock(),
+            id=task_id_for(DEMO_REPO, number),
+            repo=RepoName(DEMO_REPO),
+            issue_number=number,
+            title="closed later",
+            created_at=harness.clock(),
+            updated_at=harness.clock(),
         )
     )
     harness.gateway.edit_issue(DEMO_REPO, number, state="closed")
@@ -99,8 +110,13 @@ def test_full_resync_includes_tasks_whose_issue_was_closed(harness: Harness) -> 
 def test_full_resync_moves_old_finished_tasks_to_the_archive(harness: Harness) -> None:
     """Completed tasks older than store.archive_after leave the live store but stay readable."""
     done = Task(
-        id=task_id_for(DEMO_REPO, 99), repo=RepoName(DEMO_REPO), issue_number=99, title="done",
-        state=TaskState.COMPLETED, created_at=harness.clock(), updated_at=harness.clock(),
+        id=task_id_for(DEMO_REPO, 99),
+        repo=RepoName(DEMO_REPO),
+        issue_number=99,
+        title="done",
+        state=TaskState.COMPLETED,
+        created_at=harness.clock(),
+        updated_at=harness.clock(),
     )
     harness.store.put_task(done)
     harness.clock.advance(7200)
@@ -109,7 +125,9 @@ def test_full_resync_moves_old_finished_tasks_to_the_archive(harness: Harness) -
     assert harness.store.find_task(done.id) == done
 
 
-def test_a_dry_resync_remembers_nothing(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> None:
+def test_a_dry_resync_remembers_nothing(
+    forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path
+) -> None:
     """With record=False the resync enqueues but writes no metadata and archives nothing."""
     with Store.open(tmp_path / "state") as store:
         harness = Harness(forge, forge_clock, store, record=False)
@@ -180,10 +198,21 @@ def test_full_resync_looks_at_tasks_in_review_whose_pull_request_left_the_open_l
     from reconciler.keys import branch_key
 
     now = harness.clock()
-    base = {"repo": RepoName(DEMO_REPO), "title": "t", "created_at": now, "updated_at": now,
-            "state": TaskState.REVIEW_PENDING, "agent_id": "a", "lease_generation": 1}
-    harness.store.put_task(Task(id=task_id_for(DEMO_REPO, 40), issue_number=40, pr_number=41, **base))
-    harness.store.put_task(Task(id=task_id_for(DEMO_REPO, 42), issue_number=42, branch="task/42-x", **base))
+    base = {
+        "repo": RepoName(DEMO_REPO),
+        "title": "t",
+        "created_at": now,
+        "updated_at": now,
+        "state": TaskState.REVIEW_PENDING,
+        "agent_id": "a",
+        "lease_generation": 1,
+    }
+    harness.store.put_task(
+        Task(id=task_id_for(DEMO_REPO, 40), issue_number=40, pr_number=41, **base)
+    )
+    harness.store.put_task(
+        Task(id=task_id_for(DEMO_REPO, 42), issue_number=42, branch="task/42-x", **base)
+    )
     harness.resync.full()
     assert pull_key(DEMO_REPO, 41) in harness.keys
     assert branch_key(DEMO_REPO, "task/42-x") in harness.keys

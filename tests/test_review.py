@@ -112,29 +112,124 @@ REQUEUE = SETTINGS.model_copy(update={"retries": RetriesSettings(requeue_closed_
     ("name", "obs", "expected"),
     [
         ("no task for this key", observed(pull(), None), []),
-        ("a completed task is left alone", observed(pull(merged=True), task(TaskState.COMPLETED)), []),
+        (
+            "a completed task is left alone",
+            observed(pull(merged=True), task(TaskState.COMPLETED)),
+            [],
+        ),
         ("in review, nothing new", observed(pull(), task()), []),
-        ("a new tip is activity", observed(None, task(), branch_tip=HEAD), ["save:review_pending:push"]),
-        ("the same tip again is nothing", observed(None, task(branch_head=HEAD), branch_tip=HEAD), []),
-        ("a tip the run reported is nothing", observed(None, task(), branch_tip=HEAD, reported_commits=frozenset({HEAD})), []),
-        ("a receipt not yet checked goes to the receipts controller", observed(pull(), task(), unchecked_receipt=True), ["enqueue:receipts"]),
-        ("changes requested: back to the queue", observed(pull(), task(), reviews=(REJECT,)), ["save:created:review,review_pending->created", "enqueue:assignment"]),
-        ("a seen review is not acted on again", observed(pull(), task(reviews_seen=(31,)), reviews=(REJECT,)), []),
-        ("a dismissed review does not count", observed(pull(), task(), reviews=(review(31, ReviewState.REQUEST_CHANGES, dismissed=True),)), []),
-        ("an untrusted reviewer is recorded, not obeyed", observed(pull(), task(), reviews=(REJECT,), trusted_reviewers=frozenset()), ["save:review_pending:review"]),
-        ("a change request on an older head is answered", observed(pull(), task(), reviews=(review(31, ReviewState.REQUEST_CHANGES, commit=OLD_HEAD),)), ["save:review_pending:review"]),
-        ("an approval is recorded once", observed(pull(), task(), reviews=(review(32, ReviewState.APPROVED, body=""),)), ["save:review_pending:review"]),
-        ("past the last round the task fails", observed(pull(), ROUNDS_USED, reviews=(REJECT,)), ["save:failed:review,review_pending->failed", "enqueue:assignment"]),
-        ("merged goes to the receipts controller", observed(pull(state=IssueState.CLOSED, merged=True), task()), ["enqueue:receipts"]),
-        ("merged while running too", observed(pull(state=IssueState.CLOSED, merged=True), task(TaskState.RUNNING)), ["enqueue:receipts"]),
-        ("closed unmerged fails", observed(pull(state=IssueState.CLOSED), task()), ["save:failed:review_pending->failed", "enqueue:assignment"]),
-        ("closed unmerged, failed already", observed(pull(state=IssueState.CLOSED), task(TaskState.FAILED)), []),
+        (
+            "a new tip is activity",
+            observed(None, task(), branch_tip=HEAD),
+            ["save:review_pending:push"],
+        ),
+        (
+            "the same tip again is nothing",
+            observed(None, task(branch_head=HEAD), branch_tip=HEAD),
+            [],
+        ),
+        (
+            "a tip the run reported is nothing",
+            observed(None, task(), branch_tip=HEAD, reported_commits=frozenset({HEAD})),
+            [],
+        ),
+        (
+            "a receipt not yet checked goes to the receipts controller",
+            observed(pull(), task(), unchecked_receipt=True),
+            ["enqueue:receipts"],
+        ),
+        (
+            "changes requested: back to the queue",
+            observed(pull(), task(), reviews=(REJECT,)),
+            ["save:created:review,review_pending->created", "enqueue:assignment"],
+        ),
+        (
+            "a seen review is not acted on again",
+            observed(pull(), task(reviews_seen=(31,)), reviews=(REJECT,)),
+            [],
+        ),
+        (
+            "a dismissed review does not count",
+            observed(
+                pull(), task(), reviews=(review(31, ReviewState.REQUEST_CHANGES, dismissed=True),)
+            ),
+            [],
+        ),
+        (
+            "an untrusted reviewer is recorded, not obeyed",
+            observed(pull(), task(), reviews=(REJECT,), trusted_reviewers=frozenset()),
+            ["save:review_pending:review"],
+        ),
+        (
+            "a change request on an older head is answered",
+            observed(
+                pull(), task(), reviews=(review(31, ReviewState.REQUEST_CHANGES, commit=OLD_HEAD),)
+            ),
+            ["save:review_pending:review"],
+        ),
+        (
+            "an approval is recorded once",
+            observed(pull(), task(), reviews=(review(32, ReviewState.APPROVED, body=""),)),
+            ["save:review_pending:review"],
+        ),
+        (
+            "past the last round the task fails",
+            observed(pull(), ROUNDS_USED, reviews=(REJECT,)),
+            ["save:failed:review,review_pending->failed", "enqueue:assignment"],
+        ),
+        (
+            "merged goes to the receipts controller",
+            observed(pull(state=IssueState.CLOSED, merged=True), task()),
+            ["enqueue:receipts"],
+        ),
+        (
+            "merged while running too",
+            observed(pull(state=IssueState.CLOSED, merged=True), task(TaskState.RUNNING)),
+            ["enqueue:receipts"],
+        ),
+        (
+            "closed unmerged fails",
+            observed(pull(state=IssueState.CLOSED), task()),
+            ["save:failed:review_pending->failed", "enqueue:assignment"],
+        ),
+        (
+            "closed unmerged, failed already",
+            observed(pull(state=IssueState.CLOSED), task(TaskState.FAILED)),
+            [],
+        ),
         ("someone else's PR", observed(pull(number=8), task()), []),
-        ("a PR the receipt names does not exist", observed(None, task(), link=Link.RECEIPT), ["enqueue:receipts"]),
-        ("running, the run reports itself", observed(pull(), task(TaskState.RUNNING, last_activity_at=NOW - timedelta(hours=1)), run_in_progress=True), []),
+        (
+            "a PR the receipt names does not exist",
+            observed(None, task(), link=Link.RECEIPT),
+            ["enqueue:receipts"],
+        ),
+        (
+            "running, the run reports itself",
+            observed(
+                pull(),
+                task(TaskState.RUNNING, last_activity_at=NOW - timedelta(hours=1)),
+                run_in_progress=True,
+            ),
+            [],
+        ),
         ("running, within the receipt grace", observed(pull(), task(TaskState.RUNNING)), []),
-        ("running, no receipt past the grace", observed(pull(), task(TaskState.RUNNING, last_activity_at=NOW - timedelta(hours=1))), ["save:review_pending:running->review_pending", "enqueue:assignment"]),
-        ("running, no new work since changes were asked", observed(pull(), task(TaskState.RUNNING, sent_back_head=HEAD, last_activity_at=NOW - timedelta(hours=1))), []),
+        (
+            "running, no receipt past the grace",
+            observed(pull(), task(TaskState.RUNNING, last_activity_at=NOW - timedelta(hours=1))),
+            ["save:review_pending:running->review_pending", "enqueue:assignment"],
+        ),
+        (
+            "running, no new work since changes were asked",
+            observed(
+                pull(),
+                task(
+                    TaskState.RUNNING,
+                    sent_back_head=HEAD,
+                    last_activity_at=NOW - timedelta(hours=1),
+                ),
+            ),
+            [],
+        ),
     ],
 )
 def test_plan(name: str, obs: Observed, expected: list[str]) -> None:
@@ -168,7 +263,9 @@ def test_a_change_request_sends_the_task_back_to_its_agent_with_the_review() -> 
 
 def test_past_the_review_limit_the_task_fails_with_that_reason_for_good() -> None:
     """Not retryable: a person decides what happens next."""
-    failed = saved(plan(observed(pull(), ROUNDS_USED, reviews=(REJECT,)), now=NOW, settings=SETTINGS))
+    failed = saved(
+        plan(observed(pull(), ROUNDS_USED, reviews=(REJECT,)), now=NOW, settings=SETTINGS)
+    )
     assert failed.state is TaskState.FAILED and not failed.failure_retryable
     assert failed.review_count == 4
     assert "changes were requested in 4 review rounds" in failed.failure_reason
@@ -180,7 +277,9 @@ def test_a_pull_request_closed_unmerged_is_requeued_when_configured() -> None:
     actions = plan(observed(pull(state=IssueState.CLOSED), task()), now=NOW, settings=REQUEUE)
     back = saved(actions)
     assert back.state is TaskState.CREATED and back.pr_number is None
-    closed = saved(plan(observed(pull(state=IssueState.CLOSED), task()), now=NOW, settings=SETTINGS))
+    closed = saved(
+        plan(observed(pull(state=IssueState.CLOSED), task()), now=NOW, settings=SETTINGS)
+    )
     assert closed.failure_reason == "pull request #7 was closed without being merged"
     assert not closed.failure_retryable
 
@@ -272,12 +371,21 @@ def rig(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path,
         forge_http: httpx.Client) -> Iterator[Rig]:  # fmt: skip
     forge.create_user("alice")
     forge.create_user("mallory")
-    assert forge_http.put(f"/repos/{DEMO_REPO}/collaborators/alice", json={"permission": "write"}).status_code == 204
-    gateway = ForgejoGateway(IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app))
+    assert (
+        forge_http.put(
+            f"/repos/{DEMO_REPO}/collaborators/alice", json={"permission": "write"}
+        ).status_code
+        == 204
+    )
+    gateway = ForgejoGateway(
+        IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
+    )
     store = Store.open(tmp_path / "state")
     enqueued: list[Key] = []
     actuator = Actuator(ActContext(gateway=gateway, store=store, enqueue=enqueued.append))
-    controller = ReviewController(gateway, store, actuator, settings=lambda: SETTINGS, clock=forge_clock)
+    controller = ReviewController(
+        gateway, store, actuator, settings=lambda: SETTINGS, clock=forge_clock
+    )
     yield Rig(forge, gateway, store, controller, forge_clock, enqueued)
     store.close()
     gateway.close()
@@ -286,7 +394,9 @@ def rig(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path,
 def test_a_change_request_in_forgejo_sends_the_task_back_once(rig: Rig) -> None:
     """Reconcile after REQUEST_CHANGES: requeued with the review; a second pass writes nothing."""
     the_task, pr = rig.review_task()
-    rig.forge.review(DEMO_REPO, pr, "REQUEST_CHANGES", body="Handle empty passwords", author="alice")
+    rig.forge.review(
+        DEMO_REPO, pr, "REQUEST_CHANGES", body="Handle empty passwords", author="alice"
+    )
     rig.controller.reconcile(pull_key(DEMO_REPO, pr))
     back = rig.store.get_task(the_task.id)
     assert back.state is TaskState.CREATED and back.review_count == 1
@@ -340,7 +450,9 @@ def test_a_branch_or_pull_request_of_no_task_plans_nothing(rig: Rig) -> None:
     assert rig.store.list_tasks() == [] and rig.enqueued == []
 
 
-def test_a_receipt_naming_a_missing_pull_request_is_handed_to_the_receipts_controller(rig: Rig) -> None:
+def test_a_receipt_naming_a_missing_pull_request_is_handed_to_the_receipts_controller(
+    rig: Rig,
+) -> None:
     """The receipt says PR #99; there is none: the receipts controller must refuse it."""
     the_task, _ = rig.review_task()
     rig.store.put_task(the_task.model_copy(update={"pr_number": 99}))

@@ -154,13 +154,17 @@ class Flow:
 
     def result_comments(self, number: int) -> list[str]:
         tag = marker_tag(RESULT_MARKER)
-        return [c.body for c in self.assembly.gateway.list_comments(DEMO_REPO, number) if tag in c.body]
+        return [
+            c.body for c in self.assembly.gateway.list_comments(DEMO_REPO, number) if tag in c.body
+        ]
 
     def prompts_seen(self) -> list[str]:
         text = self.prompts.read_text() if self.prompts.exists() else ""
         return [p for p in text.split("\n=====PROMPT-END=====\n") if p]
 
-    def stored_task(self, title: str, *, state: TaskState, agent: str = "puller", **changes: object) -> tuple[Task, int]:
+    def stored_task(
+        self, title: str, *, state: TaskState, agent: str = "puller", **changes: object
+    ) -> tuple[Task, int]:
         """An issue and a task the store holds already, as if an agent had it (no run here)."""
         number = self.forge.create_issue(DEMO_REPO, title, labels=["fleet/task"])
         tid = task_id_for(DEMO_REPO, number)
@@ -221,13 +225,17 @@ def make_flow(served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: 
         with httpx.Client(base_url=f"{served_forge.url}/api/v1",
                           headers={"Authorization": f"token {served_forge.admin_token}"}) as admin:  # fmt: skip
             for login in ("alice", "pull-agent"):
-                admin.put(f"/repos/{DEMO_REPO}/collaborators/{login}", json={"permission": "write"}).raise_for_status()
+                admin.put(
+                    f"/repos/{DEMO_REPO}/collaborators/{login}", json={"permission": "write"}
+                ).raise_for_status()
         prepare_repos(assembly)
         assembly.resync.full()  # the local host is health-checked and comes online
         flow = Flow(served_forge, assembly, server, forge_clock, tmp_path / "prompts.txt")
         flow.settle()
         host = assembly.store.get_agent(HOST)
-        assert host.status is AgentStatus.ONLINE and host.mode is ExecutionMode.SSH, host.status_reason
+        assert host.status is AgentStatus.ONLINE and host.mode is ExecutionMode.SSH, (
+            host.status_reason
+        )
         started.append(flow)
         return flow
 
@@ -258,7 +266,9 @@ def test_a_task_goes_through_a_rejected_review_to_a_verified_merge(make_flow: An
     verified = [e for e in flow.store.events_for(first.id) if e.kind == "verification"]
     assert len(verified) == 5 and all(e.data["outcome"] == "passed" for e in verified)
 
-    flow.forge.review(DEMO_REPO, pr, "REQUEST_CHANGES", body="Also print it with -V, please.", author="alice")
+    flow.forge.review(
+        DEMO_REPO, pr, "REQUEST_CHANGES", body="Also print it with -V, please.", author="alice"
+    )
     flow.deliver("pull_request_review-rejected", number=pr, branch=first.branch)
     second = flow.task(number)
     assert second.state is TaskState.REVIEW_PENDING, flow.store.events_for(second.id)[-1].reason
@@ -298,7 +308,10 @@ def test_a_task_goes_through_a_rejected_review_to_a_verified_merge(make_flow: An
     ]
     kinds = {e.kind for e in history}
     assert {"receipt", "verification", "review"} <= kinds
-    assert [e.data["state"] for e in history if e.kind == "review"] == ["REQUEST_CHANGES", "APPROVED"]
+    assert [e.data["state"] for e in history if e.kind == "review"] == [
+        "REQUEST_CHANGES",
+        "APPROVED",
+    ]
 
     writes, events = flow.assembly.gateway.writes, len(history)
     flow.deliver("pull_request-merged-legacy", number=pr, branch=first.branch)
@@ -310,24 +323,45 @@ def test_a_task_goes_through_a_rejected_review_to_a_verified_merge(make_flow: An
     assert len(flow.result_comments(number)) == 1
 
 
-def test_tasks_show_prints_the_whole_history_through_the_daemon(make_flow: Any, tmp_path: Path) -> None:
+def test_tasks_show_prints_the_whole_history_through_the_daemon(
+    make_flow: Any, tmp_path: Path
+) -> None:
     """agent-fleet tasks show ID asks the daemon's API and prints the task with every event:
     created, assigned with its lease, running, the PR, the receipt, each verification, review."""
     flow: Flow = make_flow()
-    number = flow.forge.create_issue(DEMO_REPO, "Add a --quiet flag", body="## Goal\nBe quiet.", labels=["fleet/task"])
+    number = flow.forge.create_issue(
+        DEMO_REPO, "Add a --quiet flag", body="## Goal\nBe quiet.", labels=["fleet/task"]
+    )
     flow.deliver("issues-opened", number=number)
     task = flow.task(number)
     assert task.pr_number is not None
-    flow.forge.review(DEMO_REPO, task.pr_number, "REQUEST_CHANGES", body="Shorter, please.", author="alice")
-    flow.store.put_task(task.model_copy(update={"review_count": flow.assembly.settings().retries.max_review_rounds}))
+    flow.forge.review(
+        DEMO_REPO, task.pr_number, "REQUEST_CHANGES", body="Shorter, please.", author="alice"
+    )
+    flow.store.put_task(
+        task.model_copy(update={"review_count": flow.assembly.settings().retries.max_review_rounds})
+    )
     flow.deliver("pull_request_review-rejected", number=task.pr_number, branch=task.branch)
 
     history = fetch_task(flow.server.url, task.id, token=OPERATOR)
-    assert history.task.state is TaskState.FAILED and len(history.events) == len(flow.store.events_for(task.id))
+    assert history.task.state is TaskState.FAILED and len(history.events) == len(
+        flow.store.events_for(task.id)
+    )
     config = tmp_path / "cli.toml"
     config.write_text(f'[forgejo]\nurl = "{flow.forge.url}"\ntoken = "t"\nbot_login = "b"\n')
     result = CliRunner().invoke(
-        main, ["tasks", "show", task.id, "--config", str(config), "--server", flow.server.url, "--token", OPERATOR]
+        main,
+        [
+            "tasks",
+            "show",
+            task.id,
+            "--config",
+            str(config),
+            "--server",
+            flow.server.url,
+            "--token",
+            OPERATOR,
+        ],
     )
     assert result.exit_code == 0, result.output
     text = result.output
@@ -339,7 +373,18 @@ def test_tasks_show_prints_the_whole_history_through_the_daemon(make_flow: Any, 
                  "review_pending → failed"):  # fmt: skip
         assert line in text, line
     missing = CliRunner().invoke(
-        main, ["tasks", "show", "9-00000000", "--config", str(config), "--server", flow.server.url, "--token", OPERATOR]
+        main,
+        [
+            "tasks",
+            "show",
+            "9-00000000",
+            "--config",
+            str(config),
+            "--server",
+            flow.server.url,
+            "--token",
+            OPERATOR,
+        ],
     )
     assert missing.exit_code == 1 and "no task '9-00000000'" in missing.output, missing.output
 
@@ -351,7 +396,13 @@ def test_push_and_opened_payloads_move_a_pull_agents_task_to_review(make_flow: A
     flow: Flow = make_flow()
     task, number = flow.stored_task("Tidy the docs", state=TaskState.RUNNING)
     flow.clock.advance(30)
-    flow.forge.push(DEMO_REPO, task.branch, files={"docs/tidy.md": "tidy\n"}, message="Tidy", author="pull-agent")
+    flow.forge.push(
+        DEMO_REPO,
+        task.branch,
+        files={"docs/tidy.md": "tidy\n"},
+        message="Tidy",
+        author="pull-agent",
+    )
     flow.deliver("push", branch=task.branch)
     pushed = flow.task(number)
     assert pushed.last_activity_at == flow.clock() and pushed.state is TaskState.RUNNING
@@ -373,8 +424,12 @@ def test_push_and_opened_payloads_move_a_pull_agents_task_to_review(make_flow: A
 def test_past_the_review_limit_the_task_fails(make_flow: Any) -> None:
     """max_review_rounds = 1 and one round used: the next change request fails the task."""
     flow: Flow = make_flow(retries=RetriesSettings(max_review_rounds=1))
-    task, number = flow.stored_task("Rename the flag", state=TaskState.REVIEW_PENDING, review_count=1)
-    flow.forge.push(DEMO_REPO, task.branch, files={"flag.py": "x\n"}, message="Rename", author="pull-agent")
+    task, number = flow.stored_task(
+        "Rename the flag", state=TaskState.REVIEW_PENDING, review_count=1
+    )
+    flow.forge.push(
+        DEMO_REPO, task.branch, files={"flag.py": "x\n"}, message="Rename", author="pull-agent"
+    )
     pr = flow.forge.open_pull(DEMO_REPO, task.branch, title=task.title, author="pull-agent")
     flow.store.put_task(flow.task(number).model_copy(update={"pr_number": pr}))
     flow.forge.review(DEMO_REPO, pr, "REQUEST_CHANGES", body="Still wrong.", author="alice")
@@ -389,7 +444,13 @@ def test_a_pull_request_closed_unmerged_fails_the_task(make_flow: Any) -> None:
     """Closed without merge: failed with that reason, status/failed, not retried."""
     flow: Flow = make_flow()
     task, number = flow.stored_task("Drop the cache", state=TaskState.REVIEW_PENDING)
-    flow.forge.push(DEMO_REPO, task.branch, files={"cache.py": None, "x.py": "x\n"}, message="Drop", author="pull-agent")
+    flow.forge.push(
+        DEMO_REPO,
+        task.branch,
+        files={"cache.py": None, "x.py": "x\n"},
+        message="Drop",
+        author="pull-agent",
+    )
     pr = flow.forge.open_pull(DEMO_REPO, task.branch, title=task.title, author="pull-agent")
     flow.assembly.gateway.edit_issue(DEMO_REPO, pr, state="closed")
     flow.deliver("pull_request-merged-legacy", number=pr, branch=task.branch)  # action: closed
@@ -404,7 +465,9 @@ def test_a_merge_whose_webhook_was_lost_is_found_by_the_resync(make_flow: Any) -
     completes from the receipt made from it."""
     flow: Flow = make_flow()
     task, number = flow.stored_task("Fix typo", state=TaskState.REVIEW_PENDING)
-    flow.forge.push(DEMO_REPO, task.branch, files={"typo.md": "fixed\n"}, message="Typo", author="pull-agent")
+    flow.forge.push(
+        DEMO_REPO, task.branch, files={"typo.md": "fixed\n"}, message="Typo", author="pull-agent"
+    )
     pr = flow.forge.open_pull(DEMO_REPO, task.branch, title=task.title, author="pull-agent")
     flow.store.put_task(flow.task(number).model_copy(update={"pr_number": pr}))
     flow.clock.advance(60)

@@ -65,7 +65,9 @@ class World:
         }
         return Receipt.model_validate({**fields, **changes})
 
-    def checks(self, receipt: Receipt, *, final: bool = False, required: tuple[str, ...] = ()) -> tuple[ReceiptCheck, ...]:
+    def checks(
+        self, receipt: Receipt, *, final: bool = False, required: tuple[str, ...] = ()
+    ) -> tuple[ReceiptCheck, ...]:
         pull = None
         if receipt.pr_number is not None:
             try:
@@ -85,10 +87,16 @@ def world(forge: ForgejoSandbox) -> Iterator[World]:
         state=TaskState.REVIEW_PENDING, agent_id=AgentId("box-1"), lease_generation=1, attempt=1,
         branch=branch_for(task_id, "Add a --version flag"), created_at=NOW, updated_at=NOW,
     )  # fmt: skip
-    first = forge.push(DEMO_REPO, task.branch, files={"cli.py": "VERSION = 1\n"}, message="Add VERSION")
-    second = forge.push(DEMO_REPO, task.branch, files={"docs/version.md": "--version\n"}, message="Document it")
+    first = forge.push(
+        DEMO_REPO, task.branch, files={"cli.py": "VERSION = 1\n"}, message="Add VERSION"
+    )
+    second = forge.push(
+        DEMO_REPO, task.branch, files={"docs/version.md": "--version\n"}, message="Document it"
+    )
     pull = forge.open_pull(DEMO_REPO, task.branch, title=task.title, body=f"Closes #{number}")
-    gateway = ForgejoGateway(IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app))
+    gateway = ForgejoGateway(
+        IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
+    )
     yield World(forge, gateway, task.model_copy(update={"pr_number": pull}), pull, (first, second))
     gateway.close()
 
@@ -167,21 +175,33 @@ def test_a_commit_not_on_the_branch_is_refused(world: World) -> None:
     checks = world.checks(world.receipt(commits=(*world.commits, on_main)))
     commits = outcome(checks, "commits")
     assert commits.outcome is CheckOutcome.FAILED
-    assert commits.detail == f"1 claimed commit(s) are not in pull request #{world.pull}: {on_main[:10]}"
+    assert (
+        commits.detail
+        == f"1 claimed commit(s) are not in pull request #{world.pull}: {on_main[:10]}"
+    )
 
 
 def test_an_empty_diff_is_refused(world: World) -> None:
     """Commits that undo each other leave a PR that changes nothing."""
-    world.forge.push(DEMO_REPO, world.task.branch, files={"cli.py": None, "docs/version.md": None}, message="undo")
+    world.forge.push(
+        DEMO_REPO,
+        world.task.branch,
+        files={"cli.py": None, "docs/version.md": None},
+        message="undo",
+    )
     checks = world.checks(world.receipt(commits=()))
     assert outcome(checks, "diff") == ReceiptCheck(
-        name="diff", outcome=CheckOutcome.FAILED, detail=f"pull request #{world.pull} changes no file"
+        name="diff",
+        outcome=CheckOutcome.FAILED,
+        detail=f"pull request #{world.pull} changes no file",
     )
 
 
 def test_required_statuses_are_checked_only_at_completion(world: World) -> None:
     """In review the statuses are not looked at; at the merge they are."""
-    assert not any(c.name.startswith("status:") for c in world.checks(world.receipt(), required=("ci/build",)))
+    assert not any(
+        c.name.startswith("status:") for c in world.checks(world.receipt(), required=("ci/build",))
+    )
     final = world.checks(world.receipt(), final=True, required=("ci/build",))
     assert outcome(final, "status:ci/build").outcome is CheckOutcome.FAILED
 
@@ -202,7 +222,9 @@ def test_a_required_status_must_be_green_on_the_head(
     """Missing or red refuses, pending waits, success passes — on the PR's head commit."""
     head = world.gateway.get_pull(DEMO_REPO, world.pull).head_sha
     if state is not None:
-        world.gateway.create_status(DEMO_REPO, head, context="ci/build", state=state, description="")
+        world.gateway.create_status(
+            DEMO_REPO, head, context="ci/build", state=state, description=""
+        )
     world.gateway.create_status(DEMO_REPO, head, context="other", state="success")
     checks = world.checks(world.receipt(), final=True, required=("ci/build",))
     status = outcome(checks, "status:ci/build")
@@ -220,7 +242,9 @@ def test_a_status_on_an_older_commit_does_not_count(world: World) -> None:
 def test_each_lie_is_refused_with_its_own_reason(world: World) -> None:
     """Several lies in one receipt: each failed check says what it found."""
     on_main = world.forge.push(DEMO_REPO, "main", files={"other.txt": "o"}, message="unrelated")
-    checks = world.checks(world.receipt(branch="task/nope", commits=(on_main,)), final=True, required=("ci/build",))
+    checks = world.checks(
+        world.receipt(branch="task/nope", commits=(on_main,)), final=True, required=("ci/build",)
+    )
     assert [c.name for c in failed(checks)] == ["branch", "commits", "status:ci/build"]
     assert len({c.detail for c in failed(checks)}) == 3
 
@@ -231,7 +255,10 @@ def test_each_lie_is_refused_with_its_own_reason(world: World) -> None:
 def test_without_a_pull_request_the_commits_must_be_on_the_named_branch(world: World) -> None:
     """A task completed through the API: its commits exist on the branch it names."""
     ok = world.checks(world.receipt(pr_number=None))
-    assert [(c.name, c.outcome) for c in ok] == [("branch", CheckOutcome.PASSED), ("commits", CheckOutcome.PASSED)]
+    assert [(c.name, c.outcome) for c in ok] == [
+        ("branch", CheckOutcome.PASSED),
+        ("commits", CheckOutcome.PASSED),
+    ]
     stranger = world.forge.push(DEMO_REPO, "elsewhere", files={"e.txt": "e"}, message="e")
     lying = world.checks(world.receipt(pr_number=None, commits=(*world.commits, stranger)))
     assert outcome(lying, "commits").outcome is CheckOutcome.FAILED

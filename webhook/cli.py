@@ -114,8 +114,14 @@ _CONFIG_OPTION = click.option(
 
 @main.command()
 @_CONFIG_OPTION
-@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
-@click.option("--log-json/--log-console", default=None, help="Log format (default: JSON unless on a terminal).")
+@click.option(
+    "--log-level", default="info", show_default=True, help="debug, info, warning or error."
+)
+@click.option(
+    "--log-json/--log-console",
+    default=None,
+    help="Log format (default: JSON unless on a terminal).",
+)
 def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
     """Run the daemon: reconcile loop, webhook receiver, agent API and resync.
 
@@ -156,7 +162,9 @@ def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
 @main.command()
 @_CONFIG_OPTION
 @click.option("--once", is_flag=True, required=True, help="Run one full pass and exit.")
-@click.option("--dry-run", is_flag=True, help="Print the actions a pass would take; change nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the actions a pass would take; change nothing."
+)
 def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
     """Run one full reconcile pass over every watched repository, then exit.
 
@@ -200,16 +208,29 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
         if outcome.outcome not in ("ok", "requeued"):
             click.echo(f"{outcome.key}: {outcome.outcome} {outcome.error}".rstrip(), err=True)
     failed = sum(o.outcome == "error" for o in outcomes)
-    click.echo(f"{len(outcomes)} key(s) reconciled, {total} action(s) {'planned' if dry_run else 'taken'}, {failed} error(s)")
+    click.echo(
+        f"{len(outcomes)} key(s) reconciled, {total} action(s) {'planned' if dry_run else 'taken'}, {failed} error(s)"
+    )
     sys.exit(1 if failed else 0)
 
 
 @main.command()
 @_CONFIG_OPTION
-@click.option("--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port).")
-@click.option("--token", default=None, help="Operator token (default: api.operator_token from the config).")
-@click.option("--status", type=click.Choice(["online", "offline", "draining"]), default=None, help="Only agents in this status.")
-@click.option("--capability", multiple=True, help="Only agents with this capability; repeat for several.")
+@click.option(
+    "--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port)."
+)
+@click.option(
+    "--token", default=None, help="Operator token (default: api.operator_token from the config)."
+)
+@click.option(
+    "--status",
+    type=click.Choice(["online", "offline", "draining"]),
+    default=None,
+    help="Only agents in this status.",
+)
+@click.option(
+    "--capability", multiple=True, help="Only agents with this capability; repeat for several."
+)
 @click.option("--role", default=None, help="Only agents with this role.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
 def agents(
@@ -254,12 +275,26 @@ def agents(
 
 @main.command()
 @_CONFIG_OPTION
-@click.option("--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port).")
-@click.option("--token", default=None, help="Operator token (default: api.operator_token from the config).")
-@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in TaskState]), help="Only tasks in this state; repeat for several.")
+@click.option(
+    "--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port)."
+)
+@click.option(
+    "--token", default=None, help="Operator token (default: api.operator_token from the config)."
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in TaskState]),
+    help="Only tasks in this state; repeat for several.",
+)
 @click.option("--repo", default=None, help="Only tasks of this repository (owner/name).")
 def status(
-    config_file: Path, server: str | None, token: str | None, states: tuple[str, ...], repo: str | None
+    config_file: Path,
+    server: str | None,
+    token: str | None,
+    states: tuple[str, ...],
+    repo: str | None,
 ) -> None:
     """Show the live tasks: counts by state, then each task with its agent, or why it waits
     (no agent has code:rust; all 3 matching agents at capacity; backing off until 14:05), or
@@ -304,10 +339,18 @@ def tasks() -> None:
 @tasks.command("show")
 @click.argument("task_id")
 @_CONFIG_OPTION
-@click.option("--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port).")
-@click.option("--token", default=None, help="Operator token (default: api.operator_token from the config).")
-@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of the timeline.")
-def tasks_show(task_id: str, config_file: Path, server: str | None, token: str | None, as_json: bool) -> None:
+@click.option(
+    "--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port)."
+)
+@click.option(
+    "--token", default=None, help="Operator token (default: api.operator_token from the config)."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the API's JSON instead of the timeline."
+)
+def tasks_show(
+    task_id: str, config_file: Path, server: str | None, token: str | None, as_json: bool
+) -> None:
     """Show one task and its full history: created, assigned (agent, lease), running, progress,
     the pull request, reviews, receipts, each verification of a receipt, completed or failed.
 
@@ -349,22 +392,86 @@ def _csv(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
 
 @agent.command("run")
 @click.option("--server", required=True, help="The daemon's URL, e.g. http://fleet.internal:8080.")
-@click.option("--token", envvar="AGENT_FLEET_WORKER_TOKEN", default=None, help="To register: the enrolment secret or the agent's current token (not needed once --state-dir holds one).")
-@click.option("--agent-id", default=None, help="The id to register (default: the saved one, or a new one).")
-@click.option("--type", "agent_type", default=None, help="The agent's type (default: the adapter's name).")
-@click.option("--adapter", default="claude-code", show_default=True, help="claude-code or codex; or give --command.")
-@click.option("--command", "command", default=None, help="A CLI template of your own, e.g. 'my-agent --prompt {prompt}'.")
-@click.option("--parser", type=click.Choice(["claude-json", "codex-jsonl", "raw"]), default=None, help="How the CLI's output is read (default: the adapter's; raw with --command).")
+@click.option(
+    "--token",
+    envvar="AGENT_FLEET_WORKER_TOKEN",
+    default=None,
+    help="To register: the enrolment secret or the agent's current token (not needed once --state-dir holds one).",
+)
+@click.option(
+    "--agent-id", default=None, help="The id to register (default: the saved one, or a new one)."
+)
+@click.option(
+    "--type", "agent_type", default=None, help="The agent's type (default: the adapter's name)."
+)
+@click.option(
+    "--adapter",
+    default="claude-code",
+    show_default=True,
+    help="claude-code or codex; or give --command.",
+)
+@click.option(
+    "--command",
+    "command",
+    default=None,
+    help="A CLI template of your own, e.g. 'my-agent --prompt {prompt}'.",
+)
+@click.option(
+    "--parser",
+    type=click.Choice(["claude-json", "codex-jsonl", "raw"]),
+    default=None,
+    help="How the CLI's output is read (default: the adapter's; raw with --command).",
+)
 @click.option("--roles", multiple=True, callback=_csv, help="Roles, comma-separated or repeated.")
-@click.option("--capabilities", multiple=True, callback=_csv, help="Capabilities, comma-separated or repeated.")
-@click.option("--max-concurrency", type=click.IntRange(1, 1000), default=1, show_default=True, help="Tasks run at once.")
-@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=Path("./agent-work"), show_default=True, help="Clones, worktrees and run logs.")
-@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("./agent-state"), show_default=True, help="The worker's token and receipt outbox.")
-@click.option("--forgejo-token", envvar="AGENT_FLEET_WORKER_FORGEJO_TOKEN", required=True, help="Forgejo API token to read issues, push and open PRs.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds between dequeues while idle.")
+@click.option(
+    "--capabilities",
+    multiple=True,
+    callback=_csv,
+    help="Capabilities, comma-separated or repeated.",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Tasks run at once.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("./agent-work"),
+    show_default=True,
+    help="Clones, worktrees and run logs.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("./agent-state"),
+    show_default=True,
+    help="The worker's token and receipt outbox.",
+)
+@click.option(
+    "--forgejo-token",
+    envvar="AGENT_FLEET_WORKER_FORGEJO_TOKEN",
+    required=True,
+    help="Forgejo API token to read issues, push and open PRs.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between dequeues while idle.",
+)
 @click.option("--once", is_flag=True, help="Run one task, deliver its receipt, exit.")
-@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
-@click.option("--log-json/--log-console", default=None, help="Log format (default: JSON unless on a terminal).")
+@click.option(
+    "--log-level", default="info", show_default=True, help="debug, info, warning or error."
+)
+@click.option(
+    "--log-json/--log-console",
+    default=None,
+    help="Log format (default: JSON unless on a terminal).",
+)
 def agent_run(
     server: str,
     token: str | None,

@@ -193,7 +193,11 @@ def build(
         executor=executor,
         # Runs first: a run still going when the gateway closes could not open its PR.
         closers=[
-            *([lambda: executor.shutdown(timeout=settings.loop.shutdown_grace)] if executor else []),
+            *(
+                [lambda: executor.shutdown(timeout=settings.loop.shutdown_grace)]
+                if executor
+                else []
+            ),
             gateway.close,
         ],
     )
@@ -300,7 +304,10 @@ class Daemon:
         app = http_app(self.assembly, readiness=self.readiness)
         self.app = app
         self._http = HttpServer(
-            app, host=settings.webhook.bind, port=settings.webhook.port, threads=settings.webhook.threads
+            app,
+            host=settings.webhook.bind,
+            port=settings.webhook.port,
+            threads=settings.webhook.threads,
         )
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None

@@ -169,7 +169,9 @@ class _Heartbeats:
         while not self._stop.is_set():
             for token in list(self._tokens.values()):
                 try:
-                    self._api.post("/api/v1/agents/heartbeat", {"load": 0.0, "tasks": []}, token=token)
+                    self._api.post(
+                        "/api/v1/agents/heartbeat", {"load": 0.0, "tasks": []}, token=token
+                    )
                 except OSError:
                     pass  # the daemon is stopping; the next beat or the end of the demo follows
             self._stop.wait(self._every)
@@ -187,7 +189,11 @@ class _Timeline:
         for task_id, number in numbers.items():
             events = self._store.events_for(task_id)
             for event in events[self._seen.get(task_id, 0) :]:
-                move = f"{event.from_state or '·'} → {event.to_state}" if event.to_state else event.kind
+                move = (
+                    f"{event.from_state or '·'} → {event.to_state}"
+                    if event.to_state
+                    else event.kind
+                )
                 self._out(f"  #{number} {move:<28} {event.reason}")
             self._seen[task_id] = len(events)
 
@@ -207,7 +213,10 @@ def _settled(store: Store, ids: dict[str, int], *, expect_review: set[str]) -> b
 
 def run_demo(*, out: Print = print) -> int:
     """Run the demo, printing what happens; returns the process exit code."""
-    with tempfile.TemporaryDirectory(prefix="agent-fleet-demo-") as scratch, ForgejoSandbox() as sandbox:
+    with (
+        tempfile.TemporaryDirectory(prefix="agent-fleet-demo-") as scratch,
+        ForgejoSandbox() as sandbox,
+    ):
         out(f"▶ Forgejo sandbox listening on {sandbox.url}")
         root = Path(scratch)
         settings = demo_settings(
@@ -241,8 +250,14 @@ def run_demo(*, out: Print = print) -> int:
                 for agent_id in PULL_AGENTS:
                     answer = api.post(
                         "/api/v1/agents/register",
-                        {"agent_id": agent_id, "type": "claude-code", "hostname": "demo",
-                         "roles": ["code-reviewer"], "capabilities": ["review"], "mode": "pull"},
+                        {
+                            "agent_id": agent_id,
+                            "type": "claude-code",
+                            "hostname": "demo",
+                            "roles": ["code-reviewer"],
+                            "capabilities": ["review"],
+                            "mode": "pull",
+                        },
                         token="",
                     )
                     tokens[agent_id] = str(answer["token"])
@@ -250,9 +265,13 @@ def run_demo(*, out: Print = print) -> int:
                 beats = _Heartbeats(api, tokens, every=0.3)
                 beats.start()
                 if not _wait(lambda: _local_online(daemon), WAIT_SECONDS):
-                    out(f"✗ the local host {LOCAL_HOST} did not come online: {_agent_line(daemon, LOCAL_HOST)}")
+                    out(
+                        f"✗ the local host {LOCAL_HOST} did not come online: {_agent_line(daemon, LOCAL_HOST)}"
+                    )
                     return 1
-                out(f"  ✓ {LOCAL_HOST} (ssh-style host on this machine) passed its health check: online")
+                out(
+                    f"  ✓ {LOCAL_HOST} (ssh-style host on this machine) passed its health check: online"
+                )
 
                 out(f"▶ filing {len(DEMO_ISSUES)} labelled issues; the task's life as it happens:")
                 ids: dict[str, int] = {}
@@ -340,7 +359,9 @@ def _review(
         return False
     timeline.poll(ids)
     notes = [f.filename for f in person.list_pull_files(repo, task.pr_number)]
-    out(f"  PR #{task.pr_number} now has {len(person.list_pull_commits(repo, task.pr_number))} commits ({', '.join(notes)})")
+    out(
+        f"  PR #{task.pr_number} now has {len(person.list_pull_commits(repo, task.pr_number))} commits ({', '.join(notes)})"
+    )
 
     out(f"▶ {REVIEWER} approves and merges every PR; the receipts are checked against Forgejo:")
     for task_id in sorted(runnable, key=ids.__getitem__):

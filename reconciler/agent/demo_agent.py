@@ -31,7 +31,9 @@ def _goal(prompt: str) -> str:
 
 
 def _title(prompt: str) -> str:
-    match = re.search(r"^(?:#+\s*)?(?:Task|Issue)[^:\n]*:\s*(.+)$", prompt, re.MULTILINE | re.IGNORECASE)
+    match = re.search(
+        r"^(?:#+\s*)?(?:Task|Issue)[^:\n]*:\s*(.+)$", prompt, re.MULTILINE | re.IGNORECASE
+    )
     return match.group(1).strip() if match else _goal(prompt)
 
 
@@ -45,7 +47,9 @@ def main(argv: list[str]) -> int:
     path = Path("fleet-notes") / f"{_slug(title)}.md"
     path.parent.mkdir(exist_ok=True)
     text = f"# {title}\n\nGoal: {_goal(prompt)}\n"
-    feedback = re.search(r"review feedback[^\n]*\n(.+?)(?:\n\n|$)", prompt, re.IGNORECASE | re.DOTALL)
+    feedback = re.search(
+        r"review feedback[^\n]*\n(.+?)(?:\n\n|$)", prompt, re.IGNORECASE | re.DOTALL
+    )
     if feedback:
         text += f"\n## Review addressed\n\n{feedback.group(1).strip()}\n"
     path.write_text(text)

@@ -14,7 +14,9 @@ from typing import TextIO
 import structlog
 
 
-def configure_logging(*, level: str = "info", json: bool | None = None, stream: TextIO | None = None) -> None:
+def configure_logging(
+    *, level: str = "info", json: bool | None = None, stream: TextIO | None = None
+) -> None:
     """Configure structlog and the standard library's root logger.
 
     ``json=None`` picks JSON when ``stream`` is not a terminal.

@@ -160,7 +160,10 @@ class Loop:
                         outcome, error = "error", f"{type(exc).__name__}: {exc}"
                         retry_in = self.queue.backoff(key, error)
                         bound.warning(
-                            "reconcile.failed", error=error, retry_in=round(retry_in, 3), exc_info=True
+                            "reconcile.failed",
+                            error=error,
+                            retry_in=round(retry_in, 3),
+                            exc_info=True,
                         )
                     else:
                         self.queue.forget(key)

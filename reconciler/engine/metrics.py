@@ -19,7 +19,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.queue_depth = Gauge(
-            "agent_fleet_queue_depth", "Keys waiting in the work queue (ready and scheduled).", registry=r
+            "agent_fleet_queue_depth",
+            "Keys waiting in the work queue (ready and scheduled).",
+            registry=r,
         )
         self.queue_processing = Gauge(
             "agent_fleet_queue_processing", "Keys being reconciled right now.", registry=r

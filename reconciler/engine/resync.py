@@ -214,7 +214,10 @@ class ResyncTimer:
     def run_once(self) -> None:
         """One tick: a full resync when one is due, an incremental one otherwise."""
         try:
-            if self._last_full is None or self._monotonic() - self._last_full >= self._full_interval:
+            if (
+                self._last_full is None
+                or self._monotonic() - self._last_full >= self._full_interval
+            ):
                 started = self._monotonic()
                 self._resync.full()
                 # Only a full resync that finished counts: a failed one is tried again next tick.

@@ -85,7 +85,9 @@ def _free_slots(agents: Sequence[Agent], load: Mapping[AgentId, int]) -> dict[Ag
 
 
 def _least_loaded(agents: Sequence[Agent], load: Mapping[AgentId, int]) -> Agent:
-    return min(agents, key=lambda a: (load.get(a.id, 0) / a.max_concurrency, load.get(a.id, 0), a.id))
+    return min(
+        agents, key=lambda a: (load.get(a.id, 0) / a.max_concurrency, load.get(a.id, 0), a.id)
+    )
 
 
 def _preferred(task: Task, agents: Sequence[Agent], load: Mapping[AgentId, int]) -> Agent:
@@ -156,7 +158,9 @@ def place(
     if not open_slots:
         busy = len(online)
         noun = "agent" if busy == 1 else f"{busy} matching agents"
-        return Placement(None, f"{'the matching ' + noun if busy == 1 else 'all ' + noun} at capacity")
+        return Placement(
+            None, f"{'the matching ' + noun if busy == 1 else 'all ' + noun} at capacity"
+        )
     placeable = [a for a in open_slots if a.mode in modes]
     if not placeable:
         return Placement(

@@ -322,7 +322,11 @@ def _run(
     if host.is_local:
         return _run_locally(script, args, timeout=timeout)
     return _run_over_ssh(
-        host, script, args, timeout=timeout, known_hosts_file=known_hosts_file or host.known_hosts_file
+        host,
+        script,
+        args,
+        timeout=timeout,
+        known_hosts_file=known_hosts_file or host.known_hosts_file,
     )
 
 

@@ -185,7 +185,9 @@ class HostExecutor:
             if task_id in self._runs:
                 raise RunFailed(f"task {task_id} is already running here", retryable=False)
             run = _Run(task_id, agent_id, lease_generation)
-            run.thread = threading.Thread(target=self._execute, args=(run,), name=f"run-{task_id}", daemon=True)
+            run.thread = threading.Thread(
+                target=self._execute, args=(run,), name=f"run-{task_id}", daemon=True
+            )
             self._runs[task_id] = run
             self._threads[task_id] = run.thread
             # Started before anyone else can see it, so wait() never joins an unstarted thread.
@@ -262,7 +264,9 @@ class HostExecutor:
             self._finish_failed(run, f"{type(exc).__name__}: {exc}", retryable=True)
         except Exception as exc:
             log.exception("task.run_crashed", task=run.task_id)
-            self._finish_failed(run, f"the run crashed: {type(exc).__name__}: {exc}", retryable=True)
+            self._finish_failed(
+                run, f"the run crashed: {type(exc).__name__}: {exc}", retryable=True
+            )
         finally:
             # The task's new state is written before the run stops counting as running.
             with self._lock:
@@ -274,9 +278,13 @@ class HostExecutor:
         for host in self._settings().hosts:
             if host.name == agent_id:
                 return host
-        raise RunFailed(f"no [[hosts]] entry named {agent_id} in the configuration", retryable=False)
+        raise RunFailed(
+            f"no [[hosts]] entry named {agent_id} in the configuration", retryable=False
+        )
 
-    def _update(self, run: _Run, change: Callable[[Task], tuple[Task, list[TaskEvent]]]) -> Task | None:
+    def _update(
+        self, run: _Run, change: Callable[[Task], tuple[Task, list[TaskEvent]]]
+    ) -> Task | None:
         """Apply ``change`` if the task is still ours under this lease; None when it is not."""
         result: list[Task] = []
 
@@ -305,8 +313,12 @@ class HostExecutor:
             if task.state is TaskState.RUNNING:
                 return task, []
             updated, event = transition(
-                task, TaskState.RUNNING, now=now, actor=actor,
-                reason=f"started on {run.agent_id}", last_activity_at=now,
+                task,
+                TaskState.RUNNING,
+                now=now,
+                actor=actor,
+                reason=f"started on {run.agent_id}",
+                last_activity_at=now,
             )
             return updated, [event]
 
@@ -323,19 +335,39 @@ class HostExecutor:
         repo = self._gateway.get_repo(task.repo)
         base = repo.default_branch
         git_env = self._git_env(settings)
-        common = {"WORKDIR": host.workdir, "REPO": task.repo, "TASK": task.id, "BRANCH": task.branch, "BASE": base}
+        common = {
+            "WORKDIR": host.workdir,
+            "REPO": task.repo,
+            "TASK": task.id,
+            "BRANCH": task.branch,
+            "BASE": base,
+        }
 
-        prepared = self._remote(host, _PREPARE, timeout=settings.timeouts.dispatch,
-                                env={**common, **git_env, "CLONE_URL": repo.clone_url}, what="prepare the worktree")
+        prepared = self._remote(
+            host,
+            _PREPARE,
+            timeout=settings.timeouts.dispatch,
+            env={**common, **git_env, "CLONE_URL": repo.clone_url},
+            what="prepare the worktree",
+        )
         worktree = _value(prepared.stdout, "WORKTREE") or f"{host.workdir}/tasks/{task.id}"
         run.worktree = worktree
         if run.cancelled.is_set():
             raise RunFailed("cancelled before the agent started", retryable=False)
 
         prompt = self._prompt_for(task)
-        argv = render_command(adapter, prompt=prompt, workdir=worktree,
-                              session_id=task.session_id, resume=bool(task.session_id))
-        limit = max((task.deadline_at - self._clock()).total_seconds(), 1.0) if task.deadline_at else settings.timeouts.task_default
+        argv = render_command(
+            adapter,
+            prompt=prompt,
+            workdir=worktree,
+            session_id=task.session_id,
+            resume=bool(task.session_id),
+        )
+        limit = (
+            max((task.deadline_at - self._clock()).total_seconds(), 1.0)
+            if task.deadline_at
+            else settings.timeouts.task_default
+        )
         started = time.monotonic()
         run.cli_started.set()
         ran = self._run_cli(host, argv, worktree, render_env(adapter), limit)
@@ -357,10 +389,17 @@ class HostExecutor:
             raise RunFailed(result.error or "the agent run failed")
 
         finished = self._remote(
-            host, _FINISH, timeout=settings.timeouts.dispatch,
-            env={**common, **git_env, "WT": worktree, "AUTHOR": f"agent-fleet ({run.agent_id})",
-                 "EMAIL": f"{run.agent_id}@agent-fleet.invalid",
-                 "MESSAGE": f"{task.title}\n\n{result.summary[:2000]}\n\nTask {task.id}, attempt {task.attempt}."},
+            host,
+            _FINISH,
+            timeout=settings.timeouts.dispatch,
+            env={
+                **common,
+                **git_env,
+                "WT": worktree,
+                "AUTHOR": f"agent-fleet ({run.agent_id})",
+                "EMAIL": f"{run.agent_id}@agent-fleet.invalid",
+                "MESSAGE": f"{task.title}\n\n{result.summary[:2000]}\n\nTask {task.id}, attempt {task.attempt}.",
+            },
             what="commit and push",
         )
         commits = _between(finished.stdout, "COMMITS-BEGIN", "COMMITS-END")
@@ -371,7 +410,9 @@ class HostExecutor:
         # A closed pull request (unmerged, then requeued) is history: this attempt opens a new one.
         if pull is None or pull.state is not IssueState.OPEN:
             body = f"Closes #{task.issue_number}\n\n{result.summary}".strip()
-            pull = self._gateway.create_pull(task.repo, head=task.branch, base=base, title=task.title, body=body)
+            pull = self._gateway.create_pull(
+                task.repo, head=task.branch, base=base, title=task.title, body=body
+            )
         return Receipt(
             id=ReceiptId(f"{task.id}-a{task.attempt}"),
             task_id=task.id,
@@ -388,12 +429,25 @@ class HostExecutor:
             submitted_at=self._clock(),
         )
 
-    def _run_cli(self, host: HostSettings, argv: list[str], worktree: str, env: Mapping[str, str], limit: float) -> RemoteResult:
+    def _run_cli(
+        self,
+        host: HostSettings,
+        argv: list[str],
+        worktree: str,
+        env: Mapping[str, str],
+        limit: float,
+    ) -> RemoteResult:
         script = _RUN.replace('"$@"', " ".join(shlex.quote(a) for a in argv))
-        return self._run_remote(host, script, timeout=limit + 30,
-                                env={**env, "WT": worktree, "LIMIT": f"{max(int(limit), 1)}"})
+        return self._run_remote(
+            host,
+            script,
+            timeout=limit + 30,
+            env={**env, "WT": worktree, "LIMIT": f"{max(int(limit), 1)}"},
+        )
 
-    def _remote(self, host: HostSettings, script: str, *, timeout: float, env: Mapping[str, str], what: str) -> RemoteResult:
+    def _remote(
+        self, host: HostSettings, script: str, *, timeout: float, env: Mapping[str, str], what: str
+    ) -> RemoteResult:
         ran = self._run_remote(host, script, timeout=timeout, env=dict(env))
         if ran.timed_out:
             raise RunFailed(f"could not {what} on {host.name}: timed out after {timeout:g} s")
@@ -418,7 +472,9 @@ class HostExecutor:
     def _write_log(self, task: Task, ran: RemoteResult) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         path = self._log_dir / f"{task.id}-attempt{task.attempt}.log"
-        path.write_text(f"exit: {ran.exit_code} timed_out: {ran.timed_out}\n--- stdout\n{ran.stdout}\n--- stderr\n{ran.stderr}\n")
+        path.write_text(
+            f"exit: {ran.exit_code} timed_out: {ran.timed_out}\n--- stdout\n{ran.stdout}\n--- stderr\n{ran.stderr}\n"
+        )
 
     def _default_prompt(self, task: Task) -> str:
         from reconciler.run.prompt import prompt_for_task
@@ -433,26 +489,46 @@ class HostExecutor:
         now = self._clock()
 
         def to_review(current: Task) -> tuple[Task, list[TaskEvent]]:
-            note = TaskEvent(task_id=current.id, at=now, actor=f"agent:{run.agent_id}", kind="receipt",
-                             reason=f"pull request #{receipt.pr_number} with {len(receipt.commits)} commit(s)",
-                             data={"receipt_id": receipt.id, "pr_number": receipt.pr_number})
-            updated, event = transition(current, TaskState.REVIEW_PENDING, now=now, actor=f"agent:{run.agent_id}",
-                                        reason=f"pull request #{receipt.pr_number} opened",
-                                        pr_number=receipt.pr_number, session_id=receipt.session_id,
-                                        last_activity_at=now)
+            note = TaskEvent(
+                task_id=current.id,
+                at=now,
+                actor=f"agent:{run.agent_id}",
+                kind="receipt",
+                reason=f"pull request #{receipt.pr_number} with {len(receipt.commits)} commit(s)",
+                data={"receipt_id": receipt.id, "pr_number": receipt.pr_number},
+            )
+            updated, event = transition(
+                current,
+                TaskState.REVIEW_PENDING,
+                now=now,
+                actor=f"agent:{run.agent_id}",
+                reason=f"pull request #{receipt.pr_number} opened",
+                pr_number=receipt.pr_number,
+                session_id=receipt.session_id,
+                last_activity_at=now,
+            )
             return updated, [note, event]
 
         if self._update(run, to_review) is not None and receipt.pr_number is not None:
             self._enqueue(pull_key(task.repo, receipt.pr_number))
-        log.info("task.run_finished", task=task.id, pr=receipt.pr_number, commits=len(receipt.commits))
+        log.info(
+            "task.run_finished", task=task.id, pr=receipt.pr_number, commits=len(receipt.commits)
+        )
 
     def _finish_failed(self, run: _Run, reason: str, *, retryable: bool) -> None:
         now = self._clock()
         log.warning("task.run_failed", task=run.task_id, reason=reason)
 
         def to_failed(current: Task) -> tuple[Task, list[TaskEvent]]:
-            updated, event = transition(current, TaskState.FAILED, now=now, actor=f"agent:{run.agent_id}",
-                                        reason=reason, failure_reason=reason, failure_retryable=retryable)
+            updated, event = transition(
+                current,
+                TaskState.FAILED,
+                now=now,
+                actor=f"agent:{run.agent_id}",
+                reason=reason,
+                failure_reason=reason,
+                failure_retryable=retryable,
+            )
             return updated, [event]
 
         if not run.cancelled.is_set():
@@ -461,7 +537,9 @@ class HostExecutor:
 
 def _value(stdout: str, name: str) -> str:
     prefix = f"{name}="
-    return next((line[len(prefix):].strip() for line in stdout.splitlines() if line.startswith(prefix)), "")
+    return next(
+        (line[len(prefix) :].strip() for line in stdout.splitlines() if line.startswith(prefix)), ""
+    )
 
 
 def _between(stdout: str, begin: str, end: str) -> list[str]:

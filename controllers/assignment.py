@@ -16,13 +16,13 @@ Placing tasks on agents and dispatching them builds on this module.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 
+from reconciler.engine.executor import Executor
 from reconciler.engine.reconcile import (
     ActContext,
     Action,
@@ -33,6 +33,7 @@ from reconciler.engine.reconcile import (
     Result,
     SaveTask,
     UpsertComment,
+    comment_digest,
 )
 from reconciler.errors import ForgejoNotFound, StalledError
 from reconciler.fleet.placement import place, waiting_for
@@ -41,6 +42,7 @@ from reconciler.forgejo.types import Issue, IssueState
 from reconciler.keys import ASSIGNMENT, Key, issue_key
 from reconciler.models import (
     BUSY_STATES,
+    RECONCILER_ACTOR,
     Agent,
     AgentId,
     ExecutionMode,
@@ -56,13 +58,10 @@ from reconciler.models import (
     task_id_for,
     transition,
 )
-from reconciler.run.executor import Executor
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
 
 log = structlog.get_logger(__name__)
-
-ACTOR = "reconciler"
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
             why = "the issue lost its fleet labels"
         actions: list[Action] = []
         cancelled, event = transition(
-            task, TaskState.CANCELLED, now=now, actor=ACTOR, reason=why, wait_reason=""
+            task, TaskState.CANCELLED, now=now, actor=RECONCILER_ACTOR, reason=why, wait_reason=""
         )
         actions.append(SaveTask(cancelled, (event,), expected=task))
         if observed.dispatched:
@@ -231,14 +230,14 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
             TaskEvent(
                 task_id=task.id,
                 at=now,
-                actor=ACTOR,
+                actor=RECONCILER_ACTOR,
                 to_state=state,
                 reason=why or f"issue {observed.repo}#{issue.number} asks for the fleet",
             )
         )
     elif task.state is TaskState.CANCELLED:
         task, event = requeue(
-            task, now=now, actor=ACTOR, reason="the issue asks for the fleet again"
+            task, now=now, actor=RECONCILER_ACTOR, reason="the issue asks for the fleet again"
         )
         events.append(event)
 
@@ -251,13 +250,13 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         "pinned_agent": spec.pinned,
     }
     if any(getattr(task, field) != value for field, value in follow.items()):
-        task = _with(task, now=now, **follow)
+        task = task.changed(now=now, **follow)
         if not events:
             events.append(
                 TaskEvent(
                     task_id=task.id,
                     at=now,
-                    actor=ACTOR,
+                    actor=RECONCILER_ACTOR,
                     kind="updated",
                     reason="the issue's labels changed what the task needs",
                 )
@@ -267,9 +266,14 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     if spec.retry:
         if task.state is TaskState.FAILED:
             task, event = requeue(
-                task, now=now, actor=ACTOR, reason=f"{vocabulary.retry} asked for a retry"
+                task,
+                now=now,
+                actor=RECONCILER_ACTOR,
+                reason=f"{vocabulary.retry} asked for a retry",
             )
-            task = _with(task, now=now, failure_reason="", failure_retryable=False, not_before=None)
+            task = task.changed(
+                now=now, failure_reason="", failure_retryable=False, not_before=None
+            )
             events.append(event)
         labels_to_remove.append(vocabulary.retry)
 
@@ -308,7 +312,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
                 no_comments_yet=issue.comments == 0,
             )
         )
-        task = _with(task, now=task.updated_at, comment_digest=digest)
+        task = task.changed(now=task.updated_at, comment_digest=digest)
 
     if stop is not None:
         actions.append(stop)
@@ -333,10 +337,6 @@ def plan_freed_slot(observed: Observed, task: Task, *, now: datetime) -> list[Ac
         for t in waiting_for(agent, tasks=others, now=now)
         if t.id != task.id
     ]
-
-
-def _with(task: Task, *, now: datetime, **changes: object) -> Task:
-    return Task.model_validate({**task.model_dump(), **changes, "updated_at": now})
 
 
 def retry_delay(attempt: int, *, settings: Settings) -> float:
@@ -369,7 +369,7 @@ def plan_lifecycle(
                 task,
                 TaskState.FAILED,
                 now=now,
-                actor=ACTOR,
+                actor=RECONCILER_ACTOR,
                 reason=why,
                 failure_reason=why,
                 failure_retryable=True,
@@ -377,8 +377,12 @@ def plan_lifecycle(
             events.append(event)
         elif agent is not None and agent.mode is ExecutionMode.SSH and not observed.dispatched:
             why = f"its run on {agent.id} is gone (agent-fleet restarted, or the dispatch failed)"
-            task, lost = transition(task, TaskState.AGENT_LOST, now=now, actor=ACTOR, reason=why)
-            task, back = requeue(task, now=now, actor=ACTOR, reason="requeued after the lost run")
+            task, lost = transition(
+                task, TaskState.AGENT_LOST, now=now, actor=RECONCILER_ACTOR, reason=why
+            )
+            task, back = requeue(
+                task, now=now, actor=RECONCILER_ACTOR, reason="requeued after the lost run"
+            )
             events += [lost, back]
     if task.state is TaskState.FAILED and task.failure_retryable:
         if task.attempt <= settings.retries.max_retries:
@@ -387,19 +391,19 @@ def plan_lifecycle(
             task, event = requeue(
                 task,
                 now=now,
-                actor=ACTOR,
+                actor=RECONCILER_ACTOR,
                 reason=f"retry {task.attempt} of {settings.retries.max_retries} "
                 f"after: {task.failure_reason}",
             )
-            task = _with(task, now=now, not_before=until)
+            task = task.changed(now=now, not_before=until)
             events.append(event)
         else:
-            task = _with(task, now=now, failure_retryable=False)
+            task = task.changed(now=now, failure_retryable=False)
             events.append(
                 TaskEvent(
                     task_id=task.id,
                     at=now,
-                    actor=ACTOR,
+                    actor=RECONCILER_ACTOR,
                     kind="gave_up",
                     reason=f"failed for good after {task.attempt} attempt(s): {task.failure_reason}",
                 )
@@ -420,14 +424,14 @@ def plan_placement(
     )
     if placement.agent is None:
         if placement.reason != task.wait_reason:
-            task = _with(task, now=now, wait_reason=placement.reason)
+            task = task.changed(now=now, wait_reason=placement.reason)
             return (
                 task,
                 [
                     TaskEvent(
                         task_id=task.id,
                         at=now,
-                        actor=ACTOR,
+                        actor=RECONCILER_ACTOR,
                         kind="waiting",
                         reason=placement.reason,
                     )
@@ -436,13 +440,12 @@ def plan_placement(
             )
         return task, [], None
     agent = placement.agent
-    task, event = assign(task, agent.id, now=now, actor=ACTOR)
+    task, event = assign(task, agent.id, now=now, actor=RECONCILER_ACTOR)
     timeout = settings.timeouts.for_task(
         roles=(task.required_role,) if task.required_role else (),
         labels=observed.issue.labels if observed.issue is not None else (),
     )
-    task = _with(
-        task,
+    task = task.changed(
         now=now,
         deadline_at=now + timedelta(seconds=timeout),
         failure_reason="",
@@ -456,10 +459,6 @@ def _agent(observed: Observed, agent_id: AgentId | None) -> Agent | None:
 
 
 COMMENT_MARKER = "task"
-
-
-def comment_digest(body: str) -> str:
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def status_comment(task: Task, *, agents: tuple[Agent, ...], settings: Settings) -> str:

@@ -28,7 +28,6 @@ change of state enqueues.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,8 +45,9 @@ from reconciler.engine.reconcile import (
     Result,
     SaveTask,
     UpsertComment,
+    comment_digest,
 )
-from reconciler.errors import ForgejoNotFound, NotFoundError, StaleStateError, WaitingError
+from reconciler.errors import ForgejoNotFound, NotFoundError
 from reconciler.fleet.verify import (
     Evidence,
     check_receipt,
@@ -64,6 +64,7 @@ from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import Commit, Issue, IssueState, PullRequest
 from reconciler.keys import RECEIPTS, Key, issue_key
 from reconciler.models import (
+    RECONCILER_ACTOR,
     Agent,
     AgentId,
     CheckOutcome,
@@ -79,11 +80,9 @@ from reconciler.store import Store
 
 log = structlog.get_logger(__name__)
 
-ACTOR = "reconciler"
 RESULT_MARKER = "result"
 """The hidden marker of the result comment (the assignment controller's is ``task``)."""
 
-STALE_RETRY = 0.5
 """Seconds before a reconcile that lost a write race to another writer of the task looks again."""
 
 SUMMARY_LIMIT = 1500
@@ -198,7 +197,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         actions.append(StoreReceipt(receipt))
         events.append(
             TaskEvent(
-                task_id=task.id, at=now, actor=ACTOR, kind="receipt",
+                task_id=task.id, at=now, actor=RECONCILER_ACTOR, kind="receipt",
                 reason=f"receipt {receipt.id} made from pull request #{receipt.pr_number}: "
                 "the agent sent none",
                 data={"receipt_id": receipt.id, "pr_number": receipt.pr_number,
@@ -222,7 +221,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         if task.state in (TaskState.REVIEW_PENDING, TaskState.RUNNING):
             # A refused claim before merge is worth another attempt; after it a person decides.
             task, event = transition(
-                task, TaskState.FAILED, now=now, actor=ACTOR, reason=reason,
+                task, TaskState.FAILED, now=now, actor=RECONCILER_ACTOR, reason=reason,
                 failure_reason=reason, failure_retryable=not merged,
             )  # fmt: skip
             events.append(event)
@@ -247,7 +246,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
                 else "the work is on its branch"
             )
             task, event = transition(
-                task, TaskState.COMPLETED, now=now, actor=ACTOR,
+                task, TaskState.COMPLETED, now=now, actor=RECONCILER_ACTOR,
                 reason=f"{what}; receipt {receipt.id} verified",
                 wait_reason="", failure_reason="", failure_retryable=False,
             )  # fmt: skip
@@ -270,14 +269,14 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         task, receipt, checks, observed.evidence,
         final=observed.final, replaces=bool(before.result_digest),
     )  # fmt: skip
-    digest = _digest(body) if body else ""
+    digest = comment_digest(body) if body else ""
     if body and digest != task.result_digest and observed.issue is not None:
         actions.append(UpsertComment(task.repo, task.issue_number, marker=RESULT_MARKER, body=body))
-        task = _with(task, now=task.updated_at, result_digest=digest)
+        task = task.changed(now=task.updated_at, result_digest=digest)
 
     if task != before:
         if task.state is not before.state:
-            task = _with(task, now=task.updated_at, checks=checks)
+            task = task.changed(now=task.updated_at, checks=checks)
         actions.append(SaveTask(task, tuple(events), expected=before))
     elif events:
         # Only the history grows: the task itself is left alone, so the other writers of a
@@ -301,14 +300,6 @@ def _count(
         completed=completed,
         errors=errors,
     )
-
-
-def _with(task: Task, *, now: datetime, **changes: object) -> Task:
-    return Task.model_validate({**task.model_dump(), **changes, "updated_at": now})
-
-
-def _digest(body: str) -> str:
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def next_check(observed: Observed, *, settings: Settings) -> float | None:
@@ -543,10 +534,5 @@ class ReceiptsController:
         now = self._clock()
         settings = self._settings()
         actions = plan(observed, now=now, settings=settings)
-        try:
-            self._actuator.apply(actions)
-        except StaleStateError as exc:
-            # The task was written meanwhile (a review, the assignment controller, an agent):
-            # a race that clears by itself, so look again shortly rather than fail.
-            raise WaitingError(str(exc), retry_after=STALE_RETRY) from exc
+        self._actuator.apply(actions)
         return Result(requeue_after=next_check(observed, settings=settings))

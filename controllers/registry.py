@@ -46,6 +46,7 @@ from reconciler.fleet.agents import LOST_WITH_AGENT, Fleet, Pulse, grace_period,
 from reconciler.fleet.placement import waiting_for
 from reconciler.keys import REGISTRY, Key, issue_key
 from reconciler.models import (
+    RECONCILER_ACTOR,
     Agent,
     AgentId,
     AgentStatus,
@@ -60,7 +61,6 @@ from reconciler.store import Store
 
 log = structlog.get_logger(__name__)
 
-ACTOR = "reconciler"
 # Seconds added to a computed wake-up time, so the pass after it finds the deadline passed
 # rather than a hair before it.
 WAKE_SLACK = 1.0
@@ -262,9 +262,11 @@ def take_back(tasks: tuple[Task, ...], *, why: str, now: datetime) -> tuple[Acti
     for task in tasks:
         if task.state not in LOST_WITH_AGENT:
             continue
-        lost, lost_event = transition(task, TaskState.AGENT_LOST, now=now, actor=ACTOR, reason=why)
+        lost, lost_event = transition(
+            task, TaskState.AGENT_LOST, now=now, actor=RECONCILER_ACTOR, reason=why
+        )
         queued, queued_event = requeue(
-            lost, now=now, actor=ACTOR, reason="requeued: its agent was lost"
+            lost, now=now, actor=RECONCILER_ACTOR, reason="requeued: its agent was lost"
         )
         actions.append(SaveTask(queued, (lost_event, queued_event), expected=task))
         actions.append(Enqueue(issue_key(task.repo, task.issue_number)))

@@ -36,13 +36,15 @@ from datetime import datetime
 
 import structlog
 
+from reconciler.engine.executor import Executor
 from reconciler.engine.reconcile import Action, Actuator, Enqueue, Result, SaveTask
-from reconciler.errors import ForgejoNotFound, StaleStateError, WaitingError
+from reconciler.errors import ForgejoNotFound
 from reconciler.fleet.verify import checked_receipts, short
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import IssueState, PullRequest, Review, ReviewState
 from reconciler.keys import BRANCH_PREFIX, REVIEW, Key, issue_key, task_key
 from reconciler.models import (
+    RECONCILER_ACTOR,
     Task,
     TaskEvent,
     TaskState,
@@ -51,14 +53,12 @@ from reconciler.models import (
     task_id_from_branch,
     transition,
 )
-from reconciler.run.executor import Executor
 from reconciler.run.prompt import is_trusted_author
 from reconciler.settings import Settings
 from reconciler.store import Store
 
 log = structlog.get_logger(__name__)
 
-ACTOR = "reconciler"
 
 # "Closes #12", "fixes: #12", "Resolved #12" — a reference to an issue of the same repository.
 _CLOSING = re.compile(
@@ -142,10 +142,6 @@ def receipt_grace_left(
     return max(settings.review.receipt_grace - (now - since).total_seconds(), 0.0)
 
 
-def _with(task: Task, *, now: datetime, **changes: object) -> Task:
-    return Task.model_validate({**task.model_dump(), **changes, "updated_at": now})
-
-
 def _excerpt(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= EXCERPT else flat[: EXCERPT - 1] + "…"
@@ -171,10 +167,10 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     # its receipt); writing the same push again would only race the task's other writers.
     reported = observed.run_in_progress or tip in observed.reported_commits
     if tip and tip != task.branch_head and not reported:
-        task = _with(task, now=now, branch_head=tip, last_activity_at=now)
+        task = task.changed(now=now, branch_head=tip, last_activity_at=now)
         events.append(
             TaskEvent(
-                task_id=task.id, at=now, actor=ACTOR, kind="push",
+                task_id=task.id, at=now, actor=RECONCILER_ACTOR, kind="push",
                 reason=f"`{task.branch}` is at {short(tip)}",
                 data={"head": tip},
             )
@@ -198,10 +194,10 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
                 # The work lives on the PR's branch: later attempts push there, and the
                 # receipt's branch is checked against it.
                 changes["branch"] = pull.head_branch
-        task = _with(task, now=now, **changes)
+        task = task.changed(now=now, **changes)
         events.append(
             TaskEvent(
-                task_id=task.id, at=now, actor=ACTOR, kind="pull_request",
+                task_id=task.id, at=now, actor=RECONCILER_ACTOR, kind="pull_request",
                 reason=f"pull request #{pull.number} belongs to the task: {how}",
                 data={"pr_number": pull.number, "state": pull.state.value, "merged": pull.merged},
             )
@@ -222,7 +218,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     elif receipt_grace_left(observed, task, now=now, settings=settings) == 0.0:
         grace = settings.review.receipt_grace
         task, event = transition(
-            task, TaskState.REVIEW_PENDING, now=now, actor=ACTOR,
+            task, TaskState.REVIEW_PENDING, now=now, actor=RECONCILER_ACTOR,
             reason=f"pull request #{pull.number} is open and {task.agent_id or 'the agent'} "
             f"sent no receipt within {grace:g} s of its last push",
         )  # fmt: skip
@@ -253,22 +249,22 @@ def _closed_unmerged(
         # Waiting for its next attempt already (sent back by a review): it starts afresh.
         events.append(
             TaskEvent(
-                task_id=task.id, at=now, actor=ACTOR, kind="pull_request",
+                task_id=task.id, at=now, actor=RECONCILER_ACTOR, kind="pull_request",
                 reason=f"{closed}; the next attempt opens a new one",
                 data={"pr_number": pull.number},
             )
         )  # fmt: skip
-        return _with(task, now=now, pr_number=None)
+        return task.changed(now=now, pr_number=None)
     if settings.retries.requeue_closed_unmerged:
         moved, event = requeue(
-            task, now=now, actor=ACTOR,
+            task, now=now, actor=RECONCILER_ACTOR,
             reason=f"{closed}; requeued (retries.requeue_closed_unmerged)",
         )  # fmt: skip
         # A new attempt opens a new pull request; this one is done with.
-        moved = _with(moved, now=now, pr_number=None, previous_agent=task.agent_id)
+        moved = moved.changed(now=now, pr_number=None, previous_agent=task.agent_id)
     else:
         moved, event = transition(
-            task, TaskState.FAILED, now=now, actor=ACTOR, reason=closed,
+            task, TaskState.FAILED, now=now, actor=RECONCILER_ACTOR, reason=closed,
             failure_reason=closed, failure_retryable=False,
         )  # fmt: skip
     events.append(event)
@@ -323,7 +319,7 @@ def _reviews(
                       "pr_number": pull.number, "commit": review.commit_id},
             )
         )  # fmt: skip
-    task = _with(task, now=now, reviews_seen=task.reviews_seen + tuple(r.id for r in fresh))
+    task = task.changed(now=now, reviews_seen=task.reviews_seen + tuple(r.id for r in fresh))
     if not asks:
         return task
 
@@ -349,8 +345,7 @@ def _reviews(
         f"{agent or 'the queue'} with the review",
     )  # fmt: skip
     events.append(event)
-    return _with(
-        moved,
+    return moved.changed(
         now=now,
         review_count=rounds,
         review_feedback=tuple(review_feedback(r) for r in asks),
@@ -515,23 +510,12 @@ class ReviewController:
         now = self._clock()
         settings = self._settings()
         actions = plan(observed, now=now, settings=settings)
-        apply_or_wait(self._actuator, actions)
+        self._actuator.apply(actions)
         saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
         return Result(requeue_after=next_check(observed, saved, now=now, settings=settings))
 
 
-STALE_RETRY = 0.5
 """Seconds before a reconcile that lost a write race to another writer of the task looks again."""
-
-
-def apply_or_wait(actuator: Actuator, actions: tuple[Action, ...]) -> None:
-    """Apply ``actions``; a task written by someone else since it was observed (the
-    assignment controller, a run, an agent) is a race that clears by itself: look again
-    shortly, at info level, rather than as a failure."""
-    try:
-        actuator.apply(actions)
-    except StaleStateError as exc:
-        raise WaitingError(str(exc), retry_after=STALE_RETRY) from exc
 
 
 def _same_repo(left: str | None, right: str) -> bool:

@@ -1,4 +1,4 @@
-"""Domain models: Agent, Task, Lease, Receipt, Artifact, TaskEvent, and the task state machine.
+"""Domain models: Agent, Task, Receipt, Artifact, TaskEvent, and the task state machine.
 
 Every model is a frozen pydantic model; a change produces a new value. The state machine is a
 pure function, :func:`transition`, which refuses a move the machine does not allow and returns
@@ -132,24 +132,6 @@ class ExecutionMode(StrEnum):
     PULL = "pull"
 
 
-STANDARD_ROLES = (
-    "architect",
-    "developer",
-    "code-reviewer",
-    "tester",
-    "documenter",
-    "marketer",
-    "presenter",
-    "devops",
-    "monitor",
-    "security",
-    "project-manager",
-    "decision-maker",
-    "orchestrator",
-)
-"""The role vocabulary agents and ``agent/<role>`` labels use; custom roles are allowed too."""
-
-
 class AgentStats(_Frozen):
     tasks_completed: int = 0
     errors: int = 0
@@ -235,17 +217,6 @@ def task_id_from_branch(branch: str) -> TaskId | None:
     return TaskId(match.group(1)) if match else None
 
 
-class Lease(_Frozen):
-    """The right of one agent to work on one task, for one generation of its assignment."""
-
-    task_id: TaskId
-    agent_id: AgentId
-    generation: int = Field(ge=1)
-    granted_at: datetime
-
-    _check_times = field_validator("granted_at")(_aware)
-
-
 class CheckOutcome(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
@@ -320,20 +291,17 @@ class Task(_Frozen):
         "created_at", "updated_at", "last_activity_at", "deadline_at", "not_before"
     )(_aware)
 
-    @property
-    def lease(self) -> Lease | None:
-        if self.agent_id is None or self.lease_generation == 0:
-            return None
-        return Lease(
-            task_id=self.id,
-            agent_id=self.agent_id,
-            generation=self.lease_generation,
-            granted_at=self.updated_at,
-        )
+    def changed(self, *, now: datetime, **changes: object) -> Task:
+        """A copy with ``changes`` applied and ``updated_at`` set to ``now``, validated again."""
+        return Task.model_validate({**self.model_dump(), **changes, "updated_at": now})
 
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+RECONCILER_ACTOR = "reconciler"
+"""The actor of every change the controllers make (an agent is ``agent:<id>``)."""
 
 
 class TaskEvent(_Frozen):

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reconciler.engine.loop import Loop, Outcome
+from reconciler.engine.loop import STALE_RETRY, Loop, Outcome
 from reconciler.engine.metrics import Metrics
 from reconciler.engine.reconcile import ActContext, Action, Actuator, Result
 from reconciler.engine.workqueue import WorkQueue
-from reconciler.errors import StalledError, WaitingError
+from reconciler.errors import StaleStateError, StalledError, WaitingError
 from reconciler.keys import Key
 
 KEY = Key("fake", "acme/web", "12")
@@ -167,6 +167,25 @@ def test_waiting_requeues_after_its_delay_without_counting_a_failure() -> None:
     assert loop.process_one() is None
     clock.advance(1)
     assert loop.process_one() is not None
+
+
+def test_a_stale_write_is_looked_at_again_shortly_without_backoff() -> None:
+    """A record written by someone else meanwhile is a race, not a failure: the loop looks again
+    after STALE_RETRY, for every controller, and the backoff does not grow."""
+    clock = FakeClock()
+    loop, _ = make([StaleStateError("task 1 changed"), StaleStateError("again"), Result()], clock)
+    loop.queue.add(KEY)
+    for _ in range(2):
+        outcome = loop.process_one()
+        assert outcome is not None and (outcome.outcome, outcome.retry_in) == (
+            "waiting",
+            STALE_RETRY,
+        )
+        assert loop.queue.attempts(KEY) == 0
+        assert loop.process_one() is None
+        clock.advance(STALE_RETRY)
+    last = loop.process_one()
+    assert last is not None and last.outcome == "ok"
 
 
 def test_stalled_is_not_retried_until_the_key_is_added_again() -> None:

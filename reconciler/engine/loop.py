@@ -27,8 +27,11 @@ import structlog
 from reconciler.engine.metrics import Metrics
 from reconciler.engine.reconcile import Controller, recording
 from reconciler.engine.workqueue import WorkQueue
-from reconciler.errors import StalledError, WaitingError
+from reconciler.errors import StaleStateError, StalledError, WaitingError
 from reconciler.keys import Key
+
+STALE_RETRY = 0.5
+"""Seconds before a key whose write met a newer record (``StaleStateError``) is looked at again."""
 
 log = structlog.get_logger(__name__)
 
@@ -153,6 +156,13 @@ class Loop:
                         outcome, error, retry_in = "waiting", exc.reason, exc.retry_after
                         self.queue.forget(key)
                         self.queue.add_after(key, exc.retry_after)
+                    except StaleStateError as exc:
+                        # Someone else wrote the record meanwhile (another controller, a run,
+                        # an agent): a race that clears by itself. Look again shortly, with
+                        # the new state, at info level rather than as a failure.
+                        outcome, error, retry_in = "waiting", str(exc), STALE_RETRY
+                        self.queue.forget(key)
+                        self.queue.add_after(key, STALE_RETRY)
                     except StalledError as exc:
                         outcome, error = "stalled", exc.reason
                         self.queue.forget(key)

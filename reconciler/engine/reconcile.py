@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -25,8 +26,8 @@ from reconciler.keys import Key
 from reconciler.models import Agent, Task, TaskEvent
 
 if TYPE_CHECKING:
+    from reconciler.engine.executor import Executor
     from reconciler.forgejo.gateway import ForgejoGateway
-    from reconciler.run.executor import Executor
     from reconciler.store import Store
 
 
@@ -89,6 +90,11 @@ class RemoveLabels(Action):
     def apply(self, ctx: ActContext) -> None:
         for name in self.names:
             ctx.gateway.remove_label(self.repo, self.number, name)
+
+
+def comment_digest(body: str) -> str:
+    """A short fingerprint of a bot comment's text: a task records it to know what it last wrote."""
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from reconciler.forgejo.types import (
     PullRequest,
 )
 from reconciler.models import (
+    RECONCILER_ACTOR,
     AgentId,
     CheckOutcome,
     Receipt,
@@ -318,7 +319,7 @@ def verification_event(
     return TaskEvent(
         task_id=task.id,
         at=now,
-        actor="reconciler",
+        actor=RECONCILER_ACTOR,
         kind=VERIFICATION,
         reason=f"{check.name} {check.outcome.value}: {check.detail}",
         data={

@@ -1,4 +1,5 @@
-"""What the assignment controller needs from whatever runs tasks on ssh hosts.
+"""The executor port: what the engine's dispatch and stop actions need from whatever runs tasks
+on ssh hosts. The engine owns this interface; `reconciler.run.ssh` implements it.
 
 The controller only decides; an :class:`Executor` carries a dispatch out on its own threads
 (a run lasts minutes, a reconcile milliseconds) and reports back through the store and the

@@ -30,7 +30,7 @@ own beside it.
 from __future__ import annotations
 
 import functools
-import json
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -51,7 +51,9 @@ from reconciler.errors import (
 from reconciler.fleet.agents import Fleet, HeldTask, Profile, grace_period
 from reconciler.models import AgentId, AgentStatus, Task, TaskEvent, TaskId, TaskState
 from reconciler.settings import CapabilityName, RoleName, Settings
+from webhook import inputs
 from webhook.app import json_response
+from webhook.inputs import InputError
 
 log = structlog.get_logger(__name__)
 
@@ -228,7 +230,7 @@ def endpoint(
     def wrapped(*args: Any, **kwargs: Any) -> bottle.HTTPResponse:
         try:
             status, answer = handler(*args, **kwargs)
-        except ApiError as exc:
+        except (ApiError, InputError) as exc:
             return error_response(exc.status, exc.code, exc.message)
         except RefusedError as exc:
             status = next((s for cls, s in _STATUS_OF.items() if isinstance(exc, cls)), 400)
@@ -244,20 +246,13 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 
 def read_body(model: type[_Model], *, max_bytes: int) -> _Model:
-    """The request's JSON body as ``model``; an empty body counts as ``{}``."""
-    length = bottle.request.content_length
-    if length > max_bytes:
-        raise ApiError(413, "body_too_large", f"the body is over {max_bytes} bytes")
-    raw = bottle.request.body.read(max_bytes + 1) if length != 0 else b""
-    if len(raw) > max_bytes:
-        raise ApiError(413, "body_too_large", f"the body is over {max_bytes} bytes")
-    if raw.strip():
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "malformed_json", f"the body is not JSON: {exc}") from None
-    else:
-        data = {}
+    """The request's JSON body as ``model``; an empty body counts as ``{}``.
+
+    Refusals (too large, not JSON, too deep, not an object, invalid) are 4xx
+    :class:`~webhook.inputs.InputError`; see ``webhook/inputs.py``.
+    """
+    raw = inputs.read_body(bottle.request.environ, max_bytes=max_bytes)
+    data = inputs.parse_json(raw) if raw.strip() else {}
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
     try:
@@ -277,12 +272,8 @@ def describe_validation(exc: ValidationError) -> str:
 
 
 def bearer_token() -> str | None:
-    """The bearer token of the request, or None when there is none."""
-    header = str(bottle.request.get_header("Authorization", ""))
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+    """The bearer token of the request, or None when there is none (401 when malformed)."""
+    return inputs.bearer_token(bottle.request.environ)
 
 
 @dataclass(frozen=True)
@@ -339,6 +330,29 @@ def operator_caller(fleet: Fleet) -> Caller:
     return caller
 
 
+def _registration_credential(fleet: Fleet, settings: Settings) -> str | None:
+    """The credential a registration presents, checked as far as it can be without the body.
+
+    With an enrolment secret configured every registration needs a credential: the secret
+    itself, or (to register an existing id again) a token the registry issued. The fleet
+    checks which id the token belongs to once the body names the id.
+    """
+    credential = bearer_token()
+    secret = settings.api.enrolment_secret
+    if secret is None:
+        return credential  # open enrolment (see docs/agents-api.md)
+    if credential is None:
+        raise UnauthenticatedError(
+            "missing_token", "registering needs the enrolment secret (or the id's token)"
+        )
+    is_secret = hmac.compare_digest(credential.encode(), secret.get_secret_value().encode())
+    if not is_secret and fleet.authenticate(credential) is None:
+        raise ForbiddenError(
+            "registration_refused", "the bearer token is neither the enrolment secret nor a token"
+        )
+    return credential
+
+
 def _own_agent(caller: AgentId, claimed: str | None) -> None:
     if claimed is not None and claimed != caller:
         raise ForbiddenError("not_your_agent", f"the token belongs to {caller}, not {claimed}")
@@ -365,6 +379,8 @@ def install_agent_api(
     @app.post(f"{API}/agents/register")  # type: ignore[untyped-decorator]
     @endpoint
     def register() -> tuple[int, BaseModel]:
+        # Credentials first: a caller who may not register gets no body parsed at all.
+        credential = _registration_credential(fleet, settings())
         request = body(RegisterRequest)
         outcome = fleet.register(
             Profile(
@@ -376,7 +392,7 @@ def install_agent_api(
                 metadata=request.metadata.to_record(),
             ),
             agent_id=request.agent_id,
-            credential=bearer_token(),
+            credential=credential,
         )
         api = settings().api
         return (201 if outcome.created else 200), RegisterAnswer(

@@ -18,7 +18,7 @@ action is none of agent-fleet's business; otherwise JSON ``{"error": <code>, "me
 | 413    | ``body_too_large``              | the body is over ``max_body_bytes``               |
 | 400    | ``bad_content_length``          | Content-Length unreadable, or the body ends early |
 | 415    | ``unsupported_content_type``    | neither JSON nor form-encoded                     |
-| 400    | ``malformed_json``              | the body (or its ``payload`` field) is not a JSON object |
+| 400    | ``malformed_json``              | the body (or its ``payload`` field) is not a JSON object, nests deeper than 32 levels, or holds text that is not valid Unicode |
 | 400    | ``malformed_payload``           | the JSON lacks what the event needs               |
 """
 
@@ -39,6 +39,7 @@ import structlog
 
 from reconciler.keys import Key
 from webhook.events import KNOWN_EVENTS, MalformedPayload, keys_for
+from webhook.inputs import InputError, parse_json
 
 log = structlog.get_logger(__name__)
 
@@ -270,15 +271,12 @@ def _parse(body: bytes, *, content_type: str) -> dict[str, Any]:
             result=DeliveryResult.MALFORMED,
         )
     try:
-        # From bytes json detects UTF-8/16/32 itself; a bad encoding is a ValueError too.
-        payload = json.loads(document)
-    except (ValueError, RecursionError) as exc:
+        # Bounded nesting, and no text that is not valid Unicode (webhook/inputs.py).
+        payload = parse_json(document)
+    except InputError as exc:
         raise _Refused(
-            400,
-            "malformed_json",
-            f"body is not valid JSON: {exc}",
-            result=DeliveryResult.MALFORMED,
-        ) from exc
+            400, "malformed_json", exc.message, result=DeliveryResult.MALFORMED
+        ) from None
     if not isinstance(payload, dict):
         raise _Refused(
             400,

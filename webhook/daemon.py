@@ -49,7 +49,7 @@ from webhook.agents_api import install_agent_api
 from webhook.app import Check, install_health, make_app
 from webhook.openapi import install_openapi
 from webhook.receiver import install_forgejo_webhook
-from webhook.server import HttpServer
+from webhook.server import http_server
 from webhook.tasks_api import install_tasks_api
 
 log = structlog.get_logger(__name__)
@@ -63,6 +63,9 @@ RESTART_ONLY = (
     ("webhook", "threads"),
     ("webhook", "secret"),
     ("webhook", "max_body_bytes"),
+    ("webhook", "connection_limit"),
+    ("webhook", "channel_timeout"),
+    ("webhook", "cleanup_interval"),
     ("store", "path"),
     ("loop", "workers"),
     ("forgejo", "url"),
@@ -303,12 +306,7 @@ class Daemon:
         )
         app = http_app(self.assembly, readiness=self.readiness)
         self.app = app
-        self._http = HttpServer(
-            app,
-            host=settings.webhook.bind,
-            port=settings.webhook.port,
-            threads=settings.webhook.threads,
-        )
+        self._http = http_server(app, settings.webhook)
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._forgejo_check: tuple[float, Check] | None = None
@@ -369,6 +367,8 @@ class Daemon:
         settings = self.settings
         checks = {"store": Check(not self._store.closed, str(settings.store.path))}
         checks["forgejo"] = self._check_forgejo()
+        loop = self.assembly.loop.health(stuck_after=settings.loop.stuck_after)
+        checks["loop"] = Check(loop.ok, loop.describe())
         last = self.assembly.resync.last_resync()
         limit = timedelta(seconds=max(3 * settings.loop.resync_interval, 120))
         if last is None:

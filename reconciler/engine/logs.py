@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -27,8 +27,11 @@ def configure_logging(
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}; use debug, info, warning or error")
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer = _writable(
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False),
+        encoding=getattr(stream, "encoding", None) or "utf-8",
     )
     structlog.configure(
         processors=[
@@ -44,3 +47,20 @@ def configure_logging(
     )
     # Libraries that log through the standard library (waitress, httpx) go to the same stream.
     logging.basicConfig(stream=stream, level=max(numeric, logging.WARNING), force=True)
+
+
+def _writable(renderer: structlog.typing.Processor, *, encoding: str) -> structlog.typing.Processor:
+    """``renderer`` whose lines always encode in ``encoding``.
+
+    Text from outside (a webhook's repository name, an error quoting it) can hold characters
+    the stream cannot encode, such as a lone surrogate; printing such a line raises
+    UnicodeEncodeError in whichever thread logs. They are written as backslash escapes.
+    """
+
+    def render(logger: Any, name: str, event_dict: Any) -> Any:
+        line = renderer(logger, name, event_dict)
+        if isinstance(line, str) and not line.isascii():
+            return line.encode(encoding, "backslashreplace").decode(encoding)
+        return line
+
+    return render

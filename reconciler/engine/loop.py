@@ -12,10 +12,16 @@ backoff, and crash handling. What happens after a reconcile depends only on how 
 
 Each reconcile ends with one summary log line: controller, key, outcome, actions, duration.
 The daemon, ``agent-fleet reconcile --once`` and the demo drive it.
+
+A worker outlives anything a reconcile raises, its own logging included (a log line that
+cannot be written is dropped, never fatal). Each worker keeps a liveness record — alive, and
+since when it is on its current key — that :meth:`Loop.health` reports and the daemon's
+``/readyz`` checks, so a dead or stuck worker makes the process not ready.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -48,6 +54,27 @@ class Outcome:
     retry_in: float | None = None
 
 
+@dataclass(frozen=True)
+class LoopHealth:
+    """What :meth:`Loop.health` finds: workers started and alive, and the ones stuck."""
+
+    started: bool
+    workers: int
+    alive: int
+    stuck: tuple[tuple[str, Key, float], ...]  # (worker, key, seconds on it)
+
+    @property
+    def ok(self) -> bool:
+        return self.started and self.alive == self.workers and not self.stuck
+
+    def describe(self) -> str:
+        if not self.started:
+            return "the reconcile loop has not started"
+        parts = [f"{self.alive} of {self.workers} workers alive"]
+        parts += [f"{name} on {key} for {age:.0f}s" for name, key, age in self.stuck]
+        return "; ".join(parts)
+
+
 class Loop:
     def __init__(
         self,
@@ -69,6 +96,8 @@ class Loop:
         self._metrics = metrics
         self._clock = clock
         self._threads: list[threading.Thread] = []
+        # worker name → (key, when it took it) while it reconciles; the liveness record.
+        self._busy: dict[str, tuple[Key, float]] = {}
         self._ids = itertools.count(1)
         self._on_outcome: list[Callable[[Outcome], None]] = []
         if metrics is not None:
@@ -91,7 +120,7 @@ class Loop:
             thread = threading.Thread(target=self._work, name=f"reconcile-{n + 1}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("loop.started", workers=self._workers, controllers=list(self._controllers))
+        _safe(log.info, "loop.started", workers=self._workers, controllers=list(self._controllers))
 
     def stop(self, *, grace: float) -> bool:
         """Stop taking keys, let in-flight reconciles finish (up to ``grace`` seconds).
@@ -103,15 +132,37 @@ class Loop:
         for thread in self._threads:
             thread.join(timeout=max(deadline - self._clock(), 0.1))
         finished = drained and not any(t.is_alive() for t in self._threads)
-        log.info("loop.stopped", drained=finished)
+        _safe(log.info, "loop.stopped", drained=finished)
         return finished
 
+    def health(self, *, stuck_after: float) -> LoopHealth:
+        """Whether every worker is alive and none has been on one key over ``stuck_after`` s."""
+        now = self._clock()
+        stuck = tuple(
+            (name, key, now - since)
+            for name, (key, since) in sorted(self._busy.items())
+            if now - since > stuck_after
+        )
+        alive = sum(1 for t in self._threads if t.is_alive())
+        return LoopHealth(
+            started=bool(self._threads), workers=self._workers, alive=alive, stuck=stuck
+        )
+
     def _work(self) -> None:
+        name = threading.current_thread().name
         while True:
             key = self.queue.get(timeout=None)
             if key is None:
                 return
-            self._run(key)
+            self._busy[name] = (key, self._clock())
+            try:
+                self._run(key)
+            except Exception:  # noqa: BLE001 -- a worker must outlive whatever a key does
+                # _run has marked the key done; a failure here is in the loop's own
+                # bookkeeping or logging, and the key comes back with the next resync.
+                _safe(log.error, "loop.worker_error", key=str(key), exc_info=True)
+            finally:
+                self._busy.pop(name, None)
 
     def process_one(self, *, timeout: float | None = 0.0) -> Outcome | None:
         """Take one ready key and reconcile it in the calling thread (one-shot runs, tests)."""
@@ -134,20 +185,18 @@ class Loop:
 
     def _run(self, key: Key) -> Outcome:
         reconcile_id = next(self._ids)
-        attempt = self.queue.attempts(key) + 1
-        bound = log.bind(
-            controller=key.controller, key=str(key), reconcile_id=reconcile_id, attempt=attempt
-        )
+        bound = log.bind(controller=key.controller, key=str(key), reconcile_id=reconcile_id)
         controller = self._controllers.get(key.controller)
         started = self._clock()
         error = ""
         retry_in: float | None = None
         actions: list[str] = []
         try:
+            bound = bound.bind(attempt=self.queue.attempts(key) + 1)
             if controller is None:
                 outcome = "unknown_controller"
                 self.queue.forget(key)
-                bound.error("reconcile.unknown_controller", known=list(self._controllers))
+                _safe(bound.error, "reconcile.unknown_controller", known=list(self._controllers))
             else:
                 with recording() as actions:
                     try:
@@ -169,7 +218,8 @@ class Loop:
                     except Exception as exc:  # noqa: BLE001 -- unknown errors count as transient
                         outcome, error = "error", f"{type(exc).__name__}: {exc}"
                         retry_in = self.queue.backoff(key, error)
-                        bound.warning(
+                        _safe(
+                            bound.warning,
                             "reconcile.failed",
                             error=error,
                             retry_in=round(retry_in, 3),
@@ -194,7 +244,8 @@ class Loop:
             retry_in=retry_in,
         )
         level = bound.warning if outcome == "stalled" else bound.info
-        level(
+        _safe(
+            level,
             "reconcile.done",
             outcome=outcome,
             actions=len(actions),
@@ -208,3 +259,12 @@ class Loop:
         for callback in self._on_outcome:
             callback(summary)
         return summary
+
+
+def _safe(emit: Callable[..., object], event: str, **fields: object) -> None:
+    """Log, and never raise: a line that cannot be written is dropped, not fatal."""
+    try:
+        emit(event, **fields)
+    except Exception:  # noqa: BLE001 -- logging must not take a worker down
+        with contextlib.suppress(Exception):
+            log.error("log.write_failed", dropped=event.encode("ascii", "replace").decode())

@@ -225,6 +225,10 @@ class LoopSettings(Section):
     shutdown_grace: Seconds = Field(
         default=30.0, description="Seconds in-flight keys may take to finish after SIGTERM."
     )
+    stuck_after: Seconds = Field(
+        default=600.0,
+        description="Seconds one reconcile may run before /readyz reports its worker stuck.",
+    )
 
     @field_validator("backoff_max")
     @classmethod
@@ -250,6 +254,24 @@ class WebhookSettings(Section):
         default=1_048_576, ge=1, description="Largest request body accepted, in bytes."
     )
     threads: int = Field(default=4, ge=1, description="Worker threads of the HTTP server.")
+    connection_limit: int = Field(
+        default=1000,
+        ge=10,
+        description=(
+            "Open connections the HTTP server holds at once; past it, new ones wait until one "
+            "closes (keep it below the process's open-file limit)."
+        ),
+    )
+    channel_timeout: int = Field(
+        default=30,
+        ge=1,
+        description="Seconds a connection may send nothing before the HTTP server closes it.",
+    )
+    cleanup_interval: int = Field(
+        default=2,
+        ge=1,
+        description="Seconds between the HTTP server's sweeps for connections past channel_timeout.",
+    )
 
 
 class ApiSettings(Section):

@@ -505,8 +505,14 @@ def test_sigkilled_committer_keeps_every_acknowledged_batch_whole(tmp_path: Path
         # state write is never written again under the same numbers.
         first = round_number * 100_000 + 1
         pid, read_end = fork_committer(directory, first=first)
-        reports = kill_after(pid, read_end, delay=rng.choice([0.0, 0.002, 0.01, 0.03]))
+        # Killed after 1-3 acknowledged batches and a random moment more: at any point of
+        # a commit, however fast or slow the machine is.
+        required = rng.randint(1, 3)
+        reports = kill_after(
+            pid, read_end, delay=rng.choice([0.0, 0.002, 0.01, 0.03]), reports=required
+        )
         batches = [int(line.split()[1]) for line in reports if line.startswith("batch ")]
+        assert len(batches) >= required, f"round {round_number}: the committer stalled"
         acknowledged += len(batches)
         context = f"round {round_number}, seed {seed}"
         with Store.open(directory) as store:
@@ -521,7 +527,7 @@ def test_sigkilled_committer_keeps_every_acknowledged_batch_whole(tmp_path: Path
                     store.find_task(task_id_for(REPO, number + i)) is not None for i in range(BATCH)
                 }
                 assert present == {True}, f"{context}: batch {number} is not whole"
-    assert acknowledged > 15, "the committer hardly wrote; the test proved little"
+    assert acknowledged >= 15  # at least one acknowledged batch per round, by construction
 
 
 # --- the protocol --------------------------------------------------------------------------

@@ -58,6 +58,35 @@ def wait_until(what: str, check: Callable[[], bool], *, timeout: float = WAIT_S)
         time.sleep(0.05)
 
 
+def wait_while_progressing(
+    what: str,
+    check: Callable[[], bool],
+    progress: Callable[[], object],
+    *,
+    stall: float = WAIT_S,
+    cap: float = 15 * WAIT_S,
+) -> None:
+    """Poll ``check`` until it holds; fail when ``progress()`` has not changed for ``stall``
+    seconds (the work stopped), or after ``cap`` seconds in all.
+
+    For work whose amount is fixed but whose speed is the machine's: a busy box makes it
+    slower, not wrong, so only a stall (or an absurd total) fails.
+    """
+    started = time.monotonic()
+    last = progress()
+    moved = started
+    while not check():
+        now = time.monotonic()
+        current = progress()
+        if current != last:
+            last, moved = current, now
+        if now - moved > stall:
+            raise AssertionError(f"no progress for {stall:.0f}s waiting for {what}: {last}")
+        if now - started > cap:
+            raise AssertionError(f"timed out after {cap:.0f}s waiting for {what}: {last}")
+        time.sleep(0.05)
+
+
 def worker_config(tmp_path: Path, name: str, server: str, **fields: Any) -> WorkerConfig:
     values: dict[str, Any] = {
         "server": server,
@@ -269,22 +298,36 @@ def test_pull_mode_with_two_worker_processes_against_the_daemon(
     for name in ("w1", "w2"):
         config = worker_config(tmp_path, name, daemon.url, forgejo_token=served_forge.admin_token)
         processes.append((name, *start_worker_process(config, tmp_path)))
+
+    def states() -> tuple[object, ...]:
+        # Each task's state and event count, and what the workers logged: any of them
+        # moving is progress (two processes on a busy box take a while to start and run).
+        return (
+            tuple(
+                (t.state, len(store.events_for(t.id))) if (t := store.find_task(task.id)) else None
+                for task in tasks
+            ),
+            tuple(log_file.stat().st_size for _, _, log_file in processes),
+        )
+
     try:
-        wait_until(
+        wait_while_progressing(
             "every task to reach review",
             lambda: all(
                 (t := store.find_task(task.id)) is not None and t.state is TaskState.REVIEW_PENDING
                 for task in tasks
             ),
+            states,
         )
         gateway = ForgejoGateway(served_forge.url, served_forge.admin_token)
         try:
-            wait_until(
+            wait_while_progressing(
                 "status/review on every issue",
                 lambda: all(
                     "status/review" in gateway.get_issue(DEMO_REPO, t.issue_number).labels
                     for t in tasks
                 ),
+                states,
             )
             for task in tasks:
                 done = store.get_task(task.id)

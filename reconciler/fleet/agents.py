@@ -94,6 +94,14 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def canonical_agent_id(agent_id: str) -> str:
+    """What an agent id is compared by: case folded, trailing dots dropped, ``_`` read as
+    ``-``. Two ids with the same canonical form look alike (``build-01``, ``BUILD-01``,
+    ``build_01.``), and only one of them may exist, so no agent can pass for another or for
+    an ssh host in a listing, a label or a log."""
+    return agent_id.casefold().rstrip(".").replace("_", "-")
+
+
 def grace_period(api: ApiSettings) -> timedelta:
     """How long an agent may stay silent before it is offline."""
     return timedelta(seconds=api.missed_heartbeats * api.heartbeat_interval)
@@ -297,13 +305,18 @@ class Fleet:
         now = self._clock()
         token = issue_token()
         digest = token_digest(token)
-        if agent_id is not None and any(h.name == agent_id for h in self._settings().hosts):
-            raise ConflictError(
-                "agent_id_conflict",
-                f"agent id {agent_id!r} is an ssh host declared in the configuration",
-            )
+        canonical = canonical_agent_id(agent_id) if agent_id is not None else None
+        for host in self._settings().hosts:
+            if canonical is not None and canonical_agent_id(host.name) == canonical:
+                raise ConflictError(
+                    "agent_id_conflict",
+                    f"agent id {agent_id!r} is (or looks like) the ssh host {host.name!r} "
+                    "declared in the configuration",
+                )
         with self._registering:
             existing = self._store.find_agent(agent_id) if agent_id else None
+            if agent_id is not None and existing is None:
+                self._refuse_look_alike(agent_id)
             if existing is None:
                 self._check_enrolment(credential)
                 new_id = AgentId(agent_id) if agent_id else self._new_id()
@@ -351,6 +364,16 @@ class Fleet:
         )
         self._notify(agent.id)
         return Registration(agent=agent, token=token, created=created)
+
+    def _refuse_look_alike(self, agent_id: str) -> None:
+        canonical = canonical_agent_id(agent_id)
+        for agent in self._store.list_agents():
+            if agent.id != agent_id and canonical_agent_id(agent.id) == canonical:
+                raise ConflictError(
+                    "agent_id_conflict",
+                    f"agent id {agent_id!r} looks like the existing agent {agent.id!r} "
+                    "(ids are compared ignoring case, trailing dots and _ versus -)",
+                )
 
     def _check_enrolment(self, credential: str | None) -> None:
         if self._settings().api.enrolment_secret is None:

@@ -39,7 +39,7 @@ import structlog
 
 from reconciler.keys import Key
 from webhook.events import KNOWN_EVENTS, MalformedPayload, keys_for
-from webhook.inputs import InputError, parse_json
+from webhook.inputs import InputError, parse_json, read_at_most
 
 log = structlog.get_logger(__name__)
 
@@ -187,7 +187,7 @@ def _read_body(environ: Mapping[str, Any], *, max_body_bytes: int) -> bytes:
                 f"body of {length} bytes is over the limit of {max_body_bytes}",
                 result=DeliveryResult.TOO_LARGE,
             )
-        body = _read_at_most(stream, length)
+        body = read_at_most(stream, length)
         if len(body) < length:
             raise _Refused(
                 400,
@@ -199,7 +199,7 @@ def _read_body(environ: Mapping[str, Any], *, max_body_bytes: int) -> bytes:
     if not environ.get("wsgi.input_terminated"):
         # No length and a stream that may never end (PEP 3333): the body counts as empty.
         return b""
-    body = _read_at_most(stream, max_body_bytes + 1)
+    body = read_at_most(stream, max_body_bytes + 1)
     if len(body) > max_body_bytes:
         raise _Refused(
             413,
@@ -208,18 +208,6 @@ def _read_body(environ: Mapping[str, Any], *, max_body_bytes: int) -> bytes:
             result=DeliveryResult.TOO_LARGE,
         )
     return body
-
-
-def _read_at_most(stream: Any, limit: int) -> bytes:
-    parts: list[bytes] = []
-    remaining = limit
-    while remaining > 0:
-        part = stream.read(min(remaining, _READ_CHUNK))
-        if not part:
-            break
-        parts.append(part)
-        remaining -= len(part)
-    return b"".join(parts)
 
 
 def _verify_signature(environ: Mapping[str, Any], body: bytes, *, key: bytes) -> None:

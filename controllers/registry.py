@@ -42,8 +42,9 @@ from reconciler.engine.reconcile import (
     SaveTask,
 )
 from reconciler.errors import WaitingError
-from reconciler.fleet.agents import LOST_WITH_AGENT, Fleet, Pulse, grace_period, with_status
+from reconciler.fleet.agents import LOST_WITH_AGENT, Fleet
 from reconciler.fleet.placement import waiting_for
+from reconciler.fleet.records import Pulse, grace_period, with_status
 from reconciler.keys import REGISTRY, Key, issue_key
 from reconciler.models import (
     RECONCILER_ACTOR,

@@ -48,7 +48,8 @@ from reconciler.errors import (
     RefusedError,
     UnauthenticatedError,
 )
-from reconciler.fleet.agents import Fleet, HeldTask, Profile, grace_period
+from reconciler.fleet.agents import Fleet
+from reconciler.fleet.records import HeldTask, Profile, grace_period
 from reconciler.models import AgentId, AgentStatus, Task, TaskEvent, TaskId, TaskState
 from reconciler.settings import CapabilityName, RoleName, Settings
 from webhook.app import json_response

@@ -27,7 +27,7 @@ from reconciler.errors import (
     TransientError,
     UnauthenticatedError,
 )
-from reconciler.fleet.agents import AgentView
+from reconciler.fleet.records import AgentView
 from reconciler.models import BUSY_STATES, AgentStatus, ExecutionMode, Task, TaskState
 from reconciler.settings import WebhookSettings
 

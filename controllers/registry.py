@@ -31,7 +31,6 @@ from typing import Protocol
 
 import structlog
 
-from reconciler.console.views import format_duration
 from reconciler.engine.reconcile import (
     ActContext,
     Action,
@@ -59,6 +58,7 @@ from reconciler.models import (
 )
 from reconciler.settings import HostSettings, Settings
 from reconciler.store import Store
+from reconciler.text import format_duration
 
 log = structlog.get_logger(__name__)
 

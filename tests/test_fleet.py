@@ -16,11 +16,12 @@ import pytest
 from pydantic import SecretStr
 
 from controllers.registry import HealthReport, RegistryController, RestartReport
-from reconciler.console.views import AgentSummary, agents_table
+from reconciler.console.views import agents_table
 from reconciler.engine.metrics import Metrics
 from reconciler.engine.reconcile import ActContext, Actuator, Result
 from reconciler.errors import ConflictError, ForbiddenError, UnauthenticatedError
 from reconciler.fleet.agents import Fleet
+from reconciler.fleet.api import AgentSummary
 from reconciler.fleet.records import (
     HeldTask,
     Profile,

@@ -1,10 +1,12 @@
 """The agent API: registration, heartbeats, drains, listings and task status, over JSON.
 
 The daemon's HTTP assembly (``webhook.daemon.http_app``) calls :func:`install_agent_api` once.
-Every handler is thin: parse and validate the request (pydantic models, unknown fields
-refused), work out who is calling, call the :class:`~reconciler.fleet.agents.Fleet`, and answer JSON.
-The reference, with every error code, is ``docs/agents-api.md``; the OpenAPI document served
-at ``GET /api/v1/openapi.json`` is built by ``webhook/openapi.py`` from the models here.
+Every handler is thin: parse and validate the request (the wire contract's models,
+``reconciler/fleet/api.py``; unknown fields refused), work out who is calling, call the
+:class:`~reconciler.fleet.agents.Fleet`, and answer JSON. Each route is installed from the
+contract's :class:`~reconciler.fleet.api.Operation` by :func:`serves`, and the OpenAPI document
+served at ``GET /api/v1/openapi.json`` is generated from those routes (``webhook/openapi.py``).
+The reference, with every error code, is ``docs/agents-api.md``.
 
 | method | path                                | who                    |
 |--------|-------------------------------------|------------------------|

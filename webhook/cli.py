@@ -510,7 +510,8 @@ def agent_run(
 
     from pydantic import SecretStr, ValidationError
 
-    from reconciler.agent.worker import WorkerConfig, resolve_adapter, serve
+    from reconciler.agent.config import WorkerConfig, resolve_adapter
+    from reconciler.agent.worker import serve
     from reconciler.engine.logs import configure_logging
 
     configure_logging(level=log_level, json=log_json)

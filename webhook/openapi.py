@@ -60,7 +60,7 @@ def _parameters(op: Operation, defs: Mapping[str, Any]) -> list[dict[str, Any]]:
     if op.query is not None:
         properties = defs[op.query.__name__]["properties"]
         for name, info in op.query.model_fields.items():
-            schema = dict(properties[name])
+            schema = _not_null(properties[name])
             parameter: dict[str, Any] = {
                 "name": name,
                 "in": "query",
@@ -72,6 +72,18 @@ def _parameters(op: Operation, defs: Mapping[str, Any]) -> list[dict[str, Any]]:
                 parameter.update(style="form", explode=True)
             parameters.append(parameter)
     return parameters
+
+
+def _not_null(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema: an absent parameter is how "none" is said, so the
+    ``null`` branch of an optional field (and its null default) is left out."""
+    result = {k: v for k, v in schema.items() if not (k == "default" and v is None)}
+    branches = [b for b in result.pop("anyOf", ()) if b != {"type": "null"}]
+    if len(branches) == 1:
+        result.update(branches[0])
+    elif branches:
+        result["anyOf"] = branches
+    return result
 
 
 def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:

@@ -336,7 +336,9 @@ class TaskQuery(Query):
     state: tuple[TaskState, ...] = Field(
         default=(), description="Only tasks in this state; repeat for several."
     )
-    repo: str | None = Field(default=None, description="Only tasks of this repository.")
+    repo: str | None = Field(
+        default=None, description="Only tasks of this repository (owner/name)."
+    )
 
 
 class TaskList(Answer):

@@ -1,7 +1,7 @@
 """The pull worker: one agent on its own machine taking tasks from the agent-fleet daemon.
 
 ``agent-fleet agent run --server URL --token … --adapter claude-code`` calls :func:`serve`
-with a :class:`WorkerConfig`. The :class:`Worker` then
+with a :class:`~reconciler.agent.config.WorkerConfig`. The :class:`Worker` then
 
 1. **registers** (or registers its id again) through ``POST /api/v1/agents/register``, with
    the token it saved from its last registration or the credential it was given (the

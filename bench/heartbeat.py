@@ -50,14 +50,14 @@ from harness import (
 from pydantic import SecretStr
 
 from reconciler.engine.logs import configure_logging
-from reconciler.fleet import api
+from reconciler.fleet import operations
 from reconciler.models import AgentId, AgentStatus, RepoName, Task, TaskState, task_id_for
 from reconciler.settings import ApiSettings, ForgejoSettings, Settings, StoreSettings
 from reconciler.store import Store
 from webhook.daemon import build, http_app
 from webhook.server import HttpServer
 
-HEARTBEAT_PATH = api.HEARTBEAT.path
+HEARTBEAT_PATH = operations.HEARTBEAT.path
 OPERATOR = "bench-operator-token"
 ENROLMENT = "bench-enrolment-secret"
 REPO = "example/bench"

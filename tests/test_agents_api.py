@@ -17,7 +17,8 @@ from openapi_spec_validator import validate
 from reconciler.console.client import daemon_url, fetch_agents
 from reconciler.console.views import agents_json, agents_table
 from reconciler.errors import TransientError, UnauthenticatedError
-from reconciler.fleet.api import OPERATIONS, AgentQuery
+from reconciler.fleet.api import AgentQuery
+from reconciler.fleet.operations import OPERATIONS
 from reconciler.keys import agent_key
 from reconciler.models import AgentStatus, TaskState, transition
 from reconciler.settings import StoreSettings, WebhookSettings

@@ -16,7 +16,7 @@ from reconciler.errors import (
     TransientError,
     UnauthenticatedError,
 )
-from reconciler.fleet import api
+from reconciler.fleet import api, operations
 
 
 @pytest.mark.parametrize(
@@ -52,22 +52,22 @@ def test_not_found_busy_and_broken_answers_decode_as_such() -> None:
 
 def test_an_operations_url_quotes_its_path_parameters() -> None:
     """A task id with a slash cannot reach another route."""
-    url = api.GET_TASK.url("http://d:8/", task_id="a/b c")
+    url = operations.GET_TASK.url("http://d:8/", task_id="a/b c")
     assert url == "http://d:8/api/v1/tasks/a%2Fb%20c"
-    assert api.DRAIN.route == "/api/v1/agents/<agent_id>/drain"
+    assert operations.DRAIN.route == "/api/v1/agents/<agent_id>/drain"
 
 
-@pytest.mark.parametrize("operation", api.OPERATIONS, ids=lambda op: op.operation_id)
-def test_every_path_parameter_of_an_operation_is_described(operation: api.Operation) -> None:
+@pytest.mark.parametrize("operation", operations.OPERATIONS, ids=lambda op: op.operation_id)
+def test_every_path_parameter_of_an_operation_is_described(operation: operations.Operation) -> None:
     """The OpenAPI document describes exactly the parameters the path has."""
     assert set(re.findall(r"{(\w+)}", operation.path)) == set(operation.path_params)
-    assert operation.path.startswith(api.API)
+    assert operation.path.startswith(operations.API)
 
 
 def test_operation_ids_and_routes_are_unique() -> None:
     """No two operations share an id, or a method and path."""
-    ids = [op.operation_id for op in api.OPERATIONS]
-    routes = [(op.method, op.path) for op in api.OPERATIONS]
+    ids = [op.operation_id for op in operations.OPERATIONS]
+    routes = [(op.method, op.path) for op in operations.OPERATIONS]
     assert len(set(ids)) == len(ids) and len(set(routes)) == len(routes)
 
 

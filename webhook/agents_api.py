@@ -4,8 +4,9 @@ The daemon's HTTP assembly (``webhook.daemon.http_app``) calls :func:`install_ag
 Every handler is thin: parse and validate the request (the wire contract's models,
 ``reconciler/fleet/api.py``; unknown fields refused), work out who is calling, call the
 :class:`~reconciler.fleet.agents.Fleet`, and answer JSON. Each route is installed from the
-contract's :class:`~reconciler.fleet.api.Operation` by :func:`serves`, and the OpenAPI document
-served at ``GET /api/v1/openapi.json`` is generated from those routes (``webhook/openapi.py``).
+contract's :class:`~reconciler.fleet.operations.Operation` by :func:`serves`, and the OpenAPI
+document served at ``GET /api/v1/openapi.json`` is generated from those routes
+(``webhook/openapi.py``).
 The reference, with every error code, is ``docs/agents-api.md``.
 
 | method | path                                | who                    |
@@ -49,7 +50,7 @@ from reconciler.errors import (
     RefusedError,
     UnauthenticatedError,
 )
-from reconciler.fleet import api
+from reconciler.fleet import api, operations
 from reconciler.fleet.agents import Fleet
 from reconciler.fleet.api import (
     AgentList,
@@ -60,7 +61,6 @@ from reconciler.fleet.api import (
     DrainRequest,
     HeartbeatAnswer,
     HeartbeatRequest,
-    Operation,
     RegisterAnswer,
     RegisterRequest,
     StopItem,
@@ -70,6 +70,7 @@ from reconciler.fleet.api import (
     TaskStatusAnswer,
     TaskStatusRequest,
 )
+from reconciler.fleet.operations import Operation
 from reconciler.fleet.records import HeldTask, Profile, grace_period
 from reconciler.models import AgentId, TaskId, TaskState
 from reconciler.settings import Settings
@@ -283,7 +284,7 @@ def install_agent_api(
     def lease_ttl() -> float:
         return grace_period(settings().api).total_seconds()
 
-    @serves(app, api.REGISTER)
+    @serves(app, operations.REGISTER)
     @endpoint
     def register() -> tuple[int, BaseModel]:
         request = body(RegisterRequest)
@@ -309,7 +310,7 @@ def install_agent_api(
             lease_ttl_s=lease_ttl(),
         )
 
-    @serves(app, api.HEARTBEAT)
+    @serves(app, operations.HEARTBEAT)
     @endpoint
     def heartbeat() -> tuple[int, BaseModel]:
         agent_id = agent_caller(fleet)
@@ -335,7 +336,7 @@ def install_agent_api(
             ),
         )
 
-    @serves(app, api.DEREGISTER)
+    @serves(app, operations.DEREGISTER)
     @endpoint
     def deregister() -> tuple[int, BaseModel]:
         agent_id = agent_caller(fleet)
@@ -359,17 +360,17 @@ def install_agent_api(
         except NotFoundError as exc:
             raise _not_found("agent_not_found", exc) from None
 
-    @serves(app, api.DRAIN)
+    @serves(app, operations.DRAIN)
     @endpoint
     def drain_agent(agent_id: str) -> tuple[int, BaseModel]:
         return drain(agent_id, True)
 
-    @serves(app, api.UNDRAIN)
+    @serves(app, operations.UNDRAIN)
     @endpoint
     def undrain_agent(agent_id: str) -> tuple[int, BaseModel]:
         return drain(agent_id, False)
 
-    @serves(app, api.LIST_AGENTS)
+    @serves(app, operations.LIST_AGENTS)
     @endpoint
     def list_agents() -> tuple[int, BaseModel]:
         operator_caller(fleet)
@@ -377,7 +378,7 @@ def install_agent_api(
         views = fleet.agents(capabilities=query.capability, status=query.status, role=query.role)
         return 200, AgentList(agents=tuple(AgentSummary.of(v) for v in views))
 
-    @serves(app, api.GET_AGENT)
+    @serves(app, operations.GET_AGENT)
     @endpoint
     def get_agent(agent_id: str) -> tuple[int, BaseModel]:
         caller = any_caller(fleet)
@@ -388,7 +389,7 @@ def install_agent_api(
         except NotFoundError as exc:
             raise _not_found("agent_not_found", exc) from None
 
-    @serves(app, api.TASK_STATUS)
+    @serves(app, operations.TASK_STATUS)
     @endpoint
     def task_status(task_id: str) -> tuple[int, BaseModel]:
         agent_id = agent_caller(fleet)
@@ -407,7 +408,7 @@ def install_agent_api(
             raise _not_found("task_not_found", exc) from None
         return 200, TaskStatusAnswer(task=update.task, changed=update.changed)
 
-    @serves(app, api.LIST_TASKS)
+    @serves(app, operations.LIST_TASKS)
     @endpoint
     def list_tasks() -> tuple[int, BaseModel]:
         operator_caller(fleet)
@@ -415,7 +416,7 @@ def install_agent_api(
         tasks = fleet.tasks(states=query.state, repo=query.repo)
         return 200, TaskList(tasks=tuple(tasks))
 
-    @serves(app, api.GET_TASK)
+    @serves(app, operations.GET_TASK)
     @endpoint
     def get_task(task_id: str) -> tuple[int, BaseModel]:
         caller = any_caller(fleet)

@@ -2,9 +2,9 @@
 
 The daemon's HTTP assembly calls :func:`install_openapi` after the API's routes. The document
 is generated from those routes — each was installed from an
-:class:`~reconciler.fleet.api.Operation` of the wire contract (``reconciler/fleet/api.py``,
-through ``webhook.agents_api.serves``) and carries it — and from the JSON schemas of the
-operations' pydantic models, which the handlers validate and answer with; nothing is listed
+:class:`~reconciler.fleet.operations.Operation` of the wire contract
+(``reconciler/fleet/operations.py``, through ``webhook.agents_api.serves``) and carries it — and
+from the JSON schemas of the operations' pydantic models (``reconciler/fleet/api.py``), which the handlers validate and answer with; nothing is listed
 twice by hand. A test (``tests/test_agents_api.py``) checks that every ``/api/v1`` route of
 the daemon's app is documented and every operation of the contract is a route, and validates
 the document with openapi-spec-validator. ``docs/agents-api.md`` is its prose.
@@ -20,12 +20,13 @@ import bottle  # type: ignore[import-untyped]  # bottle ships no type informatio
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from reconciler.fleet import api
-from reconciler.fleet.api import ErrorAnswer, Operation, Who
+from reconciler.fleet import operations
+from reconciler.fleet.api import ErrorAnswer
+from reconciler.fleet.operations import Operation, Who
 from webhook.agents_api import serves
 from webhook.app import json_response
 
-OPENAPI_PATH = api.OPENAPI.path
+OPENAPI_PATH = operations.OPENAPI.path
 VERSION = "1"
 
 _SECURITY: Mapping[Who, list[dict[str, list[str]]]] = {
@@ -172,7 +173,7 @@ def install_openapi(app: bottle.Bottle) -> None:
     built: list[dict[str, Any]] = []
     lock = threading.Lock()
 
-    @serves(app, api.OPENAPI)
+    @serves(app, operations.OPENAPI)
     def openapi() -> bottle.HTTPResponse:
         with lock:
             if not built:

@@ -24,7 +24,7 @@ import bottle  # type: ignore[import-untyped]  # bottle ships no type informatio
 from pydantic import BaseModel
 
 from reconciler.errors import NotFoundError
-from reconciler.fleet import api
+from reconciler.fleet import operations
 from reconciler.fleet.api import (
     Answer,
     CompleteRequest,
@@ -92,7 +92,7 @@ def install_tasks_api(app: bottle.Bottle, *, queue: PullQueue, max_body_bytes: i
             submitted_at=receipt.submitted_at,
         )
 
-    @serves(app, api.DEQUEUE)
+    @serves(app, operations.DEQUEUE)
     @_no_content
     @endpoint
     def dequeue() -> tuple[int, BaseModel]:
@@ -122,7 +122,7 @@ def install_tasks_api(app: bottle.Bottle, *, queue: PullQueue, max_body_bytes: i
             session_id=task.session_id,
         )
 
-    @serves(app, api.SUBMIT_RECEIPT)
+    @serves(app, operations.SUBMIT_RECEIPT)
     @endpoint
     def receipts() -> tuple[int, BaseModel]:
         agent_id = agent_caller(fleet)
@@ -135,7 +135,7 @@ def install_tasks_api(app: bottle.Bottle, *, queue: PullQueue, max_body_bytes: i
             raise ApiError(404, "task_not_found", str(exc)) from None
         return answer(acceptance)
 
-    @serves(app, api.COMPLETE)
+    @serves(app, operations.COMPLETE)
     @endpoint
     def complete(task_id: str) -> tuple[int, BaseModel]:
         agent_id = agent_caller(fleet)

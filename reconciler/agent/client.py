@@ -17,13 +17,12 @@ from pydantic import ValidationError
 
 from reconciler import __version__
 from reconciler.errors import TransientError
-from reconciler.fleet import api
+from reconciler.fleet import api, operations
 from reconciler.fleet.api import (
     Answer,
     HeartbeatAnswer,
     HeartbeatRequest,
     HeldTaskItem,
-    Operation,
     ReceiptAnswer,
     ReceiptRequest,
     RegisterAnswer,
@@ -33,6 +32,7 @@ from reconciler.fleet.api import (
     TaskStatusAnswer,
     TaskStatusRequest,
 )
+from reconciler.fleet.operations import Operation
 
 _Answer = TypeVar("_Answer", bound=Answer)
 
@@ -83,19 +83,19 @@ class AgentApi:
 
     def register(self, request: RegisterRequest, *, credential: str | None) -> RegisterAnswer:
         """Register (again) with ``credential`` (None: none); keep the new token."""
-        _, raw = self.call(api.REGISTER, request, credential=credential or "")
+        _, raw = self.call(operations.REGISTER, request, credential=credential or "")
         registered = _parse(RegisterAnswer, raw, what="the registration")
         self.token = registered.token
         return registered
 
     def heartbeat(self, tasks: Sequence[HeldTaskItem], *, load: float) -> HeartbeatAnswer:
         request = HeartbeatRequest(load=load, version=__version__, tasks=tuple(tasks))
-        _, raw = self.call(api.HEARTBEAT, request)
+        _, raw = self.call(operations.HEARTBEAT, request)
         return _parse(HeartbeatAnswer, raw, what="the heartbeat")
 
     def dequeue(self) -> TaskHandout | None:
         """The next task for this agent, or None when there is none now (204)."""
-        status, raw = self.call(api.DEQUEUE, api.DequeueRequest())
+        status, raw = self.call(operations.DEQUEUE, api.DequeueRequest())
         return None if status == 204 else _parse(TaskHandout, raw, what="the dequeue")
 
     def report(
@@ -106,11 +106,11 @@ class AgentApi:
             state="running" if running else None,
             note=note[: api.NOTE_MAX],
         )
-        _, raw = self.call(api.TASK_STATUS, request, params={"task_id": task_id})
+        _, raw = self.call(operations.TASK_STATUS, request, params={"task_id": task_id})
         return _parse(TaskStatusAnswer, raw, what="the status update")
 
     def submit_receipt(self, receipt: ReceiptRequest) -> ReceiptAnswer:
-        _, raw = self.call(api.SUBMIT_RECEIPT, receipt)
+        _, raw = self.call(operations.SUBMIT_RECEIPT, receipt)
         return _parse(ReceiptAnswer, raw, what="the receipt")
 
 

@@ -18,8 +18,9 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from reconciler.errors import TransientError
-from reconciler.fleet import api
-from reconciler.fleet.api import AgentList, AgentSummary, Answer, Operation, TaskDetail, TaskList
+from reconciler.fleet import api, operations
+from reconciler.fleet.api import AgentList, AgentSummary, Answer, TaskDetail, TaskList
+from reconciler.fleet.operations import Operation
 from reconciler.models import AgentStatus, Task, TaskState
 from reconciler.settings import WebhookSettings
 
@@ -57,7 +58,9 @@ def fetch_agents(
         query.append(("status", status.value))
     if role is not None:
         query.append(("role", role))
-    answer = get(server, api.LIST_AGENTS, AgentList, query=query, token=token, timeout=timeout)
+    answer = get(
+        server, operations.LIST_AGENTS, AgentList, query=query, token=token, timeout=timeout
+    )
     return list(answer.agents)
 
 
@@ -73,7 +76,7 @@ def fetch_tasks(
     query = [("state", s.value) for s in states]
     if repo is not None:
         query.append(("repo", repo))
-    answer = get(server, api.LIST_TASKS, TaskList, query=query, token=token, timeout=timeout)
+    answer = get(server, operations.LIST_TASKS, TaskList, query=query, token=token, timeout=timeout)
     return list(answer.tasks)
 
 
@@ -84,7 +87,12 @@ def fetch_task(server: str, task_id: str, *, token: str, timeout: float = 10.0) 
     if not task_id.strip():
         raise ValueError("give a task id, e.g. 12-3f9a1c2b")
     return get(
-        server, api.GET_TASK, TaskDetail, params={"task_id": task_id}, token=token, timeout=timeout
+        server,
+        operations.GET_TASK,
+        TaskDetail,
+        params={"task_id": task_id},
+        token=token,
+        timeout=timeout,
     )
 
 

@@ -82,6 +82,7 @@ from harness import (
 from pydantic import SecretStr
 
 from reconciler.engine.logs import configure_logging
+from reconciler.fleet import operations
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import RepoName, Task, TaskState, branch_for, task_id_for
 from reconciler.sandbox import ForgejoSandbox
@@ -101,7 +102,7 @@ from webhook.daemon import WEBHOOK_EVENTS, Daemon, build, http_app
 from webhook.receiver import WEBHOOK_PATH
 from webhook.server import HttpServer
 
-DEQUEUE_PATH = "/api/v1/tasks/dequeue"
+DEQUEUE_PATH = operations.DEQUEUE.path
 ENROLMENT = "bench-enrolment-secret"
 OPERATOR = "bench-operator-token"
 WEBHOOK_SECRET = "bench-webhook-secret"

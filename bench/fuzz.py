@@ -46,6 +46,7 @@ from hypothesis_jsonschema import from_schema
 from pydantic import SecretStr
 
 from reconciler.engine.logs import configure_logging
+from reconciler.fleet.operations import OPERATIONS
 from reconciler.settings import (
     ApiSettings,
     ForgejoSettings,
@@ -238,7 +239,7 @@ def credentials(target: Target) -> st.SearchStrategy[dict[str, str]]:
 
 def operations() -> list[tuple[str, str, dict[str, Any] | None]]:
     """(method, path template, request schema with its components) of every operation."""
-    document = openapi_document()
+    document = openapi_document(OPERATIONS)
     components = document["components"]
     found = []
     for path, item in document["paths"].items():

@@ -50,13 +50,14 @@ from harness import (
 from pydantic import SecretStr
 
 from reconciler.engine.logs import configure_logging
+from reconciler.fleet import operations
 from reconciler.models import AgentId, AgentStatus, RepoName, Task, TaskState, task_id_for
 from reconciler.settings import ApiSettings, ForgejoSettings, Settings, StoreSettings
 from reconciler.store import Store
 from webhook.daemon import build, http_app
 from webhook.server import HttpServer
 
-HEARTBEAT_PATH = "/api/v1/agents/heartbeat"
+HEARTBEAT_PATH = operations.HEARTBEAT.path
 OPERATOR = "bench-operator-token"
 ENROLMENT = "bench-enrolment-secret"
 REPO = "example/bench"

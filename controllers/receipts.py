@@ -34,7 +34,6 @@ from datetime import datetime
 
 import structlog
 
-from reconciler.console.views import format_duration
 from reconciler.engine.reconcile import (
     ActContext,
     Action,
@@ -77,6 +76,7 @@ from reconciler.models import (
 )
 from reconciler.settings import Settings
 from reconciler.store import Store
+from reconciler.text import format_duration
 
 log = structlog.get_logger(__name__)
 

@@ -31,7 +31,6 @@ from typing import Protocol
 
 import structlog
 
-from reconciler.console.views import format_duration
 from reconciler.engine.reconcile import (
     ActContext,
     Action,
@@ -42,8 +41,9 @@ from reconciler.engine.reconcile import (
     SaveTask,
 )
 from reconciler.errors import WaitingError
-from reconciler.fleet.agents import LOST_WITH_AGENT, Fleet, Pulse, grace_period, with_status
+from reconciler.fleet.agents import LOST_WITH_AGENT, Fleet
 from reconciler.fleet.placement import waiting_for
+from reconciler.fleet.records import Pulse, grace_period, with_status
 from reconciler.keys import REGISTRY, Key, issue_key
 from reconciler.models import (
     RECONCILER_ACTOR,
@@ -58,6 +58,7 @@ from reconciler.models import (
 )
 from reconciler.settings import HostSettings, Settings
 from reconciler.store import Store
+from reconciler.text import format_duration
 
 log = structlog.get_logger(__name__)
 

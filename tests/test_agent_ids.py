@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ConflictError
-from reconciler.fleet.agents import canonical_agent_id
+from reconciler.fleet.records import canonical_agent_id
 from reconciler.settings import HostSettings
 from tests.test_fleet import Harness, make_settings
 

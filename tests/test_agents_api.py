@@ -14,8 +14,11 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from reconciler.console.views import agents_json, agents_table, daemon_url, fetch_agents
+from reconciler.console.client import daemon_url, fetch_agents
+from reconciler.console.views import agents_json, agents_table
 from reconciler.errors import TransientError, UnauthenticatedError
+from reconciler.fleet.api import AgentQuery
+from reconciler.fleet.operations import OPERATIONS
 from reconciler.keys import agent_key
 from reconciler.models import AgentStatus, TaskState, transition
 from reconciler.settings import StoreSettings, WebhookSettings
@@ -25,7 +28,7 @@ from tests.test_fleet import ENROLMENT, NOW, OPERATOR, Harness, make_settings
 from webhook.agents_api import install_agent_api
 from webhook.app import make_app
 from webhook.daemon import build, http_app
-from webhook.openapi import OPENAPI_PATH, install_openapi, openapi_document
+from webhook.openapi import OPENAPI_PATH, install_openapi, openapi_document, route_operations
 from webhook.server import HttpServer
 
 
@@ -381,14 +384,25 @@ def api_routes(app: bottle.Bottle) -> set[tuple[str, str]]:
 
 
 def test_the_openapi_document_matches_the_daemons_routes(tmp_path: Path) -> None:
-    """Valid OpenAPI; every documented operation is a route of the daemon's app and every
-    /api/v1 route is documented; the daemon serves it."""
+    """Valid OpenAPI; every /api/v1 route of the daemon's app was installed from an operation
+    of the wire contract, every operation of the contract is a route, and the document
+    generated from the routes documents exactly them; the daemon serves it."""
     settings = make_settings().model_copy(update={"store": StoreSettings(path=tmp_path / "s")})
     with Store.open(tmp_path / "s") as store:
         assembly = build(settings, store=store)
         try:
             app = http_app(assembly, readiness=dict)
-            document = openapi_document()
+            operations = route_operations(app)
+            undocumented = {
+                (route.method, route.rule)
+                for route in app.routes
+                if route.rule.startswith("/api/v1") and route.config.get("operation") is None
+            }
+            assert not undocumented
+            assert sorted(op.operation_id for op in operations) == sorted(
+                op.operation_id for op in OPERATIONS
+            )
+            document = openapi_document(operations)
             validate(document)
             documented = {
                 (method, path) for path, item in document["paths"].items() for method in item
@@ -401,6 +415,22 @@ def test_the_openapi_document_matches_the_daemons_routes(tmp_path: Path) -> None
                 assert 'agent_fleet_agents{status="online"} 0.0' in metrics
         finally:
             assembly.gateway.close()
+
+
+def test_the_openapi_document_takes_its_query_parameters_from_the_query_models() -> None:
+    """listAgents documents the fields of AgentQuery as query parameters (capability
+    repeatable, status one of the agent statuses), not as a body."""
+    document = openapi_document(OPERATIONS)
+    listing = document["paths"]["/api/v1/agents"]["get"]
+    parameters = {p["name"]: p for p in listing["parameters"]}
+    assert set(parameters) == set(AgentQuery.model_fields)
+    assert parameters["capability"]["explode"] is True
+    assert parameters["capability"]["schema"]["type"] == "array"
+    status_ref = parameters["status"]["schema"]["$ref"]
+    status_schema = document["components"]["schemas"][status_ref.rsplit("/", 1)[1]]
+    assert set(status_schema["enum"]) == {s.value for s in AgentStatus}
+    assert "requestBody" not in listing
+    assert "AgentQuery" not in document["components"]["schemas"]
 
 
 def test_the_documented_errors_are_json_for_unknown_routes_and_methods(api: Api) -> None:
@@ -491,7 +521,8 @@ def test_status_lists_live_tasks_with_why_they_wait_from_a_served_daemon(
 
     from click.testing import CliRunner
 
-    from reconciler.console.views import fetch_tasks, status_report
+    from reconciler.console.client import fetch_tasks
+    from reconciler.console.views import status_report
     from reconciler.models import Priority, RepoName, Task, task_id_for
     from webhook.cli import main
 

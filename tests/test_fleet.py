@@ -16,12 +16,13 @@ import pytest
 from pydantic import SecretStr
 
 from controllers.registry import HealthReport, RegistryController, RestartReport
-from reconciler.console.views import AgentSummary, agents_table
+from reconciler.console.views import agents_table
 from reconciler.engine.metrics import Metrics
 from reconciler.engine.reconcile import ActContext, Actuator, Result
 from reconciler.errors import ConflictError, ForbiddenError, UnauthenticatedError
-from reconciler.fleet.agents import (
-    Fleet,
+from reconciler.fleet.agents import Fleet
+from reconciler.fleet.api import AgentSummary
+from reconciler.fleet.records import (
     HeldTask,
     Profile,
     Registration,
@@ -427,7 +428,7 @@ def test_uptime_is_the_share_of_time_up_since_registration(fleet: Harness) -> No
     agent = with_status(agent, AgentStatus.OFFLINE, reason="x", now=fleet.clock.advance(1800))
     agent = with_status(agent, AgentStatus.ONLINE, reason="", now=fleet.clock.advance(600))
     fleet.clock.advance(1200)
-    from reconciler.fleet.agents import uptime_percent
+    from reconciler.fleet.records import uptime_percent
 
     assert uptime_percent(agent, now=fleet.clock()) == pytest.approx(83.3)
     assert agent.stats.online_seconds == 1800

@@ -22,7 +22,7 @@ from controllers.registry import (
 from reconciler.engine.reconcile import Action, Actuator, Enqueue, SaveAgent, SaveTask, recording
 from reconciler.engine.resync import Resync
 from reconciler.errors import ConflictError, WaitingError
-from reconciler.fleet.agents import HeldTask, Pulse
+from reconciler.fleet.records import HeldTask, Pulse
 from reconciler.keys import agent_key, issue_key
 from reconciler.models import (
     Agent,

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from controllers.receipts import RESULT_MARKER
-from reconciler.console.history import fetch_task
+from reconciler.console.client import fetch_task
 from reconciler.forgejo.gateway import marker_tag
 from reconciler.models import (
     AgentId,

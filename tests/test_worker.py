@@ -22,7 +22,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from reconciler.agent.worker import AgentApi, TaskRun, Worker, WorkerConfig
+from reconciler.agent.client import AgentApi
+from reconciler.agent.config import WorkerConfig
+from reconciler.agent.taskrun import TaskRun
+from reconciler.agent.worker import Worker
+from reconciler.fleet.api import ReceiptRequest
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import RepoName, Task, TaskState, branch_for, task_id_for, transition
 from reconciler.run.adapters import group_members, start_local
@@ -219,16 +223,16 @@ def api_server(tmp_path: Path) -> Iterator[ApiServer]:
         server.stop()
 
 
-def receipt_for(task: Task, *, lease: int = 1, receipt_id: str | None = None) -> dict[str, Any]:
-    return {
-        "receipt_id": receipt_id or f"{task.id}-l{lease}-r",
-        "task_id": task.id,
-        "lease_generation": lease,
-        "pr_number": 3,
-        "branch": task.branch,
-        "commits": ["c" * 40],
-        "summary": "done",
-    }
+def receipt_for(task: Task, *, lease: int = 1, receipt_id: str | None = None) -> ReceiptRequest:
+    return ReceiptRequest(
+        receipt_id=receipt_id or f"{task.id}-l{lease}-r",
+        task_id=task.id,
+        lease_generation=lease,
+        pr_number=3,
+        branch=task.branch,
+        commits=("c" * 40,),
+        summary="done",
+    )
 
 
 def holding_worker(
@@ -259,7 +263,8 @@ def start_worker_process(
         "import sys\n"
         "from pathlib import Path\n"
         "from reconciler.engine.logs import configure_logging\n"
-        "from reconciler.agent.worker import WorkerConfig, serve\n"
+        "from reconciler.agent.config import WorkerConfig\n"
+        "from reconciler.agent.worker import serve\n"
         "configure_logging(level='info', json=True)\n"
         "sys.exit(serve(WorkerConfig.model_validate_json(Path(sys.argv[1]).read_text())))\n"
     )

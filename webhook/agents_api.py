@@ -1,10 +1,13 @@
 """The agent API: registration, heartbeats, drains, listings and task status, over JSON.
 
 The daemon's HTTP assembly (``webhook.daemon.http_app``) calls :func:`install_agent_api` once.
-Every handler is thin: parse and validate the request (pydantic models, unknown fields
-refused), work out who is calling, call the :class:`~reconciler.fleet.agents.Fleet`, and answer JSON.
-The reference, with every error code, is ``docs/agents-api.md``; the OpenAPI document served
-at ``GET /api/v1/openapi.json`` is built by ``webhook/openapi.py`` from the models here.
+Every handler is thin: parse and validate the request (the wire contract's models,
+``reconciler/fleet/api.py``; unknown fields refused), work out who is calling, call the
+:class:`~reconciler.fleet.agents.Fleet`, and answer JSON. Each route is installed from the
+contract's :class:`~reconciler.fleet.operations.Operation` by :func:`serves`, and the OpenAPI
+document served at ``GET /api/v1/openapi.json`` is generated from those routes
+(``webhook/openapi.py``).
+The reference, with every error code, is ``docs/agents-api.md``.
 
 | method | path                                | who                    |
 |--------|-------------------------------------|------------------------|
@@ -33,13 +36,12 @@ import functools
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar, get_origin
 
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from reconciler.console.views import AgentList, AgentMetadata, AgentSummary
 from reconciler.errors import (
     ConflictError,
     ForbiddenError,
@@ -48,160 +50,41 @@ from reconciler.errors import (
     RefusedError,
     UnauthenticatedError,
 )
-from reconciler.fleet.agents import Fleet, HeldTask, Profile, grace_period
-from reconciler.models import AgentId, AgentStatus, Task, TaskEvent, TaskId, TaskState
-from reconciler.settings import CapabilityName, RoleName, Settings
+from reconciler.fleet import api, operations
+from reconciler.fleet.agents import Fleet
+from reconciler.fleet.api import (
+    AgentList,
+    AgentQuery,
+    AgentSummary,
+    DeregisterAnswer,
+    DeregisterRequest,
+    DrainRequest,
+    HeartbeatAnswer,
+    HeartbeatRequest,
+    RegisterAnswer,
+    RegisterRequest,
+    StopItem,
+    TaskDetail,
+    TaskList,
+    TaskQuery,
+    TaskStatusAnswer,
+    TaskStatusRequest,
+)
+from reconciler.fleet.operations import Operation
+from reconciler.fleet.records import HeldTask, Profile, grace_period
+from reconciler.models import AgentId, TaskId, TaskState
+from reconciler.settings import Settings
 from webhook import inputs
 from webhook.app import json_response
 from webhook.inputs import InputError
 
 log = structlog.get_logger(__name__)
 
-API = "/api/v1"
-AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-# An agent id also appears in `fleet/assign:<id>` labels, which Forgejo caps at 50 characters.
-AGENT_ID_MAX = 36
-
 _STATUS_OF: dict[type[RefusedError], int] = {
     UnauthenticatedError: 401,
     ForbiddenError: 403,
     ConflictError: 409,
 }
-
-AgentIdText = Annotated[str, Field(pattern=AGENT_ID_PATTERN, max_length=AGENT_ID_MAX)]
-
-
-# --- request and answer shapes ---------------------------------------------------------------
-
-
-class _Request(BaseModel):
-    # A misspelt field is an error, never silently ignored.
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class _Answer(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class RegisterRequest(_Request):
-    """``POST /api/v1/agents/register``."""
-
-    agent_id: AgentIdText | None = Field(
-        default=None, description="The id to register (again); one is generated when absent."
-    )
-    type: str = Field(
-        min_length=1,
-        max_length=64,
-        description="claude-code, codex-cli, hermes, openclaw, acp, or any string.",
-    )
-    hostname: str = Field(default="", max_length=253)
-    roles: tuple[RoleName, ...] = Field(
-        default=(),
-        max_length=50,
-        description="Standard roles (developer, code-reviewer, ...) or custom ones.",
-    )
-    capabilities: tuple[CapabilityName, ...] = Field(
-        default=(), max_length=200, description="e.g. code:python, review, test."
-    )
-    max_concurrency: int = Field(default=1, ge=1, le=1000)
-    mode: Literal["pull"] = Field(
-        default="pull", description="Only pull agents register; ssh hosts come from the config."
-    )
-    metadata: AgentMetadata = Field(default_factory=AgentMetadata)
-
-
-class RegisterAnswer(_Answer):
-    agent_id: str
-    token: str = Field(description="The registry token. Shown this once; keep it secret.")
-    created: bool = Field(description="False when an existing id was registered again.")
-    heartbeat_interval_s: float
-    missed_heartbeats: int
-    lease_ttl_s: float = Field(
-        description="Stop every task when no heartbeat was acknowledged for this long."
-    )
-
-
-class HeldTaskItem(_Request):
-    task_id: str = Field(min_length=1, max_length=100)
-    lease_generation: int = Field(ge=1)
-
-
-class HeartbeatRequest(_Request):
-    """``POST /api/v1/agents/heartbeat``."""
-
-    agent_id: AgentIdText | None = Field(
-        default=None, description="Optional; must be the token's agent when given."
-    )
-    load: float | None = Field(default=None, ge=0, description="The agent's own load figure.")
-    version: str = Field(default="", max_length=100)
-    tasks: tuple[HeldTaskItem, ...] = Field(
-        default=(), max_length=1000, description="The tasks the agent believes it runs."
-    )
-
-
-class StopItem(_Answer):
-    task_id: str
-    code: Literal["unknown_task", "requeued", "reassigned", "stale_lease", "not_active"]
-    reason: str
-
-
-class HeartbeatAnswer(_Answer):
-    agent_id: str
-    status: AgentStatus
-    heartbeat_interval_s: float
-    lease_ttl_s: float
-    stop: tuple[StopItem, ...] = Field(description="Tasks the agent must stop working on now.")
-
-
-class DeregisterRequest(_Request):
-    """``POST /api/v1/agents/deregister`` (an empty body will do)."""
-
-    agent_id: AgentIdText | None = Field(
-        default=None, description="Optional; must be the token's agent when given."
-    )
-
-
-class DeregisterAnswer(_Answer):
-    agent_id: str
-    deregistered: bool
-
-
-class DrainRequest(_Request):
-    """``POST /api/v1/agents/{id}/drain`` and ``/undrain``: the body is empty or ``{}``."""
-
-
-class TaskStatusRequest(_Request):
-    """``POST /api/v1/tasks/{id}/status``: ``running``, a progress note, or both."""
-
-    lease_generation: int = Field(ge=1, description="The lease the task was assigned under.")
-    state: Literal["running"] | None = Field(default=None, description="assigned → running")
-    note: str = Field(default="", max_length=4000, description="A progress note for the log.")
-
-
-class TaskStatusAnswer(_Answer):
-    task: Task
-    changed: bool = Field(description="False when the task already was in that state.")
-
-
-class TaskDetail(_Answer):
-    """``GET /api/v1/tasks/{id}``: the task and its history, oldest event first."""
-
-    task: Task
-    events: tuple[TaskEvent, ...]
-
-
-class TaskList(_Answer):
-    """``GET /api/v1/tasks``: live tasks in queue order, each with why it waits or failed."""
-
-    tasks: tuple[Task, ...]
-
-
-class ErrorAnswer(_Answer):
-    """Every error: a stable machine-readable code and a sentence for people."""
-
-    error: str
-    message: str
-
 
 # --- plumbing ------------------------------------------------------------------------------
 
@@ -243,6 +126,7 @@ def endpoint(
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
+_Callback = TypeVar("_Callback", bound=Callable[..., bottle.HTTPResponse])
 
 
 def read_body(model: type[_Model], *, max_bytes: int) -> _Model:
@@ -259,6 +143,44 @@ def read_body(model: type[_Model], *, max_bytes: int) -> _Model:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(400, "invalid_body", describe_validation(exc)) from None
+
+
+_Query = TypeVar("_Query", bound=api.Query)
+
+
+def read_query(model: type[_Query]) -> _Query:
+    """The request's query string as ``model``: an unknown parameter or a bad value is 400
+    ``invalid_query``; a tuple field takes every value of a repeated parameter, any other
+    field the last one; empty values count as absent."""
+    query = bottle.request.query
+    unknown = sorted(set(query.keys()) - set(model.model_fields))
+    if unknown:
+        raise ApiError(400, "invalid_query", f"unknown query parameter(s): {', '.join(unknown)}")
+    data: dict[str, object] = {}
+    for name, info in model.model_fields.items():
+        values = [v for v in query.getall(name) if v]
+        if values:
+            data[name] = tuple(values) if get_origin(info.annotation) is tuple else values[-1]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_query", describe_validation(exc)) from None
+
+
+def serves(app: bottle.Bottle, operation: Operation) -> Callable[[_Callback], _Callback]:
+    """Install the decorated callback as ``operation``'s route on ``app``; the route carries
+    the operation, from which the OpenAPI document is generated (``webhook/openapi.py``)."""
+
+    def install(callback: _Callback) -> _Callback:
+        app.route(
+            operation.route,
+            method=operation.method.upper(),
+            callback=callback,
+            operation=operation,
+        )
+        return callback
+
+    return install
 
 
 def describe_validation(exc: ValidationError) -> str:
@@ -376,7 +298,7 @@ def install_agent_api(
     def lease_ttl() -> float:
         return grace_period(settings().api).total_seconds()
 
-    @app.post(f"{API}/agents/register")  # type: ignore[untyped-decorator]
+    @serves(app, operations.REGISTER)
     @endpoint
     def register() -> tuple[int, BaseModel]:
         # Credentials first: a caller who may not register gets no body parsed at all.
@@ -404,7 +326,7 @@ def install_agent_api(
             lease_ttl_s=lease_ttl(),
         )
 
-    @app.post(f"{API}/agents/heartbeat")  # type: ignore[untyped-decorator]
+    @serves(app, operations.HEARTBEAT)
     @endpoint
     def heartbeat() -> tuple[int, BaseModel]:
         agent_id = agent_caller(fleet)
@@ -430,7 +352,7 @@ def install_agent_api(
             ),
         )
 
-    @app.post(f"{API}/agents/deregister")  # type: ignore[untyped-decorator]
+    @serves(app, operations.DEREGISTER)
     @endpoint
     def deregister() -> tuple[int, BaseModel]:
         agent_id = agent_caller(fleet)
@@ -454,42 +376,25 @@ def install_agent_api(
         except NotFoundError as exc:
             raise _not_found("agent_not_found", exc) from None
 
-    @app.post(f"{API}/agents/<agent_id>/drain")  # type: ignore[untyped-decorator]
+    @serves(app, operations.DRAIN)
     @endpoint
     def drain_agent(agent_id: str) -> tuple[int, BaseModel]:
         return drain(agent_id, True)
 
-    @app.post(f"{API}/agents/<agent_id>/undrain")  # type: ignore[untyped-decorator]
+    @serves(app, operations.UNDRAIN)
     @endpoint
     def undrain_agent(agent_id: str) -> tuple[int, BaseModel]:
         return drain(agent_id, False)
 
-    @app.get(f"{API}/agents")  # type: ignore[untyped-decorator]
+    @serves(app, operations.LIST_AGENTS)
     @endpoint
     def list_agents() -> tuple[int, BaseModel]:
         operator_caller(fleet)
-        query = bottle.request.query
-        unknown = sorted(set(query.keys()) - {"capability", "status", "role"})
-        if unknown:
-            raise ApiError(
-                400, "invalid_query", f"unknown query parameter(s): {', '.join(unknown)}"
-            )
-        status_text = query.get("status")
-        try:
-            status = AgentStatus(status_text) if status_text else None
-        except ValueError:
-            known = ", ".join(s.value for s in AgentStatus)
-            raise ApiError(
-                400, "invalid_query", f"status must be one of {known}, not {status_text!r}"
-            ) from None
-        views = fleet.agents(
-            capabilities=[c for c in query.getall("capability") if c],
-            status=status,
-            role=query.get("role") or None,
-        )
+        query = read_query(AgentQuery)
+        views = fleet.agents(capabilities=query.capability, status=query.status, role=query.role)
         return 200, AgentList(agents=tuple(AgentSummary.of(v) for v in views))
 
-    @app.get(f"{API}/agents/<agent_id>")  # type: ignore[untyped-decorator]
+    @serves(app, operations.GET_AGENT)
     @endpoint
     def get_agent(agent_id: str) -> tuple[int, BaseModel]:
         caller = any_caller(fleet)
@@ -500,7 +405,7 @@ def install_agent_api(
         except NotFoundError as exc:
             raise _not_found("agent_not_found", exc) from None
 
-    @app.post(f"{API}/tasks/<task_id>/status")  # type: ignore[untyped-decorator]
+    @serves(app, operations.TASK_STATUS)
     @endpoint
     def task_status(task_id: str) -> tuple[int, BaseModel]:
         agent_id = agent_caller(fleet)
@@ -519,25 +424,15 @@ def install_agent_api(
             raise _not_found("task_not_found", exc) from None
         return 200, TaskStatusAnswer(task=update.task, changed=update.changed)
 
-    @app.get(f"{API}/tasks")  # type: ignore[untyped-decorator]
+    @serves(app, operations.LIST_TASKS)
     @endpoint
     def list_tasks() -> tuple[int, BaseModel]:
         operator_caller(fleet)
-        query = bottle.request.query
-        unknown = sorted(set(query.keys()) - {"state", "repo"})
-        if unknown:
-            raise ApiError(
-                400, "invalid_query", f"unknown query parameter(s): {', '.join(unknown)}"
-            )
-        try:
-            states = [TaskState(s) for s in query.getall("state") if s]
-        except ValueError:
-            known = ", ".join(s.value for s in TaskState)
-            raise ApiError(400, "invalid_query", f"state must be one of {known}") from None
-        tasks = fleet.tasks(states=states, repo=query.get("repo") or None)
+        query = read_query(TaskQuery)
+        tasks = fleet.tasks(states=query.state, repo=query.repo)
         return 200, TaskList(tasks=tuple(tasks))
 
-    @app.get(f"{API}/tasks/<task_id>")  # type: ignore[untyped-decorator]
+    @serves(app, operations.GET_TASK)
     @endpoint
     def get_task(task_id: str) -> tuple[int, BaseModel]:
         caller = any_caller(fleet)
@@ -549,21 +444,8 @@ def install_agent_api(
 
 
 __all__ = [
-    "API",
     "ApiError",
     "Caller",
-    "DeregisterAnswer",
-    "DeregisterRequest",
-    "DrainRequest",
-    "ErrorAnswer",
-    "HeartbeatAnswer",
-    "HeartbeatRequest",
-    "RegisterAnswer",
-    "RegisterRequest",
-    "TaskDetail",
-    "TaskList",
-    "TaskStatusAnswer",
-    "TaskStatusRequest",
     "agent_caller",
     "any_caller",
     "bearer_token",
@@ -571,4 +453,6 @@ __all__ = [
     "install_agent_api",
     "operator_caller",
     "read_body",
+    "read_query",
+    "serves",
 ]

@@ -254,7 +254,8 @@ def agents(
     """
     from datetime import UTC, datetime
 
-    from reconciler.console.views import agents_json, agents_table, daemon_url, fetch_agents
+    from reconciler.console.client import daemon_url, fetch_agents
+    from reconciler.console.views import agents_json, agents_table
     from reconciler.errors import FleetError
     from reconciler.models import AgentStatus
 
@@ -309,7 +310,8 @@ def status(
     """
     from datetime import UTC, datetime
 
-    from reconciler.console.views import daemon_url, fetch_tasks, status_report
+    from reconciler.console.client import daemon_url, fetch_tasks
+    from reconciler.console.views import status_report
     from reconciler.errors import FleetError
 
     settings = _load_or_exit(config_file)
@@ -362,8 +364,8 @@ def tasks_show(
       agent-fleet tasks show 12-3f9a1c2b --config config/fleet.toml
       agent-fleet tasks show 12-3f9a1c2b --json
     """
-    from reconciler.console.history import fetch_task, task_report
-    from reconciler.console.views import daemon_url
+    from reconciler.console.client import daemon_url, fetch_task
+    from reconciler.console.history import task_report
     from reconciler.errors import FleetError
 
     settings = _load_or_exit(config_file)
@@ -508,7 +510,8 @@ def agent_run(
 
     from pydantic import SecretStr, ValidationError
 
-    from reconciler.agent.worker import WorkerConfig, resolve_adapter, serve
+    from reconciler.agent.config import WorkerConfig, resolve_adapter
+    from reconciler.agent.worker import serve
     from reconciler.engine.logs import configure_logging
 
     configure_logging(level=log_level, json=log_json)

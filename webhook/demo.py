@@ -30,7 +30,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from reconciler.console.views import AgentSummary, agents_table
+from reconciler.console.views import agents_table
+from reconciler.fleet.api import AgentSummary
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import AgentStatus, TaskState, task_id_for
 from reconciler.sandbox import ForgejoSandbox

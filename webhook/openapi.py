@@ -1,54 +1,33 @@
 """The OpenAPI document of the agent API, served at ``GET /api/v1/openapi.json``.
 
-The daemon's HTTP assembly calls :func:`install_openapi`. The schemas are generated from the
-same pydantic models the handlers in ``webhook/agents_api.py`` and ``webhook/tasks_api.py``
-validate and answer with, so they cannot drift; the list of operations is written out here,
-and a test (``tests/test_agents_api.py``) checks it against the real routes of the Bottle app
-in both directions — every documented operation is a route, every ``/api/v1`` route is documented —
-and validates the document with openapi-spec-validator. ``docs/agents-api.md`` is its prose.
+The daemon's HTTP assembly calls :func:`install_openapi` after the API's routes. The document
+is generated from those routes — each was installed from an
+:class:`~reconciler.fleet.operations.Operation` of the wire contract
+(``reconciler/fleet/operations.py``, through ``webhook.agents_api.serves``) and carries it — and
+from the JSON schemas of the operations' pydantic models (``reconciler/fleet/api.py``), which the handlers validate and answer with; nothing is listed
+twice by hand. A test (``tests/test_agents_api.py``) checks that every ``/api/v1`` route of
+the daemon's app is documented and every operation of the contract is a route, and validates
+the document with openapi-spec-validator. ``docs/agents-api.md`` is its prose.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, get_origin
 
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from reconciler.console.views import AgentList, AgentSummary
-from reconciler.models import AgentStatus, TaskState
-from webhook.agents_api import (
-    API,
-    DeregisterAnswer,
-    DeregisterRequest,
-    DrainRequest,
-    ErrorAnswer,
-    HeartbeatAnswer,
-    HeartbeatRequest,
-    RegisterAnswer,
-    RegisterRequest,
-    TaskDetail,
-    TaskList,
-    TaskStatusAnswer,
-    TaskStatusRequest,
-)
+from reconciler.fleet import operations
+from reconciler.fleet.api import ErrorAnswer
+from reconciler.fleet.operations import Operation, Who
+from webhook.agents_api import serves
 from webhook.app import json_response
-from webhook.tasks_api import (
-    CompleteRequest,
-    DequeueRequest,
-    ReceiptAnswer,
-    ReceiptRequest,
-    TaskHandout,
-)
 
-OPENAPI_PATH = f"{API}/openapi.json"
+OPENAPI_PATH = operations.OPENAPI.path
 VERSION = "1"
-
-Who = Literal["agent", "operator", "agent_or_operator", "registration", "anyone"]
 
 _SECURITY: Mapping[Who, list[dict[str, list[str]]]] = {
     "agent": [{"agentToken": []}],
@@ -60,286 +39,76 @@ _SECURITY: Mapping[Who, list[dict[str, list[str]]]] = {
     "anyone": [{}],
 }
 
-_AGENT_ID = {
-    "name": "agent_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "The agent's id.",
-}
-_TASK_ID = {
-    "name": "task_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "The task's id, e.g. 12-3f9a1c2b.",
-}
-_LIST_QUERY = (
-    {
-        "name": "capability",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "array", "items": {"type": "string"}},
-        "style": "form",
-        "explode": True,
-        "description": "Only agents with this capability; repeat for several (all required).",
-    },
-    {
-        "name": "status",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "string", "enum": [s.value for s in AgentStatus]},
-        "description": "Only agents in this status.",
-    },
-    {
-        "name": "role",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "string"},
-        "description": "Only agents with this role.",
-    },
-)
+
+def route_operations(app: bottle.Bottle) -> list[Operation]:
+    """The operations whose routes are installed on ``app``, in installation order."""
+    found = (route.config.get("operation") for route in app.routes)
+    return [op for op in found if isinstance(op, Operation)]
 
 
-@dataclass(frozen=True)
-class Operation:
-    """One documented operation: its route, who may call it, what goes in and comes out."""
-
-    method: str
-    path: str  # OpenAPI style: /api/v1/agents/{agent_id}
-    operation_id: str
-    summary: str
-    who: Who
-    answer: tuple[int, type[BaseModel] | None, str]
-    request: type[BaseModel] | None = None
-    errors: Mapping[int, str] = field(default_factory=dict)
-    parameters: tuple[Mapping[str, Any], ...] = ()
-    no_content: str = ""  # when set, the operation may also answer 204 without a body
-
-
-_AUTH_ERRORS = {
-    401: "`missing_token`, `unknown_token`",
-    403: "`not_your_agent`, `operator_only`",
-}
-_BODY_ERRORS = {
-    400: "`malformed_json`, `invalid_body` (unknown fields included)",
-    413: "`body_too_large`",
-}
-_RECEIPT_ERRORS = {
-    **_BODY_ERRORS,
-    401: _AUTH_ERRORS[401],
-    403: "`not_your_task`: the agent never held the task under that lease",
-    404: "`task_not_found`",
-    409: "`stale_lease`, `illegal_transition` (the task is not running), `receipt_conflict` "
-    "(another receipt under this id), `task_changed`",
-}
-
-OPERATIONS: tuple[Operation, ...] = (
-    Operation(
-        "post",
-        f"{API}/agents/register",
-        "registerAgent",
-        "Register an agent, or register an existing id again (updating it, new token).",
-        "registration",
-        (201, RegisterAnswer, "Registered a new agent (200: an existing id again)."),
-        request=RegisterRequest,
-        errors={
-            **_BODY_ERRORS,
-            401: "`missing_token`: the enrolment secret or the id's token is needed",
-            403: "`registration_refused`: neither the enrolment secret nor the id's token",
-            409: "`agent_id_conflict`: the id is an ssh host from the configuration",
-        },
-    ),
-    Operation(
-        "post",
-        f"{API}/agents/heartbeat",
-        "heartbeat",
-        "Say the agent is alive; the answer lists the tasks it must stop.",
-        "agent",
-        (200, HeartbeatAnswer, "Recorded."),
-        request=HeartbeatRequest,
-        errors={
-            **_BODY_ERRORS,
-            401: _AUTH_ERRORS[401],
-            403: "`not_your_agent`",
-            409: "`agent_deregistered`: register again to rejoin",
-        },
-    ),
-    Operation(
-        "post",
-        f"{API}/agents/deregister",
-        "deregisterAgent",
-        "Leave the fleet: the agent goes offline and its tasks are requeued.",
-        "agent",
-        (200, DeregisterAnswer, "Deregistered."),
-        request=DeregisterRequest,
-        errors={**_BODY_ERRORS, 401: _AUTH_ERRORS[401], 403: "`not_your_agent`"},
-    ),
-    Operation(
-        "post",
-        f"{API}/agents/{{agent_id}}/drain",
-        "drainAgent",
-        "Drain an agent: it finishes its tasks and takes no new ones.",
-        "agent_or_operator",
-        (200, AgentSummary, "The agent, draining."),
-        request=DrainRequest,
-        errors={**_BODY_ERRORS, **_AUTH_ERRORS, 404: "`agent_not_found`"},
-        parameters=(_AGENT_ID,),
-    ),
-    Operation(
-        "post",
-        f"{API}/agents/{{agent_id}}/undrain",
-        "undrainAgent",
-        "End a drain: the agent takes new tasks again.",
-        "agent_or_operator",
-        (200, AgentSummary, "The agent."),
-        request=DrainRequest,
-        errors={**_BODY_ERRORS, **_AUTH_ERRORS, 404: "`agent_not_found`"},
-        parameters=(_AGENT_ID,),
-    ),
-    Operation(
-        "get",
-        f"{API}/agents",
-        "listAgents",
-        "List agents with their load, current tasks, last heartbeat and stats.",
-        "operator",
-        (200, AgentList, "The agents, by id."),
-        errors={400: "`invalid_query`", **_AUTH_ERRORS},
-        parameters=_LIST_QUERY,
-    ),
-    Operation(
-        "get",
-        f"{API}/agents/{{agent_id}}",
-        "getAgent",
-        "One agent.",
-        "agent_or_operator",
-        (200, AgentSummary, "The agent."),
-        errors={**_AUTH_ERRORS, 404: "`agent_not_found`"},
-        parameters=(_AGENT_ID,),
-    ),
-    Operation(
-        "post",
-        f"{API}/tasks/{{task_id}}/status",
-        "reportTaskStatus",
-        "Report assigned → running, or a progress note, under the task's lease.",
-        "agent",
-        (200, TaskStatusAnswer, "Accepted (an event was appended when it changed anything)."),
-        request=TaskStatusRequest,
-        errors={
-            **_BODY_ERRORS,
-            401: _AUTH_ERRORS[401],
-            403: "`not_your_task`",
-            404: "`task_not_found`",
-            409: "`stale_lease`, `illegal_transition`, `task_changed`",
-        },
-        parameters=(_TASK_ID,),
-    ),
-    Operation(
-        "get",
-        f"{API}/tasks",
-        "listTasks",
-        "Live tasks in queue order, each with its state, agent, and why it waits or failed.",
-        "operator",
-        (200, TaskList, "The tasks, highest priority and oldest first."),
-        errors={400: "`invalid_query`", **_AUTH_ERRORS},
-        parameters=(
-            {
-                "name": "state",
+def _parameters(op: Operation, defs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Path parameters, then the query model's fields (their schemas from the components)."""
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": text,
+        }
+        for name, text in op.path_params.items()
+    ]
+    if op.query is not None:
+        properties = defs[op.query.__name__]["properties"]
+        for name, info in op.query.model_fields.items():
+            schema = _not_null(properties[name])
+            parameter: dict[str, Any] = {
+                "name": name,
                 "in": "query",
                 "required": False,
-                "description": "Only tasks in this state; repeat for several.",
-                "schema": {"type": "string", "enum": [s.value for s in TaskState]},
-            },
-            {
-                "name": "repo",
-                "in": "query",
-                "required": False,
-                "description": "Only tasks of this repository (owner/name).",
-                "schema": {"type": "string"},
-            },
-        ),
-    ),
-    Operation(
-        "get",
-        f"{API}/tasks/{{task_id}}",
-        "getTask",
-        "A task with its event history.",
-        "agent_or_operator",
-        (200, TaskDetail, "The task and its events, oldest first."),
-        errors={401: _AUTH_ERRORS[401], 403: "`not_your_task`", 404: "`task_not_found`"},
-        parameters=(_TASK_ID,),
-    ),
-    Operation(
-        "post",
-        f"{API}/tasks/dequeue",
-        "dequeueTask",
-        "Take the next waiting task that fits the agent, under a new lease.",
-        "agent",
-        (200, TaskHandout, "The task, its lease, its branch and where to fetch and push it."),
-        request=DequeueRequest,
-        errors={
-            **_BODY_ERRORS,
-            401: _AUTH_ERRORS[401],
-            403: "`not_your_agent`",
-            404: "`agent_not_found`",
-            409: "`agent_deregistered`, `task_changed`",
-        },
-        no_content="No task for the agent now: none fits, no free slot, or the agent is not "
-        "online (offline, draining).",
-    ),
-    Operation(
-        "post",
-        f"{API}/tasks/{{task_id}}/complete",
-        "completeTask",
-        "Finish a running task that produces no pull request, with its receipt.",
-        "agent",
-        (201, ReceiptAnswer, "Accepted (a retry of the same receipt gets the same answer)."),
-        request=CompleteRequest,
-        errors=_RECEIPT_ERRORS,
-        parameters=(_TASK_ID,),
-    ),
-    Operation(
-        "post",
-        f"{API}/receipts",
-        "submitReceipt",
-        "Hand in what the agent did for its running task; idempotent by receipt_id.",
-        "agent",
-        (201, ReceiptAnswer, "Accepted (a retry of the same receipt gets the same answer)."),
-        request=ReceiptRequest,
-        errors=_RECEIPT_ERRORS,
-    ),
-    Operation(
-        "get",
-        OPENAPI_PATH,
-        "openapi",
-        "This document.",
-        "anyone",
-        (200, None, "The OpenAPI document."),
-    ),
-)
+                "description": schema.pop("description", ""),
+                "schema": schema,
+            }
+            if get_origin(info.annotation) is tuple:
+                parameter.update(style="form", explode=True)
+            parameters.append(parameter)
+    return parameters
 
 
-@functools.cache
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document (built once; it depends on code only)."""
+def _not_null(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema: an absent parameter is how "none" is said, so the
+    ``null`` branch of an optional field (and its null default) is left out."""
+    result = {k: v for k, v in schema.items() if not (k == "default" and v is None)}
+    branches = [b for b in result.pop("anyOf", ()) if b != {"type": "null"}]
+    if len(branches) == 1:
+        result.update(branches[0])
+    elif branches:
+        result["anyOf"] = branches
+    return result
+
+
+def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``operations`` (usually :func:`route_operations`)."""
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorAnswer, "serialization")]
-    for op in OPERATIONS:
+    for op in operations:
         if op.request is not None:
             models.append((op.request, "validation"))
-        if op.answer[1] is not None:
-            models.append((op.answer[1], "serialization"))
+        if op.query is not None:
+            models.append((op.query, "validation"))
+        if op.answer is not None:
+            models.append((op.answer, "serialization"))
     refs, schemas = models_json_schema(
         list(dict.fromkeys(models)), ref_template="#/components/schemas/{model}"
     )
+    defs: dict[str, Any] = schemas.get("$defs", {})
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
-        status, model, description = op.answer
-        answer: dict[str, Any] = {"description": description}
-        if model is not None:
-            answer["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
+    for op in operations:
+        answer: dict[str, Any] = {"description": op.answer_text}
+        if op.answer is not None:
+            answer["content"] = {"application/json": {"schema": refs[(op.answer, "serialization")]}}
         else:
             answer["content"] = {"application/json": {"schema": {"type": "object"}}}
-        responses: dict[str, Any] = {str(status): answer}
+        responses: dict[str, Any] = {str(op.status): answer}
         if op.no_content:
             responses["204"] = {"description": op.no_content}
         for code, text in sorted(op.errors.items()):
@@ -353,14 +122,18 @@ def openapi_document() -> dict[str, Any]:
             "security": _SECURITY[op.who],
             "responses": responses,
         }
-        if op.parameters:
-            operation["parameters"] = [dict(p) for p in op.parameters]
+        parameters = _parameters(op, defs)
+        if parameters:
+            operation["parameters"] = parameters
         if op.request is not None:
             operation["requestBody"] = {
                 "required": False,
                 "content": {"application/json": {"schema": refs[(op.request, "validation")]}},
             }
         paths.setdefault(op.path, {})[op.method] = operation
+    # The query models describe parameters, not bodies: no schema of their own is needed.
+    for query in {op.query for op in operations if op.query is not None}:
+        defs.pop(query.__name__, None)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -372,7 +145,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": schemas.get("$defs", {}),
+            "schemas": defs,
             "securitySchemes": {
                 "agentToken": {
                     "type": "http",
@@ -395,8 +168,14 @@ def openapi_document() -> dict[str, Any]:
 
 
 def install_openapi(app: bottle.Bottle) -> None:
-    """Serve the document at ``GET /api/v1/openapi.json`` (no credential needed)."""
+    """Serve the document of ``app``'s operations at ``GET /api/v1/openapi.json`` (no
+    credential needed). Built at the first request, once every route is installed."""
+    built: list[dict[str, Any]] = []
+    lock = threading.Lock()
 
-    @app.get(OPENAPI_PATH)  # type: ignore[untyped-decorator]
+    @serves(app, operations.OPENAPI)
     def openapi() -> bottle.HTTPResponse:
-        return json_response(200, openapi_document())
+        with lock:
+            if not built:
+                built.append(openapi_document(route_operations(app)))
+        return json_response(200, built[0])

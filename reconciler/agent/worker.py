@@ -1,7 +1,7 @@
 """The pull worker: one agent on its own machine taking tasks from the agent-fleet daemon.
 
 ``agent-fleet agent run --server URL --token … --adapter claude-code`` calls :func:`serve`
-with a :class:`WorkerConfig`. The :class:`Worker` then
+with a :class:`~reconciler.agent.config.WorkerConfig`. The :class:`Worker` then
 
 1. **registers** (or registers its id again) through ``POST /api/v1/agents/register``, with
    the token it saved from its last registration or the credential it was given (the
@@ -21,20 +21,17 @@ with a :class:`WorkerConfig`. The :class:`Worker` then
    (``adapters.start_local``: stdin ``/dev/null``, a per-task log, a wall-clock limit at the
    task's deadline, cancellable); commits what the agent left, pushes, and opens (or finds) the
    pull request through :class:`~reconciler.forgejo.gateway.ForgejoGateway`;
-4. **hands in the receipt** through a durable outbox: the receipt is written to the worker's
-   own :class:`~reconciler.store.Store` (``--state-dir``) before it is sent, and a thread of
-   its own sends it to ``POST /api/v1/receipts`` with exponential backoff until the daemon
-   acknowledges it. The receipt id is chosen once, when it is queued, and the daemon answers a
-   receipt it already has with its first answer — so a worker or daemon restart at any point
-   delivers every receipt, and exactly once. A receipt the daemon refuses for good (its lease
-   is stale, the task is gone) is dropped with an error in the log.
+4. **hands in the receipt** through the durable outbox (``reconciler/agent/outbox.py``): on disk
+   in the worker's own :class:`~reconciler.store.Store` (``--state-dir``) before it is sent,
+   then sent on a thread of its own with backoff until the daemon acknowledges it — exactly
+   once across restarts of either side.
 
 A run that fails (the CLI's error, no change to push, a git or Forgejo error) is reported as a
 progress note and left to the daemon: an agent cannot set its task ``failed``; the task fails
 at its deadline and is retried by the assignment controller.
 
-The worker speaks to the daemon over plain HTTP (``urllib``); only the Forgejo gateway talks
-to Forgejo.
+The worker speaks to the daemon through its client (``reconciler/agent/client.py``, the wire
+contract's models over plain HTTP); only the Forgejo gateway talks to Forgejo.
 """
 
 from __future__ import annotations
@@ -42,28 +39,25 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
 
 import git
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from reconciler import __version__
+from reconciler.agent.client import AgentApi
+from reconciler.agent.config import WorkerConfig
+from reconciler.agent.outbox import ReceiptOutbox
+from reconciler.agent.taskrun import Execute, RunStopped, StepFailed, TaskRun
 from reconciler.errors import (
     ConflictError,
     FleetError,
@@ -73,16 +67,22 @@ from reconciler.errors import (
     TransientError,
     UnauthenticatedError,
 )
+from reconciler.fleet.api import (
+    SUMMARY_MAX,
+    AgentMetadata,
+    HeartbeatAnswer,
+    ReceiptRequest,
+    RegisterAnswer,
+    RegisterRequest,
+)
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import Task, TaskId
-from reconciler.run.adapters import LocalRun, parse_output, render_command, render_env, start_local
+from reconciler.run.adapters import parse_output, render_command, render_env, start_local
 from reconciler.run.prompt import prompt_for_task
-from reconciler.settings import BUILTIN_ADAPTERS, AdapterSettings
 from reconciler.store import Store
 
 log = structlog.get_logger(__name__)
 
-RECEIPTS_TOPIC = "receipts"
 # What the worker remembers of its registration, in its own store.
 _REGISTRATION = "registration"
 # The daemon's defaults, used until its first answer says otherwise.
@@ -92,243 +92,6 @@ DEFAULT_LEASE_TTL_S = 180.0
 DEFAULT_RUN_LIMIT_S = 3600.0
 # Environment variables the worker itself is configured with; the agent CLI never sees them.
 _OWN_ENV_PREFIX = "AGENT_FLEET_"
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-class RunFailed(FleetError):
-    """A step of a task's run failed; the reason goes to the daemon as a progress note."""
-
-
-class RunStopped(FleetError):
-    """The run was cancelled (a stop order, fencing, the worker stopping)."""
-
-
-# --- configuration -------------------------------------------------------------------------
-
-
-class WorkerConfig(BaseModel):
-    """Everything ``agent-fleet agent run`` is told; see its help for each option."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    server: str = Field(pattern=r"^https?://", description="The daemon's URL.")
-    token: SecretStr | None = Field(
-        default=None,
-        description="To register: the enrolment secret, or the agent's current token. Not "
-        "needed once the state directory holds a token from an earlier registration.",
-    )
-    agent_id: str | None = Field(default=None, description="None: the saved id, or a new one.")
-    agent_type: str = Field(min_length=1, description="claude-code, codex-cli, …")
-    adapter: AdapterSettings
-    roles: tuple[str, ...] = ()
-    capabilities: tuple[str, ...] = ()
-    max_concurrency: int = Field(default=1, ge=1, le=1000)
-    hostname: str = Field(default_factory=socket.gethostname)
-    workdir: Path = Field(description="Clones, worktrees and run logs live here.")
-    state_dir: Path = Field(description="The worker's own store: its token and receipt outbox.")
-    forgejo_token: SecretStr = Field(description="Forgejo API token: read issues, push, open PRs.")
-    poll_interval: float = Field(default=5.0, gt=0, description="Seconds between dequeues.")
-    retry_initial: float = Field(default=1.0, gt=0, description="First receipt retry delay.")
-    retry_max: float = Field(default=60.0, gt=0, description="Longest receipt retry delay.")
-    request_timeout: float = Field(default=30.0, gt=0, description="Seconds per API call.")
-
-
-def resolve_adapter(
-    name: str, *, command: Sequence[str] = (), parser: str | None = None
-) -> AdapterSettings:
-    """The adapter named ``name`` (claude-code, codex), or a custom ``command`` template with
-    ``parser`` (claude-json, codex-jsonl, raw; default raw). Raises ``ValueError`` otherwise."""
-    if command:
-        return AdapterSettings.model_validate(
-            {"command": tuple(command), "parser": parser or "raw"}
-        )
-    if name not in BUILTIN_ADAPTERS:
-        known = ", ".join(sorted(BUILTIN_ADAPTERS))
-        raise ValueError(f"unknown adapter {name!r}: use one of {known}, or give a --command")
-    adapter = BUILTIN_ADAPTERS[name]
-    return adapter if parser is None else adapter.model_copy(update={"parser": parser})
-
-
-# --- the daemon's answers ------------------------------------------------------------------
-
-
-class _Shape(BaseModel):
-    # A newer daemon may add fields; an older worker reads what it knows.
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class Registered(_Shape):
-    agent_id: str
-    token: str
-    created: bool
-    heartbeat_interval_s: float
-    lease_ttl_s: float
-
-
-class StopOrder(_Shape):
-    task_id: str
-    code: str
-    reason: str
-
-
-class Beat(_Shape):
-    status: str
-    heartbeat_interval_s: float
-    lease_ttl_s: float
-    stop: tuple[StopOrder, ...] = ()
-
-
-class Assignment(_Shape):
-    """``POST /api/v1/tasks/dequeue``'s answer: a task and where its work goes."""
-
-    task: Task
-    lease_generation: int
-    attempt: int
-    repo: str
-    issue_number: int
-    branch: str
-    base_branch: str | None = None
-    clone_url: str
-    forgejo_url: str
-    deadline_at: datetime | None = None
-    session_id: str | None = None
-
-
-@dataclass(frozen=True)
-class HeldTask:
-    task_id: str
-    lease_generation: int
-
-
-# --- the agent API, as a client ------------------------------------------------------------
-
-_REFUSED_BY_STATUS: Mapping[int, type[RefusedError]] = {
-    401: UnauthenticatedError,
-    403: ForbiddenError,
-    409: ConflictError,
-}
-
-
-class AgentApi:
-    """The daemon's agent API over HTTP, with the agent's token once it has one.
-
-    Refusals raise the error module's classes with the daemon's code (401
-    :class:`UnauthenticatedError`, 403 :class:`ForbiddenError`, 409 :class:`ConflictError`,
-    404 :class:`NotFoundError`, other 4xx :class:`RefusedError`); no answer, 429 or 5xx raise
-    :class:`TransientError`.
-    """
-
-    def __init__(self, server: str, *, timeout: float = 30.0) -> None:
-        self.server = server.rstrip("/")
-        self.token: str | None = None
-        self._timeout = timeout
-
-    def call(
-        self, path: str, body: Mapping[str, Any], *, credential: str | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        """POST ``body`` to ``/api/v1{path}``; the status and the JSON answer ({} for 204)."""
-        token = credential if credential is not None else self.token
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        url = f"{self.server}/api/v1{path}"
-        request = urllib.request.Request(
-            url, data=json.dumps(body).encode(), headers=headers, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            raise _refusal(exc.code, exc.read(), url=url) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TransientError(f"cannot reach the daemon at {self.server}: {reason}") from None
-        if status == 204 or not raw.strip():
-            return status, {}
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            raise TransientError(f"{url} answered {status} with a body that is not JSON") from None
-        if not isinstance(answer, dict):
-            raise TransientError(f"{url} answered {status} with JSON that is not an object")
-        return status, answer
-
-    def register(self, profile: Mapping[str, Any], *, credential: str | None) -> Registered:
-        _, answer = self.call("/agents/register", profile, credential=credential or "")
-        registered = _parse(Registered, answer, what="the registration")
-        self.token = registered.token
-        return registered
-
-    def heartbeat(self, tasks: Sequence[HeldTask], *, load: float) -> Beat:
-        body = {
-            "load": load,
-            "version": __version__,
-            "tasks": [
-                {"task_id": t.task_id, "lease_generation": t.lease_generation} for t in tasks
-            ],
-        }
-        return _parse(Beat, self.call("/agents/heartbeat", body)[1], what="the heartbeat")
-
-    def dequeue(self) -> Assignment | None:
-        status, answer = self.call("/tasks/dequeue", {})
-        return None if status == 204 else _parse(Assignment, answer, what="the dequeue")
-
-    def report(
-        self, task_id: str, *, lease_generation: int, running: bool = False, note: str = ""
-    ) -> None:
-        body: dict[str, Any] = {"lease_generation": lease_generation}
-        if running:
-            body["state"] = "running"
-        if note:
-            body["note"] = note[:4000]
-        self.call(f"/tasks/{task_id}/status", body)
-
-    def submit_receipt(self, receipt: Mapping[str, Any]) -> dict[str, Any]:
-        return self.call("/receipts", receipt)[1]
-
-
-def _refusal(status: int, raw: bytes, *, url: str) -> FleetError:
-    try:
-        answer = json.loads(raw)
-        code, message = str(answer["error"]), str(answer["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = f"http_{status}", raw.decode(errors="replace")[:200] or f"HTTP {status}"
-    if status == 429 or status >= 500:
-        return TransientError(f"{url}: {status} {code}: {message}")
-    if status == 404:
-        return NotFoundError(f"{url}: {code}: {message}")
-    return _REFUSED_BY_STATUS.get(status, RefusedError)(code, f"{url}: {message}")
-
-
-def _parse(model: type[_Model], answer: Mapping[str, Any], *, what: str) -> _Model:
-    try:
-        return model.model_validate(answer)
-    except ValidationError as exc:
-        raise TransientError(f"the daemon's answer to {what} is not understood: {exc}") from None
-
-
-# --- the receipt outbox --------------------------------------------------------------------
-
-
-class ReceiptOutbox:
-    """Receipts waiting for the daemon's acknowledgement, on disk in the worker's store."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def put(self, receipt: Mapping[str, Any]) -> str:
-        """Queue a receipt (its ``receipt_id`` is the message id); on disk when this returns."""
-        receipt_id = str(receipt["receipt_id"])
-        self._store.enqueue(RECEIPTS_TOPIC, receipt, now=datetime.now(UTC), message_id=receipt_id)
-        return receipt_id
-
-    def pending(self) -> list[tuple[str, dict[str, Any]]]:
-        """(receipt id, receipt) of every receipt not yet acknowledged, oldest first."""
-        return [(m.id, dict(m.payload)) for m in self._store.pending(topic=RECEIPTS_TOPIC)]
-
-    def ack(self, receipt_id: str) -> None:
-        self._store.ack(receipt_id)
 
 
 # --- git -----------------------------------------------------------------------------------
@@ -444,56 +207,6 @@ def prompt_for(gateway: ForgejoGateway, task: Task, *, attempt: int) -> str:
     return prompt_for_task(gateway, task, attempt=attempt)
 
 
-# --- one task's run --------------------------------------------------------------------------
-
-
-@dataclass
-class TaskRun:
-    """A task this worker holds, and the means to stop its run from any thread."""
-
-    assignment: Assignment
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    stop_reason: str = ""
-    thread: threading.Thread | None = None
-    _local: LocalRun | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def task_id(self) -> TaskId:
-        return self.assignment.task.id
-
-    @property
-    def held(self) -> HeldTask:
-        return HeldTask(self.task_id, self.assignment.lease_generation)
-
-    def attach(self, local: LocalRun) -> None:
-        """The CLI started; a cancel from now on kills it."""
-        with self._lock:
-            self._local = local
-        if self.cancelled.is_set():
-            local.cancel()
-
-    def cancel(self, reason: str) -> None:
-        """Stop the run; its CLI's processes are killed on a thread of their own, so the
-        caller (the heartbeat thread) is never held up."""
-        with self._lock:
-            if self.cancelled.is_set():
-                return
-            self.stop_reason = reason
-            self.cancelled.set()
-            local = self._local
-        log.warning("task.stopping", task=self.task_id, reason=reason)
-        if local is not None:
-            threading.Thread(target=local.cancel, name=f"stop-{self.task_id}", daemon=True).start()
-
-    def check(self) -> None:
-        if self.cancelled.is_set():
-            raise RunStopped(self.stop_reason or "stopped")
-
-
-Execute = Callable[[TaskRun], None]
-
-
 # --- the worker ------------------------------------------------------------------------------
 
 
@@ -521,20 +234,25 @@ class Worker:
         self._fenced = False
         self._runs: dict[TaskId, TaskRun] = {}
         self._runs_lock = threading.Lock()
-        self._retry: dict[str, tuple[int, float]] = {}  # receipt id → (attempts, next try)
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._outbox_wake = threading.Event()
         self._registering = threading.Lock()
         self.taken = 0
-        self.delivered: list[str] = []  # receipt ids the daemon acknowledged
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def open(self) -> None:
         """Open the state directory (refused if another worker has it) and register."""
         self._store = Store.open(self.config.state_dir)
-        self.outbox = ReceiptOutbox(self._store)
+        self.outbox = ReceiptOutbox(
+            self._store,
+            send=self.api.submit_receipt,
+            monotonic=self._monotonic,
+            retry_initial=self.config.retry_initial,
+            retry_max=self.config.retry_max,
+            on_settled=self._wake.set,
+        )
         self.register()
 
     def close(self) -> None:
@@ -585,7 +303,7 @@ class Worker:
 
     # --- registration ----------------------------------------------------------------------
 
-    def register(self, *, retry: bool = True) -> Registered:
+    def register(self, *, retry: bool = True) -> RegisterAnswer:
         """Register (again), trying the saved token first, then the configured credential.
 
         With ``retry``, an unreachable daemon is tried again with backoff until it answers or
@@ -594,7 +312,7 @@ class Worker:
         with self._registering:
             return self._register(retry=retry)
 
-    def _register(self, *, retry: bool) -> Registered:
+    def _register(self, *, retry: bool) -> RegisterAnswer:
         store = self._require_store()
         saved = store.get_meta(_REGISTRATION)
         saved_id = saved.get("agent_id") if isinstance(saved, dict) else None
@@ -607,17 +325,15 @@ class Worker:
             credentials.append(self.config.token.get_secret_value())
         if not credentials:
             credentials.append(None)  # open enrolment
-        profile: dict[str, Any] = {
-            "type": self.config.agent_type,
-            "hostname": self.config.hostname[:253],
-            "roles": list(self.config.roles),
-            "capabilities": list(self.config.capabilities),
-            "max_concurrency": self.config.max_concurrency,
-            "mode": "pull",
-            "metadata": {"version": __version__, "workdir": str(self.config.workdir)},
-        }
-        if agent_id:
-            profile["agent_id"] = agent_id
+        profile = RegisterRequest(
+            agent_id=agent_id or None,
+            type=self.config.agent_type,
+            hostname=self.config.hostname[:253],
+            roles=self.config.roles,
+            capabilities=self.config.capabilities,
+            max_concurrency=self.config.max_concurrency,
+            metadata=AgentMetadata(version=__version__, workdir=str(self.config.workdir)),
+        )
         delay = self.config.retry_initial
         while True:
             refused: RefusedError | None = None
@@ -664,11 +380,11 @@ class Worker:
         """Not stopping, and a heartbeat was acknowledged within the lease TTL."""
         return not self.stopping.is_set() and not self._fenced
 
-    def beat_once(self) -> Beat | None:
+    def beat_once(self) -> HeartbeatAnswer | None:
         """Send one heartbeat; act on its stop orders; fence when the lease TTL ran out."""
         sent = self._monotonic()
         runs = self.running()
-        beat: Beat | None = None
+        beat: HeartbeatAnswer | None = None
         try:
             beat = self.api.heartbeat(
                 [r.held for r in runs], load=len(runs) / self.config.max_concurrency
@@ -805,7 +521,7 @@ class Worker:
                 env=env,
             )
             if not commits:
-                raise RunFailed("the agent finished without changing anything on the branch")
+                raise StepFailed("the agent finished without changing anything on the branch")
             run.check()
             pull = gateway.find_pull_by_head(task.repo, assignment.branch)
             if pull is None:
@@ -815,19 +531,19 @@ class Worker:
                 )
             log.info("task.pushed", task=task.id, pr=pull.number, commits=len(commits))
             self._queue_receipt(
-                {
-                    "receipt_id": f"{task.id}-l{lease}-{uuid.uuid4().hex[:12]}",
-                    "task_id": task.id,
-                    "lease_generation": lease,
-                    "pr_number": pull.number,
-                    "branch": assignment.branch,
-                    "commits": commits,
-                    "summary": summary[:20_000],
-                    "cost_usd": cost,
-                    "tokens": tokens,
-                    "duration_s": round(duration, 3),
-                    "session_id": session_id,
-                }
+                ReceiptRequest(
+                    receipt_id=f"{task.id}-l{lease}-{uuid.uuid4().hex[:12]}",
+                    task_id=task.id,
+                    lease_generation=lease,
+                    pr_number=pull.number,
+                    branch=assignment.branch,
+                    commits=tuple(commits),
+                    summary=summary[:SUMMARY_MAX],
+                    cost_usd=cost,
+                    tokens=tokens,
+                    duration_s=round(duration, 3),
+                    session_id=session_id,
+                )
             )
         except RunStopped as exc:
             log.info("task.stopped", task=task.id, reason=str(exc))
@@ -835,7 +551,7 @@ class Worker:
             reason = str(exc.stderr).strip() if isinstance(exc, git.GitCommandError) else str(exc)
             log.warning("task.run_failed", task=task.id, reason=reason)
             with contextlib.suppress(FleetError):
-                self._report(run, note=f"the run failed: {reason}"[:4000])
+                self._report(run, note=f"the run failed: {reason}")
         finally:
             gateway.close()
             if worktree is not None:
@@ -884,7 +600,7 @@ class Worker:
         run.check()
         result = parse_output(adapter.parser, output)
         if not result.ok:
-            raise RunFailed(result.error or "the agent run failed")
+            raise StepFailed(result.error or "the agent run failed")
         return result.summary, result.session_id, result.cost_usd, result.tokens, output.duration_s
 
     # --- receipts --------------------------------------------------------------------------
@@ -894,61 +610,24 @@ class Worker:
             raise RuntimeError("the worker's state directory is not open; call open() first")
         return self._store
 
-    def _queue_receipt(self, receipt: Mapping[str, Any]) -> None:
+    def _queue_receipt(self, receipt: ReceiptRequest) -> None:
         if self.outbox is None:
             raise RuntimeError("the worker's state directory is not open; call open() first")
         receipt_id = self.outbox.put(receipt)
-        log.info("receipt.queued", receipt=receipt_id, task=receipt["task_id"])
+        log.info("receipt.queued", receipt=receipt_id, task=receipt.task_id)
         self._outbox_wake.set()
 
     def pending_receipts(self) -> int:
         return len(self.outbox.pending()) if self.outbox is not None else 0
 
+    @property
+    def delivered(self) -> list[str]:
+        """Receipt ids the daemon acknowledged since the worker opened its state directory."""
+        return self.outbox.delivered if self.outbox is not None else []
+
     def deliver_once(self, *, force: bool = False) -> float | None:
-        """Send every receipt whose retry is due (all of them with ``force``); acknowledged
-        ones leave the outbox. Seconds until the next retry is due, or None when none waits."""
-        if self.outbox is None:
-            return None
-        now = self._monotonic()
-        next_due: float | None = None
-        for receipt_id, receipt in self.outbox.pending():
-            attempts, due = self._retry.get(receipt_id, (0, now))
-            if due > now and not force:
-                next_due = due - now if next_due is None else min(next_due, due - now)
-                continue
-            try:
-                answer = self.api.submit_receipt(receipt)
-            except (TransientError, UnauthenticatedError) as exc:
-                # Unauthenticated: the token changed under us; the heartbeat registers again.
-                delay = min(self.config.retry_initial * 2**attempts, self.config.retry_max)
-                self._retry[receipt_id] = (attempts + 1, now + delay)
-                next_due = delay if next_due is None else min(next_due, delay)
-                log.warning(
-                    "receipt.retry", receipt=receipt_id, error=str(exc), retry_in=round(delay, 2)
-                )
-                continue
-            except (RefusedError, NotFoundError) as exc:
-                log.error(
-                    "receipt.refused",
-                    receipt=receipt_id,
-                    task=receipt.get("task_id"),
-                    error=str(exc),
-                    message="the daemon will never accept this receipt; it is dropped",
-                )
-            else:
-                log.info(
-                    "receipt.delivered",
-                    receipt=receipt_id,
-                    task=answer.get("task_id"),
-                    task_state=answer.get("task_state"),
-                )
-                self.delivered.append(receipt_id)
-            self.outbox.ack(receipt_id)
-            self._retry.pop(receipt_id, None)
-            self._wake.set()
-        if next_due is None and self.outbox.pending():
-            next_due = 0.0
-        return next_due
+        """Send the receipts whose retry is due (see :meth:`ReceiptOutbox.deliver_once`)."""
+        return self.outbox.deliver_once(force=force) if self.outbox is not None else None
 
     def _outbox_loop(self) -> None:
         while not self.stopping.is_set():
@@ -984,22 +663,11 @@ def serve(config: WorkerConfig, *, once: bool = False) -> int:
 
 
 __all__ = [
-    "AgentApi",
-    "Assignment",
-    "Beat",
-    "HeldTask",
-    "ReceiptOutbox",
-    "Registered",
-    "RunFailed",
-    "RunStopped",
-    "TaskRun",
     "Worker",
-    "WorkerConfig",
     "commit_and_push",
     "git_env",
     "prepare_worktree",
     "prompt_for",
     "remove_worktree",
-    "resolve_adapter",
     "serve",
 ]

@@ -1,51 +1,21 @@
 """A task's history as people read it: fetched from the daemon, printed as a timeline.
 
-``agent-fleet tasks show ID`` calls :func:`fetch_task` (``GET /api/v1/tasks/{id}`` with the
-operator token — the daemon holds the state store, so the store is not read directly) and
-prints :func:`task_report`: the task's state, its agent, PR and the checks of its receipt,
+``agent-fleet tasks show ID`` fetches the task with ``reconciler.console.client.fetch_task``
+(``GET /api/v1/tasks/{id}`` with the operator token — the daemon holds the state store, so the
+store is not read directly) and prints :func:`task_report`: the task's state, its agent, PR and the checks of its receipt,
 then every event oldest first — created, assigned (agent, lease), running, progress, pushes,
 the pull request, reviews, receipts, each verification, completed or failed.
 """
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from reconciler.console.views import get_json
-from reconciler.errors import TransientError
-from reconciler.models import CheckOutcome, Task, TaskEvent, TaskState
+from reconciler.fleet.api import TaskDetail
+from reconciler.models import CheckOutcome, TaskEvent, TaskState
 
 _MARK = {CheckOutcome.PASSED: "✓", CheckOutcome.FAILED: "✗", CheckOutcome.PENDING: "…"}
-
-
-class TaskHistory(BaseModel):
-    """``GET /api/v1/tasks/{id}``: the task and its events, oldest first."""
-
-    # An older CLI reads a newer daemon's answer: fields it does not know are ignored.
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    task: Task
-    events: tuple[TaskEvent, ...]
-
-
-def fetch_task(server: str, task_id: str, *, token: str, timeout: float = 10.0) -> TaskHistory:
-    """One task and its history from a running daemon, with the operator token.
-
-    Raises :class:`NotFoundError` for an unknown task, :class:`RefusedError` for a refused
-    token and :class:`TransientError` when the daemon cannot be reached.
-    """
-    if not task_id.strip():
-        raise ValueError("give a task id, e.g. 12-3f9a1c2b")
-    path = f"/api/v1/tasks/{urllib.parse.quote(task_id, safe='')}"
-    url, body = get_json(server, path, [], token=token, timeout=timeout)
-    try:
-        return TaskHistory.model_validate_json(body)
-    except ValidationError as exc:
-        raise TransientError(f"{url} answered something that is not a task: {exc}") from None
 
 
 def _what(event: TaskEvent) -> str:
@@ -68,7 +38,7 @@ def _detail(event: TaskEvent) -> str:
     return event.reason
 
 
-def task_report(history: TaskHistory) -> str:
+def task_report(history: TaskDetail) -> str:
     """The task, then its history as one line per event."""
     task = history.task
     lines = [f"task {task.id}  {task.repo}#{task.issue_number}  {task.title}"]
@@ -111,4 +81,4 @@ def _timeline(events: Sequence[TaskEvent]) -> list[str]:
     ]
 
 
-__all__ = ["TaskHistory", "fetch_task", "task_report"]
+__all__ = ["task_report"]

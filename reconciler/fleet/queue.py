@@ -38,8 +38,9 @@ from datetime import datetime, timedelta
 import structlog
 
 from reconciler.errors import ConflictError, IllegalTransitionError, StaleStateError, StoreError
-from reconciler.fleet.agents import Fleet, actor_for
+from reconciler.fleet.agents import Fleet
 from reconciler.fleet.placement import next_task_for
+from reconciler.fleet.records import actor_for
 from reconciler.keys import Key, agent_key, issue_key, pull_key, task_key
 from reconciler.models import (
     BUSY_STATES,

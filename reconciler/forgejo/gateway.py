@@ -42,7 +42,7 @@ from reconciler.errors import (
     ForgejoServerError,
 )
 from reconciler.forgejo.types import (
-    ApiSettings,
+    ApiLimits,
     Branch,
     ChangedFile,
     CombinedStatus,
@@ -495,9 +495,9 @@ class ForgejoGateway:
         """The server version string, e.g. ``11.0.0-dev-617-1d1e0ced3e+gitea-1.22.0``."""
         return self._get("version", "version", _version)
 
-    def api_settings(self) -> ApiSettings:
+    def api_settings(self) -> ApiLimits:
         """The instance's paging limits (``GET /settings/api``)."""
-        return self._get("api_settings", "settings/api", ApiSettings.from_api)
+        return self._get("api_settings", "settings/api", ApiLimits.from_api)
 
     # --- repositories ------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, field_validator
 
 __all__ = [
-    "ApiSettings",
+    "ApiLimits",
     "Branch",
     "ChangedFile",
     "CombinedStatus",
@@ -722,7 +722,7 @@ class Hook(_Frozen):
         )
 
 
-class ApiSettings(_Frozen):
+class ApiLimits(_Frozen):
     """The instance's paging limits (``/settings/api``)."""
 
     max_response_items: int
@@ -731,7 +731,7 @@ class ApiSettings(_Frozen):
     default_max_blob_size: int | None = None
 
     @classmethod
-    def from_api(cls, raw: object) -> ApiSettings:
+    def from_api(cls, raw: object) -> ApiLimits:
         data = _mapping(raw, "api settings")
         return cls(
             max_response_items=_req_int(data, "max_response_items", "api settings"),

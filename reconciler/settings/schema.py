@@ -94,7 +94,7 @@ Seconds = Annotated[float, Field(gt=0)]
 HttpUrlText = Annotated[str, BeforeValidator(_http_url)]
 Secret = Annotated[SecretStr, AfterValidator(_not_empty_secret)]
 Color = Annotated[str, AfterValidator(_hex_color)]
-RepoName = Annotated[
+RepoNameText = Annotated[
     str, _name_matching(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", "repository", "owner/name")
 ]
 HostName = Annotated[str, _name_matching(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "host name", "build-01")]
@@ -143,7 +143,7 @@ class ForgejoSettings(Section):
     token: Secret = Field(
         description="API token of the bot account (scopes: issue and repository read/write).",
     )
-    repos: tuple[RepoName, ...] = Field(
+    repos: tuple[RepoNameText, ...] = Field(
         default=(), description='Repositories to watch, each as "owner/name".'
     )
     bot_login: str = Field(

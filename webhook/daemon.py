@@ -108,6 +108,7 @@ class Assembly:
     metrics: Metrics
     controllers: tuple[Controller, ...]
     fleet: Fleet
+    pull_queue: PullQueue
     enqueue: Callable[[Key], None]
     executor: HostExecutor | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -150,12 +151,16 @@ def build(
     enqueue = queue.add
     fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue)
     fleet.bind_metrics(metrics)
+    # Pull agents (over the agent API) and the ssh executor's runs (in process) report their
+    # work through this one queue and its fleet.
+    pull_queue = PullQueue(store, fleet=fleet, settings=holder, clock=clock, enqueue=enqueue)
     # A dry run dispatches nothing, so it has no executor.
     executor = (
         None
         if dry_run
         else HostExecutor(
             store=store,
+            reports=pull_queue,
             gateway=gateway,
             settings=holder,
             clock=clock,
@@ -189,6 +194,7 @@ def build(
         metrics=metrics,
         controllers=controllers,
         fleet=fleet,
+        pull_queue=pull_queue,
         enqueue=enqueue,
         executor=executor,
         # Runs first: a run still going when the gateway closes could not open its PR.
@@ -224,13 +230,7 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
     )
     install_tasks_api(
         app,
-        queue=PullQueue(
-            assembly.store,
-            fleet=assembly.fleet,
-            settings=assembly.settings,
-            clock=assembly.fleet.clock,
-            enqueue=assembly.enqueue,
-        ),
+        queue=assembly.pull_queue,
         max_body_bytes=settings.webhook.max_body_bytes,
     )
     install_openapi(app)

@@ -97,7 +97,7 @@ def make_rig(
     store = Store.open(tmp_path / "state")
     gateway = ForgejoGateway(forge.url, forge.admin_token)
     rig_holder: list[Rig] = []
-    enqueue = lambda key: rig_holder[0].enqueued.append(key)  # noqa: E731
+    enqueue = lambda key: rig_holder[0].enqueued.append(key)
     fleet = Fleet(store, settings=lambda: settings, clock=clock, enqueue=enqueue)
     reports = PullQueue(store, fleet=fleet, settings=lambda: settings, clock=clock, enqueue=enqueue)
     executor = HostExecutor(

@@ -42,6 +42,7 @@ from reconciler.fleet.queue import PullQueue
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import LabelSpec
 from reconciler.keys import Key
+from reconciler.run.probes import HostCheck, HostProbes, check_host
 from reconciler.run.ssh import HostExecutor
 from reconciler.settings import Settings, load_settings
 from reconciler.store import Store
@@ -65,6 +66,8 @@ RESTART_ONLY = (
     ("webhook", "max_body_bytes"),
     ("store", "path"),
     ("loop", "workers"),
+    ("loop", "controller_workers"),
+    ("loop", "health_check_workers"),
     ("forgejo", "url"),
     ("forgejo", "token"),
 )
@@ -109,6 +112,7 @@ class Assembly:
     controllers: tuple[Controller, ...]
     fleet: Fleet
     pull_queue: PullQueue
+    probes: HostProbes
     enqueue: Callable[[Key], None]
     executor: HostExecutor | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -128,6 +132,7 @@ def build(
     clock: Clock = utc_now,
     dry_run: bool = False,
     transport: object | None = None,
+    host_check: HostCheck = check_host,
 ) -> Assembly:
     """Wire store, gateway, queue, controllers, loop and resync for one process."""
     holder = SettingsHolder(settings)
@@ -168,6 +173,8 @@ def build(
             log_dir=Path(settings.store.path) / "logs",
         )
     )
+    # ssh health checks and restarts run beside the loop; the registry reads their results.
+    probes = HostProbes(settings=holder, clock=clock, enqueue=enqueue, check=host_check)
     actuator = Actuator(
         ActContext(gateway=gateway, store=store, enqueue=enqueue, executor=executor),
         dry_run=dry_run,
@@ -176,11 +183,16 @@ def build(
         AssignmentController(
             gateway, store, actuator, settings=holder, clock=clock, executor=executor
         ),
-        RegistryController(store, fleet, actuator, settings=holder, clock=clock),
+        RegistryController(store, fleet, actuator, settings=holder, clock=clock, probes=probes),
         ReviewController(gateway, store, actuator, settings=holder, clock=clock, executor=executor),
         ReceiptsController(gateway, store, actuator, settings=holder, clock=clock),
     )
-    loop = Loop(controllers, queue, workers=settings.loop.workers, metrics=metrics)
+    loop = Loop(
+        controllers,
+        queue,
+        workers={c.name: settings.loop.workers_of(c.name) for c in controllers},
+        metrics=metrics,
+    )
     resync = Resync(
         gateway, store, enqueue, settings=holder, clock=clock, metrics=metrics, record=not dry_run
     )
@@ -195,6 +207,7 @@ def build(
         controllers=controllers,
         fleet=fleet,
         pull_queue=pull_queue,
+        probes=probes,
         enqueue=enqueue,
         executor=executor,
         # Runs first: a run still going when the gateway closes could not open its PR.
@@ -335,6 +348,7 @@ class Daemon:
         self._http.start()
         prepare_repos(self.assembly)
         self.assembly.loop.start()
+        self.assembly.probes.start()
         self._timer.start()  # its first tick is a full resync: the start-up enqueue
         if self._config_path is not None:
             self._watcher = threading.Thread(target=self._watch, name="config-watch", daemon=True)
@@ -343,7 +357,7 @@ class Daemon:
             "daemon.started",
             url=self.url,
             repos=list(settings.forgejo.repos),
-            workers=settings.loop.workers,
+            workers={c.name: settings.loop.workers_of(c.name) for c in self.assembly.controllers},
             store=str(settings.store.path),
         )
 
@@ -353,6 +367,7 @@ class Daemon:
         self._watch_stop.set()
         self._http.stop()
         self._timer.stop()
+        self.assembly.probes.stop()
         drained = self.assembly.loop.stop(grace=self.settings.loop.shutdown_grace)
         for close in self.assembly.closers:
             close()
@@ -440,6 +455,7 @@ class Daemon:
         prepare_repos(self.assembly)
         # Hosts added, changed or removed: the registry creates, updates or retires them now.
         self.assembly.fleet.enqueue_hosts()
+        self.assembly.probes.wake()
         self._timer.request()
         return True
 

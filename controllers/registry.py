@@ -10,10 +10,12 @@ pure :func:`plan`, and applies the actions:
   (``created``, lease generation kept, so the next assignment bumps it past the lost agent's
   lease), and each task's issue key is enqueued so the assignment controller places it again;
 * an agent heard of again comes back online (or draining, if a drain was asked for);
-* an ssh host declared in ``[[hosts]]`` is an agent too: its record follows the config, it is
-  health-checked every ``health_interval`` (not on every pass), goes offline after
-  ``failures_before_offline`` failed checks in a row with the problems as the reason, and its
-  ``restart_command`` runs once per failure streak, the outcome in its status reason.
+* an ssh host declared in ``[[hosts]]`` is an agent too: its record follows the config; its
+  health checks run every ``health_interval`` off the loop (``reconciler.run.probes``), and
+  the registry reads each result once: it goes offline after ``failures_before_offline``
+  failed checks in a row with the problems as the reason, and its ``restart_command`` is
+  started once per failure streak (off the loop too), the outcome in its status reason.
+  No ssh call is made inside a reconcile.
 
 The result asks to look again when the agent's grace period or the host's next check is due,
 so no loop polls the fleet. The registry writes an agent's tasks under the Fleet's per-agent
@@ -27,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
 
 import structlog
 
@@ -56,6 +57,7 @@ from reconciler.models import (
     requeue,
     transition,
 )
+from reconciler.run.probes import HealthReport, HostProbes, RestartReport
 from reconciler.settings import HostSettings, Settings
 from reconciler.store import Store
 from reconciler.text import format_duration
@@ -69,51 +71,6 @@ NOT_CHECKED = "not health-checked yet"
 RESTART_MARK = " · restart: "
 
 
-class HealthReport(Protocol):
-    """What a host health check found (``reconciler.run.hosts.HostHealth``)."""
-
-    @property
-    def healthy(self) -> bool: ...
-
-    @property
-    def problems(self) -> tuple[str, ...]: ...
-
-
-class RestartReport(Protocol):
-    """What running a host's restart command did (``reconciler.run.hosts.RestartOutcome``)."""
-
-    @property
-    def ok(self) -> bool: ...
-
-    @property
-    def exit_code(self) -> int | None: ...
-
-    @property
-    def output(self) -> str: ...
-
-
-class HostCheck(Protocol):
-    def __call__(self, host: HostSettings, *, command: str, timeout: float) -> HealthReport: ...
-
-
-class HostRestart(Protocol):
-    def __call__(self, host: HostSettings, *, timeout: float) -> RestartReport: ...
-
-
-def check_host(host: HostSettings, *, command: str, timeout: float) -> HealthReport:
-    """The real health check over ssh (imported on first use: it pulls in fabric)."""
-    from reconciler.run import hosts
-
-    return hosts.check_host(host, command=command, timeout=timeout)
-
-
-def restart_host(host: HostSettings, *, timeout: float) -> RestartReport:
-    """The real restart over ssh (imported on first use: it pulls in fabric)."""
-    from reconciler.run import hosts
-
-    return hosts.restart_host(host, timeout=timeout)
-
-
 @dataclass(frozen=True)
 class Observed:
     """Everything :func:`plan` may look at, read once per reconcile."""
@@ -124,37 +81,29 @@ class Observed:
     last_seen: datetime  # that heartbeat's time, or the process start
     tasks: tuple[Task, ...]  # live assigned/running tasks whose lease the agent holds
     host: HostSettings | None = None  # its [[hosts]] entry (ssh agents)
-    health: HealthReport | None = None  # a check made for this pass; None when none was due
-    checked_at: datetime | None = None  # when the host was last checked (this pass or before)
+    health: HealthReport | None = None  # a check not yet counted; None when none is new
+    checked_at: datetime | None = None  # when the host was last checked
+    restarted: RestartReport | None = None  # a restart's outcome not yet shown
+    probe_seq: int = 0  # the sequence numbers of the check and restart read (0: none)
+    restart_seq: int = 0
 
 
 @dataclass(frozen=True)
 class RestartHost(Action):
-    """Run an unhealthy host's restart command and put the outcome in its status reason."""
+    """Start an unhealthy host's restart command off the loop; its outcome comes back through
+    the probes and a later pass puts it in the host's status reason."""
 
     host: HostSettings
     timeout: float
-    restart: HostRestart = field(default=restart_host, compare=False, repr=False)
+    probes: HostProbes | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         return f"host {self.host.name}: run its restart command ({self.host.restart_command})"
 
     def apply(self, ctx: ActContext) -> None:
-        outcome = self.restart(self.host, timeout=self.timeout)
-        summary = describe_restart(outcome)
-        (log.info if outcome.ok else log.warning)(
-            "host.restarted",
-            host=self.host.name,
-            ok=outcome.ok,
-            exit_code=outcome.exit_code,
-            output=outcome.output[-500:],
-        )
-
-        def note(agent: Agent) -> Agent:
-            reason = agent.status_reason.split(RESTART_MARK)[0]
-            return agent.model_copy(update={"status_reason": f"{reason}{RESTART_MARK}{summary}"})
-
-        ctx.store.update_agent(self.host.name, note)
+        if self.probes is None:
+            raise RuntimeError("RestartHost needs the host probes to run the restart")
+        self.probes.restart(self.host, timeout=self.timeout)
 
 
 def describe_restart(outcome: RestartReport) -> str:
@@ -193,6 +142,11 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         and not (before is not None and before.restarted_in_streak)
     ):
         restart = RestartHost(host, timeout=settings.timeouts.dispatch)
+
+    if observed.restarted is not None and after.status is AgentStatus.OFFLINE:
+        reason = after.status_reason.split(RESTART_MARK)[0]
+        summary = describe_restart(observed.restarted)
+        after = after.model_copy(update={"status_reason": f"{reason}{RESTART_MARK}{summary}"})
 
     actions: list[Action] = []
     if after != before:
@@ -370,18 +324,18 @@ class RegistryController:
         *,
         settings: Callable[[], Settings],
         clock: Callable[[], datetime],
-        check: HostCheck = check_host,
-        restart: HostRestart = restart_host,
+        probes: HostProbes,
     ) -> None:
         self._store = store
         self._fleet = fleet
         self._actuator = actuator
         self._settings = settings
         self._clock = clock
-        self._check = check
-        self._restart = restart
-        # When each host was last checked: soft state, so a restarted daemon checks at once.
-        self._checked: dict[AgentId, datetime] = {}
+        self._probes = probes
+        # The last check and restart of each host already counted: soft state, like the
+        # probes' results (a restarted daemon checks every host at once).
+        self._counted: dict[AgentId, int] = {}
+        self._noted: dict[AgentId, int] = {}
 
     def observe(self, key: Key, *, now: datetime, settings: Settings) -> Observed:
         agent_id = AgentId(key.id)
@@ -392,14 +346,8 @@ class RegistryController:
         tasks = tuple(
             t for t in self._store.list_tasks(state=LOST_WITH_AGENT) if t.agent_id == agent_id
         )
-        checked_at = self._checked.get(agent_id)
-        health: HealthReport | None = None
-        if host is not None and (
-            checked_at is None or (now - checked_at).total_seconds() >= host.health_interval
-        ):
-            command = settings.adapter_for(host).command[0]
-            health = self._check(host, command=command, timeout=settings.timeouts.dispatch)
-            checked_at = now
+        probe = self._probes.latest(agent_id) if host is not None else None
+        restart = self._probes.restarted(agent_id) if host is not None else None
         return Observed(
             agent_id=agent_id,
             agent=agent,
@@ -407,8 +355,13 @@ class RegistryController:
             last_seen=self._fleet.last_seen(agent_id),
             tasks=tasks,
             host=host,
-            health=health,
-            checked_at=checked_at,
+            health=probe.health if probe and probe.seq > self._counted.get(agent_id, 0) else None,
+            checked_at=probe.checked_at if probe else None,
+            restarted=(
+                restart.outcome if restart and restart.seq > self._noted.get(agent_id, 0) else None
+            ),
+            probe_seq=probe.seq if probe else 0,
+            restart_seq=restart.seq if restart else 0,
         )
 
     def reconcile(self, key: Key) -> Result:
@@ -416,7 +369,7 @@ class RegistryController:
         settings = self._settings()
         observed = self.observe(key, now=now, settings=settings)
         actions = tuple(
-            RestartHost(a.host, timeout=a.timeout, restart=self._restart)
+            RestartHost(a.host, timeout=a.timeout, probes=self._probes)
             if isinstance(a, RestartHost)
             else a
             for a in plan(observed, now=now, settings=settings)
@@ -431,8 +384,11 @@ class RegistryController:
                 self._actuator.apply(actions)
         else:
             self._actuator.apply(actions)
-        if observed.health is not None:
-            self._checked[observed.agent_id] = now
+        # The results this pass read are counted: each is acted on once.
+        if observed.probe_seq:
+            self._counted[observed.agent_id] = observed.probe_seq
+        if observed.restart_seq:
+            self._noted[observed.agent_id] = observed.restart_seq
         self._offer_free_slots(key.id, now=now)
         return Result(requeue_after=next_look(observed, now=now, settings=settings))
 

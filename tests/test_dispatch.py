@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from reconciler.fleet.agents import Fleet
+from reconciler.fleet.queue import PullQueue
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key
 from reconciler.models import AgentId, RepoName, Task, TaskState, branch_for, task_id_for
@@ -95,12 +97,16 @@ def make_rig(
     store = Store.open(tmp_path / "state")
     gateway = ForgejoGateway(forge.url, forge.admin_token)
     rig_holder: list[Rig] = []
+    enqueue = lambda key: rig_holder[0].enqueued.append(key)
+    fleet = Fleet(store, settings=lambda: settings, clock=clock, enqueue=enqueue)
+    reports = PullQueue(store, fleet=fleet, settings=lambda: settings, clock=clock, enqueue=enqueue)
     executor = HostExecutor(
         store=store,
+        reports=reports,
         gateway=gateway,
         settings=lambda: settings,
         clock=clock,
-        enqueue=lambda key: rig_holder[0].enqueued.append(key),
+        enqueue=enqueue,
         log_dir=tmp_path / "logs",
         prompt_for=lambda task: f"Task #{task.issue_number}: {task.title}\n\n## Goal\nDo it well.",
     )
@@ -221,3 +227,28 @@ def test_over_ssh_the_same_run_works_against_a_real_sshd(
     finally:
         rig.executor.shutdown(timeout=10)
         rig.store.close()
+
+
+def test_a_rerun_after_its_pull_request_was_closed_unmerged_opens_a_new_one(rig: Rig) -> None:
+    """ssh path: a pull request closed without merging is never reused; the next lease's run
+    opens a new one from the same branch, and the closed one stays closed."""
+    number = rig.forge.create_issue(DEMO_REPO, "Closed then rerun")
+    task = rig.task(number, agent="local", title="Closed then rerun")
+    first = rig.run(task)
+    assert first.state is TaskState.REVIEW_PENDING and first.pr_number is not None
+    rig.gateway.edit_issue(DEMO_REPO, first.pr_number, state="closed")
+    rig.store.put_task(
+        first.model_copy(
+            update={"state": TaskState.ASSIGNED, "lease_generation": 2, "pr_number": None}
+        )
+    )
+    again = rig.store.get_task(task.id)
+    second = rig.run(again)
+    assert second.state is TaskState.REVIEW_PENDING, rig.store.events_for(task.id)[-1].reason
+    assert second.pr_number is not None and second.pr_number != first.pr_number
+    assert rig.gateway.get_pull(DEMO_REPO, second.pr_number).state == "open"
+    assert rig.gateway.get_pull(DEMO_REPO, first.pr_number).state == "closed"
+    assert [r.pr_number for r in rig.store.receipts_for(task.id)] == [
+        first.pr_number,
+        second.pr_number,
+    ]

@@ -89,7 +89,9 @@ def make_world(
     store = Store.open(tmp_path / "state")
     assembly = build(settings, store=store, clock=clock)
     prepare_repos(assembly)
-    # The registry's first health check brings the local host online.
+    # The host's first health check (made here, as the probes' thread makes it) and the
+    # registry's pass that reads it bring the local host online.
+    assembly.probes.run_due()
     assembly.queue.add(issue_key("x/y", 0)._replace(controller="registry", repo="", id="local"))
     assembly.loop.drain()
     assert store.get_agent("local").status == "online"

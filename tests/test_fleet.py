@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from controllers.registry import HealthReport, RegistryController, RestartReport
+from controllers.registry import RegistryController
 from reconciler.console.views import agents_table
 from reconciler.engine.metrics import Metrics
 from reconciler.engine.reconcile import ActContext, Actuator, Result
@@ -41,6 +41,7 @@ from reconciler.models import (
     task_id_for,
     transition,
 )
+from reconciler.run.probes import HealthReport, HostProbes, RestartReport
 from reconciler.settings import ApiSettings, ForgejoSettings, HostSettings, Settings
 from reconciler.store import Store
 from tests.sandbox_fixtures import ManualClock
@@ -116,6 +117,7 @@ class Harness:
         self.fleet = Fleet(
             self.store, settings=self.settings, clock=self.clock, enqueue=self.enqueued.append
         )
+        self.probes = self.new_probes()
         self.controller = RegistryController(
             self.store,
             self.fleet,
@@ -124,6 +126,15 @@ class Harness:
             ),
             settings=self.settings,
             clock=self.clock,
+            probes=self.probes,
+        )
+
+    def new_probes(self) -> HostProbes:
+        """Host probes with the fake ssh, run in the test's thread (see reconcile)."""
+        return HostProbes(
+            settings=self.settings,
+            clock=self.clock,
+            enqueue=self.enqueued.append,
             check=self.hosts.check,
             restart=self.hosts.restart,
         )
@@ -136,14 +147,14 @@ class Harness:
         self.fleet = Fleet(
             self.store, settings=self.settings, clock=self.clock, enqueue=self.enqueued.append
         )
+        self.probes = self.new_probes()
         self.controller = RegistryController(
             self.store,
             self.fleet,
             Actuator(ActContext(gateway=None, store=self.store, enqueue=self.enqueued.append)),  # type: ignore[arg-type]
             settings=self.settings,
             clock=self.clock,
-            check=self.hosts.check,
-            restart=self.hosts.restart,
+            probes=self.probes,
         )
 
     def register(
@@ -153,6 +164,8 @@ class Harness:
         return self.fleet.register(Profile(**fields), agent_id=agent_id, credential=credential)
 
     def reconcile(self, agent_id: str) -> Result:
+        """The due health checks (as the probes' thread makes them), then one reconcile."""
+        self.probes.run_due()
         return self.controller.reconcile(agent_key(agent_id))
 
     def agent(self, agent_id: str) -> Any:

@@ -316,3 +316,65 @@ def test_backoff_kept_in_the_real_store_survives_a_restart(tmp_path: object) -> 
         third = restarted.process_one()
         assert third is not None and third.retry_in == 4.0
         assert controller.seen == [KEY]
+
+
+class Blocking:
+    """A controller whose every reconcile waits until released (a hung ssh call, say)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def reconcile(self, key: Key) -> Result:
+        self.entered.release()
+        self.release.wait(30)
+        return Result()
+
+
+def test_a_controller_stuck_in_every_worker_does_not_hold_up_another() -> None:
+    """Each controller has workers of its own: with every worker of one blocked, the other
+    controller's keys are still reconciled."""
+    slow, quick = Blocking("slow"), ScriptedController([], name="quick")
+    queue = WorkQueue(backoff_jitter=0.0)
+    loop = Loop((slow, quick), queue, workers={"slow": 2, "quick": 1})
+    done = threading.Event()
+    loop.on_outcome(lambda outcome: done.set() if outcome.key.controller == "quick" else None)
+    loop.start()
+    try:
+        for n in range(6):
+            queue.add(Key("slow", "acme/web", str(n)))
+        assert slow.entered.acquire(timeout=10) and slow.entered.acquire(timeout=10)
+        queue.add(Key("quick", "acme/web", "1"))
+        assert done.wait(timeout=10), "the quick controller waited for the stuck one"
+        assert quick.seen == [Key("quick", "acme/web", "1")]
+    finally:
+        slow.release.set()
+        assert loop.stop(grace=10)
+
+
+def test_a_key_of_no_controller_is_reported_while_every_worker_is_busy() -> None:
+    """A key naming no controller of the loop is taken by a worker of its own and reported,
+    not left waiting behind the controllers' keys."""
+    slow = Blocking("slow")
+    queue = WorkQueue(backoff_jitter=0.0)
+    loop = Loop((slow,), queue, workers=1)
+    seen: list[Outcome] = []
+    reported = threading.Event()
+
+    def note(outcome: Outcome) -> None:
+        seen.append(outcome)
+        if outcome.outcome == "unknown_controller":
+            reported.set()
+
+    loop.on_outcome(note)
+    loop.start()
+    try:
+        queue.add(Key("slow", "acme/web", "1"))
+        assert slow.entered.acquire(timeout=10)
+        queue.add(Key("nobody", "acme/web", "1"))
+        assert reported.wait(timeout=10)
+        assert [o.key.controller for o in seen] == ["nobody"]
+    finally:
+        slow.release.set()
+        assert loop.stop(grace=10)

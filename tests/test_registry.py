@@ -427,8 +427,7 @@ def test_a_dry_run_describes_and_writes_nothing(registry: Harness) -> None:
         Actuator(None, dry_run=True),
         settings=registry.settings,
         clock=registry.clock,
-        check=registry.hosts.check,
-        restart=registry.hosts.restart,
+        probes=registry.probes,
     )
     before = registry.state_files()
     with recording() as described:

@@ -18,6 +18,7 @@ from reconciler.fleet.agents import Fleet
 from reconciler.keys import agent_key
 from reconciler.models import AgentStatus
 from reconciler.run.hosts import RestartOutcome, restart_host
+from reconciler.run.probes import HostProbes
 from reconciler.settings import ForgejoSettings, HostSettings, Settings
 from reconciler.store import Store
 from tests.sandbox_fixtures import ManualClock
@@ -38,9 +39,12 @@ class Registry:
     store: Store
     clock: ManualClock
     restarts: CountingRestart
+    probes: HostProbes
 
     def check(self, name: str, *, after: float = 0.0) -> None:
+        """The due health checks, in this thread, then the registry's pass."""
         self.clock.advance(after)
+        self.probes.run_due()
         self.controller.reconcile(agent_key(name))
 
     def status(self, name: str) -> tuple[AgentStatus, str]:
@@ -68,10 +72,11 @@ def registry_for(tmp_path: Path, forge_clock: ManualClock) -> Iterator[Any]:
         fleet = Fleet(store, settings=lambda: settings, clock=forge_clock)
         actuator = Actuator(ActContext(gateway=None, store=store))  # type: ignore[arg-type]
         restarts = CountingRestart()
+        probes = HostProbes(settings=lambda: settings, clock=forge_clock, restart=restarts)
         controller = RegistryController(
-            store, fleet, actuator, settings=lambda: settings, clock=forge_clock, restart=restarts
+            store, fleet, actuator, settings=lambda: settings, clock=forge_clock, probes=probes
         )
-        return Registry(controller, store, forge_clock, restarts)
+        return Registry(controller, store, forge_clock, restarts, probes)
 
     yield make
     for store in opened:

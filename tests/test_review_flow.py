@@ -229,7 +229,8 @@ def make_flow(served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: 
                     f"/repos/{DEMO_REPO}/collaborators/{login}", json={"permission": "write"}
                 ).raise_for_status()
         prepare_repos(assembly)
-        assembly.resync.full()  # the local host is health-checked and comes online
+        assembly.resync.full()
+        assembly.probes.run_due()  # the local host is health-checked and comes online
         flow = Flow(served_forge, assembly, server, forge_clock, tmp_path / "prompts.txt")
         flow.settle()
         host = assembly.store.get_agent(HOST)

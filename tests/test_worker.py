@@ -28,7 +28,15 @@ from reconciler.agent.taskrun import TaskRun
 from reconciler.agent.worker import Worker
 from reconciler.fleet.api import ReceiptRequest
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.models import RepoName, Task, TaskState, branch_for, task_id_for, transition
+from reconciler.models import (
+    RepoName,
+    Task,
+    TaskState,
+    branch_for,
+    requeue,
+    task_id_for,
+    transition,
+)
 from reconciler.run.adapters import group_members, start_local
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
@@ -614,3 +622,50 @@ def test_a_rerun_after_review_carries_the_review_into_the_workers_prompt(forge: 
         prompt = prompt_for(gateway, task, attempt=2)
     assert "Please also document it in the README." in prompt
     assert "Add --version." in prompt
+
+
+@pytest.mark.usefixtures("isolated_git")
+def test_a_rerun_after_its_pull_request_was_closed_unmerged_opens_a_new_one(
+    daemon: Daemon, served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """Pull path: a pull request closed without merging is never reused; the task's next
+    lease opens a new one from the same branch, and the closed one stays closed."""
+    [task] = queue_issues(daemon, served_forge, ["Closed then rerun"])
+    store = daemon.assembly.store
+    config = worker_config(tmp_path, "w1", daemon.url, forgejo_token=served_forge.admin_token)
+    worker = Worker(config)
+    worker.open()
+    gateway = ForgejoGateway(served_forge.url, served_forge.admin_token)
+
+    def in_review_with_a_new_pull(previous: int | None) -> Callable[[], bool]:
+        def check() -> bool:
+            worker.deliver_once()
+            done = store.get_task(task.id)
+            return done.state is TaskState.REVIEW_PENDING and done.pr_number not in (None, previous)
+
+        return check
+
+    try:
+        assert worker.take_once()
+        wait_until("the first run's receipt", in_review_with_a_new_pull(None))
+        first = store.get_task(task.id).pr_number
+        assert first is not None
+        gateway.edit_issue(DEMO_REPO, first, state="closed")
+        waiting, event = requeue(
+            store.get_task(task.id), now=utc_now(), actor="test", reason="closed unmerged"
+        )
+        store.record(waiting, event)
+        assert worker.take_once()
+        wait_until("the second run's receipt", in_review_with_a_new_pull(first))
+        second = store.get_task(task.id).pr_number
+        assert second is not None
+        assert gateway.get_pull(DEMO_REPO, second).state == "open"
+        assert gateway.get_pull(DEMO_REPO, first).state == "closed"
+        assert gateway.get_pull(DEMO_REPO, second).head_branch == task.branch
+    finally:
+        gateway.close()
+        worker.stop()
+        for run in worker.running():
+            if run.thread is not None:
+                run.thread.join(timeout=30)
+        worker.close()

@@ -555,3 +555,35 @@ def test_backoff_settings_that_cannot_work_are_refused(initial: float, maximum: 
     """backoff_initial must be positive and backoff_max at least as large."""
     with pytest.raises(ValueError, match="backoff_"):
         WorkQueue(backoff_initial=initial, backoff_max=maximum)
+
+
+def test_a_getter_for_one_controller_takes_only_its_keys() -> None:
+    """get(controller=…) hands out that controller's keys in order and nothing else;
+    get(excluding=…) hands out only keys of the other controllers; get() takes the key
+    ready longest, whichever controller's."""
+    queue = WorkQueue()
+    first, second = Key("registry", "", "a1"), Key("registry", "", "a2")
+    issue, other = Key("assignment", "acme/web", "1"), Key("nobody", "acme/web", "1")
+    for key in (issue, first, second, other):
+        queue.add(key)
+    assert queue.get(timeout=0, controller="registry") == first
+    assert queue.get(timeout=0, controller="registry") == second
+    assert queue.get(timeout=0, controller="registry") is None
+    assert queue.get(timeout=0, excluding=("assignment", "registry")) == other
+    assert queue.get(timeout=0) == issue
+    for key in (first, second, other, issue):
+        queue.done(key)
+
+
+def test_a_getter_waiting_for_its_controller_wakes_when_its_key_comes() -> None:
+    """A worker blocked on its controller's lane is woken by a key for it, not before."""
+    queue = WorkQueue()
+    taken: list[Key | None] = []
+    waiter = threading.Thread(
+        target=lambda: taken.append(queue.get(timeout=10, controller="review"))
+    )
+    waiter.start()
+    queue.add(Key("assignment", "acme/web", "1"))
+    queue.add(Key("review", "acme/web", "7"))
+    waiter.join(timeout=10)
+    assert taken == [Key("review", "acme/web", "7")]

@@ -187,6 +187,8 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
         if not dry_run:
             prepare_repos(assembly)
         assembly.resync.full()
+        # One pass: the hosts' health checks (read only) run here, before it.
+        assembly.probes.run_due()
         outcomes = assembly.loop.drain()
         # Runs dispatched to ssh hosts are part of the pass: wait for them (each is bounded by
         # its task's deadline), then reconcile what their results changed.

@@ -42,6 +42,7 @@ from reconciler.fleet.queue import PullQueue
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import LabelSpec
 from reconciler.keys import Key
+from reconciler.run.probes import HostCheck, HostProbes, check_host
 from reconciler.run.ssh import HostExecutor
 from reconciler.settings import Settings, load_settings
 from reconciler.store import Store
@@ -68,6 +69,8 @@ RESTART_ONLY = (
     ("webhook", "cleanup_interval"),
     ("store", "path"),
     ("loop", "workers"),
+    ("loop", "controller_workers"),
+    ("loop", "health_check_workers"),
     ("forgejo", "url"),
     ("forgejo", "token"),
 )
@@ -111,6 +114,8 @@ class Assembly:
     metrics: Metrics
     controllers: tuple[Controller, ...]
     fleet: Fleet
+    pull_queue: PullQueue
+    probes: HostProbes
     enqueue: Callable[[Key], None]
     executor: HostExecutor | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -130,6 +135,7 @@ def build(
     clock: Clock = utc_now,
     dry_run: bool = False,
     transport: object | None = None,
+    host_check: HostCheck = check_host,
 ) -> Assembly:
     """Wire store, gateway, queue, controllers, loop and resync for one process."""
     holder = SettingsHolder(settings)
@@ -153,12 +159,16 @@ def build(
     enqueue = queue.add
     fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue)
     fleet.bind_metrics(metrics)
+    # Pull agents (over the agent API) and the ssh executor's runs (in process) report their
+    # work through this one queue and its fleet.
+    pull_queue = PullQueue(store, fleet=fleet, settings=holder, clock=clock, enqueue=enqueue)
     # A dry run dispatches nothing, so it has no executor.
     executor = (
         None
         if dry_run
         else HostExecutor(
             store=store,
+            reports=pull_queue,
             gateway=gateway,
             settings=holder,
             clock=clock,
@@ -166,6 +176,8 @@ def build(
             log_dir=Path(settings.store.path) / "logs",
         )
     )
+    # ssh health checks and restarts run beside the loop; the registry reads their results.
+    probes = HostProbes(settings=holder, clock=clock, enqueue=enqueue, check=host_check)
     actuator = Actuator(
         ActContext(gateway=gateway, store=store, enqueue=enqueue, executor=executor),
         dry_run=dry_run,
@@ -174,11 +186,16 @@ def build(
         AssignmentController(
             gateway, store, actuator, settings=holder, clock=clock, executor=executor
         ),
-        RegistryController(store, fleet, actuator, settings=holder, clock=clock),
+        RegistryController(store, fleet, actuator, settings=holder, clock=clock, probes=probes),
         ReviewController(gateway, store, actuator, settings=holder, clock=clock, executor=executor),
         ReceiptsController(gateway, store, actuator, settings=holder, clock=clock),
     )
-    loop = Loop(controllers, queue, workers=settings.loop.workers, metrics=metrics)
+    loop = Loop(
+        controllers,
+        queue,
+        workers={c.name: settings.loop.workers_of(c.name) for c in controllers},
+        metrics=metrics,
+    )
     resync = Resync(
         gateway, store, enqueue, settings=holder, clock=clock, metrics=metrics, record=not dry_run
     )
@@ -192,6 +209,8 @@ def build(
         metrics=metrics,
         controllers=controllers,
         fleet=fleet,
+        pull_queue=pull_queue,
+        probes=probes,
         enqueue=enqueue,
         executor=executor,
         # Runs first: a run still going when the gateway closes could not open its PR.
@@ -227,13 +246,7 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
     )
     install_tasks_api(
         app,
-        queue=PullQueue(
-            assembly.store,
-            fleet=assembly.fleet,
-            settings=assembly.settings,
-            clock=assembly.fleet.clock,
-            enqueue=assembly.enqueue,
-        ),
+        queue=assembly.pull_queue,
         max_body_bytes=settings.webhook.max_body_bytes,
     )
     install_openapi(app)
@@ -333,6 +346,7 @@ class Daemon:
         self._http.start()
         prepare_repos(self.assembly)
         self.assembly.loop.start()
+        self.assembly.probes.start()
         self._timer.start()  # its first tick is a full resync: the start-up enqueue
         if self._config_path is not None:
             self._watcher = threading.Thread(target=self._watch, name="config-watch", daemon=True)
@@ -341,7 +355,7 @@ class Daemon:
             "daemon.started",
             url=self.url,
             repos=list(settings.forgejo.repos),
-            workers=settings.loop.workers,
+            workers={c.name: settings.loop.workers_of(c.name) for c in self.assembly.controllers},
             store=str(settings.store.path),
         )
 
@@ -351,6 +365,7 @@ class Daemon:
         self._watch_stop.set()
         self._http.stop()
         self._timer.stop()
+        self.assembly.probes.stop()
         drained = self.assembly.loop.stop(grace=self.settings.loop.shutdown_grace)
         for close in self.assembly.closers:
             close()
@@ -440,6 +455,7 @@ class Daemon:
         prepare_repos(self.assembly)
         # Hosts added, changed or removed: the registry creates, updates or retires them now.
         self.assembly.fleet.enqueue_hosts()
+        self.assembly.probes.wake()
         self._timer.request()
         return True
 

@@ -17,10 +17,11 @@ with a :class:`~reconciler.agent.config.WorkerConfig`. The :class:`Worker` then
    on a thread of its own, as the ssh executor (``reconciler/run/ssh.py``) does on a host:
    reports ``running``; reads the issue from Forgejo with its own Forgejo token and builds the
    prompt (``reconciler.run.prompt``: trusted authors only); prepares a git worktree on
-   ``task/<id>-<slug>`` from a per-repository bare clone (gitpython); runs the adapter's CLI
+   ``task/<id>-<slug>`` from a per-repository bare clone; runs the adapter's CLI
    (``adapters.start_local``: stdin ``/dev/null``, a per-task log, a wall-clock limit at the
-   task's deadline, cancellable); commits what the agent left, pushes, and opens (or finds) the
-   pull request through :class:`~reconciler.forgejo.gateway.ForgejoGateway`;
+   task's deadline, cancellable); commits what the agent left, pushes, and finds the open pull
+   request of its branch or opens one, never reusing a closed one — the git work of
+   ``reconciler.run.gitwork``, the same steps the ssh executor runs on a host;
 4. **hands in the receipt** through the durable outbox (``reconciler/agent/outbox.py``): on disk
    in the worker's own :class:`~reconciler.store.Store` (``--state-dir``) before it is sent,
    then sent on a thread of its own with backoff until the daemon acknowledges it — exactly
@@ -36,21 +37,17 @@ contract's models over plain HTTP); only the Forgejo gateway talks to Forgejo.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import fcntl
 import os
-import shutil
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-import git
 import structlog
 
 from reconciler import __version__
@@ -77,6 +74,7 @@ from reconciler.fleet.api import (
 )
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import Task, TaskId
+from reconciler.run import gitwork
 from reconciler.run.adapters import parse_output, render_command, render_env, start_local
 from reconciler.run.prompt import prompt_for_task
 from reconciler.store import Store
@@ -92,111 +90,6 @@ DEFAULT_LEASE_TTL_S = 180.0
 DEFAULT_RUN_LIMIT_S = 3600.0
 # Environment variables the worker itself is configured with; the agent CLI never sees them.
 _OWN_ENV_PREFIX = "AGENT_FLEET_"
-
-
-# --- git -----------------------------------------------------------------------------------
-
-
-def git_env(login: str, token: str) -> dict[str, str]:
-    """Credentials for git over HTTP in the environment, not in a URL or argv (which other
-    users can read in the process list), and no prompts."""
-    basic = base64.b64encode(f"{login}:{token}".encode()).decode()
-    return {
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "http.extraHeader",
-        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-    }
-
-
-@contextlib.contextmanager
-def _repo_lock(cache: Path) -> Iterator[None]:
-    """One fetch or worktree change per clone at a time, across threads and processes."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{cache}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def clone_path(workdir: Path, repo: str) -> Path:
-    return workdir / "repos" / f"{repo}.git"
-
-
-def prepare_worktree(
-    *,
-    workdir: Path,
-    repo: str,
-    clone_url: str,
-    branch: str,
-    base: str,
-    task_id: str,
-    env: Mapping[str, str],
-) -> Path:
-    """A fresh worktree for the task at ``<workdir>/tasks/<task-id>`` on ``branch``: from the
-    branch as pushed before (a rerun builds on it), else from ``base``."""
-    cache = clone_path(workdir, repo)
-    worktree = workdir / "tasks" / task_id
-    worktree.parent.mkdir(parents=True, exist_ok=True)
-    with _repo_lock(cache):
-        if not (cache / "HEAD").exists():
-            shutil.rmtree(cache, ignore_errors=True)
-            git.Repo.clone_from(clone_url, cache, bare=True, env=dict(env)).close()
-        with git.Repo(cache) as clone:
-            # A bare clone maps no remote branches; fetch them all as origin/<branch>.
-            clone.git.fetch(
-                "--quiet", "--prune", "origin", "+refs/heads/*:refs/remotes/origin/*", env=dict(env)
-            )
-            if worktree.exists():
-                shutil.rmtree(worktree)
-            clone.git.worktree("prune")
-            start = f"refs/remotes/origin/{branch}"
-            try:
-                clone.git.rev_parse("--quiet", "--verify", start)
-            except git.GitCommandError:
-                start = f"refs/remotes/origin/{base}"
-            clone.git.worktree("add", "--quiet", "-B", branch, str(worktree), start)
-    return worktree
-
-
-def commit_and_push(
-    worktree: Path,
-    *,
-    base: str,
-    branch: str,
-    author: tuple[str, str],
-    message: str,
-    env: Mapping[str, str],
-) -> list[str]:
-    """Commit what the agent left, push the branch if it adds commits; the commits it adds
-    over ``base``, newest first."""
-    name, email = author
-    identity = {
-        "GIT_AUTHOR_NAME": name,
-        "GIT_AUTHOR_EMAIL": email,
-        "GIT_COMMITTER_NAME": name,
-        "GIT_COMMITTER_EMAIL": email,
-    }
-    with git.Repo(worktree) as tree:
-        tree.git.add("-A")
-        if tree.git.status("--porcelain").strip():
-            tree.git.commit("--quiet", "--no-verify", "-m", message, env={**env, **identity})
-        commits: list[str] = tree.git.rev_list(f"refs/remotes/origin/{base}..HEAD").split()
-        if commits:
-            tree.git.push("--quiet", "origin", f"HEAD:refs/heads/{branch}", env=dict(env))
-    return commits
-
-
-def remove_worktree(*, workdir: Path, repo: str, worktree: Path) -> None:
-    cache = clone_path(workdir, repo)
-    with _repo_lock(cache):
-        try:
-            with git.Repo(cache) as clone:
-                clone.git.worktree("remove", "--force", str(worktree))
-        except (git.GitCommandError, git.NoSuchPathError, git.InvalidGitRepositoryError):
-            shutil.rmtree(worktree, ignore_errors=True)
 
 
 # --- the prompt ------------------------------------------------------------------------------
@@ -489,46 +382,53 @@ class Worker:
         except (RefusedError, NotFoundError, RunStopped) as exc:
             log.warning("task.not_started", task=task.id, error=str(exc))
             return
-        worktree: Path | None = None
+        worktree: str | None = None
+        job: gitwork.GitJob | None = None
+        site = gitwork.local_site()
         gateway = ForgejoGateway(
             assignment.forgejo_url, self.config.forgejo_token.get_secret_value()
         )
         try:
             base = assignment.base_branch or gateway.get_repo(task.repo).default_branch
             prompt = prompt_for(gateway, task, attempt=assignment.attempt)
-            env = git_env(gateway.bot_login(), self.config.forgejo_token.get_secret_value())
-            run.check()
-            worktree = prepare_worktree(
-                workdir=self.config.workdir,
+            job = gitwork.GitJob(
+                workdir=str(self.config.workdir),
                 repo=task.repo,
-                clone_url=assignment.clone_url,
+                task_id=task.id,
                 branch=assignment.branch,
                 base=base,
-                task_id=task.id,
-                env=env,
+                clone_url=assignment.clone_url,
+                credentials=gitwork.git_credentials(
+                    gateway.bot_login(), self.config.forgejo_token.get_secret_value()
+                ),
             )
             run.check()
-            summary, session_id, cost, tokens, duration = self._run_cli(run, prompt, worktree)
+            worktree = gitwork.prepare(site, job, timeout=gitwork.LOCAL_TIMEOUT)
+            run.check()
+            summary, session_id, cost, tokens, duration = self._run_cli(run, prompt, Path(worktree))
             run.check()
             agent = self.agent_id or "agent"
-            commits = commit_and_push(
-                worktree,
-                base=base,
-                branch=assignment.branch,
-                author=(f"agent-fleet ({agent})", f"{agent}@agent-fleet.invalid"),
+            finishing, worktree = worktree, None  # finish removes the worktree itself
+            commits = gitwork.finish(
+                site,
+                job,
+                finishing,
+                author=f"agent-fleet ({agent})",
+                email=f"{agent}@agent-fleet.invalid",
                 message=f"{task.title}\n\n{summary[:2000]}\n\nTask {task.id}, attempt "
                 f"{assignment.attempt}.",
-                env=env,
+                timeout=gitwork.LOCAL_TIMEOUT,
             )
-            if not commits:
-                raise StepFailed("the agent finished without changing anything on the branch")
             run.check()
-            pull = gateway.find_pull_by_head(task.repo, assignment.branch)
-            if pull is None:
-                body = f"Closes #{task.issue_number}\n\n{summary}".strip()
-                pull = gateway.create_pull(
-                    task.repo, head=assignment.branch, base=base, title=task.title, body=body
-                )
+            pull = gitwork.find_or_open_pull(
+                gateway,
+                repo=task.repo,
+                branch=assignment.branch,
+                base=base,
+                title=task.title,
+                issue_number=task.issue_number,
+                summary=summary,
+            )
             log.info("task.pushed", task=task.id, pr=pull.number, commits=len(commits))
             self._queue_receipt(
                 ReceiptRequest(
@@ -547,16 +447,15 @@ class Worker:
             )
         except RunStopped as exc:
             log.info("task.stopped", task=task.id, reason=str(exc))
-        except (FleetError, git.GitCommandError, OSError, ValueError) as exc:
-            reason = str(exc.stderr).strip() if isinstance(exc, git.GitCommandError) else str(exc)
+        except (FleetError, OSError, ValueError) as exc:
+            reason = str(exc)
             log.warning("task.run_failed", task=task.id, reason=reason)
             with contextlib.suppress(FleetError):
                 self._report(run, note=f"the run failed: {reason}")
         finally:
             gateway.close()
-            if worktree is not None:
-                with contextlib.suppress(OSError, git.GitCommandError):
-                    remove_worktree(workdir=self.config.workdir, repo=task.repo, worktree=worktree)
+            if worktree is not None and job is not None:
+                gitwork.remove(site, job, worktree, timeout=gitwork.LOCAL_TIMEOUT)
 
     def _report(self, run: TaskRun, *, running: bool = False, note: str = "") -> None:
         """A status update, retried while the daemon is unreachable (refusals are final)."""
@@ -664,10 +563,6 @@ def serve(config: WorkerConfig, *, once: bool = False) -> int:
 
 __all__ = [
     "Worker",
-    "commit_and_push",
-    "git_env",
-    "prepare_worktree",
     "prompt_for",
-    "remove_worktree",
     "serve",
 ]

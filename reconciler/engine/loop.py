@@ -10,6 +10,10 @@ backoff, and crash handling. What happens after a reconcile depends only on how 
 * raised ``StalledError`` → not retried until something enqueues the key again;
 * raised anything else → retried with exponential backoff (kept in the store across restarts).
 
+Each controller has worker threads of its own (``workers``: one count for all, or a count per
+controller name), taking only its keys from the shared queue: a controller whose reconciles are
+slow holds up its own keys, never another's.
+
 Each reconcile ends with one summary log line: controller, key, outcome, actions, duration.
 The daemon, ``agent-fleet reconcile --once`` and the demo drive it.
 
@@ -25,7 +29,7 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -81,18 +85,21 @@ class Loop:
         controllers: Sequence[Controller],
         queue: WorkQueue,
         *,
-        workers: int = 4,
+        workers: int | Mapping[str, int] = 4,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         names = [c.name for c in controllers]
         if len(set(names)) != len(names):
             raise ValueError(f"controller names must be unique, got {names}")
-        if workers < 1:
-            raise ValueError("the loop needs at least one worker")
+        counts = {
+            name: workers if isinstance(workers, int) else workers.get(name, 1) for name in names
+        }
+        if any(count < 1 for count in counts.values()):
+            raise ValueError(f"every controller needs at least one worker, got {counts}")
         self._controllers = {c.name: c for c in controllers}
         self.queue = queue
-        self._workers = workers
+        self._workers = counts
         self._metrics = metrics
         self._clock = clock
         self._threads: list[threading.Thread] = []
@@ -116,10 +123,19 @@ class Loop:
     def start(self) -> None:
         if self._threads:
             raise RuntimeError("the loop is already running")
-        for n in range(self._workers):
-            thread = threading.Thread(target=self._work, name=f"reconcile-{n + 1}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for name, count in self._workers.items():
+            for n in range(count):
+                thread = threading.Thread(
+                    target=self._work, args=(name,), name=f"reconcile-{name}-{n + 1}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        # Keys no controller here takes (a kind nobody runs) are reported, not left waiting.
+        thread = threading.Thread(
+            target=self._work, args=(None,), name="reconcile-unknown", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
         _safe(log.info, "loop.started", workers=self._workers, controllers=list(self._controllers))
 
     def stop(self, *, grace: float) -> bool:
@@ -145,13 +161,16 @@ class Loop:
         )
         alive = sum(1 for t in self._threads if t.is_alive())
         return LoopHealth(
-            started=bool(self._threads), workers=self._workers, alive=alive, stuck=stuck
+            started=bool(self._threads), workers=len(self._threads), alive=alive, stuck=stuck
         )
 
-    def _work(self) -> None:
+    def _work(self, controller: str | None) -> None:
         name = threading.current_thread().name
         while True:
-            key = self.queue.get(timeout=None)
+            if controller is None:
+                key = self.queue.get(timeout=None, excluding=tuple(self._controllers))
+            else:
+                key = self.queue.get(timeout=None, controller=controller)
             if key is None:
                 return
             self._busy[name] = (key, self._clock())

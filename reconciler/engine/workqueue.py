@@ -12,7 +12,9 @@ rate-limited delaying work queue:
 * Each key has at most one next run. The earliest wins: a schedule for later than an already
   pending run is dropped, and adding a key now cancels its pending later schedule. This is safe
   because every reconcile declares its own follow-up (``requeue_after``, backoff) again.
-* Ready keys come out in the order they became ready.
+* Ready keys come out in the order they became ready. A getter may ask for one controller's
+  keys only (``get(controller=...)``): the loop gives each controller its own workers, so a
+  slow controller's keys never hold up another's.
 * Failed keys are retried after ``initial * 2**(attempts-1)`` seconds, capped at ``max``. The
   attempt count and the wall-clock time of the next try are written to a ``BackoffStore`` so a
   restart continues the backoff instead of hammering a broken key from attempt one.
@@ -32,7 +34,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -129,10 +131,16 @@ class WorkQueue:
         self._rand = rand
         self._store = backoff_store
 
-        self._cond = threading.Condition()
-        # Keys ready to hand out, in the order they became ready. Never holds a key that is
-        # being processed: such a key only becomes ready again in done().
-        self._ready: deque[Key] = deque()
+        self._lock = threading.RLock()
+        # Getters of any key wait here; shut_down_with_drain too.
+        self._cond = threading.Condition(self._lock)
+        # Getters of one controller's keys wait on its lane, on the same lock.
+        self._lanes: dict[str, threading.Condition] = {}
+        # Keys ready to hand out, per controller, each in the order they became ready (with a
+        # sequence number, so a getter of any key takes the one ready longest). Never holds a
+        # key that is being processed: such a key only becomes ready again in done().
+        self._ready: dict[str, deque[tuple[int, Key]]] = {}
+        self._ready_seq = itertools.count()
         # Keys that need a run: everything in _ready, plus processing keys added meanwhile.
         # A key in _dirty is never in _scheduled (the earlier run wins).
         self._dirty: set[Key] = set()
@@ -173,11 +181,19 @@ class WorkQueue:
 
     # --- working -----------------------------------------------------------------------
 
-    def get(self, timeout: float | None = None) -> Key | None:
+    def get(
+        self,
+        timeout: float | None = None,
+        *,
+        controller: str | None = None,
+        excluding: Collection[str] = (),
+    ) -> Key | None:
         """Take the next ready key and mark it as in work; ``None`` on timeout or shutdown.
 
-        Blocks until a key is ready, for at most ``timeout`` real seconds (``None``: no limit,
-        ``0``: do not block). The caller must call ``done(key)`` when it is finished.
+        With ``controller``, only that controller's keys; with ``excluding``, no key of those
+        controllers (the loop's worker for keys no controller of its own takes). Blocks until a key is ready, for at
+        most ``timeout`` real seconds (``None``: no limit, ``0``: do not block). The caller
+        must call ``done(key)`` when it is finished.
         """
         deadline: float | None = None
         if timeout is not None:
@@ -187,18 +203,18 @@ class WorkQueue:
             # The timeout is real waiting time, measured like Condition.wait measures it,
             # independent of the injected scheduling clock (a test's fake clock stands still).
             deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
+            cond = self._cond if controller is None else self._lane_locked(controller)
             while True:
                 if self._shutting_down:
                     return None
                 self._promote_due_locked(self._clock())
-                if self._ready:
-                    key = self._ready.popleft()
+                key = self._pop_ready_locked(controller, excluding)
+                if key is not None:
                     self._dirty.discard(key)
                     self._processing.add(key)
-                    if self._ready:
-                        # More than one key may have come due at once; pass the wake-up on.
-                        self._cond.notify()
+                    # More than one key may have come due at once; pass the wake-up on.
+                    self._wake_locked(controller)
                     return key
                 wait = self._seconds_until_next_due_locked()
                 if deadline is not None:
@@ -206,7 +222,7 @@ class WorkQueue:
                     if remaining <= 0:
                         return None
                     wait = remaining if wait is None else min(wait, remaining)
-                self._cond.wait(wait)
+                cond.wait(wait)
 
     def done(self, key: Key) -> None:
         """Mark ``key``'s run as finished; queue it again if it was added during the run."""
@@ -216,8 +232,7 @@ class WorkQueue:
                 raise ValueError(f"done({key}) called for a key that is not being processed")
             self._processing.remove(key)
             if key in self._dirty:
-                self._ready.append(key)
-                self._cond.notify()
+                self._push_ready_locked(key)
             if not self._processing:
                 # shut_down_with_drain waits for this.
                 self._cond.notify_all()
@@ -231,7 +246,7 @@ class WorkQueue:
         with self._cond:
             moved = self._promote_due_locked(self._clock())
             if moved:
-                self._cond.notify_all()
+                self._notify_all_locked()
             return moved
 
     # --- backoff -----------------------------------------------------------------------
@@ -318,7 +333,7 @@ class WorkQueue:
         """Stop handing out keys: every ``get``, blocked or future, returns ``None``."""
         with self._cond:
             self._shutting_down = True
-            self._cond.notify_all()
+            self._notify_all_locked()
 
     def shut_down_with_drain(self, timeout: float | None = None) -> bool:
         """Shut down, then wait up to ``timeout`` real seconds for in-flight keys to be done.
@@ -332,7 +347,7 @@ class WorkQueue:
                 raise ValueError(f"timeout must not be negative, got {timeout}")
         with self._cond:
             self._shutting_down = True
-            self._cond.notify_all()
+            self._notify_all_locked()
             return self._cond.wait_for(lambda: not self._processing, timeout)
 
     @property
@@ -367,11 +382,9 @@ class WorkQueue:
         if self._shutting_down:
             return
         # Keys that came due before this one keep their place ahead of it.
-        promoted = self._promote_due_locked(self._clock())
+        self._promote_due_locked(self._clock())
         self._scheduled.pop(key, None)
-        if self._enqueue_locked(key) or promoted:
-            # One wake-up is enough: a woken getter takes a key and passes the wake-up on.
-            self._cond.notify()
+        self._enqueue_locked(key)
 
     def _add_after_locked(self, key: Key, delay: float) -> None:
         if delay <= 0:
@@ -388,7 +401,7 @@ class WorkQueue:
         heapq.heappush(self._heap, (due, seq, key))
         self._compact_heap_locked()
         # A getter may be sleeping until a later due time; let every getter recompute.
-        self._cond.notify_all()
+        self._notify_all_locked()
 
     def _enqueue_locked(self, key: Key) -> bool:
         """Mark ``key`` as needing a run; return True if it became ready to hand out."""
@@ -397,8 +410,43 @@ class WorkQueue:
         self._dirty.add(key)
         if key in self._processing:
             return False
-        self._ready.append(key)
+        self._push_ready_locked(key)
         return True
+
+    def _push_ready_locked(self, key: Key) -> None:
+        """``key`` is ready: behind its controller's ready keys, and a getter is woken (one
+        wake-up is enough: a woken getter takes a key and passes the wake-up on)."""
+        self._ready.setdefault(key.controller, deque()).append((next(self._ready_seq), key))
+        self._wake_locked(key.controller)
+
+    def _pop_ready_locked(self, controller: str | None, excluding: Collection[str]) -> Key | None:
+        if controller is not None:
+            lane = self._ready.get(controller)
+            return lane.popleft()[1] if lane else None
+        waiting = [lane for name, lane in self._ready.items() if lane and name not in excluding]
+        if not waiting:
+            return None
+        return min(waiting, key=lambda lane: lane[0][0]).popleft()[1]
+
+    def _wake_locked(self, controller: str | None) -> None:
+        """Wake a getter for a ready key of ``controller`` (of any, for None), if one is
+        ready: one getter of any key and one of that controller's lane."""
+        for name, lane in self._ready.items():
+            if lane and (controller is None or name == controller):
+                self._cond.notify()
+                if name in self._lanes:
+                    self._lanes[name].notify()
+
+    def _lane_locked(self, controller: str) -> threading.Condition:
+        lane = self._lanes.get(controller)
+        if lane is None:
+            lane = self._lanes[controller] = threading.Condition(self._lock)
+        return lane
+
+    def _notify_all_locked(self) -> None:
+        self._cond.notify_all()
+        for lane in self._lanes.values():
+            lane.notify_all()
 
     def _promote_due_locked(self, now: float) -> int:
         moved = 0

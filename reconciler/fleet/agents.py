@@ -39,6 +39,7 @@ from reconciler.engine.metrics import Metrics
 from reconciler.errors import (
     ConflictError,
     ForbiddenError,
+    IllegalTransitionError,
     NotFoundError,
     StaleStateError,
     UnauthenticatedError,
@@ -61,7 +62,7 @@ from reconciler.fleet.records import (
     uptime_percent,
     with_status,
 )
-from reconciler.keys import Key, agent_key
+from reconciler.keys import Key, agent_key, issue_key
 from reconciler.models import (
     ACTIVE_STATES,
     Agent,
@@ -427,15 +428,64 @@ class Fleet:
                 )
             else:
                 return StatusUpdate(task=task, changed=False)
-            # Checked before the event is appended, so a lost race leaves no stray event.
-            if self._store.find_task(task.id) != task:
-                raise _changed_meanwhile(task)
-            self._store.append_event(event)
-            try:
-                self._store.replace_task(updated, expected=task)
-            except StaleStateError:
-                raise _changed_meanwhile(task) from None
+            self._write(task, updated, event)
+        if updated.state is not task.state:
+            self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
+
+    def report_failure(
+        self,
+        agent_id: str,
+        task_id: str,
+        *,
+        lease_generation: int,
+        reason: str,
+        retryable: bool,
+    ) -> StatusUpdate:
+        """An agent running in this process (a run of the ssh executor) reports that its run
+        failed: the task becomes ``failed`` with the reason, for the assignment controller to
+        retry with backoff when ``retryable``.
+
+        Not served over HTTP: a pull agent reports a failure as a progress note and its task
+        fails at its deadline. Refused as :meth:`update_task_status` refuses, and with
+        :class:`IllegalTransitionError` for a task that is no longer assigned or running.
+        """
+        now = self._clock()
+        with self.agent_lock(agent_id):
+            task = self._store.find_task(task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            self._check_lease(task, AgentId(agent_id), lease_generation)
+            if task.state not in LOST_WITH_AGENT:
+                raise IllegalTransitionError(f"task {task.id} is {task.state}, not in progress")
+            updated, event = transition(
+                task,
+                TaskState.FAILED,
+                now=now,
+                actor=actor_for(agent_id),
+                reason=reason,
+                failure_reason=reason,
+                failure_retryable=retryable,
+            )
+            self._write(task, updated, event)
+        self._notify_issue(updated)
+        return StatusUpdate(task=updated, changed=True)
+
+    def _write(self, task: Task, updated: Task, event: TaskEvent) -> None:
+        """Replace ``task`` by ``updated`` with its event; call under the agent's lock."""
+        # Checked before the event is appended, so a lost race leaves no stray event.
+        if self._store.find_task(task.id) != task:
+            raise _changed_meanwhile(task)
+        self._store.append_event(event)
+        try:
+            self._store.replace_task(updated, expected=task)
+        except StaleStateError:
+            raise _changed_meanwhile(task) from None
+
+    def _notify_issue(self, task: Task) -> None:
+        """The task's state changed: its issue's labels and comment follow."""
+        if self._enqueue is not None:
+            self._enqueue(issue_key(task.repo, task.issue_number))
 
     def check_lease(self, task: Task, agent_id: str, lease_generation: int) -> None:
         """Refuse an agent's request about ``task`` unless it holds the task's current lease:
@@ -532,12 +582,6 @@ class Fleet:
             and load.get(a.id, 0) < a.max_concurrency
         ]
         return sorted(free, key=lambda a: (load.get(a.id, 0) / a.max_concurrency, a.id))
-
-    def count_by_status(self) -> dict[AgentStatus, int]:
-        counts = dict.fromkeys(AgentStatus, 0)
-        for agent in self._store.list_agents():
-            counts[agent.status] += 1
-        return counts
 
     def bind_metrics(self, metrics: Metrics) -> None:
         """Count agents by status at scrape time rather than tracking every change."""

@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import shlex
-import signal
 import socket
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +43,9 @@ import paramiko  # type: ignore[import-untyped]
 from invoke.exceptions import CommandTimedOut
 
 from reconciler.errors import TransientError
+from reconciler.run.local import KILL_AFTER, ScriptResult, run_script
 from reconciler.settings import HostSettings, Settings
 
-# Seconds between the TERM that `timeout` sends when the limit strikes and the KILL after it.
-KILL_AFTER = 5.0
 # fabric gives up this long after the remote `timeout` should have ended the command, in
 # case the connection itself hangs.
 BACKSTOP_GRACE = 5.0
@@ -294,12 +290,8 @@ def _parse_report(stdout: str) -> dict[str, str]:
 # --- running a script, here or over ssh ----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Ran:
-    exit_code: int | None
-    stdout: str
-    stderr: str
-    timed_out: bool
+# What a script run here or over ssh left behind.
+_Ran = ScriptResult
 
 
 class _Unreachable(Exception):
@@ -320,7 +312,7 @@ def _run(
 ) -> _Ran:
     """Run the POSIX sh ``script`` with positional ``args`` on the host, within ``timeout``."""
     if host.is_local:
-        return _run_locally(script, args, timeout=timeout)
+        return run_script(script, args, timeout=timeout)
     return _run_over_ssh(
         host,
         script,
@@ -328,40 +320,6 @@ def _run(
         timeout=timeout,
         known_hosts_file=known_hosts_file or host.known_hosts_file,
     )
-
-
-def _run_locally(script: str, args: Sequence[str], *, timeout: float) -> _Ran:
-    # A process group of its own, so a timeout stops everything the script started.
-    process = subprocess.Popen(
-        ["/bin/sh", "-c", script, "sh", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stdout, stderr = _stop_group(process)
-        return _Ran(exit_code=None, stdout=stdout, stderr=stderr, timed_out=True)
-    return _Ran(exit_code=process.returncode, stdout=stdout, stderr=stderr, timed_out=False)
-
-
-def _stop_group(process: subprocess.Popen[str]) -> tuple[str, str]:
-    """TERM the process group, KILL it if it lingers; what it printed so far."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            return process.communicate(timeout=KILL_AFTER)
-        except subprocess.TimeoutExpired:
-            continue
-    # Something left the group and holds the pipes open; give up on its output.
-    return "", ""
 
 
 def _run_over_ssh(

@@ -1,25 +1,29 @@
 """Running tasks on ssh hosts (and ``localhost``): the executor behind the assignment controller.
 
-A dispatch starts a thread that does on the host what a pull worker does on its own machine:
+A dispatch starts a thread that does on the host what a pull worker does on its own machine,
+and reports as a pull agent does — through the same service calls the agent API makes, in
+process: the task is reported ``running`` (``Fleet.update_task_status``), the receipt handed
+in (``PullQueue.accept_receipt``, which settles the task into review), and a failed run
+reported with its reason (``Fleet.report_failure``). Every report presents the lease the
+dispatch was given and is checked there, under the agent's lock: if the task was cancelled or
+given to someone else meanwhile, the run's results are refused and dropped. So a task's
+progress has one writer, whichever kind of agent works on it.
 
-1. prepare: a per-host bare clone of the repository (``<workdir>/repos/<owner>/<name>.git``,
-   fetched under a lock) and a fresh git worktree for the task on ``task/<id>-<slug>``
-   (``<workdir>/tasks/<task-id>``), from the task branch if it exists, else the default branch;
-2. run the adapter's CLI in the worktree with the prompt built from the issue, under the
-   host's ``timeout`` (the remote process is killed at the deadline, not just abandoned);
-3. finish: commit whatever the agent left uncommitted, list the commits the branch adds, push;
-4. open (or find) the pull request, store the receipt, and move the task to
-   ``review_pending`` — or to ``failed`` with the reason, which the assignment controller
-   retries with backoff.
+The run itself:
 
-Every write to the task presents the lease the dispatch was given: if the task was cancelled
-or given to someone else meanwhile, the run's results are dropped. Three ssh round trips per
-run (prepare, CLI, finish) keep the overhead to a fraction of a second.
+1. the task's git worktree (``reconciler.run.gitwork.prepare``, over ssh);
+2. the adapter's CLI in the worktree with the prompt built from the issue, under the host's
+   ``timeout`` (the remote process is killed at the deadline, not just abandoned);
+3. commit, push (``gitwork.finish``) and the pull request (``gitwork.find_or_open_pull``:
+   the open one of the task's branch or a new one, never a closed one).
+
+Three ssh round trips per run (prepare, CLI, finish) keep the overhead to a fraction of a
+second. Stopping a run (:meth:`HostExecutor.stop`) only signals: it marks the run cancelled
+and returns; a thread of its own leaves the stop on the host and waits for the run to end.
 """
 
 from __future__ import annotations
 
-import base64
 import shlex
 import threading
 import time
@@ -31,19 +35,11 @@ from pathlib import Path
 import structlog
 
 from reconciler.errors import FleetError
+from reconciler.fleet.queue import PullQueue, ReceiptClaim
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.forgejo.types import IssueState
-from reconciler.keys import Key, issue_key, pull_key
-from reconciler.models import (
-    AgentId,
-    Receipt,
-    ReceiptId,
-    Task,
-    TaskEvent,
-    TaskId,
-    TaskState,
-    transition,
-)
+from reconciler.keys import Key, issue_key
+from reconciler.models import AgentId, ReceiptId, Task, TaskId, TaskState
+from reconciler.run import gitwork
 from reconciler.run.adapters import RunOutput, parse_output, render_command, render_env
 from reconciler.run.hosts import RemoteResult, run_remote
 from reconciler.settings import HostSettings, Settings
@@ -52,33 +48,6 @@ from reconciler.store import Store
 log = structlog.get_logger(__name__)
 
 RunRemote = Callable[..., RemoteResult]
-
-_PREPARE = r"""
-set -eu
-cache="$WORKDIR/repos/$REPO.git"
-wt="$WORKDIR/tasks/$TASK"
-mkdir -p "$(dirname "$cache")" "$WORKDIR/tasks"
-prepare() {
-  if [ ! -d "$cache" ]; then git clone --quiet --bare "$CLONE_URL" "$cache"; fi
-  git -C "$cache" fetch --quiet --prune origin '+refs/heads/*:refs/remotes/origin/*'
-  # A stopped or crashed run leaves its worktree (and its stop marker) behind: remove them.
-  rm -rf "$wt" "$wt.stop" "$wt.pid"
-  git -C "$cache" worktree prune
-  if git -C "$cache" rev-parse -q --verify "refs/remotes/origin/$BRANCH" >/dev/null; then
-    start="refs/remotes/origin/$BRANCH"
-  else
-    start="refs/remotes/origin/$BASE"
-  fi
-  git -C "$cache" worktree add --quiet -B "$BRANCH" "$wt" "$start"
-}
-# Tasks of one repository share the clone: one fetch or worktree change at a time.
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$cache.lock"
-  flock 9
-fi
-prepare
-echo "WORKTREE=$wt"
-"""
 
 _RUN = r"""
 cd "$WT"
@@ -103,23 +72,6 @@ wait "$pid" || status=$?
 kill "$watcher" 2>/dev/null
 rm -f "$WT.pid"
 exit $status
-"""
-
-_FINISH = r"""
-set -eu
-cd "$WT"
-git add -A
-if ! git diff --cached --quiet; then
-  git -c user.name="$AUTHOR" -c user.email="$EMAIL" commit --quiet -m "$MESSAGE"
-fi
-echo "COMMITS-BEGIN"
-git rev-list "refs/remotes/origin/$BASE..HEAD"
-echo "COMMITS-END"
-if [ -n "$(git rev-list "refs/remotes/origin/$BASE..HEAD")" ]; then
-  git push --quiet origin "HEAD:refs/heads/$BRANCH"
-fi
-cd /
-git -C "$WORKDIR/repos/$REPO.git" worktree remove --force "$WT" || true
 """
 
 STOP_ATTEMPTS = 50
@@ -149,15 +101,18 @@ class _Run:
     host: HostSettings | None = None
     worktree: str = ""
     cli_started: threading.Event = field(default_factory=threading.Event)
+    stopper: threading.Thread | None = None
 
 
 class HostExecutor:
-    """Runs dispatched tasks on their hosts, one thread per run."""
+    """Runs dispatched tasks on their hosts, one thread per run, reporting through ``reports``
+    (the pull queue and its fleet) as an agent in this process."""
 
     def __init__(
         self,
         *,
         store: Store,
+        reports: PullQueue,
         gateway: ForgejoGateway,
         settings: Callable[[], Settings],
         clock: Callable[[], datetime],
@@ -167,6 +122,7 @@ class HostExecutor:
         prompt_for: Callable[[Task], str] | None = None,
     ) -> None:
         self._store = store
+        self._reports = reports
         self._gateway = gateway
         self._settings = settings
         self._clock = clock
@@ -195,11 +151,24 @@ class HostExecutor:
         log.info("task.dispatched", task=task_id, agent=agent_id, lease=lease_generation)
 
     def stop(self, task_id: TaskId, *, reason: str) -> bool:
+        """Mark the run cancelled and return; a thread of its own finishes the stop (the
+        remote process too). The run counts as running until its thread has ended."""
         with self._lock:
             run = self._runs.get(task_id)
-        if run is None:
-            return False
-        run.cancelled.set()
+            if run is None:
+                return False
+            run.cancelled.set()
+            if run.stopper is None:
+                run.stopper = threading.Thread(
+                    target=self._finish_stop,
+                    args=(run, reason),
+                    name=f"stop-{task_id}",
+                    daemon=True,
+                )
+                run.stopper.start()
+        return True
+
+    def _finish_stop(self, run: _Run, reason: str) -> None:
         # Leave the stop on the host once the worktree exists (the run's watcher acts on it
         # whenever the CLI starts); before that, the cancelled flag stops the run before its
         # CLI. Then wait, bounded, for the run's thread to end.
@@ -210,12 +179,11 @@ class HostExecutor:
                     self._run_remote(run.host, _STOP, timeout=30, env={"WT": run.worktree})
                     asked = True
                 except FleetError as exc:
-                    log.warning("task.stop_failed", task=task_id, error=str(exc))
+                    log.warning("task.stop_failed", task=run.task_id, error=str(exc))
             if run.thread is None or not run.thread.is_alive():
                 break
             run.thread.join(STOP_PAUSE)
-        log.info("task.stopped", task=task_id, reason=reason)
-        return True
+        log.info("task.stopped", task=run.task_id, reason=reason)
 
     def wait(self, task_id: TaskId, *, timeout: float) -> bool:
         """Wait for the task's run to end; True if it has (tests, shutdown)."""
@@ -246,7 +214,9 @@ class HostExecutor:
             self.stop(task_id, reason="agent-fleet is stopping")
         deadline = time.monotonic() + timeout
         with self._lock:
-            threads = [r.thread for r in self._runs.values() if r.thread is not None]
+            threads = [
+                t for r in self._runs.values() for t in (r.thread, r.stopper) if t is not None
+            ]
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0.1))
 
@@ -261,7 +231,12 @@ class HostExecutor:
         except RunFailed as exc:
             self._finish_failed(run, str(exc), retryable=exc.retryable)
         except FleetError as exc:
-            self._finish_failed(run, f"{type(exc).__name__}: {exc}", retryable=True)
+            reason = (
+                str(exc)
+                if isinstance(exc, gitwork.GitWorkFailed)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            self._finish_failed(run, reason, retryable=True)
         except Exception as exc:
             log.exception("task.run_crashed", task=run.task_id)
             self._finish_failed(
@@ -282,141 +257,110 @@ class HostExecutor:
             f"no [[hosts]] entry named {agent_id} in the configuration", retryable=False
         )
 
-    def _update(
-        self, run: _Run, change: Callable[[Task], tuple[Task, list[TaskEvent]]]
-    ) -> Task | None:
-        """Apply ``change`` if the task is still ours under this lease; None when it is not."""
-        result: list[Task] = []
-
-        def guarded(task: Task) -> Task:
-            if task.agent_id != run.agent_id or task.lease_generation != run.lease_generation:
-                return task
-            if task.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
-                return task
-            updated, events = change(task)
-            for event in events:
-                self._store.append_event(event)
-            result.append(updated)
-            return updated
-
-        self._store.update_task(run.task_id, guarded)
-        if not result:
-            log.info("task.lease_lost", task=run.task_id, lease=run.lease_generation)
-            return None
-        return result[0]
-
     def _start(self, run: _Run) -> Task | None:
-        actor = f"agent:{run.agent_id}"
-        now = self._clock()
-
-        def to_running(task: Task) -> tuple[Task, list[TaskEvent]]:
-            if task.state is TaskState.RUNNING:
-                return task, []
-            updated, event = transition(
-                task,
-                TaskState.RUNNING,
-                now=now,
-                actor=actor,
-                reason=f"started on {run.agent_id}",
-                last_activity_at=now,
+        """Report the task running, as an agent does; None when the lease is not ours."""
+        try:
+            update = self._reports.fleet.update_task_status(
+                run.agent_id,
+                run.task_id,
+                lease_generation=run.lease_generation,
+                state=TaskState.RUNNING,
+                note=f"started on {run.agent_id}",
             )
-            return updated, [event]
+        except FleetError as exc:
+            log.info("task.lease_lost", task=run.task_id, lease=run.lease_generation, why=str(exc))
+            return None
+        return update.task
 
-        task = self._update(run, to_running)
-        if task is not None:
-            self._enqueue(issue_key(task.repo, task.issue_number))
-        return task
+    def _site(self, host: HostSettings) -> gitwork.Site:
+        def run(script: str, *, env: Mapping[str, str], timeout: float) -> RemoteResult:
+            return self._run_remote(host, script, timeout=timeout, env=dict(env))
 
-    def _work(self, run: _Run, task: Task) -> Receipt:
+        return gitwork.Site(run=run, where=host.name)
+
+    def _work(self, run: _Run, task: Task) -> ReceiptClaim:
         settings = self._settings()
         host = self._host(run.agent_id)
         run.host = host
         adapter = settings.adapter_for(host)
         repo = self._gateway.get_repo(task.repo)
         base = repo.default_branch
-        git_env = self._git_env(settings)
-        common = {
-            "WORKDIR": host.workdir,
-            "REPO": task.repo,
-            "TASK": task.id,
-            "BRANCH": task.branch,
-            "BASE": base,
-        }
-
-        prepared = self._remote(
-            host,
-            _PREPARE,
-            timeout=settings.timeouts.dispatch,
-            env={**common, **git_env, "CLONE_URL": repo.clone_url},
-            what="prepare the worktree",
-        )
-        worktree = _value(prepared.stdout, "WORKTREE") or f"{host.workdir}/tasks/{task.id}"
-        run.worktree = worktree
-        if run.cancelled.is_set():
-            raise RunFailed("cancelled before the agent started", retryable=False)
-
-        prompt = self._prompt_for(task)
-        argv = render_command(
-            adapter,
-            prompt=prompt,
-            workdir=worktree,
-            session_id=task.session_id,
-            resume=bool(task.session_id),
-        )
-        limit = (
-            max((task.deadline_at - self._clock()).total_seconds(), 1.0)
-            if task.deadline_at
-            else settings.timeouts.task_default
-        )
-        started = time.monotonic()
-        run.cli_started.set()
-        ran = self._run_cli(host, argv, worktree, render_env(adapter), limit)
-        duration = time.monotonic() - started
-        self._write_log(task, ran)
-        output = RunOutput(
-            exit_code=ran.exit_code if ran.exit_code is not None else -9,
-            stdout=ran.stdout,
-            stderr=ran.stderr,
-            timed_out=ran.timed_out or ran.exit_code == 124,
-            duration_s=duration,
-            cancelled=run.cancelled.is_set(),
-            timeout_s=limit,
-        )
-        result = parse_output(adapter.parser, output)
-        if run.cancelled.is_set():
-            raise RunFailed("the run was stopped", retryable=False)
-        if not result.ok:
-            raise RunFailed(result.error or "the agent run failed")
-
-        finished = self._remote(
-            host,
-            _FINISH,
-            timeout=settings.timeouts.dispatch,
-            env={
-                **common,
-                **git_env,
-                "WT": worktree,
-                "AUTHOR": f"agent-fleet ({run.agent_id})",
-                "EMAIL": f"{run.agent_id}@agent-fleet.invalid",
-                "MESSAGE": f"{task.title}\n\n{result.summary[:2000]}\n\nTask {task.id}, attempt {task.attempt}.",
-            },
-            what="commit and push",
-        )
-        commits = _between(finished.stdout, "COMMITS-BEGIN", "COMMITS-END")
-        if not commits:
-            raise RunFailed("the agent finished without changing anything on the branch")
-
-        pull = self._gateway.find_pull_by_head(task.repo, task.branch)
-        # A closed pull request (unmerged, then requeued) is history: this attempt opens a new one.
-        if pull is None or pull.state is not IssueState.OPEN:
-            body = f"Closes #{task.issue_number}\n\n{result.summary}".strip()
-            pull = self._gateway.create_pull(
-                task.repo, head=task.branch, base=base, title=task.title, body=body
-            )
-        return Receipt(
-            id=ReceiptId(f"{task.id}-a{task.attempt}"),
+        site = self._site(host)
+        job = gitwork.GitJob(
+            workdir=host.workdir,
+            repo=task.repo,
             task_id=task.id,
-            agent_id=run.agent_id,
+            branch=task.branch,
+            base=base,
+            clone_url=repo.clone_url,
+            credentials=gitwork.git_credentials(
+                settings.forgejo.bot_login, settings.forgejo.token.get_secret_value()
+            ),
+        )
+        worktree = gitwork.prepare(site, job, timeout=settings.timeouts.dispatch)
+        run.worktree = worktree
+        finished = False
+        try:
+            if run.cancelled.is_set():
+                raise RunFailed("cancelled before the agent started", retryable=False)
+            prompt = self._prompt_for(task)
+            argv = render_command(
+                adapter,
+                prompt=prompt,
+                workdir=worktree,
+                session_id=task.session_id,
+                resume=bool(task.session_id),
+            )
+            limit = (
+                max((task.deadline_at - self._clock()).total_seconds(), 1.0)
+                if task.deadline_at
+                else settings.timeouts.task_default
+            )
+            started = time.monotonic()
+            run.cli_started.set()
+            ran = self._run_cli(host, argv, worktree, render_env(adapter), limit)
+            duration = time.monotonic() - started
+            self._write_log(task, ran)
+            output = RunOutput(
+                exit_code=ran.exit_code if ran.exit_code is not None else -9,
+                stdout=ran.stdout,
+                stderr=ran.stderr,
+                timed_out=ran.timed_out or ran.exit_code == 124,
+                duration_s=duration,
+                cancelled=run.cancelled.is_set(),
+                timeout_s=limit,
+            )
+            result = parse_output(adapter.parser, output)
+            if run.cancelled.is_set():
+                raise RunFailed("the run was stopped", retryable=False)
+            if not result.ok:
+                raise RunFailed(result.error or "the agent run failed")
+            commits = gitwork.finish(
+                site,
+                job,
+                worktree,
+                author=f"agent-fleet ({run.agent_id})",
+                email=f"{run.agent_id}@agent-fleet.invalid",
+                message=f"{task.title}\n\n{result.summary[:2000]}\n\nTask {task.id}, attempt {task.attempt}.",
+                timeout=settings.timeouts.dispatch,
+            )
+            finished = True
+        finally:
+            if not finished:
+                gitwork.remove(site, job, worktree, timeout=settings.timeouts.dispatch)
+        pull = gitwork.find_or_open_pull(
+            self._gateway,
+            repo=task.repo,
+            branch=task.branch,
+            base=base,
+            title=task.title,
+            issue_number=task.issue_number,
+            summary=result.summary,
+        )
+        return ReceiptClaim(
+            # One receipt per lease: a dispatch runs once under its lease.
+            receipt_id=ReceiptId(f"{task.id}-l{run.lease_generation}"),
+            task_id=task.id,
             lease_generation=run.lease_generation,
             pr_number=pull.number,
             branch=task.branch,
@@ -426,7 +370,6 @@ class HostExecutor:
             tokens=result.tokens,
             duration_s=round(duration, 3),
             session_id=result.session_id,
-            submitted_at=self._clock(),
         )
 
     def _run_cli(
@@ -445,30 +388,6 @@ class HostExecutor:
             env={**env, "WT": worktree, "LIMIT": f"{max(int(limit), 1)}"},
         )
 
-    def _remote(
-        self, host: HostSettings, script: str, *, timeout: float, env: Mapping[str, str], what: str
-    ) -> RemoteResult:
-        ran = self._run_remote(host, script, timeout=timeout, env=dict(env))
-        if ran.timed_out:
-            raise RunFailed(f"could not {what} on {host.name}: timed out after {timeout:g} s")
-        if ran.exit_code != 0:
-            detail = (ran.stderr.strip() or ran.stdout.strip())[-500:]
-            raise RunFailed(f"could not {what} on {host.name} (exit {ran.exit_code}): {detail}")
-        return ran
-
-    def _git_env(self, settings: Settings) -> dict[str, str]:
-        """Credentials for git over HTTP, in the environment rather than a URL or argv (which
-        other users can read in the process list)."""
-        login = settings.forgejo.bot_login
-        token = settings.forgejo.token.get_secret_value()
-        basic = base64.b64encode(f"{login}:{token}".encode()).decode()
-        return {
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": "http.extraHeader",
-            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-        }
-
     def _write_log(self, task: Task, ran: RemoteResult) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         path = self._log_dir / f"{task.id}-attempt{task.attempt}.log"
@@ -482,70 +401,28 @@ class HostExecutor:
         allow = frozenset(self._settings().forgejo.trusted_authors)
         return prompt_for_task(self._gateway, task, attempt=task.attempt, allow=allow)
 
-    # --- reporting back ------------------------------------------------------------------
+    # --- reporting back, as an agent -----------------------------------------------------
 
-    def _finish_ok(self, run: _Run, task: Task, receipt: Receipt) -> None:
-        self._store.put_receipt(receipt)
-        now = self._clock()
-
-        def to_review(current: Task) -> tuple[Task, list[TaskEvent]]:
-            note = TaskEvent(
-                task_id=current.id,
-                at=now,
-                actor=f"agent:{run.agent_id}",
-                kind="receipt",
-                reason=f"pull request #{receipt.pr_number} with {len(receipt.commits)} commit(s)",
-                data={"receipt_id": receipt.id, "pr_number": receipt.pr_number},
-            )
-            updated, event = transition(
-                current,
-                TaskState.REVIEW_PENDING,
-                now=now,
-                actor=f"agent:{run.agent_id}",
-                reason=f"pull request #{receipt.pr_number} opened",
-                pr_number=receipt.pr_number,
-                session_id=receipt.session_id,
-                last_activity_at=now,
-            )
-            return updated, [note, event]
-
-        if self._update(run, to_review) is not None and receipt.pr_number is not None:
-            self._enqueue(pull_key(task.repo, receipt.pr_number))
-        log.info(
-            "task.run_finished", task=task.id, pr=receipt.pr_number, commits=len(receipt.commits)
-        )
+    def _finish_ok(self, run: _Run, task: Task, claim: ReceiptClaim) -> None:
+        """Hand the receipt in; the pull queue settles the task into review."""
+        try:
+            self._reports.accept_receipt(run.agent_id, claim)
+        except FleetError as exc:
+            log.info("task.lease_lost", task=run.task_id, lease=run.lease_generation, why=str(exc))
+            return
+        log.info("task.run_finished", task=task.id, pr=claim.pr_number, commits=len(claim.commits))
 
     def _finish_failed(self, run: _Run, reason: str, *, retryable: bool) -> None:
-        now = self._clock()
         log.warning("task.run_failed", task=run.task_id, reason=reason)
-
-        def to_failed(current: Task) -> tuple[Task, list[TaskEvent]]:
-            updated, event = transition(
-                current,
-                TaskState.FAILED,
-                now=now,
-                actor=f"agent:{run.agent_id}",
+        if run.cancelled.is_set():
+            return
+        try:
+            self._reports.fleet.report_failure(
+                run.agent_id,
+                run.task_id,
+                lease_generation=run.lease_generation,
                 reason=reason,
-                failure_reason=reason,
-                failure_retryable=retryable,
+                retryable=retryable,
             )
-            return updated, [event]
-
-        if not run.cancelled.is_set():
-            self._update(run, to_failed)
-
-
-def _value(stdout: str, name: str) -> str:
-    prefix = f"{name}="
-    return next(
-        (line[len(prefix) :].strip() for line in stdout.splitlines() if line.startswith(prefix)), ""
-    )
-
-
-def _between(stdout: str, begin: str, end: str) -> list[str]:
-    lines = stdout.splitlines()
-    try:
-        start, stop = lines.index(begin), lines.index(end)
-    except ValueError:
-        return []
-    return [line.strip() for line in lines[start + 1 : stop] if line.strip()]
+        except FleetError as exc:
+            log.info("task.lease_lost", task=run.task_id, lease=run.lease_generation, why=str(exc))

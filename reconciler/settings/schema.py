@@ -200,10 +200,29 @@ def _not_below(value: float, floor: float | None, *, name: str) -> float:
     return value
 
 
+# The controllers a process runs (reconciler/keys.py names their keys the same way).
+CONTROLLER_NAMES = ("assignment", "registry", "review", "receipts")
+
+
 class LoopSettings(Section):
     """The work queue and the periodic resync."""
 
-    workers: int = Field(default=4, ge=1, description="Keys reconciled concurrently.")
+    workers: int = Field(
+        default=4,
+        ge=1,
+        description="Keys each controller reconciles concurrently, on workers of its own "
+        "(unless controller_workers says otherwise for it).",
+    )
+    controller_workers: Mapping[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="Workers of one controller (assignment, registry, review, receipts), "
+        "e.g. { registry = 2 }; a slow controller never takes another's workers.",
+    )
+    health_check_workers: int = Field(
+        default=16,
+        ge=1,
+        description="ssh health checks and restarts of [[hosts]] run at once, beside the loop.",
+    )
     resync_interval: Seconds = Field(
         default=60.0, description="Seconds between polls of recently updated issues and PRs."
     )
@@ -234,6 +253,21 @@ class LoopSettings(Section):
     @classmethod
     def _max_not_below_initial(cls, value: float, info: ValidationInfo) -> float:
         return _not_below(value, info.data.get("backoff_initial"), name="backoff_initial")
+
+    @field_validator("controller_workers")
+    @classmethod
+    def _known_controllers(cls, value: Mapping[str, int]) -> Mapping[str, int]:
+        unknown = sorted(set(value) - set(CONTROLLER_NAMES))
+        if unknown:
+            raise ValueError(
+                f"no controller named {', '.join(unknown)}; the controllers are "
+                + ", ".join(CONTROLLER_NAMES)
+            )
+        return value
+
+    def workers_of(self, controller: str) -> int:
+        """How many workers reconcile ``controller``'s keys."""
+        return self.controller_workers.get(controller, self.workers)
 
 
 class WebhookSettings(Section):

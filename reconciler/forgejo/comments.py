@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
+from reconciler.errors import ForgejoError, ForgejoNotFound, ForgejoServerError, WaitingError
 from reconciler.forgejo.http import ForgejoHttp, WriteOutcome, repo_path, rfc3339
 from reconciler.forgejo.types import Comment, list_body
 
@@ -84,6 +85,18 @@ class CommentOps(ForgejoHttp):
             idempotent=True,
         )
 
+    def delete_comment(self, repo: str, comment_id: int) -> None:
+        """Delete a comment. Retried: a comment already gone answers 404, taken as done."""
+        try:
+            self._request(
+                "delete_comment",
+                "DELETE",
+                f"{repo_path(repo)}/issues/comments/{comment_id}",
+                idempotent=True,
+            )
+        except ForgejoNotFound:
+            return
+
     def upsert_marker_comment(
         self,
         repo: str,
@@ -97,18 +110,83 @@ class CommentOps(ForgejoHttp):
 
         The comment is found by its hidden marker (``marker_tag``) among the bot's own comments
         (``comments`` when the caller already fetched them, else one list call). It is created
-        if missing, edited only when the text differs, and left alone otherwise — so a second
-        call with the same body makes no write.
+        if missing, edited only when the text Forgejo holds differs, and left alone otherwise —
+        so a second call with the same body makes no write.
+
+        Exactly once under faults: when a create or edit of this comment ends with an unknown
+        outcome (the answer was lost, or a 5xx), the write may still land later, so
+
+        * the error is raised and the comment is marked *in doubt*; a create is first looked
+          for at once (the common case: it landed and only the answer was lost);
+        * while in doubt, no write of this comment is made until ``settle_after`` seconds have
+          passed since the doubtful one was sent (``WaitingError`` says when to come back),
+          and then the comments are read afresh — the caller's ``comments`` are not trusted;
+        * should two of the bot's comments carry the marker all the same (a write held up
+          longer than that), the oldest is kept and the others are deleted.
         """
         tag = marker_tag(marker)
         text = f"{tag}\n{body}"
+        doubt = (repo.lower(), number, tag)
+        with self._doubt_lock:
+            sent = self._in_doubt.get(doubt)
+        if sent is not None:
+            waited = self._clock() - sent
+            if waited < self.settle_after:
+                raise WaitingError(
+                    f"the last write of the {marker} comment on {repo}#{number} has an unknown "
+                    f"outcome and may still land; it is looked at again once that has settled",
+                    retry_after=self.settle_after - waited,
+                )
+            comments = None  # what Forgejo holds now, not what was observed before
         existing = comments if comments is not None else self.list_comments(repo, number)
-        mine = None
-        if existing:  # only then does it matter who the bot is (one call, once per process)
-            login = self.bot_login()
-            mine = next((c for c in existing if c.author == login and tag in c.body), None)
-        if mine is None:
-            return self.create_comment(repo, number, text), "created"
-        if same_text(mine.body, text):
-            return mine, "unchanged"
-        return self.edit_comment(repo, mine.id, text), "edited"
+        mine = self._marker_comments(existing, tag)
+        for extra in mine[1:]:
+            self.delete_comment(repo, extra.id)
+        current = mine[0] if mine else None
+        started = self._clock()
+        try:
+            if current is None:
+                return self.create_comment(repo, number, text), "created"
+            if same_text(current.body, text):
+                return current, "unchanged"
+            return self.edit_comment(repo, current.id, text), "edited"
+        except ForgejoServerError as exc:
+            if not exc.outcome_unknown:
+                raise
+            with self._doubt_lock:
+                self._in_doubt[doubt] = started
+            landed = None
+            if current is None:
+                landed = self._look_for_landed_create(repo, number, tag=tag, text=text)
+            if landed is None:
+                raise
+            with self._doubt_lock:
+                self._in_doubt.pop(doubt, None)
+            return landed, "created"
+        finally:
+            if sent is not None:
+                with self._doubt_lock:
+                    if self._in_doubt.get(doubt) == sent:
+                        del self._in_doubt[doubt]
+
+    def _marker_comments(self, existing: Sequence[Comment], tag: str) -> list[Comment]:
+        """The bot's comments carrying ``tag``, oldest first."""
+        if not existing:  # only then does it matter who the bot is (one call, once per process)
+            return []
+        login = self.bot_login()
+        return sorted(
+            (c for c in existing if c.author == login and tag in c.body), key=lambda c: c.id
+        )
+
+    def _look_for_landed_create(
+        self, repo: str, number: int, *, tag: str, text: str
+    ) -> Comment | None:
+        """After a create with an unknown outcome: the comment, when it is there already (the
+        answer was lost, not the write) — then nothing is in doubt any more."""
+        try:
+            found = self._marker_comments(self.list_comments(repo, number), tag)
+        except ForgejoError:
+            return None  # still in doubt; the next pass waits and reads again
+        if len(found) == 1 and same_text(found[0].body, text):
+            return found[0]
+        return None

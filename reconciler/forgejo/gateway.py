@@ -60,7 +60,7 @@ class ForgejoGateway(CommentOps, PullOps):
     ``transport`` is an optional httpx transport (tests pass ``httpx.WSGITransport``);
     ``on_call(operation, status)`` runs after every HTTP attempt (status 0 when no response
     came); ``sleep`` and ``clock`` are injected so retry waits can be tested without waiting.
-    Not thread-safe: each worker thread uses its own gateway.
+    One gateway serves every worker thread of a process (see ``ForgejoHttp``).
     """
 
     # --- repositories ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ Only the modules of ``reconciler/forgejo/`` import pyforgejo or httpx.
 from __future__ import annotations
 
 import email.utils
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -83,6 +84,7 @@ WRITE_OPERATIONS = frozenset(
         "replace_labels",
         "create_comment",
         "edit_comment",
+        "delete_comment",
         "create_pull",
         "merge_pull",
         "create_review",
@@ -95,6 +97,8 @@ WRITE_OPERATIONS = frozenset(
 )
 """Operation names (as passed to ``on_call``) whose HTTP call changes Forgejo."""
 
+# Transport errors raised before any byte of the request left: the request surely did nothing.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _EXCERPT = 200
 
@@ -185,7 +189,8 @@ class ForgejoHttp:
     ``transport`` is an optional httpx transport (tests pass ``httpx.WSGITransport``);
     ``on_call(operation, status)`` runs after every HTTP attempt (status 0 when no response
     came); ``sleep`` and ``clock`` are injected so retry waits can be tested without waiting.
-    Not thread-safe: each worker thread uses its own gateway.
+    Shared by the loop's worker threads (httpx's client is thread-safe; the gateway's own
+    small caches tolerate concurrent refreshes, and its record of writes in doubt is locked).
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class ForgejoHttp:
         on_call: Callable[[str, int], None] | None = None,
         clock: Callable[[], float] = time.time,
         max_retry_wait: float = MAX_RETRY_WAIT,
+        settle_after: float | None = None,
     ) -> None:
         if not token:
             raise ValueError("a Forgejo API token is required")
@@ -227,6 +233,14 @@ class ForgejoHttp:
         """HTTP calls that change Forgejo (operations in ``WRITE_OPERATIONS``)."""
         self._labels: dict[str, dict[str, Label]] = {}
         self._me: User | None = None
+        self.settle_after = 2 * timeout if settle_after is None else settle_after
+        """How long a write whose outcome is unknown may still land (a request held up on
+        the way): the same write is not repeated before it has passed. Twice the timeout."""
+        self._in_doubt: dict[tuple[str, int, str], float] = {}
+        """Marker comments whose last write had an unknown outcome, by (repo, issue, tag):
+        when that write was sent (``clock`` seconds). Shared by the threads using this
+        gateway, hence the lock."""
+        self._doubt_lock = threading.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -271,6 +285,8 @@ class ForgejoHttp:
                         f"{operation}: no response from Forgejo at {self.base_url} "
                         f"({type(exc).__name__}: {exc})",
                         operation=operation,
+                        # A connection never made cannot have changed anything.
+                        outcome_unknown=not isinstance(exc, _NOT_SENT),
                     ) from exc
                 self._sleep(self._backoff(attempt))
                 continue

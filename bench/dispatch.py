@@ -81,6 +81,7 @@ from harness import (
 )
 from pydantic import SecretStr
 
+from controllers.setup import WEBHOOK_EVENTS
 from reconciler.engine.logs import configure_logging
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import RepoName, Task, TaskState, branch_for, task_id_for
@@ -97,7 +98,7 @@ from reconciler.settings import (
     WebhookSettings,
 )
 from reconciler.store import Store, storage
-from webhook.daemon import WEBHOOK_EVENTS, Daemon, build, http_app
+from webhook.daemon import Daemon, build, http_app
 from webhook.receiver import WEBHOOK_PATH
 from webhook.server import HttpServer
 

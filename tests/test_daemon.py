@@ -156,13 +156,13 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(
     assert daemon.process.poll() is None, "the first daemon must keep running"
 
 
-def test_readyz_reports_store_forgejo_and_resync(daemon: DaemonProcess) -> None:
+def test_readyz_reports_store_forgejo_resync_and_repos(daemon: DaemonProcess) -> None:
     """/readyz is 200 once a resync completed and Forgejo answers; /metrics is Prometheus text."""
     started = daemon.wait_for("daemon.started")
     daemon.wait_for("resync.full")
     ready = httpx.get(f"{started['url']}/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) == {"store", "forgejo", "resync"}
+    assert set(ready.json()["checks"]) == {"store", "forgejo", "resync", "repos"}
     metrics = httpx.get(f"{started['url']}/metrics", timeout=5).text
     assert "agent_fleet_queue_depth" in metrics
     assert 'agent_fleet_forgejo_api_calls_total{operation="list_issues"' in metrics

@@ -51,6 +51,7 @@ __all__ = [
     "WriteOutcome",
     "has_marker",
     "marker_tag",
+    "webhook_events_drifted",
 ]
 
 
@@ -406,7 +407,7 @@ class ForgejoGateway(CommentOps, PullOps):
             )
             return created, "created"
         drifted = (
-            _events_drifted(hook.events, wanted_events)
+            webhook_events_drifted(hook.events, wanted_events)
             or hook.content_type != content_type
             or not hook.active
         )
@@ -464,7 +465,7 @@ _IMPLIED_EVENTS: Mapping[str, frozenset[str]] = {
 }
 
 
-def _events_drifted(have: Sequence[str], wanted: Sequence[str]) -> bool:
+def webhook_events_drifted(have: Sequence[str], wanted: Sequence[str]) -> bool:
     """True unless the hook covers every wanted event and lists nothing those do not imply.
 
     A group name (``pull_request_review``) may be listed back only as its sub-events, so it

@@ -307,7 +307,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
 
     body = status_comment(task, agents=observed.agents, settings=settings)
     digest = comment_digest(body)
-    if before is None and observed.status_comment and task.state in TERMINAL_REBUILT:
+    if before is None and task.state in TERMINAL_REBUILT:
         # A task rebuilt after state loss that had already ended: the comment Forgejo holds
         # is the record of how it ended, and this process knows no more than it does.
         task = _with(task, now=task.updated_at, comment_digest=digest)
@@ -484,6 +484,9 @@ def status_comment(task: Task, *, agents: tuple[Agent, ...], settings: Settings)
         line = f"👀 In review · branch `{task.branch}` · attempt {task.attempt}"
     elif task.state is TaskState.FAILED:
         line = f"❌ Failed after {task.attempt} attempt(s): {task.failure_reason}"
+    elif task.state is TaskState.COMPLETED:
+        # Written too, so an earlier line whose edit was lost ("Running on …") never stays.
+        line = f"✅ Done · branch `{task.branch}` · attempt {task.attempt}"
     elif task.state is TaskState.AGENT_LOST:
         line = f"⚠️ Agent {task.agent_id} was lost; the task goes back to the queue."
     else:

@@ -4,8 +4,8 @@
 ``error`` code; the daemon then installs the webhook receiver and the agent API on it.
 
 * ``GET /healthz`` — the process is up and serving (always 200 while it is).
-* ``GET /readyz`` — 200 when the store is open, Forgejo answered recently and the last resync
-  is not stale; 503 with the failing checks otherwise.
+* ``GET /readyz`` — 200 when the store is open, Forgejo answered recently, every watched
+  repository is set up and the last resync is not stale; 503 with the failing checks otherwise.
 * ``GET /metrics`` — Prometheus text format.
 """
 

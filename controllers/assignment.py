@@ -310,7 +310,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     if before is None and task.state in TERMINAL_REBUILT:
         # A task rebuilt after state loss that had already ended: the comment Forgejo holds
         # is the record of how it ended, and this process knows no more than it does.
-        task = _with(task, now=task.updated_at, comment_digest=digest)
+        task = task.changed(now=task.updated_at, comment_digest=digest)
     elif body and digest != task.comment_digest:
         actions.append(
             UpsertComment(
@@ -505,7 +505,7 @@ def _with_rebuilt_facts(task: Task, comment: str, *, now: datetime) -> Task:
         changes["attempt"] = facts.attempt
     if facts.failure_reason is not None and task.state is TaskState.FAILED:
         changes["failure_reason"] = facts.failure_reason
-    return _with(task, now=now, **changes) if changes else task
+    return task.changed(now=now, **changes) if changes else task
 
 
 def rebuilt_state(labels: tuple[str, ...], vocabulary: LabelsSettings) -> tuple[TaskState, str]:

@@ -72,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             getattr(totals, name).extend(items)
         verdict = "ok" if found.total() == 0 else "VIOLATED " + "; ".join(found.lines())
         print(f"trial {n + 1:>3}: {dealt} SIGKILLs, {verdict}", flush=True)
-        failed += found.total() > 0
+        failed += found.unsafe() > 0
     print(f"\n{args.trials} crash trials, {kills} SIGKILLs (target: 0 of each below)")
     for name, items in vars(totals).items():
         print(f"  {name:<20} {len(items):>4}  {'PASS' if not items else 'MISS'}")
+    # Exit status 1 on any safety violation; issues not done by the deadline are reported.
     return 1 if failed else 0
 
 

@@ -73,6 +73,11 @@ class Violations:
     def total(self) -> int:
         return sum(len(v) for v in vars(self).values())
 
+    def unsafe(self) -> int:
+        """Violations of safety (duplicates, stale text, double dispatch, lost receipts, stuck
+        repositories) — everything except an issue not yet done by the trial's deadline."""
+        return self.total() - len(self.not_done)
+
     def lines(self) -> list[str]:
         return [f"{k}: {v}" for k, v in vars(self).items() if v]
 
@@ -202,6 +207,7 @@ class Trial:
             issue = self.person.get_issue(REPO, number)
             if "status/done" not in issue.labels:
                 found.not_done.append(f"#{number} {sorted(issue.labels)}")
+                continue  # its comments are checked once it is done
             mine = [c for c in self.person.list_comments(REPO, number) if c.author == login]
             for marker in (COMMENT_MARKER, RESULT_MARKER):
                 tagged = [c for c in mine if marker_tag(marker) in c.body]

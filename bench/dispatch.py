@@ -81,6 +81,7 @@ from harness import (
 )
 from pydantic import SecretStr
 
+from controllers.setup import WEBHOOK_EVENTS
 from reconciler.engine.logs import configure_logging
 from reconciler.fleet import operations
 from reconciler.forgejo.gateway import ForgejoGateway
@@ -98,7 +99,7 @@ from reconciler.settings import (
     WebhookSettings,
 )
 from reconciler.store import Store, storage
-from webhook.daemon import WEBHOOK_EVENTS, Daemon, build, http_app
+from webhook.daemon import Daemon, build, http_app
 from webhook.receiver import WEBHOOK_PATH
 from webhook.server import HttpServer
 

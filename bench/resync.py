@@ -35,6 +35,7 @@ import httpx
 from harness import Row, print_notes, print_table, verdict
 from pydantic import SecretStr
 
+from controllers.setup import WEBHOOK_EVENTS
 from reconciler.engine.logs import configure_logging
 from reconciler.keys import ASSIGNMENT
 from reconciler.sandbox import ForgejoSandbox, QueuedWebhook
@@ -46,7 +47,7 @@ from reconciler.settings import (
     WebhookSettings,
 )
 from reconciler.store import Store
-from webhook.daemon import WEBHOOK_EVENTS, Assembly, build, http_app, prepare_repos
+from webhook.daemon import Assembly, build, http_app, prepare_repos
 from webhook.events import keys_for
 
 REPO = "fleet-admin/widgets"

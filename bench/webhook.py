@@ -51,13 +51,14 @@ from harness import (
 )
 from pydantic import SecretStr
 
+from controllers.setup import WEBHOOK_EVENTS
 from reconciler.engine.logs import configure_logging
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.sandbox.hooks import marshal
 from reconciler.settings import ForgejoSettings, Settings, StoreSettings, WebhookSettings
 from reconciler.store import Store
-from webhook.daemon import WEBHOOK_EVENTS, build, http_app
+from webhook.daemon import build, http_app
 from webhook.receiver import WEBHOOK_PATH
 from webhook.server import HttpServer
 

@@ -37,7 +37,8 @@ from reconciler.engine.reconcile import (
 )
 from reconciler.errors import ForgejoNotFound, StalledError
 from reconciler.fleet.placement import place, waiting_for
-from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.fleet.rebuild import facts_from_status_comment
+from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
 from reconciler.forgejo.types import Issue, IssueState
 from reconciler.keys import ASSIGNMENT, Key, issue_key
 from reconciler.models import (
@@ -75,6 +76,8 @@ class Observed:
     agents: tuple[Agent, ...] = ()
     tasks: tuple[Task, ...] = ()  # every live task: load and queue order
     dispatched: bool = False  # this process runs the task right now
+    status_comment: str | None = None
+    """The bot's status comment as Forgejo holds it — read only to rebuild a lost task."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,8 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     if task is None:
         state, why = rebuilt_state(issue.labels, vocabulary)
         task = new_task(observed.repo, issue, spec, now=now, state=state)
+        if observed.status_comment is not None:
+            task = _with_rebuilt_facts(task, observed.status_comment, now=now)
         events.append(
             TaskEvent(
                 task_id=task.id,
@@ -302,7 +307,11 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
 
     body = status_comment(task, agents=observed.agents, settings=settings)
     digest = comment_digest(body)
-    if body and digest != task.comment_digest:
+    if before is None and task.state in TERMINAL_REBUILT:
+        # A task rebuilt after state loss that had already ended: the comment Forgejo holds
+        # is the record of how it ended, and this process knows no more than it does.
+        task = task.changed(now=task.updated_at, comment_digest=digest)
+    elif body and digest != task.comment_digest:
         actions.append(
             UpsertComment(
                 observed.repo,
@@ -475,11 +484,28 @@ def status_comment(task: Task, *, agents: tuple[Agent, ...], settings: Settings)
         line = f"👀 In review · branch `{task.branch}` · attempt {task.attempt}"
     elif task.state is TaskState.FAILED:
         line = f"❌ Failed after {task.attempt} attempt(s): {task.failure_reason}"
+    elif task.state is TaskState.COMPLETED:
+        # Written too, so an earlier line whose edit was lost ("Running on …") never stays.
+        line = f"✅ Done · branch `{task.branch}` · attempt {task.attempt}"
     elif task.state is TaskState.AGENT_LOST:
         line = f"⚠️ Agent {task.agent_id} was lost; the task goes back to the queue."
     else:
         return ""
     return f"{line}\n\n{head}\n"
+
+
+TERMINAL_REBUILT = (TaskState.COMPLETED, TaskState.FAILED)
+
+
+def _with_rebuilt_facts(task: Task, comment: str, *, now: datetime) -> Task:
+    """The attempt count and failure reason the status comment still shows."""
+    facts = facts_from_status_comment(comment)
+    changes: dict[str, object] = {}
+    if facts.attempt is not None:
+        changes["attempt"] = facts.attempt
+    if facts.failure_reason is not None and task.state is TaskState.FAILED:
+        changes["failure_reason"] = facts.failure_reason
+    return task.changed(now=now, **changes) if changes else task
 
 
 def rebuilt_state(labels: tuple[str, ...], vocabulary: LabelsSettings) -> tuple[TaskState, str]:
@@ -555,14 +581,29 @@ class AssignmentController:
         # new state before it stops counting as running, so this order never sees a finished
         # run's old state as a lost run.
         dispatched = self._executor is not None and self._executor.is_running(task_id)
+        task = self._store.find_task(task_id)
+        existing = None
+        if task is None and issue is not None and issue.comments > 0:
+            # A task the store lost (or never had): what its status comment still says.
+            tag = marker_tag(COMMENT_MARKER)
+            login = self._gateway.bot_login()
+            existing = next(
+                (
+                    c.body
+                    for c in self._gateway.list_comments(key.repo, number)
+                    if c.author == login and tag in c.body
+                ),
+                None,
+            )
         return Observed(
             repo=key.repo,
             number=number,
             issue=issue,
-            task=self._store.find_task(task_id),
+            task=task,
             agents=tuple(self._store.list_agents()),
             tasks=tuple(self._store.list_tasks()),
             dispatched=dispatched,
+            status_comment=existing,
         )
 
     def reconcile(self, key: Key) -> Result:

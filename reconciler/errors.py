@@ -125,7 +125,17 @@ class ForgejoForbidden(ForgejoError):
 
 
 class ForgejoServerError(ForgejoError, TransientError):
-    """5xx, or no response at all (connection refused, timeout). Retried."""
+    """5xx, or no response at all (connection refused, timeout). Retried.
+
+    ``outcome_unknown`` is True when the request may have been carried out all the same: it
+    was sent and the answer was lost (a read timeout, a reset), or Forgejo answered 5xx, which
+    it can do after its database already changed. Only a connection that was never made is a
+    certain "nothing happened".
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = True, **kw: object) -> None:
+        self.outcome_unknown = outcome_unknown
+        super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
 class ForgejoRateLimited(ForgejoError, TransientError):

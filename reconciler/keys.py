@@ -9,6 +9,7 @@ thing itself, so a key queued twice, late, or out of order is harmless.
 | `assignment` | `owner/name`  | issue number, as text                           |
 | `review`     | `owner/name`  | pull request number, or `branch:<task branch>`  |
 | `receipts`   | `owner/name`  | task id                                         |
+| `setup`      | `owner/name`  | `repository` (one set-up key per repository)    |
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ REGISTRY = "registry"
 ASSIGNMENT = "assignment"
 REVIEW = "review"
 RECEIPTS = "receipts"
+SETUP = "setup"
 
 BRANCH_PREFIX = "branch:"
 
@@ -52,3 +54,8 @@ def agent_key(agent_id: str) -> Key:
 
 def task_key(repo: str, task_id: str) -> Key:
     return Key(RECEIPTS, repo, task_id)
+
+
+def setup_key(repo: str) -> Key:
+    """A repository's set-up: its label vocabulary and its webhook."""
+    return Key(SETUP, repo, "repository")

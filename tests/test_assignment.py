@@ -21,6 +21,7 @@ from controllers.assignment import (
     read_labels,
     status_comment,
 )
+from controllers.setup import label_specs
 from reconciler.engine.reconcile import (
     ActContext,
     Actuator,
@@ -37,7 +38,6 @@ from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings
 from reconciler.store import Store
 from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
-from webhook.daemon import label_specs
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 REPO = "acme/web"

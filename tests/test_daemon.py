@@ -156,14 +156,14 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(
     assert daemon.process.poll() is None, "the first daemon must keep running"
 
 
-def test_readyz_reports_store_forgejo_resync_and_loop(daemon: DaemonProcess) -> None:
-    """/readyz is 200 once a resync completed, Forgejo answers and every reconcile worker is
-    alive; /metrics is Prometheus text."""
+def test_readyz_reports_store_forgejo_resync_repos_and_loop(daemon: DaemonProcess) -> None:
+    """/readyz is 200 once a resync completed, Forgejo answers, every watched repository is set
+    up and every reconcile worker is alive; /metrics is Prometheus text."""
     started = daemon.wait_for("daemon.started")
     daemon.wait_for("resync.full")
     ready = httpx.get(f"{started['url']}/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) == {"store", "forgejo", "resync", "loop"}
+    assert set(ready.json()["checks"]) == {"store", "forgejo", "resync", "repos", "loop"}
     metrics = httpx.get(f"{started['url']}/metrics", timeout=5).text
     assert "agent_fleet_queue_depth" in metrics
     assert 'agent_fleet_forgejo_api_calls_total{operation="list_issues"' in metrics

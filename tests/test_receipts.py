@@ -20,6 +20,7 @@ from controllers.receipts import (
     ReceiptsController,
     plan,
 )
+from controllers.setup import label_specs
 from reconciler.engine.reconcile import (
     ActContext,
     Actuator,
@@ -50,7 +51,6 @@ from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, ReviewSettings, Settings
 from reconciler.store import Store
 from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
-from webhook.daemon import label_specs
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 REPO = "acme/web"

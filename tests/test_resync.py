@@ -9,6 +9,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from controllers.setup import label_specs
 from reconciler.engine.resync import Resync, ResyncTimer
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key, issue_key, pull_key
@@ -17,7 +18,6 @@ from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings, StoreSettings
 from reconciler.store import Store
 from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
-from webhook.daemon import label_specs
 
 SETTINGS = Settings(
     forgejo=ForgejoSettings(

@@ -305,7 +305,7 @@ def test_author_cannot_approve_their_own_pull(
 @pytest.mark.parametrize(
     ("reports", "combined"),
     [
-        ([], "pending"),
+        ([], ""),
         ([("ci", "success"), ("lint", "success")], "success"),
         ([("ci", "success"), ("lint", "pending")], "pending"),
         ([("ci", "success"), ("lint", "failure")], "failure"),
@@ -316,7 +316,8 @@ def test_author_cannot_approve_their_own_pull(
 def test_combined_status_is_the_worst_latest_status_per_context(
     forge_http: httpx.Client, reports: list[tuple[str, str]], combined: str
 ) -> None:
-    """Only the newest status of each context counts; none at all reads as pending."""
+    """Only the newest status of each context counts; none at all is Forgejo's empty answer
+    (the zero value of its CombinedStatus: state "")."""
     for context, state in reports:
         answer = forge_http.post(f"{REPO}/statuses/main", json={"context": context, "state": state})
         assert answer.status_code == 201, answer.text

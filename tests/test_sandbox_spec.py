@@ -268,6 +268,8 @@ def _scenario(forge: ForgejoSandbox, client: httpx.Client) -> None:
     expect(client.get(f"{REPO}/pulls/{number}/reviews"), 200)
 
     head = pull["head"]["sha"]
+    # No statuses yet: Forgejo's zero-valued CombinedStatus must fit the spec too.
+    expect(client.get(f"{REPO}/commits/{head}/status"), 200)
     expect(client.post(f"{REPO}/statuses/{head}", json={"state": "success", "context": "ci"}), 201)
     expect(client.post(f"{REPO}/statuses/{head}", json={"state": "bogus"}), 422)
     expect(client.post(f"{REPO}/statuses/{'f' * 40}", json={"state": "success"}), 404)
@@ -283,9 +285,21 @@ def _scenario(forge: ForgejoSandbox, client: httpx.Client) -> None:
     expect(client.get(f"{REPO}/git/commits/{head}"), 200)
     expect(client.get(f"{REPO}/git/commits/{'e' * 40}"), 404)
 
-    expect(client.post(f"{REPO}/pulls/{number}/merge", json={"Do": "merge"}), 200)
+    merge = {"Do": "merge", "delete_branch_after_merge": True}
+    expect(client.post(f"{REPO}/pulls/{number}/merge", json=merge), 200)
     expect(client.post(f"{REPO}/pulls/{number}/merge", json={"Do": "merge"}), 405)
     expect(client.get(f"{REPO}/pulls/{number}/merge"), 204)
+    # The head branch is gone: the PR's head ref is refs/pull/N/head, its label the branch.
+    expect(client.get(f"{REPO}/pulls/{number}"), 200)
+    expect(client.get(f"{REPO}/branches/task/1-one"), 404)
+
+    forge.push("fleet-admin/demo", "task/2-two", files={"two.py": "print(2)\n"}, message="two")
+    closed = expect(
+        client.post(f"{REPO}/pulls", json={"head": "task/2-two", "base": "main", "title": "Two"}),
+        201,
+    )
+    expect(client.patch(f"{REPO}/pulls/{closed['number']}", json={"state": "closed"}), 201)
+    expect(client.post(f"{REPO}/pulls/{closed['number']}/merge", json={"Do": "merge"}), 404)
 
     hook_config = {"url": "http://127.0.0.1:9/hook", "content_type": "json", "secret": "s"}
     hook = expect(

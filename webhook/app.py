@@ -7,9 +7,9 @@ type and where it was raised — never its message, which can quote a credential
 tracebacks never reach the log stream, and even a failing error handler answers JSON.
 
 * ``GET /healthz`` — the process is up and serving (always 200 while it is).
-* ``GET /readyz`` — 200 when the store is open, Forgejo answered recently, the last resync
-  is not stale and every reconcile worker is alive and not stuck on one key; 503 with the
-  failing checks otherwise.
+* ``GET /readyz`` — 200 when the store is open, Forgejo answered recently, every watched
+  repository is set up, the last resync is not stale and every reconcile worker is alive and
+  not stuck on one key; 503 with the failing checks otherwise.
 * ``GET /metrics`` — Prometheus text format.
 """
 

@@ -31,6 +31,7 @@ from controllers.assignment import AssignmentController
 from controllers.receipts import ReceiptsController
 from controllers.registry import RegistryController
 from controllers.review import ReviewController
+from controllers.setup import RepoSetupController, RepoSetupStatus
 from reconciler.engine.loop import Loop
 from reconciler.engine.metrics import Metrics
 from reconciler.engine.reconcile import ActContext, Actuator, Controller
@@ -40,8 +41,7 @@ from reconciler.errors import ConfigError, FleetError
 from reconciler.fleet.agents import Fleet
 from reconciler.fleet.queue import PullQueue
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.forgejo.types import LabelSpec
-from reconciler.keys import Key
+from reconciler.keys import Key, setup_key
 from reconciler.run.probes import HostCheck, HostProbes, check_host
 from reconciler.run.ssh import HostExecutor
 from reconciler.settings import Settings, load_settings
@@ -78,7 +78,6 @@ RESTART_ONLY = (
 
 # The hook events agent-fleet subscribes a repository to (see docs/webhooks.md). Forgejo
 # expands "issues" and "pull_request" to every issue and pull-request sub-event, reviews included.
-WEBHOOK_EVENTS = ("issues", "issue_comment", "pull_request", "push", "create", "delete")
 
 
 def utc_now() -> datetime:
@@ -119,13 +118,8 @@ class Assembly:
     enqueue: Callable[[Key], None]
     executor: HostExecutor | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
-
-
-def label_specs(settings: Settings) -> list[LabelSpec]:
-    return [
-        LabelSpec(name=s.name, color=s.color, description=s.description, exclusive=s.exclusive)
-        for s in settings.label_specs()
-    ]
+    setup: RepoSetupController | None = None
+    """Keeps each watched repository's labels and webhook; its ``status`` feeds /readyz."""
 
 
 def build(
@@ -182,7 +176,11 @@ def build(
         ActContext(gateway=gateway, store=store, enqueue=enqueue, executor=executor),
         dry_run=dry_run,
     )
+    setup = RepoSetupController(
+        gateway, actuator, settings=holder, clock=clock, status=RepoSetupStatus()
+    )
     controllers: tuple[Controller, ...] = (
+        setup,
         AssignmentController(
             gateway, store, actuator, settings=holder, clock=clock, executor=executor
         ),
@@ -213,6 +211,7 @@ def build(
         probes=probes,
         enqueue=enqueue,
         executor=executor,
+        setup=setup,
         # Runs first: a run still going when the gateway closes could not open its PR.
         closers=[
             *(
@@ -255,28 +254,21 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
 
 
 def prepare_repos(assembly: Assembly) -> None:
-    """Create the label vocabulary and the webhook in each watched repo, where configured to.
+    """Set up each watched repository now (labels, webhook: the set-up controller's pass).
 
-    Failures are logged, not fatal: Forgejo may be briefly unreachable at start, and the
-    vocabulary is ensured again on every config reload.
+    A repository that cannot be set up now (Forgejo down, a 500, a timeout) is logged and its
+    set-up key handed to the loop, which keeps retrying it with backoff; until it succeeds
+    ``/readyz`` reports that repository as not set up.
     """
-    settings = assembly.settings()
-    for repo in settings.forgejo.repos:
+    setup = assembly.setup
+    assert setup is not None
+    for repo in assembly.settings().forgejo.repos:
+        key = setup_key(repo)
         try:
-            if settings.forgejo.manage_labels:
-                assembly.gateway.ensure_labels(repo, label_specs(settings))
-            secret = settings.webhook.secret
-            if settings.forgejo.manage_webhooks and settings.forgejo.webhook_url and secret:
-                # Forgejo never shows a hook's secret, so it is written each time we prepare.
-                assembly.gateway.ensure_webhook(
-                    repo,
-                    url=settings.forgejo.webhook_url,
-                    secret=secret.get_secret_value(),
-                    events=WEBHOOK_EVENTS,
-                    rewrite_secret=True,
-                )
+            setup.reconcile(key)
         except FleetError as exc:
-            log.warning("repo.prepare_failed", repo=repo, error=str(exc))
+            log.warning("repo.setup_failed", repo=repo, error=str(exc), retry="with backoff")
+            assembly.enqueue(key)
 
 
 class Daemon:
@@ -384,6 +376,10 @@ class Daemon:
         checks["forgejo"] = self._check_forgejo()
         loop = self.assembly.loop.health(stuck_after=settings.loop.stuck_after)
         checks["loop"] = Check(loop.ok, loop.describe())
+        setup = self.assembly.setup
+        assert setup is not None
+        ready, detail = setup.status.check(settings.forgejo.repos)
+        checks["repos"] = Check(ready, detail)
         last = self.assembly.resync.last_resync()
         limit = timedelta(seconds=max(3 * settings.loop.resync_interval, 120))
         if last is None:

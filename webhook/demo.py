@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from controllers.setup import label_specs
 from reconciler.console.views import agents_table
 from reconciler.fleet.api import AgentSummary
 from reconciler.forgejo.gateway import ForgejoGateway
@@ -46,7 +47,7 @@ from reconciler.settings import (
     WebhookSettings,
 )
 from reconciler.store import Store
-from webhook.daemon import Daemon, label_specs, utc_now
+from webhook.daemon import Daemon, utc_now
 
 Print = Callable[[str], None]
 

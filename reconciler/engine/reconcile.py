@@ -21,8 +21,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from reconciler.errors import StaleStateError
-from reconciler.keys import Key
+from reconciler.errors import ForgejoNotFound, StaleStateError
+from reconciler.keys import Key, setup_key
 from reconciler.models import Agent, Task, TaskEvent
 
 if TYPE_CHECKING:
@@ -75,7 +75,14 @@ class AddLabels(Action):
         return f"{self.repo}#{self.number}: add label(s) {', '.join(self.names)}"
 
     def apply(self, ctx: ActContext) -> None:
-        ctx.gateway.add_labels(self.repo, self.number, self.names)
+        try:
+            ctx.gateway.add_labels(self.repo, self.number, self.names)
+        except ForgejoNotFound as exc:
+            if exc.status == 0 and ctx.enqueue is not None:
+                # A label the fleet writes is not in the repo (deleted by hand, or the set-up
+                # has not got through yet): the repository's set-up makes it again.
+                ctx.enqueue(setup_key(self.repo))
+            raise
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import structlog
 from reconciler.engine.metrics import Metrics
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import Issue
-from reconciler.keys import Key, agent_key, branch_key, issue_key, pull_key
+from reconciler.keys import Key, agent_key, branch_key, issue_key, pull_key, setup_key
 from reconciler.models import TaskState
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
@@ -124,6 +124,10 @@ class Resync:
     def full(self) -> int:
         """Enqueue every open fleet issue and PR, every task the store tracks, and every agent
         (registered, or declared in ``[[hosts]]``)."""
+        # Each repository's set-up (labels, webhook) first, and even when Forgejo is down:
+        # a label deleted by hand, or a set-up that failed, is put right within one period.
+        for repo in self._repos:
+            self._enqueue(setup_key(repo))
         total = sum(self._full_repo(repo) for repo in self._repos)
         total += self._all_agents()
         if self._record:

@@ -490,7 +490,7 @@ class PullRequest(_Frozen):
             merged_at=_time(data, "merged_at"),
             merge_commit_sha=_opt_str(data, "merge_commit_sha"),
             mergeable=_bool(data, "mergeable"),
-            head_branch=_req_str(head, "ref", "pull request head"),
+            head_branch=_head_branch(head),
             head_sha=_str(head, "sha"),
             # A deleted fork leaves ``repo: null`` on the head.
             head_repo=_repo_full_name(head.get("repo")),
@@ -503,6 +503,16 @@ class PullRequest(_Frozen):
             updated_at=_time(data, "updated_at"),
             closed_at=_time(data, "closed_at"),
         )
+
+
+def _head_branch(head: Mapping[str, object]) -> str:
+    """The PR's source branch. Once that branch is gone (deleted after the merge) Forgejo
+    reports ``ref`` as ``refs/pull/N/head`` and keeps the branch name only in ``label``."""
+    ref = _req_str(head, "ref", "pull request head")
+    label = _opt_str(head, "label")
+    if ref.startswith("refs/pull/") and label:
+        return label
+    return ref
 
 
 def _repo_full_name(raw: object) -> str | None:

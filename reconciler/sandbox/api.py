@@ -669,6 +669,7 @@ class ForgeApi:
                 style=body.text("Do", required=True),
                 message=f"{title}\n\n{message}".strip() if message else title,
                 head_commit_id=body.text("head_commit_id"),
+                delete_branch=body.flag("delete_branch_after_merge"),
             )
             return empty_response(200)
 
@@ -773,6 +774,9 @@ class ForgeApi:
             found = self._repo(actor, owner, repo)
             sha = state.commit_at(found, ref).sha
             latest = state.latest_statuses(found, ref)
+            if not latest:
+                # Forgejo answers the zero value of api.CombinedStatus, without a count header.
+                return json_response(shapes.empty_combined_status(), 200)
             return json_response(
                 shapes.combined_status(self.base, state, found, sha, latest),
                 200,

@@ -517,6 +517,13 @@ class BareRepository:
             raise ValueError(f"invalid branch update {name!r} -> {sha!r}")
         self._unwritten_refs[name] = sha
 
+    def delete_branch(self, name: str) -> None:
+        """Remove ``refs/heads/<name>`` (``git update-ref -d``, which also clears packed refs)."""
+        self._unwritten_refs.pop(name, None)
+        done = self.run("update-ref", "-d", f"refs/heads/{name}")
+        if done.returncode != 0:
+            raise GitFailure(f"git update-ref -d failed: {_decode(done.stderr).strip()}")
+
     def _write_ref(self, name: str, sha: str) -> None:
         """Write a loose ref the way git's files backend does."""
         ref = self.path / "refs" / "heads" / name

@@ -236,10 +236,14 @@ def comment(app_url: str, item: Comment) -> JSON:
     }
 
 
-def _branch_info(app_url: str, state: ForgeState, repo: Repo, ref: str, sha: str) -> JSON:
+def _branch_info(
+    app_url: str, state: ForgeState, repo: Repo, ref: str, sha: str, *, gone_ref: str = ""
+) -> JSON:
+    # Forgejo (services/convert/pull.go): ``label`` is the branch name; ``ref`` is the branch
+    # while it exists, else the PR's own ref ``refs/pull/N/head`` (``gone_ref``).
     return {
         "label": ref,
-        "ref": ref,
+        "ref": gone_ref if gone_ref and ref not in repo.git.branches else ref,
         "sha": sha,
         "repo_id": repo.id,
         "repo": repository(app_url, state, repo, viewer=None),
@@ -266,8 +270,8 @@ def pull_request(app_url: str, state: ForgeState, item: Issue) -> JSON:
         "milestone": None,
         "assignee": user(app_url, item.assignees[0]) if item.assignees else None,
         "assignees": [user(app_url, a) for a in item.assignees] or None,
-        # The sandbox has no review requests; Forgejo sends null for none.
-        "requested_reviewers": None,
+        # The sandbox has no review requests; Forgejo sends an empty list for none.
+        "requested_reviewers": [],
         "requested_reviewers_teams": None,
         "state": item.state,
         "draft": False,
@@ -280,14 +284,16 @@ def pull_request(app_url: str, state: ForgeState, item: Issue) -> JSON:
         "html_url": html,
         "diff_url": f"{html}.diff",
         "patch_url": f"{html}.patch",
-        "mergeable": item.state == "open" and not pull.merged,
+        "mergeable": state.is_mergeable(repo, item),
         "merged": pull.merged,
         "merged_at": timestamp(pull.merged_at),
         "merge_commit_sha": pull.merge_commit_sha,
         "merged_by": user(app_url, pull.merged_by) if pull.merged_by else None,
         "allow_maintainer_edit": False,
         "base": _branch_info(app_url, state, repo, pull.base, base_sha),
-        "head": _branch_info(app_url, state, repo, pull.head, head_sha),
+        "head": _branch_info(
+            app_url, state, repo, pull.head, head_sha, gone_ref=f"refs/pull/{item.number}/head"
+        ),
         "merge_base": state.pull_base_sha(repo, item),
         "due_date": None,
         "created_at": timestamp(item.created_at),
@@ -448,6 +454,19 @@ def combined_status(
         "repository": repository(app_url, state, repo, viewer=None),
         "commit_url": f"{api}/commits/{sha}",
         "url": f"{api}/commits/{sha}/status",
+    }
+
+
+def empty_combined_status() -> JSON:
+    """What Forgejo answers for a commit without statuses: ``api.CombinedStatus{}``."""
+    return {
+        "state": "",
+        "sha": "",
+        "total_count": 0,
+        "statuses": None,
+        "repository": None,
+        "commit_url": "",
+        "url": "",
     }
 
 

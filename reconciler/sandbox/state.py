@@ -1205,16 +1205,21 @@ class ForgeState:
         style: str,
         message: str = "",
         head_commit_id: str = "",
+        delete_branch: bool = False,
     ) -> Issue:
-        """Merge into the base branch: the base gets the commits, the PR is merged and closed."""
+        """Merge into the base branch: the base gets the commits, the PR is merged and closed.
+
+        With ``delete_branch`` the head branch is deleted afterwards, as Forgejo does for
+        ``delete_branch_after_merge`` — unless another open pull request still uses it."""
         issue = self.pull(repo, number)
         pull = issue.pull
         assert pull is not None
         self.require(repo, actor, Access.WRITE)
+        # Forgejo's CheckPullMergeable order: merged → 405, closed → 404 (ErrIsClosed).
         if pull.merged:
             raise NotAllowed("The PR is already merged")
         if issue.state == "closed":
-            raise NotAllowed("The PR is closed")
+            raise NotFound("The PR is closed")
         try:
             merge_style = MergeStyle(style)
         except ValueError:
@@ -1235,8 +1240,9 @@ class ForgeState:
         elif merge_style in (MergeStyle.MERGE, MergeStyle.SQUASH):
             try:
                 tree = repo.bare.merge_tree(base_before, head_sha)
-            except MergeConflict as conflict:
-                raise Conflict(str(conflict)) from None
+            except MergeConflict:
+                # Forgejo: ErrNotMergeableState → 405 "PR not in mergeable state".
+                raise NotAllowed("PR not in mergeable state") from None
             parents = (base_before, head_sha) if merge_style == MergeStyle.MERGE else (base_before,)
             signed = actor.identity(self.now())
             merged = repo.bare.write_commit(
@@ -1257,7 +1263,35 @@ class ForgeState:
         issue.updated_at = now
         self._apply_branch_updates(repo, actor, [BranchUpdate(pull.base, base_before, merged)])
         self._emit(ForgeEvent(repo, "pull_request", "closed", actor, issue=issue))
+        if delete_branch and pull.head != pull.base and pull.head in repo.git.branches:
+            in_use = any(
+                other.pull is not None
+                and other.state == "open"
+                and pull.head in (other.pull.head, other.pull.base)
+                for other in repo.issues.values()
+            )
+            if not in_use:
+                repo.bare.delete_branch(pull.head)
+                self._apply_branch_updates(
+                    repo, actor, [BranchUpdate(pull.head, repo.git.branches[pull.head], None)]
+                )
         return issue
+
+    def is_mergeable(self, repo: Repo, issue: Issue) -> bool:
+        """Forgejo's ``mergeable``: open, not merged, and its head merges into the base cleanly."""
+        pull = issue.pull
+        assert pull is not None
+        if issue.state != "open" or pull.merged:
+            return False
+        base = repo.git.branches.get(pull.base)
+        head = self.pull_head_sha(repo, issue)
+        if base is None:
+            return False
+        try:
+            repo.bare.merge_tree(base, head)
+        except MergeConflict:
+            return False
+        return True
 
     def create_review(
         self,

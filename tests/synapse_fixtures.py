@@ -117,8 +117,14 @@ class Synapse:
         # JSON is YAML: no YAML writer needed.
         self._config.write_text(json.dumps(config, indent=1))
         subprocess.run(
-            [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self._config),
-             "--generate-keys"],
+            [
+                str(self.python),
+                "-m",
+                "synapse.app.homeserver",
+                "-c",
+                str(self._config),
+                "--generate-keys",
+            ],
             check=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -198,7 +204,9 @@ class Synapse:
         nonce = self.request("GET", "/_synapse/admin/v1/register")["nonce"]
         password = uuid.uuid4().hex
         mac = hmac.new(SHARED_SECRET.encode(), digestmod=hashlib.sha1)
-        mac.update(b"\x00".join([nonce.encode(), localpart.encode(), password.encode(), b"notadmin"]))
+        mac.update(
+            b"\x00".join([nonce.encode(), localpart.encode(), password.encode(), b"notadmin"])
+        )
         answer = self.request(
             "POST",
             "/_synapse/admin/v1/register",

@@ -42,6 +42,8 @@ from reconciler.fleet.queue import PullQueue
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import LabelSpec
 from reconciler.keys import Key
+from reconciler.matrix.client import MatrixService, failpoint_after_send
+from reconciler.matrix.metrics import MatrixMetrics
 from reconciler.run.ssh import HostExecutor
 from reconciler.settings import Settings, load_settings
 from reconciler.store import Store
@@ -272,19 +274,6 @@ class Daemon:
         clock: Clock = utc_now,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        if settings.matrix.enabled:
-            # A seam, not a silent no-op: the settings are validated, the client is not built yet.
-            raise ConfigError(
-                [
-                    (
-                        "matrix.enabled",
-                        (
-                            "Matrix notifications and commands are not available in this "
-                            "release; set matrix.enabled = false"
-                        ),
-                    )
-                ]
-            )
         self._config_path = config_path
         self._env = env
         self._clock = clock
@@ -294,6 +283,20 @@ class Daemon:
         except BaseException:
             self._store.close()
             raise
+        # Matrix runs beside the loop on its own thread; a Matrix problem never stops reconciling.
+        self.matrix = (
+            MatrixService(
+                self._store,
+                self.assembly.gateway,
+                settings=self.assembly.settings,
+                clock=clock,
+                enqueue=self.assembly.enqueue,
+                metrics=MatrixMetrics(self.assembly.metrics.registry),
+                after_send=failpoint_after_send(env),
+            )
+            if settings.matrix.enabled
+            else None
+        )
         self._timer = ResyncTimer(
             self.assembly.resync,
             interval=settings.loop.resync_interval,
@@ -336,6 +339,8 @@ class Daemon:
         prepare_repos(self.assembly)
         self.assembly.loop.start()
         self._timer.start()  # its first tick is a full resync: the start-up enqueue
+        if self.matrix is not None:
+            self.matrix.start()
         if self._config_path is not None:
             self._watcher = threading.Thread(target=self._watch, name="config-watch", daemon=True)
             self._watcher.start()
@@ -354,6 +359,8 @@ class Daemon:
         self._http.stop()
         self._timer.stop()
         drained = self.assembly.loop.stop(grace=self.settings.loop.shutdown_grace)
+        if self.matrix is not None:
+            self.matrix.stop()
         for close in self.assembly.closers:
             close()
         self._store.close()
@@ -376,6 +383,10 @@ class Daemon:
         else:
             age = self._clock() - last
             checks["resync"] = Check(age <= limit, f"last resync {age.total_seconds():.0f}s ago")
+        if self.matrix is not None:
+            # Degraded, not unready: notifications wait in the outbox, reconciling goes on.
+            status = self.matrix.status()
+            checks["matrix"] = Check(status.ok, status.detail, required=False)
         return checks
 
     def _check_forgejo(self) -> Check:

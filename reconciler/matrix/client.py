@@ -13,7 +13,7 @@ and starts it with the process. On its thread it:
 3. long-polls ``/sync`` for ``!fleet`` commands in the room (its own messages ignored), runs
    each on a worker thread (:mod:`reconciler.matrix.commands`) and queues the answer in a thread
    of the command. The sync token is kept in the store: a restart neither replays old commands
-   nor misses new ones; on the very first start, the room's history is skipped.
+   nor misses new ones; on the very first start, what was sent before it started is skipped.
 
 The bot uses its one configured access token and the device it belongs to, never a fresh
 login, so the homeserver de-duplicates the transaction ids of repeated sends.
@@ -22,8 +22,10 @@ login, so the homeserver de-duplicates the transaction ids of repeated sends.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +58,27 @@ log = structlog.get_logger(__name__)
 
 SYNC_TOKEN_META = "matrix:sync_token"
 _NETWORK_ERRORS = (ClientError, TimeoutError, asyncio.TimeoutError, OSError)
+
+
+FAILPOINT_ENV = "AGENT_FLEET_FAILPOINT"
+
+
+def failpoint_after_send(
+    env: Mapping[str, str] | None = None,
+) -> Callable[[OutboxMessage, str], None] | None:
+    """The crash test's hook: with ``AGENT_FLEET_FAILPOINT=matrix.after_send`` in the
+    environment, the process kills itself (SIGKILL) right after the homeserver accepted a
+    message and before the delivery is recorded — the window a restart must not duplicate.
+    None (no hook) otherwise."""
+    source = os.environ if env is None else env
+    if source.get(FAILPOINT_ENV) != "matrix.after_send":
+        return None
+
+    def kill(message: OutboxMessage, event_id: str) -> None:
+        log.warning("matrix.failpoint", message=message.id, event_id=event_id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
 
 
 class SetupError(Exception):
@@ -102,6 +125,7 @@ class MatrixService:
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self.room_id: str | None = None
+        self._started_at = clock()
         if metrics is not None:
             metrics.bind_depth(lambda: float(len(store.pending(topic=TOPIC))))
 
@@ -112,6 +136,11 @@ class MatrixService:
     def status(self) -> MatrixStatus:
         return self._status
 
+    def idle(self) -> bool:
+        """Everything that happened so far is delivered: no event left to announce, no
+        message left in the outbox."""
+        return not self.notifier.behind() and not self._store.pending(topic=TOPIC, limit=1)
+
     def _set_status(self, ok: bool, detail: str) -> None:
         if self._status != MatrixStatus(ok, detail):
             (log.info if ok else log.warning)("matrix.status", ok=ok, detail=detail)
@@ -120,6 +149,7 @@ class MatrixService:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._started_at = self._clock()
         self.notifier.start_from_now()
         started = threading.Event()
         self._thread = threading.Thread(
@@ -167,8 +197,9 @@ class MatrixService:
         if wakeable:
             waits.append(asyncio.ensure_future(self._wake.wait()))
         _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        for task in (*pending, *waits):
+        for task in pending:
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if wakeable:
             self._wake.clear()
 
@@ -203,7 +234,9 @@ class MatrixService:
             await self._stop.wait()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("matrix.task_failed", error=repr(outcome), exc_info=outcome)
         finally:
             await client.close()
 
@@ -315,6 +348,7 @@ class MatrixService:
         assert self._stop is not None
         config = self.config
         since = self._store.get_meta(SYNC_TOKEN_META)
+        started_ms = int(self._started_at.timestamp() * 1000)
         backoff = config.retry_initial
         while not self._stop.is_set():
             first = not isinstance(since, str)
@@ -335,10 +369,19 @@ class MatrixService:
                 backoff = min(backoff * 2, config.retry_max)
                 continue
             backoff = config.retry_initial
-            if not first:  # the first sync is history from before we started: skipped
-                room = response.rooms.join.get(self.room_id or "")
-                for event in room.timeline.events if room else []:
+            room = response.rooms.join.get(self.room_id or "")
+            for event in room.timeline.events if room else []:
+                # The very first sync returns history: only what was sent since we started.
+                if first and int(event.source.get("origin_server_ts", 0)) < started_ms:
+                    continue
+                try:
                     await self._handle(event.source)
+                except Exception as exc:  # noqa: BLE001 -- one bad command must not stop the sync
+                    log.error(
+                        "matrix.command_failed",
+                        event_id=event.source.get("event_id"),
+                        error=repr(exc),
+                    )
             since = response.next_batch
             self._store.set_meta(SYNC_TOKEN_META, since)
 

@@ -17,6 +17,7 @@ command that writes. Anyone else gets a polite refusal and nothing changes.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -298,7 +299,7 @@ class CommandRunner:
         self._gateway.upsert_marker_comment(
             repo,
             number,
-            marker=f"matrix-command:{event_id}",
+            marker=f"matrix-command:{hashlib.sha256(event_id.encode()).hexdigest()[:16]}",
             body=f"{sender} asked on Matrix: `{command.text()}` — agent-fleet {done}.",
         )
         self._enqueue(issue_key(repo, number))

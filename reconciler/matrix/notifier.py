@@ -115,6 +115,14 @@ class Notifier:
             cursor = after
             self._store.set_meta(CURSOR_META, cursor)
 
+    def behind(self) -> bool:
+        """Whether a task event or an agent change has not been turned into messages yet."""
+        cursor_value = self._store.get_meta(CURSOR_META)
+        cursor = cursor_value if isinstance(cursor_value, int) else 0
+        events, _ = self._store.events_after(cursor, limit=1)
+        known = self._store.get_meta(AGENTS_META)
+        return bool(events) or known != self._agent_marks(self._store.list_agents())
+
     def _queue(self, message: Outgoing) -> None:
         self._store.enqueue(TOPIC, message.payload(), now=self._clock(), message_id=message.id)
 

@@ -337,10 +337,11 @@ class Daemon:
             )
         self._http.start()
         prepare_repos(self.assembly)
+        if self.matrix is not None:
+            # Before the loop: the notifier's starting point must precede the first event.
+            self.matrix.start()
         self.assembly.loop.start()
         self._timer.start()  # its first tick is a full resync: the start-up enqueue
-        if self.matrix is not None:
-            self.matrix.start()
         if self._config_path is not None:
             self._watcher = threading.Thread(target=self._watch, name="config-watch", daemon=True)
             self._watcher.start()

@@ -60,13 +60,13 @@ SYNC_TOKEN_META = "matrix:sync_token"
 _NETWORK_ERRORS = (ClientError, TimeoutError, asyncio.TimeoutError, OSError)
 
 
-FAILPOINT_ENV = "AGENT_FLEET_FAILPOINT"
+FAILPOINT_ENV = "FLEET_FAILPOINT"
 
 
 def failpoint_after_send(
     env: Mapping[str, str] | None = None,
 ) -> Callable[[OutboxMessage, str], None] | None:
-    """The crash test's hook: with ``AGENT_FLEET_FAILPOINT=matrix.after_send`` in the
+    """The crash test's hook: with ``FLEET_FAILPOINT=matrix.after_send`` in the
     environment, the process kills itself (SIGKILL) right after the homeserver accepted a
     message and before the delivery is recorded — the window a restart must not duplicate.
     None (no hook) otherwise."""

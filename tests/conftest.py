@@ -8,7 +8,12 @@ import pytest
 import structlog
 
 # The in-memory Forgejo fixtures, registered here so every module can use them.
-pytest_plugins = ("tests.sandbox_fixtures", "tests.sshd_fixtures", "tests.modelapi")
+pytest_plugins = (
+    "tests.sandbox_fixtures",
+    "tests.sshd_fixtures",
+    "tests.modelapi",
+    "tests.synapse_fixtures",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -38,6 +38,10 @@ def test_demo_runs_tasks_through_review_to_done_and_shows_an_agent_going_offline
     assert "passed its health check: online" in text
     silent = [line for line in lines if line.strip().startswith(PULL_AGENTS[-1])]
     assert silent and "offline" in silent[-1] and "missed intervals" in silent[-1]
+    # The Matrix preview: each task is one message, edited to its final state, and a thread.
+    preview = text.split("PREVIEW", 1)[1]
+    assert preview.count("fleet-admin/demo#1 Add") == 1 and "— done  (edited" in preview
+    assert "the thread of local-dev:" in preview and "↳ ✅ fleet-admin/demo#1 completed" in preview
     leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
     assert leftover == [], f"threads left running: {leftover}"
 

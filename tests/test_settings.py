@@ -10,7 +10,7 @@ from typing import Any, get_args, get_origin
 
 import pytest
 from click.testing import CliRunner
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ConfigError
 from reconciler.settings import (
@@ -482,3 +482,13 @@ def test_variables_read_by_commands_are_not_taken_for_typos() -> None:
         **dict.fromkeys(COMMAND_VARIABLES, "x"),
     }
     assert load_settings(None, env=env).forgejo.bot_login == "bot"
+
+
+def test_matrix_room_ids_without_a_server_part_and_aliases_are_accepted() -> None:
+    """Room version 12 ids (`!AbC`), older ids (`!AbC:server`) and aliases all validate."""
+    from reconciler.settings import MatrixSettings
+
+    for room in ("!AbC-12_x", "!abc:example.org", "#fleet:example.org"):
+        assert MatrixSettings(room_id=room).room_id == room
+    with pytest.raises(ValidationError):
+        MatrixSettings(room_id="#fleet")

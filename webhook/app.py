@@ -9,7 +9,8 @@ tracebacks never reach the log stream, and even a failing error handler answers 
 * ``GET /healthz`` — the process is up and serving (always 200 while it is).
 * ``GET /readyz`` — 200 when the store is open, Forgejo answered recently, every watched
   repository is set up, the last resync is not stale and every reconcile worker is alive and
-  not stuck on one key; 503 with the failing checks otherwise.
+  not stuck on one key; 503 with the failing checks otherwise. Matrix, when enabled, is a check
+  that only marks the process ``degraded`` (listed in ``degraded``), never unready.
 * ``GET /metrics`` — Prometheus text format.
 """
 
@@ -43,10 +44,12 @@ _ERROR_CODES = {
 
 @dataclass(frozen=True)
 class Check:
-    """One readiness check: whether it passes and a short human explanation."""
+    """One readiness check: whether it passes and a short human explanation. A check that is
+    not ``required`` (Matrix) shows the process degraded when it fails, not unready."""
 
     ok: bool
     detail: str
+    required: bool = True
 
 
 def json_response(status: int, body: Mapping[str, object]) -> bottle.HTTPResponse:
@@ -157,9 +160,10 @@ def install_health(
     @app.get("/readyz")  # type: ignore[untyped-decorator]
     def readyz() -> bottle.HTTPResponse:
         checks = readiness()
-        ready = all(c.ok for c in checks.values())
+        ready = all(c.ok or not c.required for c in checks.values())
         body = {
             "ready": ready,
+            "degraded": sorted(name for name, c in checks.items() if not c.ok and not c.required),
             "checks": {name: {"ok": c.ok, "detail": c.detail} for name, c in checks.items()},
         }
         return json_response(200 if ready else 503, body)

@@ -42,6 +42,8 @@ from reconciler.fleet.agents import Fleet
 from reconciler.fleet.queue import PullQueue
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key, setup_key
+from reconciler.matrix.client import MatrixService, failpoint_after_send
+from reconciler.matrix.metrics import MatrixMetrics
 from reconciler.run.probes import HostCheck, HostProbes, check_host
 from reconciler.run.ssh import HostExecutor
 from reconciler.settings import Settings, load_settings
@@ -280,19 +282,6 @@ class Daemon:
         clock: Clock = utc_now,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        if settings.matrix.enabled:
-            # A seam, not a silent no-op: the settings are validated, the client is not built yet.
-            raise ConfigError(
-                [
-                    (
-                        "matrix.enabled",
-                        (
-                            "Matrix notifications and commands are not available in this "
-                            "release; set matrix.enabled = false"
-                        ),
-                    )
-                ]
-            )
         self._config_path = config_path
         self._env = env
         self._clock = clock
@@ -302,6 +291,20 @@ class Daemon:
         except BaseException:
             self._store.close()
             raise
+        # Matrix runs beside the loop on its own thread; a Matrix problem never stops reconciling.
+        self.matrix = (
+            MatrixService(
+                self._store,
+                self.assembly.gateway,
+                settings=self.assembly.settings,
+                clock=clock,
+                enqueue=self.assembly.enqueue,
+                metrics=MatrixMetrics(self.assembly.metrics.registry),
+                after_send=failpoint_after_send(env),
+            )
+            if settings.matrix.enabled
+            else None
+        )
         self._timer = ResyncTimer(
             self.assembly.resync,
             interval=settings.loop.resync_interval,
@@ -337,6 +340,9 @@ class Daemon:
             )
         self._http.start()
         prepare_repos(self.assembly)
+        if self.matrix is not None:
+            # Before the loop: the notifier's starting point must precede the first event.
+            self.matrix.start()
         self.assembly.loop.start()
         self.assembly.probes.start()
         self._timer.start()  # its first tick is a full resync: the start-up enqueue
@@ -359,6 +365,8 @@ class Daemon:
         self._timer.stop()
         self.assembly.probes.stop()
         drained = self.assembly.loop.stop(grace=self.settings.loop.shutdown_grace)
+        if self.matrix is not None:
+            self.matrix.stop()
         for close in self.assembly.closers:
             close()
         self._store.close()
@@ -387,6 +395,10 @@ class Daemon:
         else:
             age = self._clock() - last
             checks["resync"] = Check(age <= limit, f"last resync {age.total_seconds():.0f}s ago")
+        if self.matrix is not None:
+            # Degraded, not unready: notifications wait in the outbox, reconciling goes on.
+            status = self.matrix.status()
+            checks["matrix"] = Check(status.ok, status.detail, required=False)
         return checks
 
     def _check_forgejo(self) -> Check:

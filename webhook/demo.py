@@ -34,6 +34,8 @@ from controllers.setup import label_specs
 from reconciler.console.views import agents_table
 from reconciler.fleet.api import AgentSummary
 from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.matrix.notifier import Notifier
+from reconciler.matrix.preview import render_room
 from reconciler.models import AgentStatus, TaskState, task_id_for
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
@@ -323,6 +325,7 @@ def run_demo(*, out: Print = print) -> int:
                 table = agents_table([AgentSummary.of(v) for v in views], now=utc_now())
                 for line in table.splitlines():
                     out(f"  {line}")
+                _matrix_preview(out, daemon)
             finally:
                 if beats is not None:
                     beats.stop()
@@ -436,3 +439,12 @@ def _local_online(daemon: Daemon) -> bool:
 def _agent_line(daemon: Daemon, agent_id: str) -> str:
     agent = daemon.assembly.store.find_agent(agent_id)
     return f"{agent.status}: {agent.status_reason}" if agent else "not registered"
+
+
+def _matrix_preview(out: Print, daemon: Daemon) -> None:
+    """The fleet room as the Matrix thread would have posted it: same notifier, same outbox."""
+    store = daemon.assembly.store
+    Notifier(store, settings=daemon.assembly.settings, clock=utc_now).scan()
+    out("▶ PREVIEW (no homeserver here) — the Matrix fleet room after this run:")
+    for line in render_room(store):
+        out(f"  {line}")

@@ -105,8 +105,13 @@ CapabilityName = Annotated[
 MatrixUserId = Annotated[
     str, _name_matching(r"@[^:\s]+:\S+", "Matrix user id", "@agent-fleet:example.org")
 ]
+# Room ids of room version 12 (Synapse's default) carry no ":server" part (`!AbC…`); older
+# ones do (`!AbC:example.org`); an alias always does (`#fleet:example.org`).
 MatrixRoomId = Annotated[
-    str, _name_matching(r"[!#][^:\s]+:\S+", "Matrix room id or alias", "!abc123:example.org")
+    str,
+    _name_matching(
+        r"![^:\s]+(:\S+)?|#[^:\s]+:\S+", "Matrix room id or alias", "!abc123 or #fleet:example.org"
+    ),
 ]
 
 
@@ -520,7 +525,7 @@ class LabelsSettings(Section):
 
 
 class MatrixSettings(Section):
-    """The Matrix room for notifications and !fleet commands (checked, not used yet)."""
+    """The Matrix room for notifications and !fleet commands (see docs/matrix.md)."""
 
     enabled: bool = Field(default=False, description="Post to Matrix and accept commands.")
     homeserver: HttpUrlText | None = Field(
@@ -540,6 +545,33 @@ class MatrixSettings(Section):
     )
     device_name: str = Field(
         default="agent-fleet", min_length=1, description="Device name of the bot's session."
+    )
+    forgejo_logins: Mapping[MatrixUserId, str] = Field(
+        default_factory=dict,
+        description=(
+            "Matrix user → Forgejo login; a mapped user's write access to the repo is checked "
+            "before a command acts."
+        ),
+    )
+    mention_users: tuple[MatrixUserId, ...] = Field(
+        default=(), description="Matrix users mentioned in messages that need a person."
+    )
+    max_text_length: int = Field(
+        default=300,
+        ge=40,
+        description="Text from agents, issues and reviews is cut to this many characters.",
+    )
+    poll_interval: Seconds = Field(
+        default=1.0, description="Seconds between looks at the event log and the outbox."
+    )
+    sync_timeout: Seconds = Field(
+        default=20.0, description="Seconds one /sync long-poll waits for new room events."
+    )
+    retry_initial: Seconds = Field(
+        default=1.0, description="First wait before delivering again after a failure."
+    )
+    retry_max: Seconds = Field(
+        default=60.0, description="Longest wait between deliveries while the homeserver is away."
     )
 
     REQUIRED_WHEN_ENABLED: ClassVar[tuple[str, ...]] = (

@@ -200,6 +200,34 @@ class JsonLinesLog:
             return None
         return self._read(positions[-2], positions[-1])
 
+    def read_from(self, offset: int, *, limit: int) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+        """Up to ``limit`` records starting at byte ``offset`` (a record boundary, 0 for the
+        start), each with its own offset; and the offset to read from next time."""
+        if not 0 <= offset <= self._size:
+            raise ValueError(f"cannot read {self.path} from byte {offset} of {self._size}")
+        found: list[tuple[int, dict[str, Any]]] = []
+        position = offset
+        while position < self._size and len(found) < limit:
+            chunk = os.pread(self._fd, min(_TAIL_CHUNK, self._size - position), position)
+            start = 0
+            while len(found) < limit and (newline := chunk.find(b"\n", start)) >= 0:
+                if newline > start:
+                    found.append(
+                        (
+                            position + start,
+                            self._parse(chunk[start:newline], offset=position + start),
+                        )
+                    )
+                start = newline + 1
+            if start == 0:  # one line longer than a chunk: read it whole
+                end = self._size
+                line = os.pread(self._fd, end - position, position)
+                newline = line.find(b"\n")
+                found.append((position, self._parse(line[:newline], offset=position)))
+                start = newline + 1
+            position += start
+        return found, position
+
     def distinct_keys(self) -> list[str]:
         """Every distinct value of the first key field, in the order first appended."""
         return list(self._ensure_indexes()[0])

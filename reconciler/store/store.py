@@ -490,6 +490,19 @@ class Store:
                 for record in self._events.records_for(task_id)
             ]
 
+    def events_after(
+        self, cursor: int, *, limit: int = 200
+    ) -> tuple[list[tuple[int, TaskEvent]], int]:
+        """Events of every task in the order logged, from ``cursor`` (0: the first; else what
+        the previous call returned), each with its position in the log (stable, unique); and
+        the cursor for the next call. The Matrix notifier follows the log with this."""
+        with self._locked():
+            records, after = self._events.read_from(cursor, limit=limit)
+            return [
+                (position, self._load(TaskEvent, record, where=f"{EVENTS_FILE} at byte {position}"))
+                for position, record in records
+            ], after
+
     # --- receipts ---------------------------------------------------------------------------
 
     def put_receipt(self, receipt: Receipt) -> None:

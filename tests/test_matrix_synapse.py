@@ -1,0 +1,356 @@
+"""The Matrix thread against a real Synapse: what the room sees, commands, outages, crashes.
+
+One Synapse per session (tests/synapse_fixtures.py), a fresh room per test, the in-memory
+Forgejo on loopback for the commands' writes. Task events are recorded in the store exactly
+as the controllers record them (``transition`` + ``Store.record``); the notifier follows the
+log. Waits poll the homeserver or the store with a deadline; nothing sleeps for a condition.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.matrix.client import MatrixService
+from reconciler.matrix.notifier import TOPIC
+from reconciler.models import (
+    Agent,
+    ExecutionMode,
+    Receipt,
+    Task,
+    TaskState,
+    assign,
+    task_id_for,
+    transition,
+)
+from reconciler.sandbox import ForgejoSandbox
+from reconciler.settings import ForgejoSettings, MatrixSettings, Settings
+from reconciler.store import Store
+from tests.sandbox_fixtures import DEMO_REPO
+from tests.synapse_fixtures import MatrixWorld
+
+pytestmark = pytest.mark.slow
+
+DEADLINE = 30.0
+
+
+def wait_until(what: str, check: Callable[[], Any], *, timeout: float = DEADLINE) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def matrix_settings(world: MatrixWorld, room: str, forge: ForgejoSandbox) -> Settings:
+    return Settings(
+        forgejo=ForgejoSettings(
+            url=forge.url,
+            token=SecretStr(forge.admin_token),
+            repos=(DEMO_REPO,),
+            bot_login=forge.admin_login,
+        ),
+        matrix=MatrixSettings(
+            enabled=True,
+            homeserver=world.synapse.url,
+            user_id=world.bot.user_id,
+            access_token=SecretStr(world.bot.token),
+            room_id=room,
+            allowed_users=(world.alice.user_id,),
+            poll_interval=0.05,
+            sync_timeout=1.0,
+            retry_initial=0.1,
+            retry_max=0.5,
+        ),
+    )
+
+
+class Harness:
+    """A store, a gateway and a running Matrix thread for one test."""
+
+    def __init__(self, settings: Settings, store_path: Path) -> None:
+        self.settings = settings
+        self.store = Store.open(store_path)
+        self.gateway = ForgejoGateway(
+            settings.forgejo.url, settings.forgejo.token.get_secret_value()
+        )
+        self.enqueued: list[Any] = []
+        self.service = MatrixService(
+            self.store,
+            self.gateway,
+            settings=lambda: settings,
+            clock=lambda: datetime.now(UTC),
+            enqueue=self.enqueued.append,
+        )
+
+    def start(self) -> None:
+        self.service.start()
+        wait_until("the Matrix thread to connect", lambda: self.service.status().ok)
+
+    def close(self) -> None:
+        self.service.stop()
+        self.gateway.close()
+        self.store.close()
+
+    def pending(self) -> int:
+        return len(self.store.pending(topic=TOPIC))
+
+
+@pytest.fixture
+def harness(
+    matrix_world: MatrixWorld, matrix_room: str, served_forge: ForgejoSandbox, tmp_path: Path
+) -> Iterator[Harness]:
+    running = Harness(matrix_settings(matrix_world, matrix_room, served_forge), tmp_path / "s")
+    running.start()
+    yield running
+    running.close()
+
+
+NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+
+
+def new_agent(store: Store, agent_id: str = "build-01") -> Agent:
+    agent = Agent(
+        id=agent_id,
+        type="claude-code",
+        hostname="build-01.example.org",
+        mode=ExecutionMode.PULL,
+        registered_at=NOW,
+    )
+    store.put_agent(agent)
+    return agent
+
+
+def new_task(store: Store, number: int, title: str = "Fix the login form") -> Task:
+    task = Task(
+        id=task_id_for(DEMO_REPO, number),
+        repo=DEMO_REPO,
+        issue_number=number,
+        title=title,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    store.put_task(task)
+    return task
+
+
+def live_task(store: Store, task: Task, agent: Agent) -> list[Task]:
+    """Take ``task`` through assigned → running → in review → completed, recording each move."""
+    states: list[Task] = []
+    at = NOW
+    task, event = assign(task, agent.id, now=at, actor="reconciler")
+    store.record(task, event)
+    states.append(task)
+    for state, extra in (
+        (TaskState.RUNNING, {}),
+        (TaskState.REVIEW_PENDING, {"pr_number": 7}),
+    ):
+        at += timedelta(minutes=3)
+        task, event = transition(task, state, now=at, actor=f"agent:{agent.id}", **extra)
+        store.record(task, event)
+        states.append(task)
+    store.put_receipt(
+        Receipt(
+            id="r-1",
+            task_id=task.id,
+            agent_id=agent.id,
+            lease_generation=task.lease_generation,
+            pr_number=7,
+            cost_usd=0.42,
+            tokens=12345,
+            submitted_at=at,
+        )
+    )
+    at += timedelta(minutes=4)
+    task, event = transition(task, TaskState.COMPLETED, now=at, actor="reconciler")
+    store.record(task, event)
+    states.append(task)
+    return states
+
+
+def content_of(event: dict[str, Any]) -> dict[str, Any]:
+    content: dict[str, Any] = event["content"]
+    return content
+
+
+def relation(event: dict[str, Any]) -> dict[str, Any]:
+    relates: dict[str, Any] = content_of(event).get("m.relates_to") or {}
+    return relates
+
+
+def top_level(messages: list[dict[str, Any]], sender: str) -> list[dict[str, Any]]:
+    """The sender's messages that are neither edits nor thread replies."""
+    return [m for m in messages if m["sender"] == sender and not relation(m)]
+
+
+def test_a_task_life_is_one_room_message_edited_through_each_state(
+    harness: Harness, matrix_world: MatrixWorld, matrix_room: str
+) -> None:
+    """One room message per task, edited in place from assigned to done; the agent's thread
+    has its root and one reply per step."""
+    synapse, bot = matrix_world.synapse, matrix_world.bot.user_id
+    agent = new_agent(harness.store)
+    live_task(harness.store, new_task(harness.store, 12), agent)
+    harness.service.wake()
+    wait_until("the outbox to drain", harness.service.idle)
+
+    messages = synapse.messages(matrix_world.alice, matrix_room)
+    roots = top_level(messages, bot)
+    task_messages = [m for m in roots if "#12" in content_of(m)["body"]]
+    agent_roots = [m for m in roots if content_of(m)["body"].startswith("🤖 build-01")]
+    assert len(task_messages) == 1 and len(agent_roots) == 1, [c["content"] for c in roots]
+    task_message = task_messages[0]
+    assert "assigned" in content_of(task_message)["body"]
+    assert content_of(task_message)["msgtype"] == "m.notice"
+
+    edits = [
+        m
+        for m in messages
+        if relation(m).get("rel_type") == "m.replace"
+        and relation(m).get("event_id") == task_message["event_id"]
+    ]
+    bodies = [content_of(m)["m.new_content"]["body"] for m in edits]
+    assert [b.split("\n")[0].rsplit("— ", 1)[1] for b in bodies] == ["running", "in review", "done"]
+    assert "PR #7" in bodies[-1] and "$0.42" in bodies[-1] and "12345 tokens" in bodies[-1]
+    assert "took 10m00s" in bodies[-1]
+
+    thread = synapse.thread(matrix_world.alice, matrix_room, agent_roots[0]["event_id"])
+    replies = [content_of(m)["body"] for m in thread]
+    assert [r.split(" ", 2)[2] for r in replies] == [
+        "assigned",
+        "started",
+        "in review",
+        "completed",
+    ]
+
+
+def test_text_from_issues_is_stripped_of_mentions_and_room_pings(
+    harness: Harness, matrix_world: MatrixWorld, matrix_room: str
+) -> None:
+    """An issue title with @room and a user id reaches the room without either, and the
+    message declares no mentions."""
+    agent = new_agent(harness.store)
+    task = new_task(harness.store, 13, title="@room ping @alice:localhost <b>now</b>")
+    task, event = assign(task, agent.id, now=NOW, actor="reconciler")
+    harness.store.record(task, event)
+    harness.service.wake()
+    wait_until("the outbox to drain", harness.service.idle)
+    messages = top_level(
+        matrix_world.synapse.messages(matrix_world.alice, matrix_room), matrix_world.bot.user_id
+    )
+    posted = next(content_of(m) for m in messages if "#13" in content_of(m)["body"])
+    assert "@room" not in posted["body"] and "@alice:localhost" not in posted["body"]
+    assert "<b>now</b>" not in posted["formatted_body"]
+    assert "&lt;b&gt;now&lt;/b&gt;" in posted["formatted_body"]
+    assert posted["m.mentions"] == {}
+
+
+def labelled_issue(harness: Harness, title: str) -> int:
+    from controllers.setup import label_specs
+
+    harness.gateway.ensure_labels(DEMO_REPO, label_specs(harness.settings))
+    issue = harness.gateway.create_issue(
+        DEMO_REPO, title=title, labels=[harness.settings.labels.trigger]
+    )
+    return issue.number
+
+
+def answers_to(world: MatrixWorld, room: str, command_event: str) -> list[dict[str, Any]]:
+    return [
+        m
+        for m in world.synapse.thread(world.alice, room, command_event)
+        if m["sender"] == world.bot.user_id
+    ]
+
+
+def test_retry_from_an_allowed_user_adds_the_label_comments_and_answers(
+    harness: Harness, matrix_world: MatrixWorld, matrix_room: str
+) -> None:
+    """`!fleet retry #N` from an allowed user adds fleet/retry in Forgejo, says on the issue
+    who asked, and answers in a thread of the command."""
+    number = labelled_issue(harness, "Flaky test")
+    sent = matrix_world.synapse.send_text(
+        matrix_world.alice, matrix_room, f"!fleet retry #{number}"
+    )
+    answers = wait_until("the bot's answer", lambda: answers_to(matrix_world, matrix_room, sent))
+    assert len(answers) == 1
+    assert "Done: added fleet/retry" in content_of(answers[0])["body"]
+    issue = harness.gateway.get_issue(DEMO_REPO, number)
+    assert harness.settings.labels.retry in issue.labels
+    comments = harness.gateway.list_comments(DEMO_REPO, number)
+    assert [c for c in comments if matrix_world.alice.user_id in c.body and "retry" in c.body]
+    assert harness.enqueued, "the issue's key is queued so the change is acted on soon"
+
+
+def test_a_command_from_someone_not_allowed_is_refused_and_changes_nothing(
+    harness: Harness, matrix_world: MatrixWorld, matrix_room: str
+) -> None:
+    """mallory is not on the allow-list: a polite refusal, no label, no comment."""
+    number = labelled_issue(harness, "Do not touch")
+    before = harness.gateway.get_issue(DEMO_REPO, number)
+    sent = matrix_world.synapse.send_text(
+        matrix_world.mallory, matrix_room, f"!fleet retry #{number}"
+    )
+    answers = wait_until("the bot's refusal", lambda: answers_to(matrix_world, matrix_room, sent))
+    assert "not allowed" in content_of(answers[0])["body"]
+    after = harness.gateway.get_issue(DEMO_REPO, number)
+    assert after.labels == before.labels
+    assert harness.gateway.list_comments(DEMO_REPO, number) == ()
+
+
+def test_unknown_commands_get_the_usage_line(
+    harness: Harness, matrix_world: MatrixWorld, matrix_room: str
+) -> None:
+    """A command agent-fleet does not know is answered with the usage line."""
+    sent = matrix_world.synapse.send_text(matrix_world.alice, matrix_room, "!fleet frobnicate")
+    answers = wait_until("the usage line", lambda: answers_to(matrix_world, matrix_room, sent))
+    assert "usage: !fleet help" in content_of(answers[0])["body"]
+
+
+def test_messages_queued_while_synapse_is_down_arrive_exactly_once(
+    harness: Harness, matrix_world: MatrixWorld, matrix_room: str
+) -> None:
+    """Synapse stopped while tasks move, then started again: the outbox grows, then drains,
+    and every message is in the room exactly once."""
+    synapse = matrix_world.synapse
+    agent = new_agent(harness.store)
+    first = new_task(harness.store, 21)
+    task, event = assign(first, agent.id, now=NOW, actor="reconciler")
+    harness.store.record(task, event)
+    harness.service.wake()
+    wait_until("the first message", harness.service.idle)
+
+    synapse.stop()
+    try:
+        task, event = transition(task, TaskState.RUNNING, now=NOW, actor="agent:build-01")
+        harness.store.record(task, event)
+        live_task(harness.store, new_task(harness.store, 22), agent)
+        wait_until("Matrix to show degraded", lambda: not harness.service.status().ok)
+        assert harness.pending() > 0
+    finally:
+        synapse.start()
+    wait_until("the outbox to drain after the outage", harness.service.idle)
+
+    messages = synapse.messages(matrix_world.alice, matrix_room)
+    txns = [m["unsigned"].get("transaction_id") for m in messages if m["sender"] != "x"]
+    bodies = [content_of(m)["body"] for m in messages]
+    assert len(bodies) == len(set(zip(bodies, txns))), "a message arrived twice"
+    roots = top_level(messages, matrix_world.bot.user_id)
+    assert len([m for m in roots if "#21" in content_of(m)["body"]]) == 1
+    assert len([m for m in roots if "#22" in content_of(m)["body"]]) == 1
+    assert len([m for m in roots if content_of(m)["body"].startswith("🤖")]) == 1
+    edits_22 = [
+        m for m in messages if "* ⚙️" in content_of(m)["body"] and "#22" in content_of(m)["body"]
+    ]
+    assert len(edits_22) == 1

@@ -287,6 +287,10 @@ class AgentApi:
     def submit_receipt(self, receipt: Mapping[str, Any]) -> dict[str, Any]:
         return self.call("/receipts", receipt)[1]
 
+    def deregister(self) -> None:
+        """Leave the fleet: the daemon requeues this agent's tasks at once."""
+        self.call("/agents/deregister", {})
+
 
 def _refusal(status: int, raw: bytes, *, url: str) -> FleetError:
     try:
@@ -569,8 +573,11 @@ class Worker:
                 self._wake.clear()
         finally:
             self.stop()
-            for run in self.running():
+            handed_back = self.running()
+            for run in handed_back:
                 run.cancel("the worker is stopping")
+            if handed_back:
+                self._hand_back(handed_back)
             for run in self.running():
                 if run.thread is not None:
                     run.thread.join(timeout=30)
@@ -582,6 +589,16 @@ class Worker:
         if once:
             return 0 if self.delivered else 1
         return 0
+
+    def _hand_back(self, runs: Sequence[TaskRun]) -> None:
+        """Deregister so the daemon requeues the cancelled runs' tasks now rather than after
+        the missed heartbeats; the saved token registers this agent again at its next start."""
+        try:
+            self.api.deregister()
+        except FleetError as exc:
+            log.warning("agent.hand_back_failed", error=str(exc))
+            return
+        log.info("agent.handed_back", tasks=[run.task_id for run in runs])
 
     # --- registration ----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ REPO_PATH = re.compile(
 def code_lines(text: str) -> list[str]:
     """The lines of the sh code blocks, with backslash continuations joined."""
     lines: list[str] = []
-    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+    for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             command = line.split("   #", 1)[0].strip()
             if command:

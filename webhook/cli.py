@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from reconciler import __version__
-from reconciler.errors import ConfigError, StoreLockedError
+from reconciler.errors import ConfigError, StoreError, StoreLockedError
 from reconciler.models import TaskState
 
 if TYPE_CHECKING:
@@ -91,6 +91,9 @@ def _open_store_or_exit(settings: Settings) -> Store:
     except StoreLockedError as exc:
         click.echo(f"agent-fleet: {exc}", err=True)
         sys.exit(3)
+    except StoreError as exc:  # e.g. written by a newer agent-fleet
+        click.echo(f"agent-fleet: {exc}", err=True)
+        sys.exit(4)
 
 
 def _operator_token(settings: Settings, given: str | None) -> str:
@@ -146,6 +149,9 @@ def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
     except StoreLockedError as exc:
         click.echo(f"agent-fleet: {exc}", err=True)
         sys.exit(3)
+    except StoreError as exc:  # e.g. written by a newer agent-fleet
+        click.echo(f"agent-fleet: {exc}", err=True)
+        sys.exit(4)
     except ConfigError as exc:
         for path, message in exc.problems:
             click.echo(f"{config_file}: {path}: {message}", err=True)

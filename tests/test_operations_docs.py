@@ -1,6 +1,6 @@
 """The operator guide stays true: every repository file it names exists, every
-``agent-fleet`` command in its examples parses against the real command line (subcommands,
-options, choices), and its ``promtool`` commands run as written."""
+``agent-fleet`` command in its examples — and in docs/cli.md's — parses against the real
+command line (subcommands, options, choices), and its ``promtool`` commands run as written."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from webhook.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "operations.md"
+CLI_DOC = ROOT / "docs" / "cli.md"
 # A backticked repository path: under one of the top-level folders, or a root file.
 REPO_PATH = re.compile(
     r"`((?:config|docs|tests|bench|reconciler|controllers|webhook|\.ci)/[^`\s]+"
@@ -25,11 +26,23 @@ REPO_PATH = re.compile(
 
 
 def code_lines(text: str) -> list[str]:
-    """The lines of the sh code blocks, with backslash continuations joined."""
+    """The lines of the shell code blocks (fenced as ``sh`` or bare; ``$`` prompts dropped),
+    with backslash continuations joined."""
+    blocks: list[list[str]] = []
+    fence: str | None = None  # the opening fence while inside a block
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if fence is None:
+                fence = line.strip()
+                blocks.append([])
+            else:
+                fence = None
+        elif fence in ("```", "```sh"):
+            blocks[-1].append(line)
     lines: list[str] = []
-    for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL):
-        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-            command = line.split("   #", 1)[0].strip()
+    for block in blocks:
+        for line in re.sub(r"\\\n\s*", " ", "\n".join(block)).splitlines():
+            command = line.split("   #", 1)[0].strip().removeprefix("$ ")
             if command:
                 lines.append(command)
     return lines
@@ -65,9 +78,10 @@ def test_every_repository_file_the_guide_names_exists() -> None:
     assert not missing, missing
 
 
-def test_every_agent_fleet_command_in_the_guide_parses() -> None:
+@pytest.mark.parametrize("page", [GUIDE, CLI_DOC], ids=lambda p: p.name)
+def test_every_agent_fleet_command_in_the_docs_parses(page: Path) -> None:
     """Each ``agent-fleet …`` example names real subcommands and options with valid values."""
-    commands = [c for c in code_lines(GUIDE.read_text()) if c.startswith("agent-fleet ")]
+    commands = [c for c in code_lines(page.read_text()) if c.startswith("agent-fleet ")]
     assert len(commands) >= 3
     for command in commands:
         try:

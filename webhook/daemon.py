@@ -263,6 +263,30 @@ def prepare_repos(assembly: Assembly) -> None:
             log.warning("repo.prepare_failed", repo=repo, error=str(exc))
 
 
+def plan_repos(assembly: Assembly) -> list[str]:
+    """What :func:`prepare_repos` would change, read from Forgejo and changed nowhere: one
+    line per label to create or update and per webhook to create or update."""
+    settings = assembly.settings()
+    plan: list[str] = []
+    for repo in settings.forgejo.repos:
+        if settings.forgejo.manage_labels:
+            present = {label.name: label for label in assembly.gateway.list_labels(repo)}
+            for spec in label_specs(settings):
+                label = present.get(spec.name)
+                if label is None:
+                    plan.append(f"create label {spec.name!r} in {repo}")
+                elif not label.matches(spec):
+                    plan.append(f"update label {spec.name!r} in {repo} (colour or description)")
+        url = settings.forgejo.webhook_url
+        if settings.forgejo.manage_webhooks and url and settings.webhook.secret:
+            hook = next((h for h in assembly.gateway.list_hooks(repo) if h.url == url), None)
+            if hook is None:
+                plan.append(f"create webhook {url} in {repo}")
+            elif not hook.active or set(hook.events) != set(WEBHOOK_EVENTS):
+                plan.append(f"update webhook {url} in {repo} (events or inactive)")
+    return plan
+
+
 class Daemon:
     def __init__(
         self,

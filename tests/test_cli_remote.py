@@ -69,11 +69,12 @@ def test_status_with_server_and_token_needs_no_config_file(
 
 
 def test_a_dry_run_beside_the_running_daemon_plans_and_changes_nothing(
-    running: Daemon, served_forge: ForgejoSandbox, tmp_path: Path
+    running: Daemon, served_forge: ForgejoSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A repository the daemon does not watch yet, with a labelled issue: the dry run (whose
     config adds it) prints the labels and webhook it would create and the task, while the
     daemon keeps its store lock; afterwards Forgejo and the store's files are as before."""
+    monkeypatch.setattr("webhook.cli.PROGRESS_FROM", 1)
     repo = "fleet-admin/newcomer"
     served_forge.create_repo(repo)
     served_forge.create_label(repo, "fleet/task")
@@ -99,6 +100,8 @@ def test_a_dry_run_beside_the_running_daemon_plans_and_changes_nothing(
             main, ["reconcile", "--once", "--dry-run", "--config", str(config)]
         )
         assert result.exit_code == 0, result.output
+        # Progress on stderr (reported here from one key on; by default from 200).
+        assert "keys reconciled" in result.stderr
         lines = result.stdout.splitlines()
         assert any(line.startswith("would: ") and task_id_for(repo, number) in line
                    for line in lines), lines  # fmt: skip

@@ -382,3 +382,15 @@ def test_the_alert_rules_name_only_metrics_the_daemon_exports() -> None:
         for name in re.findall(r"agent_fleet_\w+", rule["expr"])
     }
     assert used and used <= exported, used - exported
+
+
+def test_metrics_carry_no_created_series() -> None:
+    """/metrics drops prometheus_client's ``*_created`` series, keeping every real one."""
+    metrics = Metrics()
+    metrics.reconciles.labels(controller="assignment", outcome="ok").inc()
+    metrics.reconcile_duration.labels(controller="assignment").observe(0.2)
+    text = metrics.render().decode()
+    assert "_created" not in text
+    assert 'agent_fleet_reconciles_total{controller="assignment",outcome="ok"} 1.0' in text
+    assert "# TYPE agent_fleet_reconcile_duration_seconds histogram" in text
+    assert 'agent_fleet_reconcile_duration_seconds_count{controller="assignment"} 1.0' in text

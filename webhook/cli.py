@@ -18,6 +18,7 @@ from reconciler.errors import ConfigError, StoreError, StoreLockedError
 from reconciler.models import TaskState
 
 if TYPE_CHECKING:
+    from reconciler.engine.loop import Loop, Outcome
     from reconciler.settings import Settings
     from reconciler.store import Store
 
@@ -192,6 +193,23 @@ def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
     sys.exit(0 if drained else 1)
 
 
+# A resync of at least this many keys reports its progress on stderr, about every tenth.
+PROGRESS_FROM = 200
+
+
+def _report_progress(loop: Loop, keys: int) -> None:
+    step = max(keys // 10, 1)
+    done = 0
+
+    def count(_: Outcome) -> None:
+        nonlocal done
+        done += 1
+        if done % step == 0 or done == keys:
+            click.echo(f"… {done} of {keys} keys reconciled", err=True)
+
+    loop.on_outcome(count)
+
+
 @main.command()
 @_CONFIG_OPTION
 @click.option("--once", is_flag=True, required=True, help="Run one full pass and exit.")
@@ -232,7 +250,9 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
             click.echo(f"{verb}: {line}")
         if not dry_run:
             prepare_repos(assembly)
-        assembly.resync.full()
+        keys = assembly.resync.full()
+        if keys >= PROGRESS_FROM:
+            _report_progress(assembly.loop, keys)
         outcomes = assembly.loop.drain()
         # Runs dispatched to ssh hosts are part of the pass: wait for them (each is bounded by
         # its task's deadline), then reconcile what their results changed.

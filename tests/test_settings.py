@@ -191,6 +191,22 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     )
 
 
+def test_host_errors_are_reported_together_with_field_errors(tmp_path: Path) -> None:
+    """A bad URL does not hide a host's unknown adapter or duplicate name: one pass names
+    them all, and a value from the environment names its variable."""
+    text = MINIMAL.replace("https://", "not a url ") + (
+        '[[hosts]]\nname = "h1"\naddress = "localhost"\nadapter = "claud"\nworkdir = "/w"\n'
+        '[[hosts]]\nname = "h1"\naddress = "localhost"\nworkdir = "/w"\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write(tmp_path, text), env={"AGENT_FLEET_LOOP__WORKERS": "many"})
+    problems = dict(raised.value.problems)
+    assert "forgejo.url" in problems
+    assert problems["hosts.0.adapter"].startswith("no adapter named 'claud'")
+    assert problems["hosts.1.name"].startswith("duplicate host name 'h1'")
+    assert problems["loop.workers"].endswith("(value from AGENT_FLEET_LOOP__WORKERS)")
+
+
 def test_missing_required_fields_are_each_named(tmp_path: Path) -> None:
     """A section without its required keys lists each of them."""
     problems = problems_of(write(tmp_path, '[forgejo]\nurl = "https://f.example.org"\n'))

@@ -22,7 +22,7 @@ from reconciler.models import (
     task_id_for,
     transition,
 )
-from reconciler.store import Store
+from reconciler.store import SCHEMA_VERSION, Store
 from reconciler.store.logfile import encode_line
 from reconciler.store.store import ARCHIVE_FILE, EVENTS_FILE, RECEIPTS_FILE, STATE_FILE
 
@@ -96,7 +96,10 @@ def test_event_log_is_not_a_tinydb_table(store: Store) -> None:
     store.append_event(make_event("1-aaaaaaaa", 1))
     lines = (store.path / EVENTS_FILE).read_bytes().splitlines()
     assert json.loads(lines[0])["task_id"] == "1-aaaaaaaa"
-    assert not (store.path / STATE_FILE).exists()
+    # The live state file holds only the schema version written at open.
+    assert json.loads((store.path / STATE_FILE).read_text()) == {
+        "meta": {"schema_version": {"value": SCHEMA_VERSION}}
+    }
 
 
 def test_event_index_stays_right_across_appends_and_reopen(store: Store) -> None:

@@ -440,6 +440,29 @@ def test_a_stop_order_in_a_heartbeat_reply_kills_the_run(
         worker.close()
 
 
+def test_a_stopping_worker_hands_its_running_tasks_back(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """SIGTERM mid-run (a pod or unit stopping): the run is cancelled, the agent deregisters,
+    and the daemon requeues its task at once instead of after the missed heartbeats."""
+    task = api_server.waiting_task(7)
+    worker, taken = holding_worker(tmp_path, api_server)
+    runner = threading.Thread(target=worker.run, name="worker-run")
+    runner.start()
+    try:
+        wait_until("the run to start", lambda: bool(taken))
+        assert api_server.store.get_task(task.id).state is TaskState.ASSIGNED
+    finally:
+        worker.stop()
+        runner.join(timeout=30)
+        worker.close()
+    assert not runner.is_alive() and taken[0].cancelled.is_set()
+    assert api_server.store.get_agent("w1").deregistered
+    api_server.assembly.loop.drain()
+    requeued = api_server.store.get_task(task.id)
+    assert requeued.state is TaskState.CREATED and requeued.agent_id is None
+
+
 def test_without_an_acknowledged_heartbeat_for_the_lease_ttl_the_worker_fences_itself(
     api_server: ApiServer, tmp_path: Path
 ) -> None:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 import click
 
 from reconciler import __version__
-from reconciler.errors import ConfigError, StoreLockedError
+from reconciler.errors import ConfigError, StoreError, StoreLockedError
 from reconciler.models import TaskState
 
 if TYPE_CHECKING:
+    from reconciler.engine.loop import Loop, Outcome
     from reconciler.settings import Settings
     from reconciler.store import Store
 
@@ -91,6 +92,21 @@ def _open_store_or_exit(settings: Settings) -> Store:
     except StoreLockedError as exc:
         click.echo(f"agent-fleet: {exc}", err=True)
         sys.exit(3)
+    except StoreError as exc:  # e.g. written by a newer agent-fleet
+        click.echo(f"agent-fleet: {exc}", err=True)
+        sys.exit(4)
+
+
+def _daemon_target(config_file: Path, server: str | None, token: str | None) -> tuple[str, str]:
+    """The daemon's URL and operator token: --server/--token (or AGENT_FLEET_SERVER and
+    AGENT_FLEET_TOKEN) when both are given, so no configuration file is needed; otherwise
+    what is missing comes from the configuration."""
+    if server and token:
+        return server, token
+    from reconciler.console.client import daemon_url
+
+    settings = _load_or_exit(config_file)
+    return server or daemon_url(settings.webhook), _operator_token(settings, token)
 
 
 def _operator_token(settings: Settings, given: str | None) -> str:
@@ -109,6 +125,21 @@ _CONFIG_OPTION = click.option(
     default=Path("config/fleet.toml"),
     show_default=True,
     help="The TOML configuration file.",
+)
+
+
+_SERVER_OPTION = click.option(
+    "--server",
+    envvar="AGENT_FLEET_SERVER",
+    default=None,
+    help="The daemon's URL, e.g. http://fleet.internal:8080 (env AGENT_FLEET_SERVER; "
+    "default: from webhook.bind and webhook.port in the config).",
+)
+_TOKEN_OPTION = click.option(
+    "--token",
+    envvar="AGENT_FLEET_TOKEN",
+    default=None,
+    help="Operator token (env AGENT_FLEET_TOKEN; default: api.operator_token from the config).",
 )
 
 
@@ -146,6 +177,9 @@ def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
     except StoreLockedError as exc:
         click.echo(f"agent-fleet: {exc}", err=True)
         sys.exit(3)
+    except StoreError as exc:  # e.g. written by a newer agent-fleet
+        click.echo(f"agent-fleet: {exc}", err=True)
+        sys.exit(4)
     except ConfigError as exc:
         for path, message in exc.problems:
             click.echo(f"{config_file}: {path}: {message}", err=True)
@@ -157,6 +191,23 @@ def run(config_file: Path, log_level: str, log_json: bool | None) -> None:
     stop.wait()
     drained = daemon.stop()
     sys.exit(0 if drained else 1)
+
+
+# A resync of at least this many keys reports its progress on stderr, about every tenth.
+PROGRESS_FROM = 200
+
+
+def _report_progress(loop: Loop, keys: int) -> None:
+    step = max(keys // 10, 1)
+    done = 0
+
+    def count(_: Outcome) -> None:
+        nonlocal done
+        done += 1
+        if done % step == 0 or done == keys:
+            click.echo(f"… {done} of {keys} keys reconciled", err=True)
+
+    loop.on_outcome(count)
 
 
 @main.command()
@@ -176,19 +227,31 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
     Example:
       agent-fleet reconcile --once --dry-run --config config/fleet.toml
     """
+    import contextlib
+
     from reconciler.engine.logs import configure_logging
+    from reconciler.store.snapshot import open_snapshot
     from webhook.daemon import build, prepare_repos
 
     configure_logging(level="warning")
     settings = _load_or_exit(config_file)
-    store = _open_store_or_exit(settings)
-    try:
+    verb = "would" if dry_run else "did"
+    # A dry run reads a private copy of the store: no lock, so it runs beside the daemon, and
+    # whatever the pass records stays in the copy.
+    opened = (
+        open_snapshot(settings.store.path)
+        if dry_run
+        else contextlib.closing(_open_store_or_exit(settings))
+    )
+    with opened as store:
         assembly = build(settings, store=store, dry_run=dry_run)
         if not dry_run:
             prepare_repos(assembly)
-        assembly.resync.full()
+        keys = assembly.resync.full()
         # One pass: the hosts' health checks (read only) run here, before it.
         assembly.probes.run_due()
+        if keys >= PROGRESS_FROM:
+            _report_progress(assembly.loop, keys)
         outcomes = assembly.loop.drain()
         # Runs dispatched to ssh hosts are part of the pass: wait for them (each is bounded by
         # its task's deadline), then reconcile what their results changed.
@@ -199,9 +262,6 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
             outcomes += assembly.loop.drain()
         for closer in assembly.closers:
             closer()
-    finally:
-        store.close()
-    verb = "would" if dry_run else "did"
     total = 0
     for outcome in outcomes:
         for action in outcome.actions:
@@ -218,12 +278,8 @@ def reconcile(config_file: Path, once: bool, dry_run: bool) -> None:
 
 @main.command()
 @_CONFIG_OPTION
-@click.option(
-    "--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port)."
-)
-@click.option(
-    "--token", default=None, help="Operator token (default: api.operator_token from the config)."
-)
+@_SERVER_OPTION
+@_TOKEN_OPTION
 @click.option(
     "--status",
     type=click.Choice(["online", "offline", "draining"]),
@@ -256,16 +312,15 @@ def agents(
     """
     from datetime import UTC, datetime
 
-    from reconciler.console.client import daemon_url, fetch_agents
+    from reconciler.console.client import fetch_agents
     from reconciler.console.views import agents_json, agents_table
     from reconciler.errors import FleetError
     from reconciler.models import AgentStatus
 
-    settings = _load_or_exit(config_file)
-    token = _operator_token(settings, token)
+    server, token = _daemon_target(config_file, server, token)
     try:
         found = fetch_agents(
-            server or daemon_url(settings.webhook),
+            server,
             token=token,
             capabilities=capability,
             status=AgentStatus(status) if status else None,
@@ -278,12 +333,8 @@ def agents(
 
 @main.command()
 @_CONFIG_OPTION
-@click.option(
-    "--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port)."
-)
-@click.option(
-    "--token", default=None, help="Operator token (default: api.operator_token from the config)."
-)
+@_SERVER_OPTION
+@_TOKEN_OPTION
 @click.option(
     "--state",
     "states",
@@ -292,12 +343,14 @@ def agents(
     help="Only tasks in this state; repeat for several.",
 )
 @click.option("--repo", default=None, help="Only tasks of this repository (owner/name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a report.")
 def status(
     config_file: Path,
     server: str | None,
     token: str | None,
     states: tuple[str, ...],
     repo: str | None,
+    as_json: bool,
 ) -> None:
     """Show the live tasks: counts by state, then each task with its agent, or why it waits
     (no agent has code:rust; all 3 matching agents at capacity; backing off until 14:05), or
@@ -309,25 +362,29 @@ def status(
     Examples:
       agent-fleet status --config config/fleet.toml
       agent-fleet status --state created --repo acme/web
+      agent-fleet status --server http://fleet.internal:8080 --token "$OPERATOR_TOKEN" --json
     """
     from datetime import UTC, datetime
 
-    from reconciler.console.client import daemon_url, fetch_tasks
+    from reconciler.console.client import fetch_tasks
     from reconciler.console.views import status_report
     from reconciler.errors import FleetError
+    from reconciler.fleet.api import TaskList
 
-    settings = _load_or_exit(config_file)
-    token = _operator_token(settings, token)
+    server, token = _daemon_target(config_file, server, token)
     try:
         tasks = fetch_tasks(
-            server or daemon_url(settings.webhook),
+            server,
             token=token,
             states=[TaskState(s) for s in states],
             repo=repo,
         )
     except (FleetError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(status_report(tasks, now=datetime.now(UTC)))
+    if as_json:
+        click.echo(TaskList(tasks=tuple(tasks)).model_dump_json(indent=2))
+    else:
+        click.echo(status_report(tasks, now=datetime.now(UTC)))
 
 
 @main.group()
@@ -343,12 +400,8 @@ def tasks() -> None:
 @tasks.command("show")
 @click.argument("task_id")
 @_CONFIG_OPTION
-@click.option(
-    "--server", default=None, help="The daemon's URL (default: from webhook.bind and webhook.port)."
-)
-@click.option(
-    "--token", default=None, help="Operator token (default: api.operator_token from the config)."
-)
+@_SERVER_OPTION
+@_TOKEN_OPTION
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the API's JSON instead of the timeline."
 )
@@ -366,14 +419,13 @@ def tasks_show(
       agent-fleet tasks show 12-3f9a1c2b --config config/fleet.toml
       agent-fleet tasks show 12-3f9a1c2b --json
     """
-    from reconciler.console.client import daemon_url, fetch_task
+    from reconciler.console.client import fetch_task
     from reconciler.console.history import task_report
     from reconciler.errors import FleetError
 
-    settings = _load_or_exit(config_file)
-    token = _operator_token(settings, token)
+    server, token = _daemon_target(config_file, server, token)
     try:
-        history = fetch_task(server or daemon_url(settings.webhook), task_id, token=token)
+        history = fetch_task(server, task_id, token=token)
     except (FleetError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(history.model_dump_json(indent=2) if as_json else task_report(history))

@@ -20,6 +20,7 @@ from reconciler.errors import TransientError
 from reconciler.fleet import api, operations
 from reconciler.fleet.api import (
     Answer,
+    DeregisterAnswer,
     HeartbeatAnswer,
     HeartbeatRequest,
     HeldTaskItem,
@@ -112,6 +113,11 @@ class AgentApi:
     def submit_receipt(self, receipt: ReceiptRequest) -> ReceiptAnswer:
         _, raw = self.call(operations.SUBMIT_RECEIPT, receipt)
         return _parse(ReceiptAnswer, raw, what="the receipt")
+
+    def deregister(self) -> DeregisterAnswer:
+        """Leave the fleet: the daemon requeues this agent's tasks at once."""
+        _, raw = self.call(operations.DEREGISTER, api.DeregisterRequest())
+        return _parse(DeregisterAnswer, raw, what="the deregistration")
 
 
 def _parse(model: type[_Answer], raw: bytes, *, what: str) -> _Answer:

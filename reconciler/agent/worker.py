@@ -43,7 +43,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -180,8 +180,11 @@ class Worker:
                 self._wake.clear()
         finally:
             self.stop()
-            for run in self.running():
+            handed_back = self.running()
+            for run in handed_back:
                 run.cancel("the worker is stopping")
+            if handed_back:
+                self._hand_back(handed_back)
             for run in self.running():
                 if run.thread is not None:
                     run.thread.join(timeout=30)
@@ -193,6 +196,16 @@ class Worker:
         if once:
             return 0 if self.delivered else 1
         return 0
+
+    def _hand_back(self, runs: Sequence[TaskRun]) -> None:
+        """Deregister so the daemon requeues the cancelled runs' tasks now rather than after
+        the missed heartbeats; the saved token registers this agent again at its next start."""
+        try:
+            self.api.deregister()
+        except FleetError as exc:
+            log.warning("agent.hand_back_failed", error=str(exc))
+            return
+        log.info("agent.handed_back", tasks=[run.task_id for run in runs])
 
     # --- registration ----------------------------------------------------------------------
 

@@ -6,12 +6,16 @@ loop, the webhook receiver and the Forgejo gateway's ``on_call`` hook feed it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# A sample, HELP or TYPE line of a ``…_created`` series.
+_CREATED = re.compile(rb"^(?:# (?:HELP|TYPE) )?agent_fleet_\w+_created[\s{]")
 
 
 class Metrics:
@@ -73,4 +77,10 @@ class Metrics:
         self.webhook_deliveries.labels(event=event or "unknown", result=result).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition without the ``*_created`` series prometheus_client adds to
+        every counter and histogram: they double the output and no alert reads them."""
+        return b"".join(
+            line
+            for line in generate_latest(self.registry).splitlines(keepends=True)
+            if not _CREATED.match(line)
+        )

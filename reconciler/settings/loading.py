@@ -81,6 +81,8 @@ def _environment_parse_problem(exc: SettingsError) -> str:
 # Variables read by commands and tools, not by the settings model: never typos.
 COMMAND_VARIABLES = frozenset(
     {
+        "AGENT_FLEET_SERVER",  # agent-fleet status|agents|tasks --server
+        "AGENT_FLEET_TOKEN",  # agent-fleet status|agents|tasks --token
         "AGENT_FLEET_WORKER_TOKEN",  # agent-fleet agent run --token
         "AGENT_FLEET_WORKER_FORGEJO_TOKEN",  # agent-fleet agent run --forgejo-token
         "AGENT_FLEET_CLI_DIR",  # where the tests find the pinned agent CLIs

@@ -46,6 +46,49 @@ COMMAND_PLACEHOLDERS = frozenset({"prompt", "workdir", "session_id"})
 # --- value types ---------------------------------------------------------------------------
 
 
+def _raw_host_problems(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """Unknown adapters and duplicate names of ``[[hosts]]`` in unvalidated input."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("hosts"), list | tuple):
+        return []
+    adapters = data.get("adapters")
+    known = set(BUILTIN_ADAPTERS) | (set(adapters) if isinstance(adapters, Mapping) else set())
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    first_index: dict[str, int] = {}
+    for index, host in enumerate(data["hosts"]):
+        if not isinstance(host, Mapping):
+            continue
+        name, adapter = host.get("name"), host.get("adapter", "claude-code")
+        if isinstance(name, str):
+            if name in first_index:
+                problems.append(
+                    (
+                        ("hosts", index, "name"),
+                        f"duplicate host name {name!r} (also hosts.{first_index[name]})",
+                    )
+                )
+            first_index.setdefault(name, index)
+        if isinstance(adapter, str) and adapter not in known:
+            problems.append(
+                (
+                    ("hosts", index, "adapter"),
+                    f"no adapter named {adapter!r} in [adapters] (known: {', '.join(sorted(known))})",
+                )
+            )
+    return problems
+
+
+def _details_of(exc: ValidationError) -> list[InitErrorDetails]:
+    """A ValidationError's errors as details to raise again (their messages kept)."""
+    return [
+        InitErrorDetails(
+            type=_custom(error["type"], error["msg"]),
+            loc=tuple(error["loc"]),
+            input=error.get("input"),
+        )
+        for error in exc.errors()
+    ]
+
+
 def _custom(kind: str, message: str) -> PydanticCustomError:
     """A validation error with a finished message (pydantic shows it without a prefix)."""
     return PydanticCustomError(kind, message)
@@ -902,6 +945,26 @@ class Settings(BaseSettings):
         if isinstance(value, Mapping):
             return {**BUILTIN_ADAPTERS, **value}
         return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _cross_check_despite_field_errors(cls, data: Any, handler: Any) -> Any:
+        """When fields fail, the checks across sections below never run; the host checks
+        are repeated on the raw values so that one pass reports them too."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            reported = {tuple(error["loc"]) for error in exc.errors()}
+            extra = [
+                InitErrorDetails(type=_custom("cross_check", message), loc=loc, input=None)
+                for loc, message in _raw_host_problems(data)
+                if loc not in reported
+            ]
+            if not extra:
+                raise
+            raise ValidationError.from_exception_data(
+                cls.__name__, [*_details_of(exc), *extra]
+            ) from None
 
     @model_validator(mode="after")
     def _cross_check(self) -> Settings:

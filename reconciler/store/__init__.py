@@ -3,6 +3,15 @@
 Import from here: ``from reconciler.store import Store``.
 """
 
+from reconciler.store.schema import SCHEMA_VERSION, StoreVersionError
 from reconciler.store.store import Backoff, JsonValue, OutboxMessage, Store, encode_backoff_key
 
-__all__ = ["Backoff", "JsonValue", "OutboxMessage", "Store", "encode_backoff_key"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Backoff",
+    "JsonValue",
+    "OutboxMessage",
+    "Store",
+    "StoreVersionError",
+    "encode_backoff_key",
+]

@@ -48,6 +48,7 @@ from reconciler.models import (
     task_id_for,
 )
 from reconciler.store.logfile import JsonLinesLog
+from reconciler.store.schema import migrate
 from reconciler.store.storage import TMP_SUFFIX, KeyedTable, StateDatabase
 
 STATE_FILE = "state.json"
@@ -172,6 +173,7 @@ class Store:
         self._closers.append(lambda: os.close(lock_fd))
         self._remove_leftover_temp_files()
         self._db = StateDatabase(self.path / STATE_FILE, directory_fd=directory_fd)
+        migrate(self._db, self.path)
         self._check_live_state()
         self._archive = self._open_log(ARCHIVE_FILE, ("id",))
         self._receipts = self._open_log(RECEIPTS_FILE, ("id", "task_id"))

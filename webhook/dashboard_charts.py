@@ -16,7 +16,7 @@ WIDTH = 400
 HEIGHT = 150
 _TOP = 14
 _BOTTOM = 22
-_LEFT = 34
+_LEFT = 50
 
 
 def _e(value: object) -> str:

@@ -20,7 +20,14 @@ from html import escape
 from reconciler.console.history import CHECK_MARK, event_detail, event_what
 from reconciler.console.views import AgentSummary, format_duration, task_why
 from reconciler.fleet.activity import Activity
-from reconciler.models import BUSY_STATES, AgentStatus, Task, TaskEvent, TaskState
+from reconciler.models import (
+    BUSY_STATES,
+    AgentStatus,
+    ExecutionMode,
+    Task,
+    TaskEvent,
+    TaskState,
+)
 from webhook.dashboard_charts import Column, bar_list, column_chart, money_text
 
 
@@ -94,7 +101,7 @@ padding:4px 8px}
 td{padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 tr:last-child td{border-bottom:0}
 td.why{color:#3b4252}
-.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px}
+.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px;white-space:nowrap}
 .dim{color:var(--dim)}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;
 background:#eef0f4;color:#3b4252;white-space:nowrap}
@@ -223,6 +230,13 @@ def _ago(then: datetime | None, now: datetime) -> str:
     return f"{format_duration((now - then).total_seconds())} ago"
 
 
+def _heard(agent: AgentSummary, now: datetime) -> str:
+    # ssh hosts send no heartbeats: the registry's health checks decide their status.
+    if agent.last_heartbeat_at is None and agent.mode is ExecutionMode.SSH:
+        return "health-checked over ssh"
+    return _ago(agent.last_heartbeat_at, now)
+
+
 def _clock(moment: datetime | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment is not None else "-"
 
@@ -315,7 +329,7 @@ def _agents(data: Overview, *, base: str) -> str:
             f"<td>{_badge(agent.status.value)}{why}</td>"
             f'<td><span class="slots"><i class="w{tenths}"></i></span>'
             f"{busy}/{agent.max_concurrency}{_e(load)}</td>"
-            f"<td>{_e(_ago(agent.last_heartbeat_at, data.now))}</td>"
+            f"<td>{_e(_heard(agent, data.now))}</td>"
             f"<td>{current}</td>"
             f"<td>{agent.stats.tasks_completed} done · {agent.stats.errors} errors</td>"
             f"<td>{_e(money_text(agent.stats.cost_usd))}"
@@ -376,7 +390,10 @@ def task_page(
     """The live part of a task's page: its facts, why it waits or failed, its receipt checks
     and its timeline, linked to the issue and pull request on Forgejo."""
     issue = issue_href(forgejo_url, task.repo, task.issue_number)
-    links = [f'<a href="{_e(issue)}">issue {_e(task.repo)}#{task.issue_number}</a>']
+    links = [
+        f'<a href="{_e(base)}">← the fleet</a>',
+        f'<a href="{_e(issue)}">issue {_e(task.repo)}#{task.issue_number}</a>',
+    ]
     if task.pr_number is not None:
         pull = issue_href(forgejo_url, task.repo, task.pr_number, pull=True)
         links.append(f'<a href="{_e(pull)}">pull request #{task.pr_number}</a>')
@@ -390,7 +407,7 @@ def task_page(
         ("created", _e(_clock(task.created_at))),
         ("updated", _e(f"{_clock(task.updated_at)} ({_ago(task.updated_at, now)})")),
     ]
-    if task.deadline_at is not None:
+    if task.deadline_at is not None and not task.is_terminal:
         facts.append(("deadline", _e(_clock(task.deadline_at))))
     parts = [
         (

@@ -40,6 +40,7 @@ from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
     AdapterSettings,
     ApiSettings,
+    DashboardSettings,
     ForgejoSettings,
     HostSettings,
     LoopSettings,
@@ -121,6 +122,8 @@ def demo_settings(url: str, token: str, *, state: Path, work: Path) -> Settings:
             operator_token=SecretStr(OPERATOR_TOKEN), heartbeat_interval=1, missed_heartbeats=3
         ),
         store=StoreSettings(path=state),
+        # On loopback, the page may update itself every second.
+        dashboard=DashboardSettings(refresh_interval=1),
         hosts=(
             HostSettings(
                 name=LOCAL_HOST,

@@ -119,3 +119,19 @@ def test_the_fleet_page_shows_the_demo_fleet_and_updates_itself_in_chromium(
     assert page_line.endswith("/")
     for name in ("dashboard-overview.png", "dashboard-overview-updated.png", "dashboard-task.png"):
         assert (artifacts / name).stat().st_size > 10_000, f"{name} looks empty"
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch: Any) -> None:
+    """CI=true turns a missing Chromium into a failure naming the packages; elsewhere it is a
+    skip with the same hint."""
+    import pytest
+
+    from tests.browser_fixtures import INSTALL_HINT, _missing
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium-driver"):
+        _missing("Chromium (the chromium package)")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        _missing("Chromium (the chromium package)")
+    assert INSTALL_HINT in str(skipped.value)

@@ -385,6 +385,8 @@ def test_the_page_can_live_under_a_configured_path(tmp_path: Path) -> None:
     try:
         task = p.add_task(1)
         assert p.get("/", token=OPERATOR).status_code == 404
+        without_slash = p.get("/fleet", token=OPERATOR)
+        assert without_slash.status_code == 308 and without_slash.headers["location"] == "/fleet/"
         body = p.get("/fleet/", token=OPERATOR).text
         assert f'href="/fleet/tasks/{task.id}"' in body and 'data-live="/fleet/live"' in body
         assert (
@@ -466,3 +468,37 @@ def test_the_page_charts_throughput_and_spend(page: Page) -> None:
     assert f"{hour}–" in body and "1 completed, 0 failed" in body
     assert "$1.25, 4,000 tokens" in body
     assert "completed, last 12 h" in visible_text(body)
+
+
+def test_completed_tasks_show_the_most_recent_ones_with_the_full_count(page: Page) -> None:
+    """A week of finished tasks does not flood the page: the 25 latest, newest first, under
+    the full count."""
+    for number in range(1, 31):
+        page.move(page.add_task(number), TaskState.CANCELLED)
+        page.harness.clock.advance(60)
+    text = visible_text(page.get("/", token=OPERATOR).text)
+    assert "Cancelled 30" in text and "the 25 most recent of 30" in text
+    shown = re.findall(r"acme/web#(\d+)", text)
+    assert shown[0] == "30" and "5" not in shown and len(shown) == 25
+
+
+def test_the_charts_are_read_again_once_their_figures_are_15_seconds_old(page: Page) -> None:
+    """Polling pages share one reading of the charts' figures for 15 s; after that a task
+    completed meanwhile is counted."""
+
+    def completed_now() -> str:
+        body = page.get("/", token=OPERATOR).text
+        found = re.search(r"<b>(\d+)</b><span>completed, last 12 h", body)
+        assert found is not None
+        return found.group(1)
+
+    def finish(number: int) -> None:
+        task = page.move(page.add_task(number), TaskState.ASSIGNED, agent_id="a1")
+        page.move(page.move(task, TaskState.RUNNING), TaskState.COMPLETED)
+
+    finish(1)
+    assert completed_now() == "1"
+    finish(2)
+    assert completed_now() == "1", "read again within 15 s"
+    page.harness.clock.advance(15)
+    assert completed_now() == "2"

@@ -27,16 +27,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import urllib.parse
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 
 from reconciler.console.views import AgentSummary
 from reconciler.errors import NotFoundError
-from reconciler.fleet.activity import read_activity
+from reconciler.fleet.activity import Activity, read_activity
 from reconciler.fleet.agents import Fleet
+from reconciler.models import Task
 from reconciler.settings import Settings
 from reconciler.store import Store
 from webhook.agents_api import bearer_token
@@ -53,6 +55,7 @@ from webhook.dashboard_pages import (
 )
 
 SESSION_COOKIE = "agent_fleet_session"
+ACTIVITY_MAX_AGE = timedelta(seconds=15)
 # A sign-in form carries one short field; anything larger is not a person signing in.
 MAX_LOGIN_BYTES = 4096
 _SESSION_PURPOSE = b"agent-fleet dashboard session\x00"
@@ -97,6 +100,28 @@ def _security_headers(nonce: str) -> dict[str, str]:
     }
 
 
+class _ActivityCache:
+    """The charts' figures, read again at most every :data:`ACTIVITY_MAX_AGE`: every open page
+    polls every few seconds, and hourly and daily sums need not be fresher than that."""
+
+    def __init__(self, store: Store, *, clock: Callable[[], datetime]) -> None:
+        self._store = store
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[datetime, Activity] | None = None
+
+    def get(self, tasks: Sequence[Task], *, now: datetime) -> Activity:
+        with self._lock:
+            if (
+                self._cached is not None
+                and timedelta(0) <= now - self._cached[0] < ACTIVITY_MAX_AGE
+            ):
+                return self._cached[1]
+            fresh = read_activity(self._store, tasks, now=now)
+            self._cached = (now, fresh)
+            return fresh
+
+
 class _Access:
     """Works out whether a request may see the page, and how it signed in."""
 
@@ -129,6 +154,7 @@ def install_dashboard(
     """Add the fleet page's routes to ``app`` under ``dashboard.path``."""
     base = settings().dashboard.path
     access = _Access(fleet, settings)
+    activity = _ActivityCache(store, clock=fleet.clock)
 
     def chrome(nonce: str) -> Chrome:
         return Chrome(
@@ -173,7 +199,7 @@ def install_dashboard(
         data = Overview(
             agents=tuple(AgentSummary.of(v) for v in fleet.agents()),
             tasks=tuple(tasks),
-            activity=read_activity(store, tasks, now=now),
+            activity=activity.get(tasks, now=now),
             now=now,
             forgejo_url=settings().forgejo.url,
         )
@@ -187,6 +213,12 @@ def install_dashboard(
         return task_page(
             task, events, now=fleet.clock(), forgejo_url=settings().forgejo.url, base=base
         )
+
+    if base != "/":
+
+        @app.get(base.rstrip("/"))  # type: ignore[untyped-decorator]
+        def page_without_slash() -> bottle.HTTPResponse:
+            return bottle.HTTPResponse(status=308, headers={"Location": base})
 
     @app.get(base)  # type: ignore[untyped-decorator]
     def page() -> bottle.HTTPResponse:

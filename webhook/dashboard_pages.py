@@ -67,6 +67,9 @@ GROUPS: tuple[tuple[str, str, frozenset[TaskState]], ...] = (
     ("cancelled", "Cancelled", frozenset({TaskState.CANCELLED})),
 )
 
+FINISHED_GROUPS = frozenset({"done", "cancelled"})
+FINISHED_SHOWN = 25
+
 _STYLE = """
 :root{--bg:#f6f7f9;--card:#fff;--ink:#1d2330;--dim:#667085;--line:#e3e6eb;--ok:#1a7f4b;
 --warn:#b76e00;--bad:#c2352b;--info:#2f5fd0;--accent:#5b4bd6}
@@ -356,11 +359,22 @@ def _tasks(data: Overview, *, base: str) -> str:
                 '<p class="empty">none</p></section>'
             )
             continue
+        more = ""
+        if key in FINISHED_GROUPS:
+            # Finished tasks stay live for a week: show the latest, not all of them.
+            tasks.sort(key=lambda t: t.updated_at, reverse=True)
+            if len(tasks) > FINISHED_SHOWN:
+                more = (
+                    f'<p class="dim">the {FINISHED_SHOWN} most recent of {len(tasks)}; '
+                    "agent-fleet status lists them all</p>"
+                )
+                tasks = tasks[:FINISHED_SHOWN]
         rows = "".join(_task_row(t, data, base=base) for t in tasks)
+        count = sum(t.state in states for t in data.tasks)
         out.append(
-            f'<section id="tasks-{key}"><h2>{_e(title)} <small>{len(tasks)}</small></h2><table>'
+            f'<section id="tasks-{key}"><h2>{_e(title)} <small>{count}</small></h2><table>'
             "<tr><th>Task</th><th>Issue</th><th>State</th><th>Priority</th><th>Agent</th>"
-            f"<th>Age</th><th>Why / what</th></tr>{rows}</table></section>"
+            f"<th>Age</th><th>Why / what</th></tr>{rows}</table>{more}</section>"
         )
     return "".join(out)
 

@@ -58,3 +58,44 @@ def test_demo_command_exits_zero() -> None:
     assert result.returncode == 0, result.stderr
     assert "daemon and sandbox stopped" in result.stdout
     assert result.stderr == "", result.stderr
+
+
+def test_demo_keep_prints_the_fleet_page_url_and_serves_it_until_interrupted() -> None:
+    """``agent-fleet demo --keep`` prints the page's URL and the token to sign in with; the
+    page answers with the fleet; SIGINT stops everything and the demo exits 0."""
+    import signal
+    import urllib.request
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "webhook", "demo", "--keep"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        for line in process.stdout:  # the demo prints the page last, then waits
+            lines.append(line)
+            if "sign in with the demo's operator token:" in line:
+                break
+        text = "".join(lines)
+        url = next(
+            (ln.split(": ", 1)[1].strip() for ln in lines if ln.startswith("▶ the fleet page:")),
+            None,
+        )
+        assert url is not None and url.startswith("http://127.0.0.1:"), text
+        token = lines[-1].rsplit(": ", 1)[1].strip()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            page = response.read().decode()
+        assert "no agent has role developer and code:rust" in page
+        process.send_signal(signal.SIGINT)
+        rest, errors = process.communicate(timeout=60)
+        assert process.returncode == 0, errors
+        assert "daemon and sandbox stopped" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

@@ -198,7 +198,12 @@ def test_an_error_handler_that_fails_still_answers_json() -> None:
 def test_deeply_nested_json_is_400_on_every_body_reading_endpoint(served: Served) -> None:
     """With valid credentials, a body nested 1,000 (and 30,000) deep is 400 malformed_json on
     every POST route of the agent API, and on the webhook receiver when signed."""
-    posts = [path for method, path in routes(served.app) if method == "POST"]
+    # The JSON endpoints; the fleet page's sign-in form reads a form, not JSON.
+    posts = [
+        path
+        for method, path in routes(served.app)
+        if method == "POST" and path.startswith(("/api/", "/webhooks/"))
+    ]
     assert len(posts) >= 9
     for depth in (MAX_JSON_DEPTH + 1, 1_000, 30_000):
         body = nested(depth)

@@ -27,6 +27,7 @@ import bottle  # type: ignore[import-untyped]
 import structlog
 
 from reconciler.engine.metrics import CONTENT_TYPE, Metrics
+from webhook.inputs import InputError
 
 log = structlog.get_logger(__name__)
 
@@ -127,9 +128,14 @@ def make_app() -> bottle.Bottle:
             message = (
                 error.body if isinstance(error.body, str) and error.body else error.status_line
             )
+            exc = error.exception if isinstance(error.exception, BaseException) else None
+            if isinstance(exc, InputError):
+                # A refusal of what the client sent, raised where no endpoint wrapper turned it
+                # into an answer (a page reading the Authorization header): its own 4xx.
+                bottle.response.status = exc.status
+                return json.dumps({"error": exc.code, "message": exc.message[:500]})
             if error.status_code == 500:
                 # Never leak a traceback or internals to a client; the log has where it failed.
-                exc = error.exception if isinstance(error.exception, BaseException) else None
                 log.error(
                     "http.internal_error",
                     path=_printable(bottle.request.environ.get("PATH_INFO", "")),

@@ -597,7 +597,12 @@ def agent_run(
 
 @main.command()
 @click.option("--verbose", is_flag=True, help="Also show the daemon's own log lines.")
-def demo(verbose: bool) -> None:
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the fleet running at the end, print the fleet page's URL; Ctrl-C stops it.",
+)
+def demo(verbose: bool, keep: bool) -> None:
     """Run agent-fleet end to end on this machine with no outside service.
 
     Starts an embedded Forgejo sandbox and the real daemon on loopback, with a throw-away
@@ -610,12 +615,13 @@ def demo(verbose: bool) -> None:
     Example:
       agent-fleet demo
       agent-fleet demo --verbose
+      agent-fleet demo --keep      # then open the printed URL in a browser
     """
     from reconciler.engine.logs import configure_logging
-    from webhook.demo import run_demo
+    from webhook.demo import run_demo, until_interrupted
 
     configure_logging(level="info" if verbose else "warning")
-    sys.exit(run_demo(out=click.echo))
+    sys.exit(run_demo(out=click.echo, keep=until_interrupted if keep else None))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,6 +50,7 @@ from reconciler.settings import Settings, load_settings
 from reconciler.store import Store
 from webhook.agents_api import install_agent_api
 from webhook.app import Check, install_health, make_app
+from webhook.dashboard import install_dashboard
 from webhook.openapi import install_openapi
 from webhook.receiver import install_forgejo_webhook
 from webhook.server import http_server
@@ -75,6 +76,8 @@ RESTART_ONLY = (
     ("loop", "health_check_workers"),
     ("forgejo", "url"),
     ("forgejo", "token"),
+    ("dashboard", "enabled"),
+    ("dashboard", "path"),
 )
 
 
@@ -228,7 +231,7 @@ def build(
 
 def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]) -> Any:
     """The daemon's Bottle app: webhook receiver, agent API and its OpenAPI document, health,
-    metrics."""
+    metrics, and the fleet page."""
     settings = assembly.settings()
     app = make_app()
     secret = settings.webhook.secret
@@ -252,6 +255,10 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
     )
     install_openapi(app)
     install_health(app, readiness=readiness, metrics=assembly.metrics)
+    if settings.dashboard.enabled:
+        install_dashboard(
+            app, fleet=assembly.fleet, store=assembly.store, settings=assembly.settings
+        )
     return app
 
 

@@ -10,8 +10,10 @@ push), the pull request opened, in review — while the task nobody can do waits
 Then the demo plays the reviewer: it asks for changes once (the agent runs again with the
 review in its prompt), approves and merges every pull request, and each task's receipt is
 verified against Forgejo before it is done, with status/done and a result comment; a summary
-table follows. Then one pull agent goes silent and is seen offline. Everything the demo started is stopped
-before it returns. It lives in the top layer because it assembles the whole process.
+table follows. Then one pull agent goes silent and is seen offline. With ``keep`` (``agent-fleet
+demo --keep``) the fleet then stays up, and the URL of its live page is printed, until the
+``keep`` callback returns (Ctrl-C at the terminal; the browser tests drive the page from it).
+Everything the demo started is stopped before it returns. It lives in the top layer because it assembles the whole process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import signal
 import sys
 import tempfile
 import threading
@@ -41,6 +44,7 @@ from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
     AdapterSettings,
     ApiSettings,
+    DashboardSettings,
     ForgejoSettings,
     HostSettings,
     LoopSettings,
@@ -61,6 +65,20 @@ OPERATOR_TOKEN = secrets.token_hex(16)
 REVIEWER = "alice"
 REVIEW_TEXT = "Please also say how --version behaves with --help."
 WAIT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class DemoFleet:
+    """The running demo, handed to a ``keep`` callback: where the page is and how to change
+    the world it shows (file issues, review, merge) as a person would."""
+
+    page_url: str
+    operator_token: str
+    repo: str
+    sandbox: ForgejoSandbox
+    person: ForgejoGateway
+    store: Store
+    issues: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,8 @@ def demo_settings(url: str, token: str, *, state: Path, work: Path) -> Settings:
             operator_token=SecretStr(OPERATOR_TOKEN), heartbeat_interval=1, missed_heartbeats=3
         ),
         store=StoreSettings(path=state),
+        # On loopback, the page may update itself every second.
+        dashboard=DashboardSettings(refresh_interval=1),
         hosts=(
             HostSettings(
                 name=LOCAL_HOST,
@@ -215,8 +235,22 @@ def _settled(store: Store, ids: dict[str, int], *, expect_review: set[str]) -> b
     return True
 
 
-def run_demo(*, out: Print = print) -> int:
-    """Run the demo, printing what happens; returns the process exit code."""
+def until_interrupted(fleet: DemoFleet) -> None:
+    """Return on Ctrl-C or SIGTERM: ``agent-fleet demo --keep`` waits here."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(*, out: Print = print, keep: Callable[[DemoFleet], None] | None = None) -> int:
+    """Run the demo, printing what happens; returns the process exit code. With ``keep``,
+    the fleet stays up with its page served while ``keep`` runs."""
     with (
         tempfile.TemporaryDirectory(prefix="agent-fleet-demo-") as scratch,
         ForgejoSandbox() as sandbox,
@@ -326,6 +360,12 @@ def run_demo(*, out: Print = print) -> int:
                 for line in table.splitlines():
                     out(f"  {line}")
                 _matrix_preview(out, daemon)
+                if keep is not None:
+                    page = f"{daemon.url}{settings.dashboard.path}"
+                    out(f"▶ the fleet page: {page}")
+                    out(f"  sign in with the demo's operator token: {OPERATOR_TOKEN}")
+                    out("  the fleet keeps running; Ctrl-C stops everything")
+                    keep(DemoFleet(page, OPERATOR_TOKEN, repo, sandbox, person, store, ids))
             finally:
                 if beats is not None:
                     beats.stop()

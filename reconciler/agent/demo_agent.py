@@ -61,7 +61,9 @@ def main(argv: list[str]) -> int:
         "num_turns": 1,
         "result": f"Wrote {path} for: {title}",
         "session_id": f"{session[:8]}-{session[8:12]}-{session[12:16]}-{session[16:20]}-{session[20:32]}",
-        "total_cost_usd": 0.0,
+        # A made-up price, so the demo's page has spend to chart: $3 and $15 per million
+        # input and output tokens, counted as words.
+        "total_cost_usd": round((3 * len(prompt.split()) + 15 * len(text.split())) / 1e6, 6),
         "usage": {"input_tokens": len(prompt.split()), "output_tokens": len(text.split())},
         "duration_ms": int((time.monotonic() - started) * 1000),
     }

@@ -15,10 +15,10 @@ from typing import Any
 from reconciler.fleet.api import TaskDetail
 from reconciler.models import CheckOutcome, TaskEvent, TaskState
 
-_MARK = {CheckOutcome.PASSED: "✓", CheckOutcome.FAILED: "✗", CheckOutcome.PENDING: "…"}
+CHECK_MARK = {CheckOutcome.PASSED: "✓", CheckOutcome.FAILED: "✗", CheckOutcome.PENDING: "…"}
 
 
-def _what(event: TaskEvent) -> str:
+def event_what(event: TaskEvent) -> str:
     if event.kind == "transition":
         source = event.from_state.value if event.from_state is not None else "new"
         target = event.to_state.value if event.to_state is not None else "?"
@@ -26,11 +26,12 @@ def _what(event: TaskEvent) -> str:
     if event.kind == "verification":
         outcome = str(event.data.get("outcome", ""))
         known = {o.value: o for o in CheckOutcome}
-        return f"verification {_MARK[known[outcome]] if outcome in known else '?'}"
+        return f"verification {CHECK_MARK[known[outcome]] if outcome in known else '?'}"
     return event.kind
 
 
-def _detail(event: TaskEvent) -> str:
+def event_detail(event: TaskEvent) -> str:
+    """The event's reason, with the lease an assignment was made under."""
     data: dict[str, Any] = event.data
     assigned = event.kind == "transition" and event.to_state is TaskState.ASSIGNED
     if assigned and "lease_generation" in data:
@@ -61,7 +62,7 @@ def task_report(history: TaskDetail) -> str:
         lines.append(f"waiting: {task.wait_reason}")
     if task.checks:
         lines.append("receipt checks:")
-        lines += [f"  {_MARK[c.outcome]} {c.name}: {c.detail}" for c in task.checks]
+        lines += [f"  {CHECK_MARK[c.outcome]} {c.name}: {c.detail}" for c in task.checks]
     lines += ["", "history:"]
     lines += _timeline(history.events)
     return "\n".join(lines)
@@ -70,7 +71,7 @@ def task_report(history: TaskDetail) -> str:
 def _timeline(events: Sequence[TaskEvent]) -> list[str]:
     if not events:
         return ["  (no events)"]
-    rows = [(f"{e.at:%Y-%m-%d %H:%M:%S}", _what(e), e.actor, _detail(e)) for e in events]
+    rows = [(f"{e.at:%Y-%m-%d %H:%M:%S}", event_what(e), e.actor, event_detail(e)) for e in events]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return [
         "  "
@@ -81,4 +82,4 @@ def _timeline(events: Sequence[TaskEvent]) -> list[str]:
     ]
 
 
-__all__ = ["task_report"]
+__all__ = ["CHECK_MARK", "event_detail", "event_what", "task_report"]

@@ -57,6 +57,18 @@ def agents_json(agents: Sequence[AgentSummary]) -> str:
     return AgentList(agents=tuple(agents)).model_dump_json(indent=2)
 
 
+def task_why(task: Task) -> str:
+    """What a live task is doing, or why it waits, or why it failed: the WHY column of
+    ``agent-fleet status`` and of the fleet page."""
+    if task.state is TaskState.FAILED:
+        return task.failure_reason
+    if task.state is TaskState.CREATED:
+        return task.wait_reason or "waiting to be placed"
+    if task.pr_number is not None:
+        return f"PR #{task.pr_number} on {task.branch}"
+    return f"attempt {task.attempt} on {task.branch}"
+
+
 def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
     """``agent-fleet status``: how many tasks are in each state, then each live task with
     its agent, or why it waits, or why it failed."""
@@ -68,14 +80,6 @@ def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
     lines = ["  ".join(f"{state}: {n}" for state, n in sorted(counts.items())), ""]
     rows = [("TASK", "ISSUE", "PRIORITY", "STATE", "AGENT", "AGE", "WHY / WHAT")]
     for task in tasks:
-        if task.state is TaskState.FAILED:
-            why = task.failure_reason
-        elif task.state is TaskState.CREATED:
-            why = task.wait_reason or "waiting to be placed"
-        elif task.pr_number is not None:
-            why = f"PR #{task.pr_number} on {task.branch}"
-        else:
-            why = f"attempt {task.attempt} on {task.branch}"
         rows.append(
             (
                 task.id,
@@ -84,7 +88,7 @@ def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
                 task.state.value,
                 task.agent_id or "-",
                 format_duration((now - task.created_at).total_seconds()),
-                why,
+                task_why(task),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -94,4 +98,4 @@ def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["agents_json", "agents_table", "status_report"]
+__all__ = ["agents_json", "agents_table", "status_report", "task_why"]

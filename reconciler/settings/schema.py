@@ -375,6 +375,29 @@ class ApiSettings(Section):
     )
 
 
+class DashboardSettings(Section):
+    """The live fleet page the daemon serves to people (docs/dashboard.md)."""
+
+    enabled: bool = Field(default=True, description="Serve the fleet page.")
+    path: str = Field(
+        default="/",
+        pattern=r"^/([A-Za-z0-9_.-]+/)*$",
+        description="Where the page lives: `/`, or a prefix such as `/fleet/` (starts and "
+        "ends with a slash).",
+    )
+    read_only_without_token: bool = Field(
+        default=False,
+        description="Show the page to anyone who can reach it, without the operator token "
+        "(the page has no actions; tokens are never shown).",
+    )
+    refresh_interval: Seconds = Field(
+        default=5.0, description="Seconds between the page's updates of itself."
+    )
+    session_ttl: Seconds = Field(
+        default=43_200.0, description="Seconds a login through the page's form lasts."
+    )
+
+
 class StoreSettings(Section):
     """Local state: agents, task bookkeeping, receipts, event log, outbox."""
 
@@ -895,6 +918,9 @@ class Settings(BaseSettings):
     )
     api: ApiSettings = Field(
         default_factory=ApiSettings, description="Agent API access and heartbeats."
+    )
+    dashboard: DashboardSettings = Field(
+        default_factory=DashboardSettings, description="The live fleet page."
     )
     store: StoreSettings = Field(default_factory=StoreSettings, description="Local state.")
     labels: LabelsSettings = Field(

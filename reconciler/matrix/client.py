@@ -66,15 +66,24 @@ FAILPOINT_ENV = "FLEET_FAILPOINT"
 def failpoint_after_send(
     env: Mapping[str, str] | None = None,
 ) -> Callable[[OutboxMessage, str], None] | None:
-    """The crash test's hook: with ``FLEET_FAILPOINT=matrix.after_send`` in the
-    environment, the process kills itself (SIGKILL) right after the homeserver accepted a
-    message and before the delivery is recorded — the window a restart must not duplicate.
-    None (no hook) otherwise."""
+    """The crash test's hook: with ``FLEET_FAILPOINT=matrix.after_send`` in the environment,
+    the process kills itself (SIGKILL) right after the homeserver accepted a message and
+    before the delivery is recorded — the window a restart must not duplicate.
+    ``matrix.after_send:N`` does so after this process's Nth accepted send instead of its
+    first. None (no hook) otherwise; a malformed value is refused."""
     source = os.environ if env is None else env
-    if source.get(FAILPOINT_ENV) != "matrix.after_send":
+    value = source.get(FAILPOINT_ENV, "")
+    name, _, count = value.partition(":")
+    if name != "matrix.after_send":
         return None
+    if count and not (count.isdigit() and int(count) >= 1):
+        raise ValueError(f"{FAILPOINT_ENV}={value!r}: the count after ':' must be 1 or more")
+    remaining = [int(count or 1)]
 
     def kill(message: OutboxMessage, event_id: str) -> None:
+        remaining[0] -= 1
+        if remaining[0] > 0:
+            return
         log.warning("matrix.failpoint", message=message.id, event_id=event_id)
         os.kill(os.getpid(), signal.SIGKILL)
 

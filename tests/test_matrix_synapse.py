@@ -342,10 +342,15 @@ def test_messages_queued_while_synapse_is_down_arrive_exactly_once(
         synapse.start()
     wait_until("the outbox to drain after the outage", harness.service.idle)
 
-    messages = synapse.messages(matrix_world.alice, matrix_room)
-    txns = [m["unsigned"].get("transaction_id") for m in messages if m["sender"] != "x"]
-    bodies = [content_of(m)["body"] for m in messages]
-    assert len(bodies) == len(set(zip(bodies, txns))), "a message arrived twice"
+    # Read with the bot's token: each of its messages shows the transaction id it was sent as.
+    messages = [
+        m
+        for m in synapse.messages(matrix_world.bot, matrix_room)
+        if m["sender"] == matrix_world.bot.user_id
+    ]
+    txns = [m["unsigned"].get("transaction_id") for m in messages]
+    assert None not in txns and len(txns) == len(set(txns)), f"a message arrived twice: {txns}"
+    assert harness.pending() == 0
     roots = top_level(messages, matrix_world.bot.user_id)
     assert len([m for m in roots if "#21" in content_of(m)["body"]]) == 1
     assert len([m for m in roots if "#22" in content_of(m)["body"]]) == 1
@@ -354,3 +359,94 @@ def test_messages_queued_while_synapse_is_down_arrive_exactly_once(
         m for m in messages if "* ⚙️" in content_of(m)["body"] and "#22" in content_of(m)["body"]
     ]
     assert len(edits_22) == 1
+
+
+def status_saying(running: Harness, word: str) -> str | None:
+    """The Matrix status detail once it mentions ``word``; None before."""
+    status = running.service.status()
+    return status.detail if word in status.detail else None
+
+
+def started_with(settings: Settings, store_path: Path) -> Harness:
+    """A Matrix thread started on ``settings`` without waiting for it to connect."""
+    running = Harness(settings, store_path)
+    running.service.start()
+    return running
+
+
+# A well-formed room id (version 12: 43 characters of url-safe base64) no one created.
+UNKNOWN_ROOM = "!" + "Q" * 43
+
+
+def test_an_unknown_room_is_a_clear_error_and_nothing_is_lost(
+    matrix_world: MatrixWorld, served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """A room id the homeserver does not know: the status says which room and what to do;
+    messages queued meanwhile stay in the outbox."""
+    settings = matrix_settings(matrix_world, UNKNOWN_ROOM, served_forge)
+    running = started_with(settings, tmp_path / "s")
+    try:
+        detail = wait_until(
+            "the room error",
+            lambda: status_saying(running, "room"),
+        )
+        assert not running.service.status().ok
+        assert f"cannot join the room {UNKNOWN_ROOM}" in detail and "invite the bot" in detail
+        agent = new_agent(running.store)
+        task, event = assign(new_task(running.store, 31), agent.id, now=NOW, actor="reconciler")
+        running.store.record(task, event)
+        running.service.notifier.scan()
+        assert running.pending() > 0, "the messages wait in the outbox"
+    finally:
+        running.close()
+
+
+def test_an_unknown_room_alias_is_a_clear_error(
+    matrix_world: MatrixWorld, served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """An alias nobody created: the status names the alias as unknown."""
+    settings = matrix_settings(matrix_world, "#nowhere:localhost", served_forge)
+    running = started_with(settings, tmp_path / "s")
+    try:
+        detail = wait_until(
+            "the alias error",
+            lambda: status_saying(running, "alias"),
+        )
+        assert "the room alias #nowhere:localhost is unknown" in detail
+    finally:
+        running.close()
+
+
+def test_an_encrypted_room_is_refused_and_nothing_is_posted_there(
+    matrix_world: MatrixWorld, served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """The bot does not do end-to-end encryption: an encrypted room is refused with a clear
+    reason and nothing is sent into it in plain text."""
+    synapse = matrix_world.synapse
+    room = synapse.create_room(
+        matrix_world.alice,
+        invite=[matrix_world.bot],
+        initial_state=[
+            {
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+            }
+        ],
+    )
+    running = started_with(matrix_settings(matrix_world, room, served_forge), tmp_path / "s")
+    try:
+        detail = wait_until(
+            "the encryption refusal",
+            lambda: status_saying(running, "encrypted"),
+        )
+        assert "supports unencrypted rooms only" in detail
+        agent = new_agent(running.store)
+        task, event = assign(new_task(running.store, 32), agent.id, now=NOW, actor="reconciler")
+        running.store.record(task, event)
+        running.service.notifier.scan()
+        assert running.pending() > 0, "the messages wait in the outbox"
+        sent = synapse.messages(matrix_world.alice, room)
+        assert not [m for m in sent if m["sender"] == matrix_world.bot.user_id]
+    finally:
+        running.close()

@@ -5,7 +5,9 @@ Registered in ``tests/conftest.py``'s ``pytest_plugins``. One Synapse runs per t
 registration, every rate limit raised, no trusted key servers (it never calls matrix.org), no
 presence. At start it registers the bot and two people (``alice`` is allowed to command the
 fleet, ``mallory`` is not); each test gets a fresh unencrypted room (``matrix_room``) with all
-three in it, so tests do not see each other's messages.
+three in it, so tests do not see each other's messages. The ``harness`` fixture runs the Matrix
+thread (a store, a gateway to the in-memory Forgejo, a :class:`MatrixService`) on that room;
+the helpers below it record task events and read the room back.
 
 Synapse comes from ``bash .ci/synapse.sh`` (its own virtualenv, pinned), which ``.ci/test``
 runs. When it is missing the tests FAIL with that instruction rather than skip.
@@ -25,12 +27,33 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
+
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.matrix.client import MatrixService
+from reconciler.matrix.metrics import MatrixMetrics
+from reconciler.matrix.notifier import TOPIC
+from reconciler.models import (
+    Agent,
+    ExecutionMode,
+    Receipt,
+    Task,
+    TaskState,
+    assign,
+    task_id_for,
+    transition,
+)
+from reconciler.sandbox import ForgejoSandbox
+from reconciler.settings import ForgejoSettings, MatrixSettings, Settings
+from reconciler.store import Store
+from tests.sandbox_fixtures import DEMO_REPO
 
 SYNAPSE_DIR = Path(
     os.environ.get("AGENT_FLEET_SYNAPSE_DIR", Path.home() / ".cache/agent-fleet/synapse")
@@ -319,3 +342,182 @@ def matrix_room(matrix_world: MatrixWorld) -> str:
     return matrix_world.synapse.create_room(
         matrix_world.alice, invite=[matrix_world.bot, matrix_world.mallory]
     )
+
+
+# --- a Matrix thread on the session's Synapse, for one test ----------------------------
+
+DEADLINE = 30.0
+
+
+def wait_until(what: str, check: Callable[[], Any], *, timeout: float = DEADLINE) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def matrix_settings(world: MatrixWorld, room: str, forge: ForgejoSandbox) -> Settings:
+    return Settings(
+        forgejo=ForgejoSettings(
+            url=forge.url,
+            token=SecretStr(forge.admin_token),
+            repos=(DEMO_REPO,),
+            bot_login=forge.admin_login,
+        ),
+        matrix=MatrixSettings(
+            enabled=True,
+            homeserver=world.synapse.url,
+            user_id=world.bot.user_id,
+            access_token=SecretStr(world.bot.token),
+            room_id=room,
+            allowed_users=(world.alice.user_id,),
+            poll_interval=0.05,
+            sync_timeout=1.0,
+            retry_initial=0.1,
+            retry_max=0.5,
+        ),
+    )
+
+
+class Harness:
+    """A store, a gateway and a running Matrix thread for one test."""
+
+    def __init__(
+        self, settings: Settings, store_path: Path, *, metrics: MatrixMetrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = Store.open(store_path)
+        self.gateway = ForgejoGateway(
+            settings.forgejo.url, settings.forgejo.token.get_secret_value()
+        )
+        self.enqueued: list[Any] = []
+        self.service = MatrixService(
+            self.store,
+            self.gateway,
+            settings=lambda: settings,
+            clock=lambda: datetime.now(UTC),
+            enqueue=self.enqueued.append,
+            metrics=metrics,
+        )
+
+    def start(self) -> None:
+        self.service.start()
+        wait_until("the Matrix thread to connect", lambda: self.service.status().ok)
+
+    def close(self) -> None:
+        self.service.stop()
+        self.gateway.close()
+        self.store.close()
+
+    def pending(self) -> int:
+        return len(self.store.pending(topic=TOPIC))
+
+
+@pytest.fixture
+def harness(
+    matrix_world: MatrixWorld, matrix_room: str, served_forge: ForgejoSandbox, tmp_path: Path
+) -> Iterator[Harness]:
+    running = Harness(matrix_settings(matrix_world, matrix_room, served_forge), tmp_path / "s")
+    running.start()
+    yield running
+    running.close()
+
+
+NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+
+
+def new_agent(store: Store, agent_id: str = "build-01") -> Agent:
+    agent = Agent(
+        id=agent_id,
+        type="claude-code",
+        hostname="build-01.example.org",
+        mode=ExecutionMode.PULL,
+        registered_at=NOW,
+    )
+    store.put_agent(agent)
+    return agent
+
+
+def new_task(store: Store, number: int, title: str = "Fix the login form") -> Task:
+    task = Task(
+        id=task_id_for(DEMO_REPO, number),
+        repo=DEMO_REPO,
+        issue_number=number,
+        title=title,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    store.put_task(task)
+    return task
+
+
+def live_task(store: Store, task: Task, agent: Agent) -> list[Task]:
+    """Take ``task`` through assigned → running → in review → completed, recording each move."""
+    states: list[Task] = []
+    at = NOW
+    task, event = assign(task, agent.id, now=at, actor="reconciler")
+    store.record(task, event)
+    states.append(task)
+    for state, extra in (
+        (TaskState.RUNNING, {}),
+        (TaskState.REVIEW_PENDING, {"pr_number": 7}),
+    ):
+        at += timedelta(minutes=3)
+        task, event = transition(task, state, now=at, actor=f"agent:{agent.id}", **extra)
+        store.record(task, event)
+        states.append(task)
+    store.put_receipt(
+        Receipt(
+            id="r-1",
+            task_id=task.id,
+            agent_id=agent.id,
+            lease_generation=task.lease_generation,
+            pr_number=7,
+            cost_usd=0.42,
+            tokens=12345,
+            submitted_at=at,
+        )
+    )
+    at += timedelta(minutes=4)
+    task, event = transition(task, TaskState.COMPLETED, now=at, actor="reconciler")
+    store.record(task, event)
+    states.append(task)
+    return states
+
+
+def content_of(event: dict[str, Any]) -> dict[str, Any]:
+    content: dict[str, Any] = event["content"]
+    return content
+
+
+def relation(event: dict[str, Any]) -> dict[str, Any]:
+    relates: dict[str, Any] = content_of(event).get("m.relates_to") or {}
+    return relates
+
+
+def top_level(messages: list[dict[str, Any]], sender: str) -> list[dict[str, Any]]:
+    """The sender's messages that are neither edits nor thread replies."""
+    return [m for m in messages if m["sender"] == sender and not relation(m)]
+
+
+def labelled_issue(harness: Harness, title: str) -> int:
+    from controllers.setup import label_specs
+
+    harness.gateway.ensure_labels(DEMO_REPO, label_specs(harness.settings))
+    issue = harness.gateway.create_issue(
+        DEMO_REPO, title=title, labels=[harness.settings.labels.trigger]
+    )
+    return issue.number
+
+
+def answers_to(world: MatrixWorld, room: str, command_event: str) -> list[dict[str, Any]]:
+    return [
+        m
+        for m in world.synapse.thread(world.alice, room, command_event)
+        if m["sender"] == world.bot.user_id
+    ]

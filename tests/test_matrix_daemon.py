@@ -35,8 +35,7 @@ from reconciler.matrix.notifier import TOPIC
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.store import Store
 from tests.sandbox_fixtures import DEMO_REPO
-from tests.synapse_fixtures import MatrixWorld
-from tests.test_matrix_synapse import content_of, relation, top_level, wait_until
+from tests.synapse_fixtures import MatrixWorld, content_of, relation, top_level, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -1,197 +1,39 @@
-"""The Matrix thread against a real Synapse: what the room sees, commands, outages, crashes.
+"""The Matrix thread against a real Synapse: what the room sees, commands, outages, set-up errors.
 
-One Synapse per session (tests/synapse_fixtures.py), a fresh room per test, the in-memory
-Forgejo on loopback for the commands' writes. Task events are recorded in the store exactly
-as the controllers record them (``transition`` + ``Store.record``); the notifier follows the
-log. Waits poll the homeserver or the store with a deadline; nothing sleeps for a condition.
+One Synapse per session (tests/synapse_fixtures.py, which also holds the harness), a fresh room
+per test, the in-memory Forgejo on loopback for the commands' writes. Task events are recorded
+in the store exactly as the controllers record them (``transition`` + ``Store.record``); the
+notifier follows the log. Waits poll the homeserver or the store with a deadline; nothing
+sleeps for a condition.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.matrix.client import MatrixService
-from reconciler.matrix.notifier import TOPIC
-from reconciler.models import (
-    Agent,
-    ExecutionMode,
-    Receipt,
-    Task,
-    TaskState,
-    assign,
-    task_id_for,
-    transition,
-)
+from reconciler.models import TaskState, assign, transition
 from reconciler.sandbox import ForgejoSandbox
-from reconciler.settings import ForgejoSettings, MatrixSettings, Settings
-from reconciler.store import Store
+from reconciler.settings import Settings
 from tests.sandbox_fixtures import DEMO_REPO
-from tests.synapse_fixtures import MatrixWorld
+from tests.synapse_fixtures import (
+    NOW,
+    Harness,
+    MatrixWorld,
+    answers_to,
+    content_of,
+    labelled_issue,
+    live_task,
+    matrix_settings,
+    new_agent,
+    new_task,
+    relation,
+    top_level,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-
-DEADLINE = 30.0
-
-
-def wait_until(what: str, check: Callable[[], Any], *, timeout: float = DEADLINE) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def matrix_settings(world: MatrixWorld, room: str, forge: ForgejoSandbox) -> Settings:
-    return Settings(
-        forgejo=ForgejoSettings(
-            url=forge.url,
-            token=SecretStr(forge.admin_token),
-            repos=(DEMO_REPO,),
-            bot_login=forge.admin_login,
-        ),
-        matrix=MatrixSettings(
-            enabled=True,
-            homeserver=world.synapse.url,
-            user_id=world.bot.user_id,
-            access_token=SecretStr(world.bot.token),
-            room_id=room,
-            allowed_users=(world.alice.user_id,),
-            poll_interval=0.05,
-            sync_timeout=1.0,
-            retry_initial=0.1,
-            retry_max=0.5,
-        ),
-    )
-
-
-class Harness:
-    """A store, a gateway and a running Matrix thread for one test."""
-
-    def __init__(self, settings: Settings, store_path: Path) -> None:
-        self.settings = settings
-        self.store = Store.open(store_path)
-        self.gateway = ForgejoGateway(
-            settings.forgejo.url, settings.forgejo.token.get_secret_value()
-        )
-        self.enqueued: list[Any] = []
-        self.service = MatrixService(
-            self.store,
-            self.gateway,
-            settings=lambda: settings,
-            clock=lambda: datetime.now(UTC),
-            enqueue=self.enqueued.append,
-        )
-
-    def start(self) -> None:
-        self.service.start()
-        wait_until("the Matrix thread to connect", lambda: self.service.status().ok)
-
-    def close(self) -> None:
-        self.service.stop()
-        self.gateway.close()
-        self.store.close()
-
-    def pending(self) -> int:
-        return len(self.store.pending(topic=TOPIC))
-
-
-@pytest.fixture
-def harness(
-    matrix_world: MatrixWorld, matrix_room: str, served_forge: ForgejoSandbox, tmp_path: Path
-) -> Iterator[Harness]:
-    running = Harness(matrix_settings(matrix_world, matrix_room, served_forge), tmp_path / "s")
-    running.start()
-    yield running
-    running.close()
-
-
-NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
-
-
-def new_agent(store: Store, agent_id: str = "build-01") -> Agent:
-    agent = Agent(
-        id=agent_id,
-        type="claude-code",
-        hostname="build-01.example.org",
-        mode=ExecutionMode.PULL,
-        registered_at=NOW,
-    )
-    store.put_agent(agent)
-    return agent
-
-
-def new_task(store: Store, number: int, title: str = "Fix the login form") -> Task:
-    task = Task(
-        id=task_id_for(DEMO_REPO, number),
-        repo=DEMO_REPO,
-        issue_number=number,
-        title=title,
-        created_at=NOW,
-        updated_at=NOW,
-    )
-    store.put_task(task)
-    return task
-
-
-def live_task(store: Store, task: Task, agent: Agent) -> list[Task]:
-    """Take ``task`` through assigned → running → in review → completed, recording each move."""
-    states: list[Task] = []
-    at = NOW
-    task, event = assign(task, agent.id, now=at, actor="reconciler")
-    store.record(task, event)
-    states.append(task)
-    for state, extra in (
-        (TaskState.RUNNING, {}),
-        (TaskState.REVIEW_PENDING, {"pr_number": 7}),
-    ):
-        at += timedelta(minutes=3)
-        task, event = transition(task, state, now=at, actor=f"agent:{agent.id}", **extra)
-        store.record(task, event)
-        states.append(task)
-    store.put_receipt(
-        Receipt(
-            id="r-1",
-            task_id=task.id,
-            agent_id=agent.id,
-            lease_generation=task.lease_generation,
-            pr_number=7,
-            cost_usd=0.42,
-            tokens=12345,
-            submitted_at=at,
-        )
-    )
-    at += timedelta(minutes=4)
-    task, event = transition(task, TaskState.COMPLETED, now=at, actor="reconciler")
-    store.record(task, event)
-    states.append(task)
-    return states
-
-
-def content_of(event: dict[str, Any]) -> dict[str, Any]:
-    content: dict[str, Any] = event["content"]
-    return content
-
-
-def relation(event: dict[str, Any]) -> dict[str, Any]:
-    relates: dict[str, Any] = content_of(event).get("m.relates_to") or {}
-    return relates
-
-
-def top_level(messages: list[dict[str, Any]], sender: str) -> list[dict[str, Any]]:
-    """The sender's messages that are neither edits nor thread replies."""
-    return [m for m in messages if m["sender"] == sender and not relation(m)]
 
 
 def test_a_task_life_is_one_room_message_edited_through_each_state(
@@ -254,24 +96,6 @@ def test_text_from_issues_is_stripped_of_mentions_and_room_pings(
     assert "<b>now</b>" not in posted["formatted_body"]
     assert "&lt;b&gt;now&lt;/b&gt;" in posted["formatted_body"]
     assert posted["m.mentions"] == {}
-
-
-def labelled_issue(harness: Harness, title: str) -> int:
-    from controllers.setup import label_specs
-
-    harness.gateway.ensure_labels(DEMO_REPO, label_specs(harness.settings))
-    issue = harness.gateway.create_issue(
-        DEMO_REPO, title=title, labels=[harness.settings.labels.trigger]
-    )
-    return issue.number
-
-
-def answers_to(world: MatrixWorld, room: str, command_event: str) -> list[dict[str, Any]]:
-    return [
-        m
-        for m in world.synapse.thread(world.alice, room, command_event)
-        if m["sender"] == world.bot.user_id
-    ]
 
 
 def test_retry_from_an_allowed_user_adds_the_label_comments_and_answers(

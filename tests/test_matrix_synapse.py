@@ -274,3 +274,41 @@ def test_an_encrypted_room_is_refused_and_nothing_is_posted_there(
         assert not [m for m in sent if m["sender"] == matrix_world.bot.user_id]
     finally:
         running.close()
+
+
+def test_the_bot_names_its_device_and_keeps_it(harness: Harness, matrix_world: MatrixWorld) -> None:
+    """The configured token's device gets matrix.device_name as its display name; no new
+    device is created (a fresh login would break the homeserver's transaction dedup)."""
+    synapse, bot = matrix_world.synapse, matrix_world.bot
+    device = synapse.request("GET", f"/_matrix/client/v3/devices/{bot.device_id}", token=bot.token)
+    assert device["display_name"] == harness.settings.matrix.device_name
+    devices = synapse.request("GET", "/_matrix/client/v3/devices", token=bot.token)["devices"]
+    assert [d["device_id"] for d in devices] == [bot.device_id]
+
+
+def test_a_room_encrypted_while_running_gets_nothing_more_in_plain_text(
+    harness: Harness, matrix_world: MatrixWorld, matrix_room: str
+) -> None:
+    """Someone turns encryption on: Matrix shows degraded saying why, and what happens next
+    waits in the outbox instead of being posted in plain text."""
+    synapse = matrix_world.synapse
+    agent = new_agent(harness.store)
+    task, event = assign(new_task(harness.store, 51), agent.id, now=NOW, actor="reconciler")
+    harness.store.record(task, event)
+    harness.service.wake()
+    wait_until("the first message", harness.service.idle)
+    synapse.request(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{matrix_room}/state/m.room.encryption/",
+        {"algorithm": "m.megolm.v1.aes-sha2"},
+        token=matrix_world.alice.token,
+    )
+    detail = wait_until("the refusal", lambda: status_saying(harness, "was encrypted"))
+    assert "supports unencrypted rooms only" in detail
+    before = [m["event_id"] for m in synapse.messages(matrix_world.alice, matrix_room)]
+    task, event = transition(task, TaskState.RUNNING, now=NOW, actor="agent:build-01")
+    harness.store.record(task, event)
+    harness.service.wake()
+    wait_until("the next messages to be queued", lambda: harness.pending() > 0)
+    assert not harness.service.status().ok
+    assert [m["event_id"] for m in synapse.messages(matrix_world.alice, matrix_room)] == before

@@ -3,7 +3,8 @@
 The daemon (``webhook/daemon.py``) builds one :class:`MatrixService` when ``matrix.enabled``
 and starts it with the process. On its thread it:
 
-1. checks the set-up — the access token (``whoami``), the room (an alias is resolved; the bot
+1. checks the set-up — the access token (``whoami``; the token's device gets
+   ``matrix.device_name`` as its display name), the room (an alias is resolved; the bot
    joins), that the room is not encrypted (unsupported) — and reports any problem through
    :meth:`MatrixService.status` (``/readyz`` shows Matrix degraded; reconciling goes on), trying
    again with backoff;
@@ -14,6 +15,9 @@ and starts it with the process. On its thread it:
    each on a worker thread (:mod:`reconciler.matrix.commands`) and queues the answer in a thread
    of the command. The sync token is kept in the store: a restart neither replays old commands
    nor misses new ones; on the very first start, what was sent before it started is skipped.
+   A sync that shows the room's encryption turned on stops all posting there (Matrix shown
+   degraded; messages wait in the outbox): the bot never writes plain text into an encrypted
+   room.
 
 The bot uses its one configured access token and the device it belongs to, never a fresh
 login, so the homeserver de-duplicates the transaction ids of repeated sends.
@@ -41,6 +45,7 @@ from nio import (  # type: ignore[import-untyped]
     RoomResolveAliasResponse,
     RoomSendResponse,
     SyncResponse,
+    UpdateDeviceResponse,
     WhoamiResponse,
 )
 
@@ -57,6 +62,7 @@ from reconciler.store import OutboxMessage, Store
 log = structlog.get_logger(__name__)
 
 SYNC_TOKEN_META = "matrix:sync_token"
+ENCRYPTION = "m.room.encryption"
 _NETWORK_ERRORS = (ClientError, TimeoutError, asyncio.TimeoutError, OSError)
 
 
@@ -134,6 +140,7 @@ class MatrixService:
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self.room_id: str | None = None
+        self._refused: str | None = None  # why nothing more may be posted in the room
         self._started_at = clock()
         if metrics is not None:
             metrics.bind_depth(lambda: float(len(store.pending(topic=TOPIC))))
@@ -151,6 +158,8 @@ class MatrixService:
         return not self.notifier.behind() and not self._store.pending(topic=TOPIC, limit=1)
 
     def _set_status(self, ok: bool, detail: str) -> None:
+        if ok and self._refused is not None:
+            ok, detail = False, self._refused
         if self._status != MatrixStatus(ok, detail):
             (log.info if ok else log.warning)("matrix.status", ok=ok, detail=detail)
         self._status = MatrixStatus(ok, detail)
@@ -265,6 +274,14 @@ class MatrixService:
             )
         client.user_id = who.user_id
         client.device_id = who.device_id or ""
+        if client.device_id:
+            # The token's device keeps its id (the transaction ids depend on it); only its
+            # display name is ours to set, so people can tell the bot's session apart.
+            named = await client.update_device(
+                client.device_id, {"display_name": config.device_name}
+            )
+            if not isinstance(named, UpdateDeviceResponse):
+                log.warning("matrix.device_name_refused", error=str(named))
         room = config.room_id
         assert room is not None
         if room.startswith("#"):
@@ -278,7 +295,7 @@ class MatrixService:
                 f"cannot join the room {config.room_id} ({joined}): check the room id and "
                 "invite the bot"
             )
-        encryption = await client.room_get_state_event(room, "m.room.encryption")
+        encryption = await client.room_get_state_event(room, ENCRYPTION)
         if isinstance(encryption, RoomGetStateEventResponse) and encryption.content:
             raise SetupError(
                 f"the room {config.room_id} is encrypted; agent-fleet supports unencrypted rooms "
@@ -319,6 +336,12 @@ class MatrixService:
             wait = self.config.poll_interval
             try:
                 self.notifier.scan()
+                if self._refused is not None:
+                    # Never post in plain text into a room that became encrypted: the
+                    # messages wait in the outbox.
+                    self._set_status(False, self._refused)
+                    await self._sleep(wait, wakeable=True)
+                    continue
                 result = await deliverer.drain()
             except Exception as exc:  # noqa: BLE001 -- a store or format error must not kill the thread
                 log.error("matrix.deliver_failed", error=repr(exc))
@@ -344,8 +367,8 @@ class MatrixService:
         return {
             "room": {
                 "rooms": [self.room_id],
-                "timeline": {"limit": 100, "types": ["m.room.message"]},
-                "state": {"lazy_load_members": True, "types": []},
+                "timeline": {"limit": 100, "types": ["m.room.message", ENCRYPTION]},
+                "state": {"lazy_load_members": True, "types": [ENCRYPTION]},
                 "ephemeral": {"types": []},
                 "account_data": {"types": []},
             },
@@ -379,6 +402,13 @@ class MatrixService:
                 continue
             backoff = config.retry_initial
             room = response.rooms.join.get(self.room_id or "")
+            if room is not None and self._encrypted_now(room):
+                self._refused = (
+                    f"the room {config.room_id} was encrypted while agent-fleet was running; "
+                    "agent-fleet supports unencrypted rooms only, so nothing more is posted "
+                    "there (messages wait in the outbox) — use a room without encryption"
+                )
+                self._set_status(False, self._refused)
             for event in room.timeline.events if room else []:
                 # The very first sync returns history: only what was sent since we started.
                 if first and int(event.source.get("origin_server_ts", 0)) < started_ms:
@@ -393,6 +423,12 @@ class MatrixService:
                     )
             since = response.next_batch
             self._store.set_meta(SYNC_TOKEN_META, since)
+
+    @staticmethod
+    def _encrypted_now(room: Any) -> bool:
+        """Whether this sync shows the room's encryption being turned on."""
+        events = [*room.state, *room.timeline.events]
+        return any(event.source.get("type") == ENCRYPTION for event in events)
 
     async def _handle(self, source: dict[str, Any]) -> None:
         if source.get("type") != "m.room.message":

@@ -222,13 +222,20 @@ class Synapse:
                 f"{method} {path} → {exc.code}: {exc.read().decode(errors='replace')}"
             ) from None
 
-    def register(self, localpart: str) -> MatrixUser:
+    def register(self, localpart: str, *, admin: bool = False) -> MatrixUser:
         """A new user through shared-secret registration, with its access token and device."""
         nonce = self.request("GET", "/_synapse/admin/v1/register")["nonce"]
         password = uuid.uuid4().hex
         mac = hmac.new(SHARED_SECRET.encode(), digestmod=hashlib.sha1)
         mac.update(
-            b"\x00".join([nonce.encode(), localpart.encode(), password.encode(), b"notadmin"])
+            b"\x00".join(
+                [
+                    nonce.encode(),
+                    localpart.encode(),
+                    password.encode(),
+                    b"admin" if admin else b"notadmin",
+                ]
+            )
         )
         answer = self.request(
             "POST",
@@ -237,7 +244,7 @@ class Synapse:
                 "nonce": nonce,
                 "username": localpart,
                 "password": password,
-                "admin": False,
+                "admin": admin,
                 "mac": mac.hexdigest(),
             },
         )

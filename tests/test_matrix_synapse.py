@@ -9,10 +9,14 @@ sleeps for a condition.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
+from reconciler.matrix.metrics import MatrixMetrics
 from reconciler.models import TaskState, assign, transition
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import Settings
@@ -312,3 +316,50 @@ def test_a_room_encrypted_while_running_gets_nothing_more_in_plain_text(
     wait_until("the next messages to be queued", lambda: harness.pending() > 0)
     assert not harness.service.status().ok
     assert [m["event_id"] for m in synapse.messages(matrix_world.alice, matrix_room)] == before
+
+
+def test_429_answers_are_waited_out_and_every_message_arrives_once(
+    matrix_world: MatrixWorld, served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """A bot Synapse limits to one message a second: deliveries meet 429s, wait as told
+    (retry_after_ms), and every message arrives once and in order."""
+    synapse, alice = matrix_world.synapse, matrix_world.alice
+    suffix = uuid.uuid4().hex[:8]
+    admin = synapse.register(f"admin-{suffix}", admin=True)
+    slow = synapse.register(f"slowbot-{suffix}")
+    synapse.request(
+        "POST",
+        f"/_synapse/admin/v1/users/{slow.user_id}/override_ratelimit",
+        {"messages_per_second": 1, "burst_count": 1},
+        token=admin.token,
+    )
+    room = synapse.create_room(alice, invite=[slow])
+    base = matrix_settings(matrix_world, room, served_forge)
+    settings = base.model_copy(
+        update={
+            "matrix": base.matrix.model_copy(
+                update={"user_id": slow.user_id, "access_token": SecretStr(slow.token)}
+            )
+        }
+    )
+    registry = CollectorRegistry()
+    running = Harness(settings, tmp_path / "s", metrics=MatrixMetrics(registry))
+    running.start()
+    try:
+        agent = new_agent(running.store)
+        task, event = assign(new_task(running.store, 61), agent.id, now=NOW, actor="reconciler")
+        running.store.record(task, event)
+        running.service.wake()
+        wait_until("the outbox to drain", running.service.idle)
+        limited = registry.get_sample_value(
+            "agent_fleet_matrix_deliveries_total", {"result": "rate_limited"}
+        )
+    finally:
+        running.close()
+    assert limited is not None and limited >= 1, "the homeserver never said 429"
+    sent = [m for m in synapse.messages(slow, room) if m["sender"] == slow.user_id]
+    txns = [m["unsigned"].get("transaction_id") for m in sent]
+    assert len(txns) == len(set(txns)) == 3, txns
+    bodies = [content_of(m)["body"] for m in sent]
+    assert bodies[0].startswith("🤖 build-01") and "#61" in bodies[1], bodies
+    assert bodies[2].endswith("#61 assigned"), bodies

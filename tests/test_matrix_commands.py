@@ -8,6 +8,7 @@ homeserver with a deadline.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -142,3 +143,29 @@ def test_a_restart_neither_replays_old_commands_nor_misses_new_ones(
         assert len([c for c in comments if alice.user_id in c.body]) == 1
     finally:
         second.close()
+
+
+def test_the_first_start_ignores_commands_sent_before_it_and_accepts_an_alias(
+    matrix_world: MatrixWorld, matrix_room: str, served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """Configured by alias: the bot resolves it and joins; a command sent before the bot
+    ever started is history and is not run, one sent after is answered."""
+    synapse, alice = matrix_world.synapse, matrix_world.alice
+    alias = f"#fleet-{tmp_path.name.lower()[-20:]}:localhost"
+    synapse.request(
+        "PUT",
+        f"/_matrix/client/v3/directory/room/{quote(alias, safe='')}",
+        {"room_id": matrix_room},
+        token=alice.token,
+    )
+    old = synapse.send_text(alice, matrix_room, "!fleet help")
+    running = Harness(matrix_settings(matrix_world, alias, served_forge), tmp_path / "s")
+    running.start()
+    try:
+        assert running.service.room_id == matrix_room
+        new = synapse.send_text(alice, matrix_room, "!fleet help")
+        wait_until("the new command's answer", lambda: answers_to(matrix_world, matrix_room, new))
+        wait_until("everything delivered", running.service.idle)
+        assert answers_to(matrix_world, matrix_room, old) == [], "history was run as a command"
+    finally:
+        running.close()

@@ -214,10 +214,13 @@ class MatrixService:
         waits = [asyncio.ensure_future(self._stop.wait())]
         if wakeable:
             waits.append(asyncio.ensure_future(self._wake.wait()))
-        _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when this sleep is itself cancelled (at stop): no waiter is left behind.
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
         if wakeable:
             self._wake.clear()
 

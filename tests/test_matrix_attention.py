@@ -59,7 +59,8 @@ def test_a_task_failed_for_good_edits_its_message_and_asks_for_a_person(
     mentioning: Harness, matrix_world: MatrixWorld, matrix_room: str
 ) -> None:
     """The task message is edited to failed with the reason; a message of its own says it
-    failed for good and mentions alice; the agent's thread says failed."""
+    failed for good, mentions alice, and quotes the agent's over-long reason cut short with
+    a link to the issue; the agent's thread says failed."""
     store = mentioning.store
     agent = new_agent(store)
     task, event = assign(new_task(store, 41), agent.id, now=NOW, actor="reconciler")
@@ -71,7 +72,7 @@ def test_a_task_failed_for_good_edits_its_message_and_asks_for_a_person(
         TaskState.FAILED,
         now=NOW + timedelta(minutes=2),
         actor="agent:build-01",
-        reason="the agent exited with 2: tests do not pass",
+        reason="the agent exited with 2: tests do not pass " + "@room spam " * 200,
         failure_reason="the agent exited with 2: tests do not pass",
         failure_retryable=False,
     )
@@ -93,6 +94,9 @@ def test_a_task_failed_for_good_edits_its_message_and_asks_for_a_person(
     assert content["body"].startswith(matrix_world.alice.user_id)
     assert content["m.mentions"] == {"user_ids": [matrix_world.alice.user_id]}
     assert "tests do not pass" in content["body"]
+    # The agent's long text is cut, stripped of @room, and points at the issue for the rest.
+    assert "@room" not in content["body"] and "… (more: http" in content["body"]
+    assert len(content["body"]) < mentioning.settings.matrix.max_text_length + 200
 
     agent_root = next(m for m in roots if content_of(m)["body"].startswith("🤖 build-01"))
     thread = matrix_world.synapse.thread(matrix_world.alice, matrix_room, agent_root["event_id"])
@@ -175,3 +179,43 @@ def test_a_stuck_task_gets_a_message_of_its_own(
         ],
     )
     assert len(found) == 1 and "code:rust" in content_of(found[0])["body"]
+
+
+def test_a_host_restarted_by_the_registry_is_a_message_of_its_own(
+    mentioning: Harness, matrix_world: MatrixWorld, matrix_room: str
+) -> None:
+    """An offline host whose restart command ran (the registry adds ``· restart: …`` to the
+    reason) gets one "was restarted" message with how the restart ended."""
+    store = mentioning.store
+    agent = new_agent(store)
+    mentioning.service.wake()
+    wait_until("the agent's thread root", lambda: bot_roots(matrix_world, matrix_room))
+    offline = agent.model_copy(
+        update={
+            "status": AgentStatus.OFFLINE,
+            "status_reason": "disk almost full (3 failed checks in a row)",
+            "status_since": NOW + timedelta(minutes=1),
+        }
+    )
+    store.put_agent(offline)
+    mentioning.service.wake()
+    wait_until("the offline message", mentioning.service.idle)
+    store.put_agent(
+        offline.model_copy(
+            update={"status_reason": offline.status_reason + " · restart: exited 0 (done)"}
+        )
+    )
+    mentioning.service.wake()
+
+    def restarted() -> list[dict[str, Any]]:
+        return [
+            m
+            for m in bot_roots(matrix_world, matrix_room)
+            if "host build-01 was restarted" in content_of(m)["body"]
+        ]
+
+    wait_until("the restart message", restarted)
+    wait_until("the outbox to drain", mentioning.service.idle)
+    found = restarted()
+    assert len(found) == 1 and "exited 0" in content_of(found[0])["body"]
+    assert content_of(found[0])["m.mentions"] == {"user_ids": [matrix_world.alice.user_id]}

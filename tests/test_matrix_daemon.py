@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.matrix.client import failpoint_after_send
 from reconciler.matrix.notifier import TOPIC
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.store import Store
@@ -381,3 +382,12 @@ def test_a_bad_access_token_is_reported_and_reconciling_goes_on(
     finally:
         fleet.stop()
         person.gateway.close()
+
+
+def test_the_failpoint_is_off_unless_named_and_refuses_a_bad_count() -> None:
+    """No FLEET_FAILPOINT (or another one): no hook; `matrix.after_send:0` is refused."""
+    assert failpoint_after_send({}) is None
+    assert failpoint_after_send({"FLEET_FAILPOINT": "store.after_write"}) is None
+    assert failpoint_after_send({"FLEET_FAILPOINT": "matrix.after_send:3"}) is not None
+    with pytest.raises(ValueError, match="must be 1 or more"):
+        failpoint_after_send({"FLEET_FAILPOINT": "matrix.after_send:0"})

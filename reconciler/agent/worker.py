@@ -225,8 +225,9 @@ class Worker:
         saved_token = saved.get("token") if isinstance(saved, dict) else None
         agent_id = self.config.agent_id or (saved_id if isinstance(saved_id, str) else None)
         credentials: list[str | None] = []
-        if isinstance(saved_token, str) and saved_id == agent_id:
-            credentials.append(saved_token)
+        holds_saved = isinstance(saved_token, str) and saved_id == agent_id
+        if holds_saved:
+            credentials.append(saved_token if isinstance(saved_token, str) else None)
         if self.config.token is not None:
             credentials.append(self.config.token.get_secret_value())
         if not credentials:
@@ -257,6 +258,16 @@ class Worker:
                         raise
                     delay = min(delay * 2, self.config.retry_max)
                     break
+                if holds_saved and refused is not None:
+                    # The daemon no longer knows the saved token (its state was lost, or the
+                    # agent was removed): the configured credential enrolled the agent again.
+                    log.warning(
+                        "agent.reenrolled",
+                        agent_id=registered.agent_id,
+                        reason="the daemon no longer knows the saved token; enrolled again "
+                        "with the configured credential (the enrolment secret)",
+                        refused=refused.code,
+                    )
                 store.set_meta(
                     _REGISTRATION, {"agent_id": registered.agent_id, "token": registered.token}
                 )
@@ -274,6 +285,13 @@ class Worker:
                 return registered
             else:
                 assert refused is not None
+                if holds_saved and self.config.token is None:
+                    raise type(refused)(
+                        refused.code,
+                        "the daemon no longer knows this agent's saved token (its state was "
+                        "lost, or the agent was removed): start the worker with --token and "
+                        "the enrolment secret to enrol it again",
+                    ) from refused
                 raise refused
 
     # --- heartbeats and fencing ------------------------------------------------------------
@@ -556,7 +574,8 @@ def serve(config: WorkerConfig, *, once: bool = False) -> int:
     """Run a worker until SIGTERM or SIGINT (or one task, with ``once``); the exit status.
 
     This is what ``agent-fleet agent run`` calls. A second worker on the same state directory
-    is refused with :class:`~reconciler.errors.StoreLockedError`.
+    is refused with :class:`~reconciler.errors.StoreLockedError`; a registration the daemon
+    refuses (no credential it accepts) is logged as ``agent.register_refused`` and exits 2.
     """
     worker = Worker(config)
 
@@ -566,7 +585,12 @@ def serve(config: WorkerConfig, *, once: bool = False) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        worker.open()
+        try:
+            worker.open()
+        except RefusedError as exc:
+            # A refusal is an answer, not a crash: say why and what to do, exit 2.
+            log.error("agent.register_refused", code=exc.code, error=str(exc))
+            return 2
         return worker.run(once=once)
     finally:
         for signum, handler in previous.items():

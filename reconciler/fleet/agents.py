@@ -62,7 +62,7 @@ from reconciler.fleet.records import (
     uptime_percent,
     with_status,
 )
-from reconciler.keys import Key, agent_key, issue_key
+from reconciler.keys import Key, agent_key, issue_key, setup_key
 from reconciler.models import (
     ACTIVE_STATES,
     Agent,
@@ -147,6 +147,13 @@ class Fleet:
     def _notify(self, agent_id: str) -> None:
         if self._enqueue is not None:
             self._enqueue(agent_key(agent_id))
+
+    def _vocabulary_changed(self) -> None:
+        """An agent's roles or capabilities are new: the set-up controller (the one writer of
+        labels) makes their ``agent/`` and ``needs/`` labels in every watched repository."""
+        if self._enqueue is not None:
+            for repo in self._settings().forgejo.repos:
+                self._enqueue(setup_key(repo))
 
     # --- credentials -------------------------------------------------------------------------
 
@@ -235,6 +242,11 @@ class Fleet:
                 self._token_index.pop(existing.token_hash, None)
                 self._token_index[digest] = agent.id
                 created = False
+        if existing is None or (existing.roles, existing.capabilities) != (
+            agent.roles,
+            agent.capabilities,
+        ):
+            self._vocabulary_changed()
         log.info(
             "agent.registered" if created else "agent.reregistered",
             agent_id=agent.id,

@@ -170,9 +170,7 @@ def plan_setup(observed: SetupObserved, *, settings: Settings) -> tuple[Action, 
     switched off: nothing here may fix that, a person must (or turn ``manage_labels`` on).
     """
     actions: list[Action] = []
-    specs = tuple(
-        label_specs(settings, roles=observed.roles, capabilities=observed.capabilities)
-    )
+    specs = tuple(label_specs(settings, roles=observed.roles, capabilities=observed.capabilities))
     have = {label.name: label for label in observed.labels}
     missing = tuple(s.name for s in specs if s.name not in have)
     drifted = tuple(s.name for s in specs if s.name in have and not have[s.name].matches(s))

@@ -458,7 +458,10 @@ def _csv(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
     "--agent-id", default=None, help="The id to register (default: the saved one, or a new one)."
 )
 @click.option(
-    "--type", "agent_type", default=None, help="The agent's type (default: the adapter's name)."
+    "--type",
+    "agent_type",
+    default=None,
+    help="The agent's type (default: the adapter's name, or --command's program).",
 )
 @click.option(
     "--adapter",
@@ -564,20 +567,19 @@ def agent_run(
 
     from pydantic import SecretStr, ValidationError
 
-    from reconciler.agent.config import WorkerConfig, resolve_adapter
+    from reconciler.agent.config import WorkerConfig, cli_type, resolve_adapter
     from reconciler.agent.worker import serve
     from reconciler.engine.logs import configure_logging
 
     configure_logging(level=log_level, json=log_json)
+    argv = shlex.split(command) if command else []
     try:
         config = WorkerConfig(
             server=server,
             token=SecretStr(token) if token else None,
             agent_id=agent_id,
-            agent_type=agent_type or adapter,
-            adapter=resolve_adapter(
-                adapter, command=shlex.split(command) if command else (), parser=parser
-            ),
+            agent_type=agent_type or cli_type(adapter, command=argv),
+            adapter=resolve_adapter(adapter, command=argv, parser=parser),
             roles=roles,
             capabilities=capabilities,
             max_concurrency=max_concurrency,

@@ -482,13 +482,15 @@ class Worker:
             reason = str(exc)
             log.warning("task.run_failed", task=task.id, reason=reason)
             with contextlib.suppress(FleetError):
-                self._report(run, note=f"the run failed: {reason}")
+                self._report(run, note=f"the run failed: {reason}", failed=True)
         finally:
             gateway.close()
             if worktree is not None and job is not None:
                 gitwork.remove(site, job, worktree, timeout=gitwork.LOCAL_TIMEOUT)
 
-    def _report(self, run: TaskRun, *, running: bool = False, note: str = "") -> None:
+    def _report(
+        self, run: TaskRun, *, running: bool = False, note: str = "", failed: bool = False
+    ) -> None:
         """A status update, retried while the daemon is unreachable (refusals are final)."""
         delay = self.config.retry_initial
         while True:
@@ -498,6 +500,7 @@ class Worker:
                     lease_generation=run.assignment.lease_generation,
                     running=running,
                     note=note,
+                    failed=failed,
                 )
                 return
             except TransientError as exc:

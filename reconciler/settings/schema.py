@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    NonNegativeFloat,
     SecretStr,
     TypeAdapter,
     ValidationError,
@@ -372,6 +373,17 @@ class ApiSettings(Section):
     )
     missed_heartbeats: int = Field(
         default=3, ge=1, description="Missed heartbeats after which an agent is offline."
+    )
+    drain_after_failed_runs: int = Field(
+        default=3,
+        ge=0,
+        description="Failed runs in a row after which a pull agent is drained automatically "
+        "(a successful run or an undrain ends it); 0: never.",
+    )
+    token_prices: Mapping[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="USD per million tokens by agent type (e.g. `codex-cli = 2.5`): the cost of "
+        "a run whose CLI reports none is estimated from its tokens, and marked estimated.",
     )
 
 

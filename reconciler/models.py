@@ -173,6 +173,8 @@ class Agent(_Frozen):
     """ssh hosts: health checks failed in a row (0 after a passing check)."""
     restarted_in_streak: bool = False
     """ssh hosts: the restart command already ran during the current failure streak."""
+    forgejo_login: str = ""
+    """The agent's own Forgejo account, if it has one: its tasks' issues are assigned to it."""
     failing_runs: int = Field(default=0, ge=0)
     """Runs that failed in a row (0 after a successful one); see reconciler/fleet/health.py."""
     auto_drained: bool = False

@@ -312,6 +312,7 @@ def install_agent_api(
                 capabilities=request.capabilities,
                 max_concurrency=request.max_concurrency,
                 metadata=request.metadata.to_record(),
+                forgejo_login=request.forgejo_login,
             ),
             agent_id=request.agent_id,
             credential=credential,

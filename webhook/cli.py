@@ -516,6 +516,11 @@ def _csv(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
     help="Forgejo API token to read issues, push and open PRs.",
 )
 @click.option(
+    "--forgejo-login",
+    default="",
+    help="The agent's own Forgejo account: its tasks' issues are assigned to it.",
+)
+@click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.1),
     default=5.0,
@@ -545,6 +550,7 @@ def agent_run(
     workdir: Path,
     state_dir: Path,
     forgejo_token: str,
+    forgejo_login: str,
     poll_interval: float,
     once: bool,
     log_level: str,
@@ -586,6 +592,7 @@ def agent_run(
             workdir=workdir.absolute(),
             state_dir=state_dir.absolute(),
             forgejo_token=SecretStr(forgejo_token),
+            forgejo_login=forgejo_login,
             poll_interval=poll_interval,
         )
     except (ValueError, ValidationError) as exc:

@@ -37,6 +37,9 @@ class WorkerConfig(BaseModel):
     workdir: Path = Field(description="Clones, worktrees and run logs live here.")
     state_dir: Path = Field(description="The worker's own store: its token and receipt outbox.")
     forgejo_token: SecretStr = Field(description="Forgejo API token: read issues, push, open PRs.")
+    forgejo_login: str = Field(
+        default="", description="The agent's own Forgejo account, to be assigned its issues."
+    )
     poll_interval: float = Field(default=5.0, gt=0, description="Seconds between dequeues.")
     retry_initial: float = Field(default=1.0, gt=0, description="First receipt retry delay.")
     retry_max: float = Field(default=60.0, gt=0, description="Longest receipt retry delay.")

@@ -239,6 +239,7 @@ class Worker:
             roles=self.config.roles,
             capabilities=self.config.capabilities,
             max_concurrency=self.config.max_concurrency,
+            forgejo_login=self.config.forgejo_login,
             metadata=AgentMetadata(version=__version__, workdir=str(self.config.workdir)),
         )
         delay = self.config.retry_initial

@@ -676,6 +676,7 @@ def _profile_fields(profile: Profile) -> dict[str, object]:
         "roles": tuple(dict.fromkeys(profile.roles)),
         "capabilities": tuple(dict.fromkeys(profile.capabilities)),
         "max_concurrency": profile.max_concurrency,
+        "forgejo_login": profile.forgejo_login,
         "mode": ExecutionMode.PULL,
         "metadata": dict(profile.metadata or {}),
     }

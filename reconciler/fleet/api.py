@@ -128,6 +128,13 @@ class RegisterRequest(Request):
         default=(), max_length=200, description="e.g. code:python, review, test."
     )
     max_concurrency: int = Field(default=1, ge=1, le=1000)
+    forgejo_login: str = Field(
+        default="",
+        max_length=40,
+        pattern=r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)?$",
+        description="The agent's own Forgejo account (a login, or empty): the issues of the "
+        "tasks it holds are assigned to it.",
+    )
     mode: Literal["pull"] = Field(
         default="pull", description="Only pull agents register; ssh hosts come from the config."
     )

@@ -775,6 +775,12 @@ class HostSettings(Section):
         default=(), description="Capabilities this agent offers, e.g. code:python."
     )
     max_concurrency: int = Field(default=1, ge=1, description="Tasks run at the same time.")
+    forgejo_login: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,39}$",
+        description="The agent's own Forgejo account: the issues of its tasks are assigned "
+        "to it (unset: no assignee).",
+    )
     workdir: str = Field(
         min_length=1, description="Directory on the host where task worktrees are created."
     )

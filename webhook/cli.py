@@ -633,5 +633,14 @@ def demo(verbose: bool, keep: bool) -> None:
     sys.exit(run_demo(out=click.echo, keep=until_interrupted if keep else None))
 
 
+def _add_host_commands() -> None:
+    from webhook.cli_hosts import hosts
+
+    main.add_command(hosts)
+
+
+_add_host_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

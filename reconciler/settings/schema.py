@@ -697,6 +697,12 @@ class AdapterSettings(Section):
         min_length=1,
         description="Argv template to continue a session; must use {session_id}.",
     )
+    package: str | None = Field(
+        default=None,
+        pattern=r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*@[0-9]+\.[0-9]+\.[0-9]+[0-9A-Za-z.+-]*$",
+        description="The npm package of the CLI, pinned to an exact version "
+        "(`@openai/codex@0.169.0`): what `agent-fleet hosts install` installs.",
+    )
 
     @field_validator("command")
     @classmethod
@@ -727,6 +733,7 @@ BUILTIN_ADAPTERS: Mapping[str, AdapterSettings] = {
             "claude", "-p", "{prompt}", "--resume", "{session_id}", "--output-format", "json",
             "--permission-mode", "bypassPermissions",
         ),
+        package="@anthropic-ai/claude-code@2.1.329",
     ),
     # danger-full-access: with workspace-write Codex cannot commit in a git worktree (the
     # worktree's index lives under the main repository's .git, which it keeps read-only), and
@@ -741,6 +748,7 @@ BUILTIN_ADAPTERS: Mapping[str, AdapterSettings] = {
             "codex", "exec", "resume", "{session_id}", "--json",
             "-c", 'sandbox_mode="danger-full-access"', "{prompt}",
         ),
+        package="@openai/codex@0.169.0",
     ),
 }  # fmt: skip
 
@@ -775,6 +783,12 @@ class HostSettings(Section):
         default=(), description="Capabilities this agent offers, e.g. code:python."
     )
     max_concurrency: int = Field(default=1, ge=1, description="Tasks run at the same time.")
+    cli_prefix: str = Field(
+        default="~/.local",
+        min_length=1,
+        description="npm prefix `agent-fleet hosts install` installs the agent CLI into "
+        "(`<prefix>/bin` must be on the host's PATH).",
+    )
     forgejo_login: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,39}$",

@@ -24,6 +24,7 @@ from reconciler.agent.client import AgentApi
 from reconciler.agent.worker import Worker
 from reconciler.errors import ConflictError
 from reconciler.fleet.api import RegisterRequest
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import agent_key
 from reconciler.models import AgentStatus, TaskState
 from reconciler.sandbox import ForgejoSandbox
@@ -106,13 +107,19 @@ def test_a_silent_agents_task_is_lost_requeued_and_completed_once_by_another(
         daemon.stop()
 
 
+# An agent CLI that writes half its work, then works on until it is stopped.
+HALF_DONE = (
+    "import pathlib, time; pathlib.Path('half-done.md').write_text('half of it'); time.sleep(300)"
+)
+
+
 @pytest.mark.usefixtures("isolated_git")
 def test_a_worker_stopped_with_sigterm_has_its_task_requeued_at_once(
     served_forge: ForgejoSandbox, tmp_path: Path
 ) -> None:
-    """SIGTERM mid-run: the worker exits 0 after deregistering, and the registry's reconcile of
-    that deregistration requeues the task (no heartbeat was missed: the clock never moved);
-    the next agent takes it under a new lease."""
+    """SIGTERM mid-run: the worker pushes the work so far to the task's branch, exits 0 after
+    deregistering, and the registry's reconcile of that deregistration requeues the task (no
+    heartbeat was missed: the clock never moved); the next agent takes it under a new lease."""
     clock = ManualClock(utc_now())
     settings = daemon_settings(served_forge.url, served_forge.admin_token, tmp_path / "daemon")
     daemon = Daemon(settings, clock=clock)
@@ -121,7 +128,7 @@ def test_a_worker_stopped_with_sigterm_has_its_task_requeued_at_once(
     try:
         [task] = queue_issues(daemon, served_forge, ["Add a version flag"])
         slow = AdapterSettings(
-            command=(sys.executable, "-c", "import time; time.sleep(300)", "{prompt}"),
+            command=(sys.executable, "-c", HALF_DONE, "{prompt}"),
             parser="raw",
         )
         config = worker_config(
@@ -129,10 +136,9 @@ def test_a_worker_stopped_with_sigterm_has_its_task_requeued_at_once(
         )
         process, log_file = start_worker_process(config, tmp_path)
         try:
-            wait_until(
-                "the worker to run the task",
-                lambda: store.get_task(task.id).state is TaskState.RUNNING,
-            )
+            partial = config.workdir / "tasks" / task.id / "half-done.md"
+            wait_until("the agent CLI to have done half its work", partial.exists)
+            assert store.get_task(task.id).state is TaskState.RUNNING
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0
         finally:
@@ -147,7 +153,16 @@ def test_a_worker_stopped_with_sigterm_has_its_task_requeued_at_once(
         agent = store.get_agent("w1")
         assert agent.deregistered and agent.status is AgentStatus.OFFLINE
         assert agent.status_reason == "deregistered by the agent"
-        assert "agent.handed_back" in log_file.read_text()
+        logged = log_file.read_text()
+        assert "agent.handed_back" in logged and "task.partial_kept" in logged
+        gateway = ForgejoGateway(served_forge.url, served_forge.admin_token)
+        try:
+            branch = gateway.get_branch(DEMO_REPO, task.branch)
+            assert branch is not None, "the partial branch was not pushed"
+            kept = gateway.get_commit(DEMO_REPO, branch.commit_sha)
+            assert kept.message.startswith("Work in progress on Add a version flag")
+        finally:
+            gateway.close()
         other = AgentApi(daemon.url, timeout=10)
         other.register(
             RegisterRequest(agent_id="w2", type="demo-agent", roles=("developer",)),

@@ -90,6 +90,8 @@ DEFAULT_LEASE_TTL_S = 180.0
 DEFAULT_RUN_LIMIT_S = 3600.0
 # Environment variables the worker itself is configured with; the agent CLI never sees them.
 _OWN_ENV_PREFIX = "AGENT_FLEET_"
+# Why the runs of a stopping worker are cancelled: their work so far is pushed, then handed back.
+HANDING_BACK = "the worker is stopping"
 
 
 # --- the prompt ------------------------------------------------------------------------------
@@ -182,12 +184,14 @@ class Worker:
             self.stop()
             handed_back = self.running()
             for run in handed_back:
-                run.cancel("the worker is stopping")
-            if handed_back:
-                self._hand_back(handed_back)
-            for run in self.running():
+                run.cancel(HANDING_BACK)
+            # Each run pushes what it has so far before the task is handed back, so the next
+            # attempt (another agent's, under a new lease) starts from the partial branch.
+            for run in handed_back:
                 if run.thread is not None:
                     run.thread.join(timeout=30)
+            if handed_back:
+                self._hand_back(handed_back)
             for thread in threads:
                 thread.join(timeout=self.config.request_timeout + 5)
             # One last try; what is still pending stays on disk for the next start.
@@ -479,6 +483,8 @@ class Worker:
             )
         except RunStopped as exc:
             log.info("task.stopped", task=task.id, reason=str(exc))
+            if run.stop_reason == HANDING_BACK and worktree is not None and job is not None:
+                worktree = self._keep_partial(site, job, worktree, run)
         except (FleetError, OSError, ValueError) as exc:
             reason = str(exc)
             log.warning("task.run_failed", task=task.id, reason=reason)
@@ -488,6 +494,30 @@ class Worker:
             gateway.close()
             if worktree is not None and job is not None:
                 gitwork.remove(site, job, worktree, timeout=gitwork.LOCAL_TIMEOUT)
+
+    def _keep_partial(
+        self, site: gitwork.Site, job: gitwork.GitJob, worktree: str, run: TaskRun
+    ) -> str | None:
+        """Commit and push what a run stopped by the worker's shutdown has left, so the task
+        is handed back with its partial branch; the worktree if it is still there."""
+        agent = self.agent_id or "agent"
+        task = run.assignment.task
+        try:
+            commits = gitwork.finish(
+                site,
+                job,
+                worktree,
+                author=f"agent-fleet ({agent})",
+                email=f"{agent}@agent-fleet.invalid",
+                message=f"Work in progress on {task.title}\n\nHanded back when the worker "
+                f"stopped: task {task.id}, attempt {run.assignment.attempt}.",
+                timeout=gitwork.LOCAL_TIMEOUT,
+            )
+        except FleetError as exc:  # nothing to keep, or git failed: hand back without it
+            log.info("task.partial_not_kept", task=task.id, reason=str(exc))
+            return worktree
+        log.info("task.partial_kept", task=task.id, branch=job.branch, commits=len(commits))
+        return None
 
     def _report(
         self, run: TaskRun, *, running: bool = False, note: str = "", failed: bool = False

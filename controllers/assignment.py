@@ -36,6 +36,7 @@ from reconciler.engine.reconcile import (
     comment_digest,
 )
 from reconciler.errors import ForgejoNotFound, StalledError
+from reconciler.fleet.assignees import plan_assignees
 from reconciler.fleet.placement import place, waiting_for
 from reconciler.fleet.rebuild import facts_from_status_comment
 from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
@@ -218,6 +219,10 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         cancelled, event = transition(
             task, TaskState.CANCELLED, now=now, actor=RECONCILER_ACTOR, reason=why, wait_reason=""
         )
+        if issue is not None:
+            clear = plan_assignees(observed.repo, issue.number, issue.assignees, cancelled,
+                                   observed.agents)  # fmt: skip
+            actions += [clear] if clear is not None else []
         actions.append(SaveTask(cancelled, (event,), expected=task))
         if observed.dispatched:
             actions.append(StopRun(task.id, reason=why))
@@ -304,6 +309,9 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         labels_to_remove.extend(stray)
     if labels_to_remove:
         actions.append(RemoveLabels(observed.repo, issue.number, tuple(labels_to_remove)))
+    assignees = plan_assignees(observed.repo, issue.number, issue.assignees, task, observed.agents)
+    if assignees is not None:
+        actions.append(assignees)
 
     body = status_comment(task, agents=observed.agents, settings=settings)
     digest = comment_digest(body)

@@ -403,7 +403,7 @@ def result_comment(
             )
         )
     rows += [
-        ("Cost", f"${receipt.cost_usd:.4f}"),
+        ("Cost", f"${receipt.cost_usd:.4f}" + (" (estimated)" if receipt.cost_estimated else "")),
         ("Tokens", f"{receipt.tokens:,}"),
         ("Duration", format_duration(receipt.duration_s)),
         (

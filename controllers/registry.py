@@ -236,6 +236,7 @@ def host_profile(host: HostSettings) -> dict[str, object]:
         "roles": host.roles,
         "capabilities": host.capabilities,
         "max_concurrency": host.max_concurrency,
+        "forgejo_login": host.forgejo_login or "",
         "mode": ExecutionMode.SSH,
         "metadata": {"workdir": host.workdir},
     }

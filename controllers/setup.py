@@ -4,8 +4,11 @@ Key: ``("setup", "owner/name", "repository")``. The daemon enqueues one per watc
 at start and on every config reload, the full resync enqueues them again, and an action that
 finds a label missing (a person deleted ``status/doing``) asks for one. A pass observes the
 repository's labels and webhooks, plans the writes that make them match the configuration
-(creating or fixing the label vocabulary when ``forgejo.manage_labels`` is on, the one webhook
-when ``forgejo.manage_webhooks`` is on) and applies them. A failure (Forgejo down, a 500, a
+and the fleet (creating or fixing the label vocabulary — with ``agent/<role>`` and
+``needs/<capability>`` for the declared hosts and every registered agent — when
+``forgejo.manage_labels`` is on, the one webhook when ``forgejo.manage_webhooks`` is on) and
+applies them. The registry (``reconciler/fleet/agents.py``) enqueues the set-up keys again when
+a registration brings roles or capabilities. A failure (Forgejo down, a 500, a
 timeout) is raised, so the loop retries the key with its backoff: a repository is never left
 half set up because one write failed once.
 
@@ -27,6 +30,7 @@ from reconciler.errors import StalledError
 from reconciler.forgejo.gateway import ForgejoGateway, webhook_events_drifted
 from reconciler.forgejo.types import Hook, Label, LabelSpec
 from reconciler.keys import SETUP, Key, setup_key
+from reconciler.models import Agent
 from reconciler.settings import Settings
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "RepoSetupController",
     "RepoSetupStatus",
     "SetupObserved",
+    "fleet_vocabulary",
     "label_specs",
     "plan_setup",
     "setup_key",
@@ -47,12 +52,27 @@ WEBHOOK_EVENTS = ("issues", "issue_comment", "pull_request", "push", "create", "
 """What the managed webhook subscribes to: everything the receiver turns into keys."""
 
 
-def label_specs(settings: Settings) -> list[LabelSpec]:
-    """The label vocabulary of the settings, as the gateway's specs."""
+def label_specs(
+    settings: Settings, *, roles: Sequence[str] = (), capabilities: Sequence[str] = ()
+) -> list[LabelSpec]:
+    """The label vocabulary of the settings, as the gateway's specs: the fixed labels, and
+    ``agent/<role>``/``needs/<capability>`` for the declared hosts and for ``roles`` and
+    ``capabilities`` (those of the registered agents)."""
+    specs = settings.labels.specs(
+        roles=(*(r for h in settings.hosts for r in h.roles), *roles),
+        capabilities=(*(c for h in settings.hosts for c in h.capabilities), *capabilities),
+    )
     return [
         LabelSpec(name=s.name, color=s.color, description=s.description, exclusive=s.exclusive)
-        for s in settings.label_specs()
+        for s in specs
     ]
+
+
+def fleet_vocabulary(agents: Sequence[Agent]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(roles, capabilities) of the registered agents, each once, sorted (a stable plan)."""
+    roles = sorted({role for agent in agents for role in agent.roles})
+    capabilities = sorted({cap for agent in agents for cap in agent.capabilities})
+    return tuple(roles), tuple(capabilities)
 
 
 @dataclass(frozen=True)
@@ -101,6 +121,10 @@ class SetupObserved:
     """None when webhooks are not managed (nothing was read)."""
     secret_written: bool
     """This process already wrote the webhook's secret (Forgejo never shows it back)."""
+    roles: tuple[str, ...] = ()
+    """The roles of the registered agents (their ``agent/`` labels are part of the vocabulary)."""
+    capabilities: tuple[str, ...] = ()
+    """The capabilities of the registered agents (``needs/`` labels)."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +170,7 @@ def plan_setup(observed: SetupObserved, *, settings: Settings) -> tuple[Action, 
     switched off: nothing here may fix that, a person must (or turn ``manage_labels`` on).
     """
     actions: list[Action] = []
-    specs = tuple(label_specs(settings))
+    specs = tuple(label_specs(settings, roles=observed.roles, capabilities=observed.capabilities))
     have = {label.name: label for label in observed.labels}
     missing = tuple(s.name for s in specs if s.name not in have)
     drifted = tuple(s.name for s in specs if s.name in have and not have[s.name].matches(s))
@@ -200,8 +224,10 @@ class RepoSetupController:
         settings: Callable[[], Settings],
         clock: Callable[[], datetime],
         status: RepoSetupStatus,
+        agents: Callable[[], Sequence[Agent]] = tuple,
     ) -> None:
         self._gateway = gateway
+        self._agents = agents
         self._actuator = actuator
         self._settings = settings
         self._clock = clock
@@ -216,11 +242,14 @@ class RepoSetupController:
         managed = settings.forgejo.manage_webhooks and settings.forgejo.webhook_url
         with self._lock:
             written = repo.lower() in self._secret_written
+        roles, capabilities = fleet_vocabulary(self._agents())
         return SetupObserved(
             repo=repo,
             labels=self._gateway.list_labels(repo),
             hooks=self._gateway.list_hooks(repo) if managed else None,
             secret_written=written,
+            roles=roles,
+            capabilities=capabilities,
         )
 
     def reconcile(self, key: Key) -> Result:

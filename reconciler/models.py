@@ -173,6 +173,12 @@ class Agent(_Frozen):
     """ssh hosts: health checks failed in a row (0 after a passing check)."""
     restarted_in_streak: bool = False
     """ssh hosts: the restart command already ran during the current failure streak."""
+    forgejo_login: str = ""
+    """The agent's own Forgejo account, if it has one: its tasks' issues are assigned to it."""
+    failing_runs: int = Field(default=0, ge=0)
+    """Runs that failed in a row (0 after a successful one); see reconciler/fleet/health.py."""
+    auto_drained: bool = False
+    """The drain was made by ``api.drain_after_failed_runs``; a successful run ends it."""
 
     _check_times = field_validator("registered_at", "last_heartbeat_at", "status_since")(_aware)
 
@@ -418,5 +424,7 @@ class Receipt(_Frozen):
     duration_s: float = Field(default=0.0, ge=0)
     session_id: str | None = None
     submitted_at: datetime
+    cost_estimated: bool = False
+    """``cost_usd`` was computed from ``tokens`` and ``api.token_prices``: the CLI reported none."""
 
     _check_times = field_validator("submitted_at")(_aware)

@@ -25,6 +25,7 @@ from controllers.setup import (
 )
 from reconciler.engine.reconcile import ActContext, AddLabels
 from reconciler.errors import ForgejoNotFound, ForgejoServerError, StalledError
+from reconciler.fleet.records import Profile
 from reconciler.keys import Key, setup_key
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings, StoreSettings, WebhookSettings
@@ -214,3 +215,27 @@ def test_readiness_names_each_repo_that_is_not_set_up() -> None:
     ready, detail = status.check(["org/a", "org/b", "org/c"])
     assert not ready
     assert detail == "org/b: set-up failed: 500; org/c: not set up yet"
+
+
+def test_a_registered_agents_roles_and_capabilities_get_their_labels(
+    forge: ForgejoSandbox, assembly: Assembly
+) -> None:
+    """A pull agent registering with a new role and capability enqueues the set-up keys; the
+    pass creates ``agent/documenter`` and ``needs/docs``; registering again with the same
+    profile enqueues nothing, and a second pass writes nothing."""
+    prepare_repos(assembly)
+    queued(assembly)
+    assert "agent/documenter" not in label_names(assembly)
+    profile = Profile(type="codex-cli", roles=("documenter",), capabilities=("docs",))
+    first = assembly.fleet.register(profile, agent_id="doc-1", credential=None)
+    assert setup_key(DEMO_REPO) in queued(assembly)
+    setup = assembly.setup
+    assert setup is not None
+    setup.reconcile(setup_key(DEMO_REPO))
+    assert {"agent/documenter", "needs/docs"} <= label_names(assembly)
+    observed = setup.observe(setup_key(DEMO_REPO), settings=assembly.settings())
+    assert observed.roles == ("documenter",) and observed.capabilities == ("docs",)
+    assert plan_setup(observed, settings=assembly.settings()) == ()
+    again = assembly.fleet.register(profile, agent_id="doc-1", credential=first.token)
+    assert again.created is False
+    assert setup_key(DEMO_REPO) not in queued(assembly)

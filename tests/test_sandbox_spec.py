@@ -217,7 +217,9 @@ def _scenario(forge: ForgejoSandbox, client: httpx.Client) -> None:
     expect(client.get(f"{REPO}/issues", params={"since": "yesterday"}), 422)
     expect(client.get(f"{REPO}/issues/1"), 200)
     expect(client.get(f"{REPO}/issues/77"), 404)
-    expect(client.patch(f"{REPO}/issues/1", json={"title": "One!", "assignees": ["reviewer"]}), 201)
+    expect(
+        client.patch(f"{REPO}/issues/1", json={"title": "One!", "assignees": ["fleet-admin"]}), 201
+    )
     expect(client.get(f"{REPO}/issues/1/labels"), 200)
     expect(client.post(f"{REPO}/issues/1/labels", json={"labels": [todo["id"]]}), 200)
     expect(

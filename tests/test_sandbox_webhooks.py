@@ -79,6 +79,7 @@ def _all_events(forge: ForgejoSandbox, url: str) -> dict[tuple[str, str], dict[s
         repo = state.repo(DEMO, state.user_named("fleet-admin"))
         admin = repo.owner
         state.edit_issue(repo, admin, number, title="Broken badly")
+        state.add_collaborator(repo, admin, "bob", permission="write")  # may be assigned
         state.edit_issue(repo, admin, number, assignees=["bob"])
         comment = state.create_comment(repo, admin, number, body="looking")
         state.edit_comment(repo, admin, comment.id, body="looking now")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from pydantic import SecretStr
 
 from reconciler.agent.client import AgentApi
 from reconciler.agent.config import WorkerConfig
 from reconciler.agent.taskrun import TaskRun
-from reconciler.agent.worker import Worker
+from reconciler.agent.worker import Worker, serve
 from reconciler.fleet.api import ReceiptRequest
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import (
+    AgentStatus,
     RepoName,
     Task,
     TaskState,
@@ -399,6 +402,46 @@ def test_once_runs_one_task_and_a_restart_registers_with_the_saved_token(
         assert again.pending_receipts() == 0
     finally:
         again.close()
+
+
+def test_a_worker_the_daemon_forgot_enrols_again_with_the_enrolment_secret(
+    served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """The daemon lost its state: a worker restarted from its saved token enrols again with the
+    enrolment secret and logs ``agent.reenrolled``; without the secret it exits 2 with a
+    ``agent.register_refused`` line saying what to do, instead of a traceback."""
+    settings = daemon_settings(served_forge.url, served_forge.admin_token, tmp_path / "daemon")
+    first = Daemon(settings)
+    first.start()
+    try:
+        config = worker_config(tmp_path, "w1", first.url)
+        worker = Worker(config)
+        worker.open()
+        worker.close()
+    finally:
+        first.stop()
+    shutil.rmtree(tmp_path / "daemon")  # the daemon's local state is gone
+    second = Daemon(settings)
+    second.start()
+    try:
+        config = config.model_copy(update={"server": second.url})
+        with structlog.testing.capture_logs() as refused_logs:
+            assert serve(config.model_copy(update={"token": None})) == 2
+        [refusal] = [e for e in refused_logs if e["event"] == "agent.register_refused"]
+        assert "--token" in refusal["error"] and "enrolment secret" in refusal["error"]
+        assert second.assembly.store.find_agent("w1") is None
+        again = Worker(config)
+        with structlog.testing.capture_logs() as logs:
+            again.open()
+        try:
+            assert again.agent_id == "w1"
+            [reenrolled] = [e for e in logs if e["event"] == "agent.reenrolled"]
+            assert "enrolment secret" in reenrolled["reason"]
+            assert second.assembly.store.get_agent("w1").status is AgentStatus.ONLINE
+        finally:
+            again.close()
+    finally:
+        second.stop()
 
 
 # --- stop orders and fencing ----------------------------------------------------------------

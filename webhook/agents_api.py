@@ -312,6 +312,7 @@ def install_agent_api(
                 capabilities=request.capabilities,
                 max_concurrency=request.max_concurrency,
                 metadata=request.metadata.to_record(),
+                forgejo_login=request.forgejo_login,
             ),
             agent_id=request.agent_id,
             credential=credential,
@@ -412,6 +413,8 @@ def install_agent_api(
         request = body(TaskStatusRequest)
         if request.state is None and not request.note:
             raise ApiError(400, "invalid_body", "give a state, a note, or both")
+        if request.failed and not request.note:
+            raise ApiError(400, "invalid_body", "a failed run needs a note saying why")
         try:
             update = fleet.update_task_status(
                 agent_id,
@@ -419,6 +422,7 @@ def install_agent_api(
                 lease_generation=request.lease_generation,
                 state=TaskState(request.state) if request.state else None,
                 note=request.note,
+                failed=request.failed,
             )
         except NotFoundError as exc:
             raise _not_found("task_not_found", exc) from None

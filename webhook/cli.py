@@ -458,7 +458,10 @@ def _csv(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
     "--agent-id", default=None, help="The id to register (default: the saved one, or a new one)."
 )
 @click.option(
-    "--type", "agent_type", default=None, help="The agent's type (default: the adapter's name)."
+    "--type",
+    "agent_type",
+    default=None,
+    help="The agent's type (default: the adapter's name, or --command's program).",
 )
 @click.option(
     "--adapter",
@@ -513,6 +516,11 @@ def _csv(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
     help="Forgejo API token to read issues, push and open PRs.",
 )
 @click.option(
+    "--forgejo-login",
+    default="",
+    help="The agent's own Forgejo account: its tasks' issues are assigned to it.",
+)
+@click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.1),
     default=5.0,
@@ -542,6 +550,7 @@ def agent_run(
     workdir: Path,
     state_dir: Path,
     forgejo_token: str,
+    forgejo_login: str,
     poll_interval: float,
     once: bool,
     log_level: str,
@@ -564,26 +573,26 @@ def agent_run(
 
     from pydantic import SecretStr, ValidationError
 
-    from reconciler.agent.config import WorkerConfig, resolve_adapter
+    from reconciler.agent.config import WorkerConfig, cli_type, resolve_adapter
     from reconciler.agent.worker import serve
     from reconciler.engine.logs import configure_logging
 
     configure_logging(level=log_level, json=log_json)
+    argv = shlex.split(command) if command else []
     try:
         config = WorkerConfig(
             server=server,
             token=SecretStr(token) if token else None,
             agent_id=agent_id,
-            agent_type=agent_type or adapter,
-            adapter=resolve_adapter(
-                adapter, command=shlex.split(command) if command else (), parser=parser
-            ),
+            agent_type=agent_type or cli_type(adapter, command=argv),
+            adapter=resolve_adapter(adapter, command=argv, parser=parser),
             roles=roles,
             capabilities=capabilities,
             max_concurrency=max_concurrency,
             workdir=workdir.absolute(),
             state_dir=state_dir.absolute(),
             forgejo_token=SecretStr(forgejo_token),
+            forgejo_login=forgejo_login,
             poll_interval=poll_interval,
         )
     except (ValueError, ValidationError) as exc:
@@ -622,6 +631,15 @@ def demo(verbose: bool, keep: bool) -> None:
 
     configure_logging(level="info" if verbose else "warning")
     sys.exit(run_demo(out=click.echo, keep=until_interrupted if keep else None))
+
+
+def _add_host_commands() -> None:
+    from webhook.cli_hosts import hosts
+
+    main.add_command(hosts)
+
+
+_add_host_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -182,7 +182,12 @@ def build(
         dry_run=dry_run,
     )
     setup = RepoSetupController(
-        gateway, actuator, settings=holder, clock=clock, status=RepoSetupStatus()
+        gateway,
+        actuator,
+        settings=holder,
+        clock=clock,
+        status=RepoSetupStatus(),
+        agents=store.list_agents,
     )
     controllers: tuple[Controller, ...] = (
         setup,

@@ -100,12 +100,19 @@ class AgentApi:
         return None if status == 204 else _parse(TaskHandout, raw, what="the dequeue")
 
     def report(
-        self, task_id: str, *, lease_generation: int, running: bool = False, note: str = ""
+        self,
+        task_id: str,
+        *,
+        lease_generation: int,
+        running: bool = False,
+        note: str = "",
+        failed: bool = False,
     ) -> TaskStatusAnswer:
         request = TaskStatusRequest(
             lease_generation=lease_generation,
             state="running" if running else None,
             note=note[: api.NOTE_MAX],
+            failed=failed,
         )
         _, raw = self.call(operations.TASK_STATUS, request, params={"task_id": task_id})
         return _parse(TaskStatusAnswer, raw, what="the status update")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -37,6 +37,9 @@ class WorkerConfig(BaseModel):
     workdir: Path = Field(description="Clones, worktrees and run logs live here.")
     state_dir: Path = Field(description="The worker's own store: its token and receipt outbox.")
     forgejo_token: SecretStr = Field(description="Forgejo API token: read issues, push, open PRs.")
+    forgejo_login: str = Field(
+        default="", description="The agent's own Forgejo account, to be assigned its issues."
+    )
     poll_interval: float = Field(default=5.0, gt=0, description="Seconds between dequeues.")
     retry_initial: float = Field(default=1.0, gt=0, description="First receipt retry delay.")
     retry_max: float = Field(default=60.0, gt=0, description="Longest receipt retry delay.")
@@ -59,4 +62,18 @@ def resolve_adapter(
     return adapter if parser is None else adapter.model_copy(update={"parser": parser})
 
 
-__all__ = ["WorkerConfig", "resolve_adapter"]
+def cli_type(name: str, *, command: Sequence[str] = ()) -> str:
+    """The type a worker registers as when none is given: the CLI it actually runs.
+
+    The adapter's name (``claude-code``, ``codex``), or for a ``command`` of one's own its
+    program's name (``aider`` for ``aider --yes …``; the module for ``python -m pkg.tool``).
+    """
+    if not command:
+        return name
+    program = PurePath(command[0]).name
+    if program.startswith("python") and len(command) > 2 and command[1] == "-m":
+        program = command[2].rsplit(".", 1)[-1]
+    return program or "custom"
+
+
+__all__ = ["WorkerConfig", "cli_type", "resolve_adapter"]

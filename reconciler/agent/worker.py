@@ -90,6 +90,8 @@ DEFAULT_LEASE_TTL_S = 180.0
 DEFAULT_RUN_LIMIT_S = 3600.0
 # Environment variables the worker itself is configured with; the agent CLI never sees them.
 _OWN_ENV_PREFIX = "AGENT_FLEET_"
+# Why the runs of a stopping worker are cancelled: their work so far is pushed, then handed back.
+HANDING_BACK = "the worker is stopping"
 
 
 # --- the prompt ------------------------------------------------------------------------------
@@ -182,12 +184,14 @@ class Worker:
             self.stop()
             handed_back = self.running()
             for run in handed_back:
-                run.cancel("the worker is stopping")
-            if handed_back:
-                self._hand_back(handed_back)
-            for run in self.running():
+                run.cancel(HANDING_BACK)
+            # Each run pushes what it has so far before the task is handed back, so the next
+            # attempt (another agent's, under a new lease) starts from the partial branch.
+            for run in handed_back:
                 if run.thread is not None:
                     run.thread.join(timeout=30)
+            if handed_back:
+                self._hand_back(handed_back)
             for thread in threads:
                 thread.join(timeout=self.config.request_timeout + 5)
             # One last try; what is still pending stays on disk for the next start.
@@ -225,8 +229,9 @@ class Worker:
         saved_token = saved.get("token") if isinstance(saved, dict) else None
         agent_id = self.config.agent_id or (saved_id if isinstance(saved_id, str) else None)
         credentials: list[str | None] = []
-        if isinstance(saved_token, str) and saved_id == agent_id:
-            credentials.append(saved_token)
+        holds_saved = isinstance(saved_token, str) and saved_id == agent_id
+        if holds_saved:
+            credentials.append(saved_token if isinstance(saved_token, str) else None)
         if self.config.token is not None:
             credentials.append(self.config.token.get_secret_value())
         if not credentials:
@@ -238,6 +243,7 @@ class Worker:
             roles=self.config.roles,
             capabilities=self.config.capabilities,
             max_concurrency=self.config.max_concurrency,
+            forgejo_login=self.config.forgejo_login,
             metadata=AgentMetadata(version=__version__, workdir=str(self.config.workdir)),
         )
         delay = self.config.retry_initial
@@ -257,6 +263,16 @@ class Worker:
                         raise
                     delay = min(delay * 2, self.config.retry_max)
                     break
+                if holds_saved and refused is not None:
+                    # The daemon no longer knows the saved token (its state was lost, or the
+                    # agent was removed): the configured credential enrolled the agent again.
+                    log.warning(
+                        "agent.reenrolled",
+                        agent_id=registered.agent_id,
+                        reason="the daemon no longer knows the saved token; enrolled again "
+                        "with the configured credential (the enrolment secret)",
+                        refused=refused.code,
+                    )
                 store.set_meta(
                     _REGISTRATION, {"agent_id": registered.agent_id, "token": registered.token}
                 )
@@ -274,6 +290,13 @@ class Worker:
                 return registered
             else:
                 assert refused is not None
+                if holds_saved and self.config.token is None:
+                    raise type(refused)(
+                        refused.code,
+                        "the daemon no longer knows this agent's saved token (its state was "
+                        "lost, or the agent was removed): start the worker with --token and "
+                        "the enrolment secret to enrol it again",
+                    ) from refused
                 raise refused
 
     # --- heartbeats and fencing ------------------------------------------------------------
@@ -460,17 +483,45 @@ class Worker:
             )
         except RunStopped as exc:
             log.info("task.stopped", task=task.id, reason=str(exc))
+            if run.stop_reason == HANDING_BACK and worktree is not None and job is not None:
+                worktree = self._keep_partial(site, job, worktree, run)
         except (FleetError, OSError, ValueError) as exc:
             reason = str(exc)
             log.warning("task.run_failed", task=task.id, reason=reason)
             with contextlib.suppress(FleetError):
-                self._report(run, note=f"the run failed: {reason}")
+                self._report(run, note=f"the run failed: {reason}", failed=True)
         finally:
             gateway.close()
             if worktree is not None and job is not None:
                 gitwork.remove(site, job, worktree, timeout=gitwork.LOCAL_TIMEOUT)
 
-    def _report(self, run: TaskRun, *, running: bool = False, note: str = "") -> None:
+    def _keep_partial(
+        self, site: gitwork.Site, job: gitwork.GitJob, worktree: str, run: TaskRun
+    ) -> str | None:
+        """Commit and push what a run stopped by the worker's shutdown has left, so the task
+        is handed back with its partial branch; the worktree if it is still there."""
+        agent = self.agent_id or "agent"
+        task = run.assignment.task
+        try:
+            commits = gitwork.finish(
+                site,
+                job,
+                worktree,
+                author=f"agent-fleet ({agent})",
+                email=f"{agent}@agent-fleet.invalid",
+                message=f"Work in progress on {task.title}\n\nHanded back when the worker "
+                f"stopped: task {task.id}, attempt {run.assignment.attempt}.",
+                timeout=gitwork.LOCAL_TIMEOUT,
+            )
+        except FleetError as exc:  # nothing to keep, or git failed: hand back without it
+            log.info("task.partial_not_kept", task=task.id, reason=str(exc))
+            return worktree
+        log.info("task.partial_kept", task=task.id, branch=job.branch, commits=len(commits))
+        return None
+
+    def _report(
+        self, run: TaskRun, *, running: bool = False, note: str = "", failed: bool = False
+    ) -> None:
         """A status update, retried while the daemon is unreachable (refusals are final)."""
         delay = self.config.retry_initial
         while True:
@@ -480,6 +531,7 @@ class Worker:
                     lease_generation=run.assignment.lease_generation,
                     running=running,
                     note=note,
+                    failed=failed,
                 )
                 return
             except TransientError as exc:
@@ -556,7 +608,8 @@ def serve(config: WorkerConfig, *, once: bool = False) -> int:
     """Run a worker until SIGTERM or SIGINT (or one task, with ``once``); the exit status.
 
     This is what ``agent-fleet agent run`` calls. A second worker on the same state directory
-    is refused with :class:`~reconciler.errors.StoreLockedError`.
+    is refused with :class:`~reconciler.errors.StoreLockedError`; a registration the daemon
+    refuses (no credential it accepts) is logged as ``agent.register_refused`` and exits 2.
     """
     worker = Worker(config)
 
@@ -566,7 +619,12 @@ def serve(config: WorkerConfig, *, once: bool = False) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        worker.open()
+        try:
+            worker.open()
+        except RefusedError as exc:
+            # A refusal is an answer, not a crash: say why and what to do, exit 2.
+            log.error("agent.register_refused", code=exc.code, error=str(exc))
+            return 2
         return worker.run(once=once)
     finally:
         for signum, handler in previous.items():

@@ -6,7 +6,7 @@ of :class:`Action`), and hands the actions to an :class:`Actuator`, which applie
 in a dry run, only describes them. ``Result`` carries nothing but ``requeue_after``; errors are
 raised (see :mod:`reconciler.errors`) and the loop decides what to do with them.
 
-The actions every controller needs (labels, marker comments, closing an issue, saving a task
+The actions every controller needs (labels, marker comments, closing an issue, assignees, saving a task
 with its event, saving an agent, enqueueing another key) live here; a controller defines its
 own actions by subclassing ``Action``.
 """
@@ -21,7 +21,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from reconciler.errors import ForgejoNotFound, StaleStateError
+import structlog
+
+from reconciler.errors import ForgejoError, ForgejoNotFound, StaleStateError
 from reconciler.keys import Key, setup_key
 from reconciler.models import Agent, Task, TaskEvent
 
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from reconciler.engine.executor import Executor
     from reconciler.forgejo.gateway import ForgejoGateway
     from reconciler.store import Store
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,36 @@ class CloseIssue(Action):
 
 
 _UNCHECKED = object()
+
+
+@dataclass(frozen=True)
+class SetAssignees(Action):
+    """Make the issue's assignees exactly ``logins`` (the plan keeps people's own assignees).
+
+    Assignees are a courtesy to people, not a fact the fleet depends on: a refusal (a login
+    Forgejo does not know or will not assign, answered with 4xx or 500) is logged and left for
+    the next pass, never retried in a loop; the next reconcile plans it again from what it sees.
+    """
+
+    repo: str
+    number: int
+    logins: tuple[str, ...]
+
+    def describe(self) -> str:
+        who = ", ".join(self.logins) if self.logins else "nobody"
+        return f"{self.repo}#{self.number}: assign {who}"
+
+    def apply(self, ctx: ActContext) -> None:
+        try:
+            ctx.gateway.edit_issue(self.repo, self.number, assignees=self.logins)
+        except ForgejoError as exc:
+            log.warning(
+                "issue.assignees_refused",
+                repo=self.repo,
+                issue=self.number,
+                logins=list(self.logins),
+                error=str(exc),
+            )
 
 
 @dataclass(frozen=True)

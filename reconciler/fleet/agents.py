@@ -44,6 +44,7 @@ from reconciler.errors import (
     StaleStateError,
     UnauthenticatedError,
 )
+from reconciler.fleet.health import count_run_failure, count_run_success, end_auto_drain
 from reconciler.fleet.placement import active_load, queue_order
 from reconciler.fleet.records import (
     AgentView,
@@ -62,7 +63,7 @@ from reconciler.fleet.records import (
     uptime_percent,
     with_status,
 )
-from reconciler.keys import Key, agent_key, issue_key
+from reconciler.keys import Key, agent_key, issue_key, setup_key
 from reconciler.models import (
     ACTIVE_STATES,
     Agent,
@@ -147,6 +148,13 @@ class Fleet:
     def _notify(self, agent_id: str) -> None:
         if self._enqueue is not None:
             self._enqueue(agent_key(agent_id))
+
+    def _vocabulary_changed(self) -> None:
+        """An agent's roles or capabilities are new: the set-up controller (the one writer of
+        labels) makes their ``agent/`` and ``needs/`` labels in every watched repository."""
+        if self._enqueue is not None:
+            for repo in self._settings().forgejo.repos:
+                self._enqueue(setup_key(repo))
 
     # --- credentials -------------------------------------------------------------------------
 
@@ -235,6 +243,11 @@ class Fleet:
                 self._token_index.pop(existing.token_hash, None)
                 self._token_index[digest] = agent.id
                 created = False
+        if existing is None or (existing.roles, existing.capabilities) != (
+            agent.roles,
+            agent.capabilities,
+        ):
+            self._vocabulary_changed()
         log.info(
             "agent.registered" if created else "agent.reregistered",
             agent_id=agent.id,
@@ -312,7 +325,12 @@ class Fleet:
         now = self._clock()
 
         def change(agent: Agent) -> Agent:
-            updated = agent.model_copy(update={"drain_requested": draining})
+            if not draining and agent.auto_drained:
+                return end_auto_drain(agent, now=now)
+            # A person's drain is theirs to end: no success ends it automatically.
+            updated = agent.model_copy(update={"drain_requested": draining, "auto_drained": False})
+            if not draining:
+                updated = updated.model_copy(update={"failing_runs": 0})
             if draining and agent.status is AgentStatus.ONLINE:
                 return with_status(
                     updated, AgentStatus.DRAINING, reason=f"drained by {by}", now=now
@@ -389,8 +407,11 @@ class Fleet:
         lease_generation: int,
         state: TaskState | None = None,
         note: str = "",
+        failed: bool = False,
     ) -> StatusUpdate:
-        """An agent reports on its task: it started (``state=running``) or a progress note.
+        """An agent reports on its task: it started (``state=running``) or a progress note;
+        ``failed``: its run failed, the note says why (an error in its stats, and a step of
+        its failing streak: ``reconciler/fleet/health.py``).
 
         Refused with :class:`ForbiddenError` for a task the agent never held under that lease,
         :class:`ConflictError` ``stale_lease`` for a lease that was superseded, and
@@ -424,11 +445,17 @@ class Fleet:
             elif note:
                 updated = task.model_copy(update={"last_activity_at": now, "updated_at": now})
                 event = TaskEvent(
-                    task_id=task.id, at=now, actor=actor, kind="progress", reason=note
+                    task_id=task.id,
+                    at=now,
+                    actor=actor,
+                    kind="run_failed" if failed else "progress",
+                    reason=note,
                 )
             else:
                 return StatusUpdate(task=task, changed=False)
             self._write(task, updated, event)
+            if failed:
+                self._count_run(agent_id, failure=note, now=now)
         if updated.state is not task.state:
             self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
@@ -468,8 +495,38 @@ class Fleet:
                 failure_retryable=retryable,
             )
             self._write(task, updated, event)
+            self._count_run(agent_id, failure=reason, now=now)
         self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
+
+    def count_run_success(self, agent_id: str) -> None:
+        """A run of the agent succeeded (its receipt was accepted): its failing streak and an
+        automatic drain end. Call under the agent's lock."""
+        self._count_run(agent_id, failure=None, now=self._clock())
+
+    def _count_run(self, agent_id: str, *, failure: str | None, now: datetime) -> None:
+        """Count a run's outcome on its agent (``failure``: why it failed; None: it succeeded).
+        Call under the agent's lock."""
+        drain_after = self._settings().api.drain_after_failed_runs
+
+        def change(agent: Agent) -> Agent:
+            if failure is None:
+                return count_run_success(agent, now=now)
+            return count_run_failure(agent, reason=failure, drain_after=drain_after, now=now)
+
+        try:
+            before = self._store.get_agent(agent_id)
+            after = self._store.update_agent(agent_id, change)
+        except NotFoundError:
+            return  # an agent since forgotten: nothing to count on
+        if after.auto_drained != before.auto_drained:
+            log.warning(
+                "agent.auto_drained" if after.auto_drained else "agent.auto_drain_ended",
+                agent_id=agent_id,
+                failing_runs=after.failing_runs,
+                reason=after.status_reason,
+            )
+            self._notify(agent_id)
 
     def _write(self, task: Task, updated: Task, event: TaskEvent) -> None:
         """Replace ``task`` by ``updated`` with its event; call under the agent's lock."""
@@ -619,6 +676,7 @@ def _profile_fields(profile: Profile) -> dict[str, object]:
         "roles": tuple(dict.fromkeys(profile.roles)),
         "capabilities": tuple(dict.fromkeys(profile.capabilities)),
         "max_concurrency": profile.max_concurrency,
+        "forgejo_login": profile.forgejo_login,
         "mode": ExecutionMode.PULL,
         "metadata": dict(profile.metadata or {}),
     }

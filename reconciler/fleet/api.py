@@ -128,6 +128,13 @@ class RegisterRequest(Request):
         default=(), max_length=200, description="e.g. code:python, review, test."
     )
     max_concurrency: int = Field(default=1, ge=1, le=1000)
+    forgejo_login: str = Field(
+        default="",
+        max_length=40,
+        pattern=r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)?$",
+        description="The agent's own Forgejo account (a login, or empty): the issues of the "
+        "tasks it holds are assigned to it.",
+    )
     mode: Literal["pull"] = Field(
         default="pull", description="Only pull agents register; ssh hosts come from the config."
     )
@@ -238,6 +245,9 @@ class AgentStatsSummary(Answer):
     uptime_percent: float = Field(
         description="Share of the time since registration spent online or draining."
     )
+    failing_runs: int = Field(
+        default=0, description="Runs that failed in a row (0 after a successful one)."
+    )
 
 
 class AgentSummary(Answer):
@@ -293,6 +303,7 @@ class AgentSummary(Answer):
                 tokens=agent.stats.tokens,
                 cost_usd=agent.stats.cost_usd,
                 uptime_percent=view.uptime_percent,
+                failing_runs=agent.failing_runs,
             ),
             consecutive_failures=agent.consecutive_failures,
         )
@@ -313,6 +324,11 @@ class TaskStatusRequest(Request):
     lease_generation: int = Field(ge=1, description="The lease the task was assigned under.")
     state: Literal["running"] | None = Field(default=None, description="assigned → running")
     note: str = Field(default="", max_length=NOTE_MAX, description="A progress note for the log.")
+    failed: bool = Field(
+        default=False,
+        description="The run failed; the note says why. Counts an error in the agent's stats "
+        "and, after `api.drain_after_failed_runs` in a row, drains the agent.",
+    )
 
 
 class TaskStatusAnswer(Answer):

@@ -413,6 +413,7 @@ class PullQueue:
             session_id=claim.session_id,
             submitted_at=now,
         )
+        candidate = self._estimate_cost(candidate)
         moved: Task | None = None
         with self._fleet.agent_lock(agent_id):
             previous = self._store.find_receipt(candidate.id)
@@ -434,6 +435,7 @@ class PullQueue:
                 self._store.update_task(candidate.task_id, change)
                 if accepted:
                     moved = accepted[0]
+                    self._fleet.count_run_success(agent_id)
                 else:
                     previous = self._store.get_receipt(candidate.id)
             if previous is not None:
@@ -452,6 +454,18 @@ class PullQueue:
             )
         # A function of the stored receipt alone: a retry gets the first answer.
         return Acceptance(receipt=candidate, task_state=target_state(candidate))
+
+    def _estimate_cost(self, receipt: Receipt) -> Receipt:
+        """The receipt with its cost estimated from its tokens and ``api.token_prices`` (by
+        the agent's type) when the agent reported tokens but no cost (Codex reports none)."""
+        if receipt.cost_usd or not receipt.tokens:
+            return receipt
+        agent = self._store.find_agent(receipt.agent_id)
+        price = self._settings().api.token_prices.get(agent.type) if agent else None
+        if price is None:
+            return receipt
+        cost = round(receipt.tokens * price / 1_000_000, 6)
+        return receipt.model_copy(update={"cost_usd": cost, "cost_estimated": True})
 
     def _finish(self, receipt: Receipt, *, now: datetime) -> Task | None:
         """For a receipt sent again: move its task on if a crash between storing the receipt
@@ -499,6 +513,8 @@ def _unwritten(ask: DequeueAsk, cause: StoreError, *, batch: int) -> StoreError:
 def _same_receipt(stored: Receipt, candidate: Receipt) -> None:
     """Refuse a receipt that reuses a stored receipt's id with other content."""
     ignore = {"submitted_at"}
+    if stored.cost_estimated:
+        ignore |= {"cost_usd", "cost_estimated"}  # prices may have changed since
     if stored.model_dump(exclude=ignore) != candidate.model_dump(exclude=ignore):
         raise ConflictError(
             "receipt_conflict",

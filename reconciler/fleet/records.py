@@ -92,6 +92,7 @@ class Profile:
     capabilities: tuple[str, ...] = ()
     max_concurrency: int = 1
     metadata: Mapping[str, str] | None = None
+    forgejo_login: str = ""
 
 
 @dataclass(frozen=True)

@@ -210,9 +210,13 @@ class ForgejoGateway(CommentOps, PullOps):
         state: Literal["open", "closed"] | None = None,
         title: str | None = None,
         body: str | None = None,
+        assignees: Sequence[str] | None = None,
     ) -> Issue:
-        """Change an issue's state, title or body. Retried: a PATCH to fixed values is idempotent."""
+        """Change an issue's state, title, body or assignees (the whole set: ``[]`` clears it,
+        as Forgejo takes it). Retried: a PATCH to fixed values is idempotent."""
         payload: dict[str, object] = {}
+        if assignees is not None:
+            payload["assignees"] = list(assignees)
         if state is not None:
             if state not in ("open", "closed"):
                 raise ValueError(f"state must be 'open' or 'closed', got {state!r}")
@@ -222,7 +226,7 @@ class ForgejoGateway(CommentOps, PullOps):
         if body is not None:
             payload["body"] = body
         if not payload:
-            raise ValueError("edit_issue needs at least one of state, title, body")
+            raise ValueError("edit_issue needs at least one of state, title, body, assignees")
         return self._write(
             "edit_issue",
             "PATCH",

@@ -94,6 +94,12 @@ class Invalid(ForgeRefusal):
     status = 422
 
 
+class ServerFault(ForgeRefusal):
+    """500: what Forgejo answers when an error of its own is not mapped (bad assignees)."""
+
+    status = 500
+
+
 # --- the data -------------------------------------------------------------------------------
 
 
@@ -737,10 +743,24 @@ class ForgeState:
             )
         if assignees is not None:
             self.require(repo, actor, Access.WRITE)
-            self._set_assignees(repo, actor, issue, [self.user_named(a) for a in assignees])
+            self._set_assignees(repo, actor, issue, [self._assignable(repo, a) for a in assignees])
         if state is not None:
             self.set_issue_state(repo, actor, number, state)
         return issue
+
+    def _assignable(self, repo: Repo, login: str) -> User:
+        """The user ``login`` if an issue of ``repo`` may be assigned to them. Forgejo's issue
+        edit answers 500 for a login that does not exist or lacks write access (its
+        ``UpdateAssignees`` error is not mapped to a 4xx), and changes nothing."""
+        try:
+            user = self.user_named(login)
+        except NotFound as exc:
+            raise ServerFault(f"UpdateAssignees: {exc.message}") from None
+        if self.access(repo, user) < Access.WRITE:
+            raise ServerFault(
+                f"UpdateAssignees: user {user.login} does not have access to the repository"
+            )
+        return user
 
     def _set_assignees(self, repo: Repo, actor: User, issue: Issue, wanted: list[User]) -> None:
         event_type = "pull_request_assign" if issue.is_pull else "issue_assign"

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    NonNegativeFloat,
     SecretStr,
     TypeAdapter,
     ValidationError,
@@ -373,6 +374,17 @@ class ApiSettings(Section):
     missed_heartbeats: int = Field(
         default=3, ge=1, description="Missed heartbeats after which an agent is offline."
     )
+    drain_after_failed_runs: int = Field(
+        default=3,
+        ge=0,
+        description="Failed runs in a row after which a pull agent is drained automatically "
+        "(a successful run or an undrain ends it); 0: never.",
+    )
+    token_prices: Mapping[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="USD per million tokens by agent type (e.g. `codex-cli = 2.5`): the cost of "
+        "a run whose CLI reports none is estimated from its tokens, and marked estimated.",
+    )
 
 
 class DashboardSettings(Section):
@@ -685,6 +697,12 @@ class AdapterSettings(Section):
         min_length=1,
         description="Argv template to continue a session; must use {session_id}.",
     )
+    package: str | None = Field(
+        default=None,
+        pattern=r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*@[0-9]+\.[0-9]+\.[0-9]+[0-9A-Za-z.+-]*$",
+        description="The npm package of the CLI, pinned to an exact version "
+        "(`@openai/codex@0.169.0`): what `agent-fleet hosts install` installs.",
+    )
 
     @field_validator("command")
     @classmethod
@@ -715,6 +733,7 @@ BUILTIN_ADAPTERS: Mapping[str, AdapterSettings] = {
             "claude", "-p", "{prompt}", "--resume", "{session_id}", "--output-format", "json",
             "--permission-mode", "bypassPermissions",
         ),
+        package="@anthropic-ai/claude-code@2.1.329",
     ),
     # danger-full-access: with workspace-write Codex cannot commit in a git worktree (the
     # worktree's index lives under the main repository's .git, which it keeps read-only), and
@@ -729,6 +748,7 @@ BUILTIN_ADAPTERS: Mapping[str, AdapterSettings] = {
             "codex", "exec", "resume", "{session_id}", "--json",
             "-c", 'sandbox_mode="danger-full-access"', "{prompt}",
         ),
+        package="@openai/codex@0.169.0",
     ),
 }  # fmt: skip
 
@@ -763,6 +783,18 @@ class HostSettings(Section):
         default=(), description="Capabilities this agent offers, e.g. code:python."
     )
     max_concurrency: int = Field(default=1, ge=1, description="Tasks run at the same time.")
+    cli_prefix: str = Field(
+        default="~/.local",
+        min_length=1,
+        description="npm prefix `agent-fleet hosts install` installs the agent CLI into "
+        "(`<prefix>/bin` must be on the host's PATH).",
+    )
+    forgejo_login: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,39}$",
+        description="The agent's own Forgejo account: the issues of its tasks are assigned "
+        "to it (unset: no assignee).",
+    )
     workdir: str = Field(
         min_length=1, description="Directory on the host where task worktrees are created."
     )

@@ -198,17 +198,23 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     )
 
     if not open_and_wanted:
-        if task is None or task.is_terminal:
+        if task is None:
             return ()
+        closed = issue is not None and issue.state is not IssueState.OPEN
         # Merging a pull request that says "Closes #N" closes the issue: the task's fate is
         # its PR's (the review and receipts controllers complete or fail it), not a cancel.
-        if (
-            issue is not None
-            and issue.state is not IssueState.OPEN
+        # Its status label still follows the task, written here as everywhere else.
+        if task.is_terminal or (
+            closed
             and task.pr_number is not None
             and task.state in (TaskState.REVIEW_PENDING, TaskState.FAILED)
         ):
-            return ()
+            if not closed or issue is None:
+                return ()
+            status = status_label_for(task.state, vocabulary)
+            if status is None or status in issue.labels:
+                return ()
+            return (AddLabels(observed.repo, issue.number, (status,)),)
         if issue is None:
             why = "the issue no longer exists"
         elif issue.state is not IssueState.OPEN:

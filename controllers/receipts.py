@@ -19,11 +19,12 @@ API) names the key itself.
   commits are on the branch it names.
 
 Every check is recorded as a ``verification`` event when its result changes. Completion writes
-``status/done``, one result comment (marker ``result``, edited in place: status line, summary,
-PR and commit links, files, cost, tokens, duration, attempts) and closes the issue if
-``review.close_issue``; the agent's stats take the receipt in. The ``status/failed`` label and
-the task's own status comment follow through the assignment controller, whose key every
-change of state enqueues.
+one result comment (marker ``result``, edited in place: status line, summary, PR and commit
+links, files, cost, tokens, duration, attempts) and closes the issue if ``review.close_issue``;
+the agent's stats take the receipt in. The ``status/`` labels (``status/done``,
+``status/failed``) and the task's own status comment follow through the assignment controller,
+whose key every change of state enqueues: it is their one writer, for open and closed issues
+alike, so two controllers never race on an issue's status label.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from reconciler.engine.reconcile import (
     ActContext,
     Action,
     Actuator,
-    AddLabels,
     CloseIssue,
     Enqueue,
     Result,
@@ -225,13 +225,6 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
                 failure_reason=reason, failure_retryable=not merged,
             )  # fmt: skip
             events.append(event)
-            issue = observed.issue
-            # Written here too: the issue may be closed by the merge, where the assignment
-            # controller leaves labels alone.
-            if issue is not None and settings.labels.status_failed not in issue.labels:
-                actions.append(
-                    AddLabels(task.repo, task.issue_number, (settings.labels.status_failed,))
-                )
         if first_look:
             count = _count(receipt, errors=1)
     elif waiting:
@@ -255,10 +248,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
             # A task already completed (on an agent's word, before verification existed)
             # counts once, when its receipt is first checked.
             count = _count(receipt, completed=1, tokens_too=first_look)
-        vocabulary = settings.labels
         issue = observed.issue
-        if issue is not None and vocabulary.status_done not in issue.labels:
-            actions.append(AddLabels(task.repo, task.issue_number, (vocabulary.status_done,)))
         if settings.review.close_issue and issue is not None and issue.state is IssueState.OPEN:
             actions.append(CloseIssue(task.repo, task.issue_number))
     elif first_look:

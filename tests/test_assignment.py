@@ -364,8 +364,44 @@ def test_label_changes_follow_the_task_with_an_update_event() -> None:
 
 
 def test_an_illegal_move_is_not_planned_for_a_completed_task() -> None:
-    """A completed task whose issue is closed later stays completed (terminal)."""
-    assert planned(issue("fleet/task", state=IssueState.CLOSED), task(TaskState.COMPLETED)) == ()
+    """A completed task whose issue is closed later stays completed (terminal); its status
+    label is all that is written, and only while it is missing."""
+    closed = IssueState.CLOSED
+    done = task(TaskState.COMPLETED)
+    assert kinds(planned(issue("fleet/task", state=closed), done)) == ["add:status/done"]
+    assert planned(issue("fleet/task", "status/done", state=closed), done) == ()
+
+
+@pytest.mark.parametrize(
+    ("state", "label"),
+    [
+        (TaskState.COMPLETED, "status/done"),
+        (TaskState.FAILED, "status/failed"),
+        (TaskState.REVIEW_PENDING, "status/review"),
+    ],
+)
+def test_the_status_label_of_an_issue_closed_by_its_merge_follows_the_task(
+    state: TaskState, label: str
+) -> None:
+    """The assignment controller is the one writer of status labels, closed issues included:
+    a task whose merged PR closed its issue gets the label of its state, and nothing else."""
+    closed = issue("fleet/task", "status/review" if label != "status/review" else "status/doing",
+                   state=IssueState.CLOSED)  # fmt: skip
+    assert kinds(planned(closed, task(state, pr_number=7))) == [f"add:{label}"]
+
+
+def test_a_stale_review_pass_never_writes_a_status_label_over_done() -> None:
+    """Whatever order the controllers run in, no status label is written once the task is
+    terminal except its own: a completed task's issue is only ever given status/done."""
+    for labels in [
+        ("fleet/task",),
+        ("fleet/task", "status/review"),
+        ("fleet/task", "status/doing"),
+    ]:
+        for state in (IssueState.OPEN, IssueState.CLOSED):
+            actions = planned(issue(*labels, state=state), task(TaskState.COMPLETED, pr_number=7))
+            added = [n for a in actions if isinstance(a, AddLabels) for n in a.names]
+            assert set(added) <= {"status/done"}, (labels, state, added)
 
 
 # --- against the in-memory Forgejo ------------------------------------------------------

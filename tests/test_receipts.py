@@ -162,7 +162,6 @@ V5 = "verification," * 4 + "verification"
             Observed(task(), RECEIPT, evidence=evidence(files=0), issue=issue("status/review")),
             SETTINGS,
             [
-                "add:status/failed",
                 "UpsertComment",
                 f"save:failed:{V5},review_pending->failed",
                 "count:0/1",
@@ -181,7 +180,6 @@ V5 = "verification," * 4 + "verification"
             ),
             SETTINGS,
             [
-                "add:status/done",
                 "UpsertComment",
                 "save:completed:review_pending->completed",
                 "count:1/0",
@@ -200,7 +198,6 @@ V5 = "verification," * 4 + "verification"
             ),
             CLOSING,
             [
-                "add:status/done",
                 "CloseIssue",
                 "UpsertComment",
                 "save:completed:review_pending->completed",
@@ -232,7 +229,6 @@ V5 = "verification," * 4 + "verification"
             Observed(task(), RECEIPT, evidence=evidence(merged=True), final=True, issue=issue()),
             CI,
             [
-                "add:status/failed",
                 "UpsertComment",
                 f"save:failed:{V5},verification,review_pending->failed",
                 "count:0/1",
@@ -373,8 +369,9 @@ def rig(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> Iter
 
 
 def test_a_truthful_receipt_completes_the_task_once_merged(rig: Rig) -> None:
-    """In review: claims checked, nothing written to Forgejo. Merged: completed, status/done,
-    one result comment, the agent's stats; a second pass makes no write and no event."""
+    """In review: claims checked, nothing written to Forgejo. Merged: completed, one result
+    comment, the agent's stats, and the issue's key handed to the assignment controller (the
+    one writer of status labels); a second pass makes no write and no event."""
     the_task, _ = rig.in_review()
     key = task_key(DEMO_REPO, the_task.id)
     writes = rig.gateway.writes
@@ -389,7 +386,7 @@ def test_a_truthful_receipt_completes_the_task_once_merged(rig: Rig) -> None:
     rig.controller.reconcile(key)
     done = rig.store.get_task(the_task.id)
     assert done.state is TaskState.COMPLETED and all(c.passed for c in done.checks)
-    assert "status/done" in rig.gateway.get_issue(DEMO_REPO, the_task.issue_number).labels
+    assert "status/done" not in rig.gateway.get_issue(DEMO_REPO, the_task.issue_number).labels
     body = rig.result_comment(the_task.issue_number)
     assert body is not None and "✅ **Done**" in body and "login.py" in body
     agent = rig.store.get_agent("box-1")
@@ -421,7 +418,8 @@ def test_a_lying_receipt_is_refused_with_its_reasons_on_the_issue(rig: Rig) -> N
     assert [e.data["check"] for e in refused] == ["commits"]
     body = rig.result_comment(the_task.issue_number)
     assert body is not None and "Receipt refused" in body and stranger[:10] in body
-    assert "status/failed" in rig.gateway.get_issue(DEMO_REPO, the_task.issue_number).labels
+    # The label follows through the assignment controller, whose key the failure enqueues.
+    assert rig.enqueued == [issue_key(DEMO_REPO, the_task.issue_number)]
     assert rig.store.get_agent("box-1").stats.errors == 1
     writes = rig.gateway.writes
     rig.controller.reconcile(task_key(DEMO_REPO, the_task.id))

@@ -11,6 +11,8 @@ settings object; the CLI loads one and passes it down. ``render_reference()`` pr
 tables of ``docs/configuration.md`` from the field descriptions (a test keeps them in sync).
 """
 
+from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
+from reconciler.settings.labels import LabelName, LabelSpec, LabelsSettings
 from reconciler.settings.loading import (
     COMMAND_VARIABLES,
     load_settings,
@@ -21,39 +23,35 @@ from reconciler.settings.reference import (
     nested_model,
     render_reference,
 )
-from reconciler.settings.schema import (
-    BUILTIN_ADAPTERS,
-    COMMAND_PLACEHOLDERS,
-    ENV_NESTING,
-    ENV_PREFIX,
-    AdapterSettings,
+from reconciler.settings.schema import Settings
+from reconciler.settings.sections import (
     ApiSettings,
-    CapabilityName,
-    Color,
     DashboardSettings,
     ForgejoSettings,
-    HostName,
-    HostSettings,
-    HttpUrlText,
-    LabelName,
-    LabelSpec,
-    LabelsSettings,
     LoopSettings,
-    MatrixRoomId,
     MatrixSettings,
-    MatrixUserId,
-    RepoNameText,
     RetriesSettings,
     ReviewSettings,
-    RoleName,
-    Seconds,
-    Secret,
-    Section,
-    Settings,
     StatusContext,
     StoreSettings,
     TimeoutsSettings,
     WebhookSettings,
+)
+from reconciler.settings.values import (
+    COMMAND_PLACEHOLDERS,
+    ENV_NESTING,
+    ENV_PREFIX,
+    CapabilityName,
+    Color,
+    HostName,
+    HttpUrlText,
+    MatrixRoomId,
+    MatrixUserId,
+    RepoNameText,
+    RoleName,
+    Seconds,
+    Secret,
+    Section,
     label_scope,
 )
 

@@ -23,8 +23,9 @@ from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
 from reconciler.errors import ConfigError
+from reconciler.settings.hosts import HostSettings
 from reconciler.settings.loading import load_settings
-from reconciler.settings.schema import HostSettings, Settings
+from reconciler.settings.schema import Settings
 
 
 def _read(path: Path) -> TOMLDocument:

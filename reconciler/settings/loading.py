@@ -21,13 +21,8 @@ from pydantic_settings import (
 
 from reconciler.errors import ConfigError
 from reconciler.settings.reference import nested_model
-from reconciler.settings.schema import (
-    _LOADING,
-    ENV_NESTING,
-    ENV_PREFIX,
-    Settings,
-    _LoadInputs,
-)
+from reconciler.settings.schema import _LOADING, Settings, _LoadInputs
+from reconciler.settings.values import ENV_NESTING, ENV_PREFIX
 
 # --- loading -------------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 # --- the reference -------------------------------------------------------------------------
-from reconciler.settings.schema import ENV_NESTING, ENV_PREFIX, Settings, _http_url
+from reconciler.settings.schema import Settings
+from reconciler.settings.values import ENV_NESTING, ENV_PREFIX, _http_url
 
 
 def _strip_optional(annotation: Any) -> tuple[Any, bool]:

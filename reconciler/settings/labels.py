@@ -1,0 +1,201 @@
+"""The ``[labels]`` section: the label vocabulary on Forgejo, its scope checks and the label
+specs to ensure in each repository. The model in ``schema.py`` uses it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import (
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+from reconciler.settings.values import (
+    Color,
+    Section,
+    _custom,
+    _describe_scope,
+    label_scope,
+)
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One label agent-fleet ensures in a repository."""
+
+    name: str
+    color: str
+    description: str
+    exclusive: bool
+
+
+_STATUS_FIELDS = ("status_todo", "status_doing", "status_review", "status_done", "status_failed")
+_PRIORITY_FIELDS = ("priority_high", "priority_medium", "priority_low")
+
+
+LabelName = Annotated[str, Field(min_length=1, max_length=50)]
+
+
+class LabelsSettings(Section):
+    """The label vocabulary on Forgejo; every name can be changed."""
+
+    trigger: LabelName = Field(
+        default="fleet/task", description="Marks an issue as work for the fleet."
+    )
+    role_prefix: LabelName = Field(
+        default="agent/", description="Prefix of role labels: `agent/<role>` requires that role."
+    )
+    capability_prefix: LabelName = Field(
+        default="needs/", description="Prefix of capability labels: `needs/<capability>`."
+    )
+    priority_high: LabelName = Field(default="priority/high", description="High priority.")
+    priority_medium: LabelName = Field(
+        default="priority/medium", description="Medium priority (also the default order)."
+    )
+    priority_low: LabelName = Field(default="priority/low", description="Low priority.")
+    status_todo: LabelName = Field(
+        default="status/todo", description="Status: waiting for an agent."
+    )
+    status_doing: LabelName = Field(
+        default="status/doing", description="Status: an agent is working on it."
+    )
+    status_review: LabelName = Field(
+        default="status/review", description="Status: a pull request awaits review."
+    )
+    status_done: LabelName = Field(default="status/done", description="Status: completed.")
+    status_failed: LabelName = Field(default="status/failed", description="Status: failed.")
+    retry: LabelName = Field(
+        default="fleet/retry", description="A person asks for a retry; removed once requeued."
+    )
+    hold: LabelName = Field(
+        default="fleet/hold", description="Pauses the task; nothing is dispatched meanwhile."
+    )
+    assign_prefix: LabelName = Field(
+        default="fleet/assign:", description="Prefix of pin labels: `fleet/assign:<agent-id>`."
+    )
+    color_trigger: Color = Field(default="#1d76db", description="Colour of the trigger label.")
+    color_role: Color = Field(default="#5319e7", description="Colour of role labels.")
+    color_capability: Color = Field(default="#0e8a16", description="Colour of capability labels.")
+    color_priority_high: Color = Field(default="#b60205", description="Colour of priority_high.")
+    color_priority_medium: Color = Field(
+        default="#fbca04", description="Colour of priority_medium."
+    )
+    color_priority_low: Color = Field(default="#c2e0c6", description="Colour of priority_low.")
+    color_status_todo: Color = Field(default="#ededed", description="Colour of status_todo.")
+    color_status_doing: Color = Field(default="#0052cc", description="Colour of status_doing.")
+    color_status_review: Color = Field(default="#d4c5f9", description="Colour of status_review.")
+    color_status_done: Color = Field(default="#0e8a16", description="Colour of status_done.")
+    color_status_failed: Color = Field(default="#d93f0b", description="Colour of status_failed.")
+    color_retry: Color = Field(default="#f9d0c4", description="Colour of the retry label.")
+    color_hold: Color = Field(default="#000000", description="Colour of the hold label.")
+    color_assign: Color = Field(default="#bfdadc", description="Colour of pin labels.")
+
+    @field_validator(*_STATUS_FIELDS, *_PRIORITY_FIELDS)
+    @classmethod
+    def _one_scope_per_group(cls, value: str, info: ValidationInfo) -> str:
+        # Forgejo keeps one label per exclusive scope on an issue; that is what makes "one
+        # status at a time" hold, so every status label must share a scope (same for priority).
+        group = _STATUS_FIELDS if info.field_name in _STATUS_FIELDS else _PRIORITY_FIELDS
+        kind, first = group[0].split("_")[0], group[0]
+        scope = label_scope(value)
+        if info.field_name == first:
+            if scope is None:
+                raise _custom(
+                    "label_scope",
+                    f"{kind} labels need a scope, the text before the last '/' (e.g. "
+                    f"'{kind}/...'), so Forgejo keeps only one per issue; {value!r} has none",
+                )
+            return value
+        head = info.data.get(first)
+        if head is not None and scope != label_scope(head):
+            raise _custom(
+                "label_scope",
+                f"all {kind} labels must share one scope (the text before the last '/') so "
+                f"Forgejo keeps only one per issue: {value!r} has {_describe_scope(scope)} but "
+                f"{first} {head!r} has {_describe_scope(label_scope(head))}",
+            )
+        return value
+
+    def role_spec(self, role: str) -> LabelSpec:
+        """The label that requires ``role``."""
+        return LabelSpec(
+            self.role_prefix + role, self.color_role, f"Needs an agent with role {role}.", False
+        )
+
+    def capability_spec(self, capability: str) -> LabelSpec:
+        """The label that requires ``capability``."""
+        return LabelSpec(
+            self.capability_prefix + capability,
+            self.color_capability,
+            f"Needs an agent with capability {capability}.",
+            False,
+        )
+
+    def assign_spec(self, agent_id: str) -> LabelSpec:
+        """The label that pins a task to ``agent_id``."""
+        return LabelSpec(
+            self.assign_prefix + agent_id,
+            self.color_assign,
+            f"agent-fleet runs this task on agent {agent_id} only.",
+            False,
+        )
+
+    def specs(
+        self, *, roles: tuple[str, ...] = (), capabilities: tuple[str, ...] = ()
+    ) -> tuple[LabelSpec, ...]:
+        """The labels to create in a watched repository; only status and priority are exclusive."""
+        fixed = (
+            LabelSpec(self.trigger, self.color_trigger, "Work for agent-fleet.", False),
+            LabelSpec(self.priority_high, self.color_priority_high, "Priority: high.", True),
+            LabelSpec(self.priority_medium, self.color_priority_medium, "Priority: medium.", True),
+            LabelSpec(self.priority_low, self.color_priority_low, "Priority: low.", True),
+            LabelSpec(
+                self.status_todo,
+                self.color_status_todo,
+                "Waiting for an agent (set by agent-fleet).",
+                True,
+            ),
+            LabelSpec(
+                self.status_doing,
+                self.color_status_doing,
+                "An agent is working on it (set by agent-fleet).",
+                True,
+            ),
+            LabelSpec(
+                self.status_review,
+                self.color_status_review,
+                "Pull request awaits review (set by agent-fleet).",
+                True,
+            ),
+            LabelSpec(
+                self.status_done, self.color_status_done, "Completed (set by agent-fleet).", True
+            ),
+            LabelSpec(
+                self.status_failed, self.color_status_failed, "Failed (set by agent-fleet).", True
+            ),
+            LabelSpec(
+                self.retry,
+                self.color_retry,
+                "Ask agent-fleet to retry; removed once requeued.",
+                False,
+            ),
+            LabelSpec(self.hold, self.color_hold, "Paused: agent-fleet dispatches nothing.", False),
+        )
+        wanted = (
+            fixed
+            + tuple(self.role_spec(role) for role in dict.fromkeys(roles))
+            + tuple(self.capability_spec(cap) for cap in dict.fromkeys(capabilities))
+        )
+        return wanted
+
+    def duplicate_names(self) -> Iterator[tuple[str, str]]:
+        """(field, other field) for every label name used by two fields."""
+        owner: dict[str, str] = {}
+        for field in ("trigger", "retry", "hold", *_PRIORITY_FIELDS, *_STATUS_FIELDS):
+            name = getattr(self, field)
+            if name in owner:
+                yield field, owner[name]
+            owner.setdefault(name, field)

@@ -4,7 +4,8 @@ Import from here: ``from reconciler.store import Store``.
 """
 
 from reconciler.store.schema import SCHEMA_VERSION, StoreVersionError
-from reconciler.store.store import Backoff, JsonValue, OutboxMessage, Store, encode_backoff_key
+from reconciler.store.store import Store
+from reconciler.store.tables import Backoff, JsonValue, OutboxMessage, encode_backoff_key
 
 __all__ = [
     "SCHEMA_VERSION",

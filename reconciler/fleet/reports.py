@@ -1,0 +1,254 @@
+"""What an agent reports about the tasks it holds, checked against its lease: status updates
+and progress notes from the agent API, failures of runs in this process (the ssh executor),
+each run's outcome counted on its agent (its failing streak and automatic drain), reading a
+task and its history. :class:`~reconciler.fleet.agents.Fleet` has these operations through
+:class:`TaskReports`, under the same per-agent lock as heartbeats, so a report and the
+registry taking the task back never interleave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import structlog
+
+from reconciler.errors import (
+    ConflictError,
+    ForbiddenError,
+    IllegalTransitionError,
+    NotFoundError,
+    StaleStateError,
+)
+from reconciler.fleet.health import count_run_failure, count_run_success
+from reconciler.fleet.records import (
+    StatusUpdate,
+    actor_for,
+)
+from reconciler.keys import Key, issue_key
+from reconciler.models import (
+    Agent,
+    AgentId,
+    Task,
+    TaskEvent,
+    TaskId,
+    TaskState,
+    transition,
+)
+from reconciler.settings import Settings
+from reconciler.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+# The states an agent itself may move its task to through the status endpoint; completion
+# goes through a verified receipt, failure through the assignment controller's timeouts.
+AGENT_SETTABLE_STATES = frozenset({TaskState.RUNNING})
+# Tasks an agent loses when it goes offline: the ones it is (or should be) working on. A task
+# in review_pending waits for people, not for the agent, and stays with it.
+LOST_WITH_AGENT = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
+
+
+class TaskReports:
+    """The task operations of :class:`~reconciler.fleet.agents.Fleet` (see the module doc)."""
+
+    if TYPE_CHECKING:
+        # Provided by Fleet: the store, the settings, its clock, the work queue, the per-agent
+        # lock and how it asks the registry controller to look at an agent.
+        _store: Store
+        _settings: Callable[[], Settings]
+        _clock: Callable[[], datetime]
+        _enqueue: Callable[[Key], None] | None
+
+        def agent_lock(self, agent_id: str) -> AbstractContextManager[None]: ...
+
+        def _notify(self, agent_id: str) -> None: ...
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def update_task_status(
+        self,
+        agent_id: str,
+        task_id: str,
+        *,
+        lease_generation: int,
+        state: TaskState | None = None,
+        note: str = "",
+        failed: bool = False,
+    ) -> StatusUpdate:
+        """An agent reports on its task: it started (``state=running``) or a progress note;
+        ``failed``: its run failed, the note says why (an error in its stats, and a step of
+        its failing streak: ``reconciler/fleet/health.py``).
+
+        Refused with :class:`ForbiddenError` for a task the agent never held under that lease,
+        :class:`ConflictError` ``stale_lease`` for a lease that was superseded, and
+        :class:`IllegalTransitionError` for a move the state machine does not allow. Each
+        accepted update appends one event; reporting ``running`` again changes nothing.
+        """
+        if state is not None and state not in AGENT_SETTABLE_STATES:
+            allowed = ", ".join(sorted(AGENT_SETTABLE_STATES))
+            raise ForbiddenError(
+                "state_not_allowed", f"an agent may set its task to {allowed} only, not {state}"
+            )
+        if state is None and not note:
+            raise ValueError("a status update needs a state, a note, or both")
+        now = self._clock()
+        actor = actor_for(agent_id)
+        with self.agent_lock(agent_id):
+            task = self._store.find_task(task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            self._check_lease(task, AgentId(agent_id), lease_generation)
+            event: TaskEvent
+            if state is not None and state is not task.state:
+                updated, event = transition(
+                    task,
+                    state,
+                    now=now,
+                    actor=actor,
+                    reason=note or f"the agent reports the task {state}",
+                    last_activity_at=now,
+                )
+            elif note:
+                updated = task.model_copy(update={"last_activity_at": now, "updated_at": now})
+                event = TaskEvent(
+                    task_id=task.id,
+                    at=now,
+                    actor=actor,
+                    kind="run_failed" if failed else "progress",
+                    reason=note,
+                )
+            else:
+                return StatusUpdate(task=task, changed=False)
+            self._write(task, updated, event)
+            if failed:
+                self._count_run(agent_id, failure=note, now=now)
+        if updated.state is not task.state:
+            self._notify_issue(updated)
+        return StatusUpdate(task=updated, changed=True)
+
+    def report_failure(
+        self,
+        agent_id: str,
+        task_id: str,
+        *,
+        lease_generation: int,
+        reason: str,
+        retryable: bool,
+    ) -> StatusUpdate:
+        """An agent running in this process (a run of the ssh executor) reports that its run
+        failed: the task becomes ``failed`` with the reason, for the assignment controller to
+        retry with backoff when ``retryable``.
+
+        Not served over HTTP: a pull agent reports a failure as a progress note and its task
+        fails at its deadline. Refused as :meth:`update_task_status` refuses, and with
+        :class:`IllegalTransitionError` for a task that is no longer assigned or running.
+        """
+        now = self._clock()
+        with self.agent_lock(agent_id):
+            task = self._store.find_task(task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            self._check_lease(task, AgentId(agent_id), lease_generation)
+            if task.state not in LOST_WITH_AGENT:
+                raise IllegalTransitionError(f"task {task.id} is {task.state}, not in progress")
+            updated, event = transition(
+                task,
+                TaskState.FAILED,
+                now=now,
+                actor=actor_for(agent_id),
+                reason=reason,
+                failure_reason=reason,
+                failure_retryable=retryable,
+            )
+            self._write(task, updated, event)
+            self._count_run(agent_id, failure=reason, now=now)
+        self._notify_issue(updated)
+        return StatusUpdate(task=updated, changed=True)
+
+    def count_run_success(self, agent_id: str) -> None:
+        """A run of the agent succeeded (its receipt was accepted): its failing streak and an
+        automatic drain end. Call under the agent's lock."""
+        self._count_run(agent_id, failure=None, now=self._clock())
+
+    def _count_run(self, agent_id: str, *, failure: str | None, now: datetime) -> None:
+        """Count a run's outcome on its agent (``failure``: why it failed; None: it succeeded).
+        Call under the agent's lock."""
+        drain_after = self._settings().api.drain_after_failed_runs
+
+        def change(agent: Agent) -> Agent:
+            if failure is None:
+                return count_run_success(agent, now=now)
+            return count_run_failure(agent, reason=failure, drain_after=drain_after, now=now)
+
+        try:
+            before = self._store.get_agent(agent_id)
+            after = self._store.update_agent(agent_id, change)
+        except NotFoundError:
+            return  # an agent since forgotten: nothing to count on
+        if after.auto_drained != before.auto_drained:
+            log.warning(
+                "agent.auto_drained" if after.auto_drained else "agent.auto_drain_ended",
+                agent_id=agent_id,
+                failing_runs=after.failing_runs,
+                reason=after.status_reason,
+            )
+            self._notify(agent_id)
+
+    def _write(self, task: Task, updated: Task, event: TaskEvent) -> None:
+        """Replace ``task`` by ``updated`` with its event; call under the agent's lock."""
+        # Checked before the event is appended, so a lost race leaves no stray event.
+        if self._store.find_task(task.id) != task:
+            raise _changed_meanwhile(task)
+        self._store.append_event(event)
+        try:
+            self._store.replace_task(updated, expected=task)
+        except StaleStateError:
+            raise _changed_meanwhile(task) from None
+
+    def _notify_issue(self, task: Task) -> None:
+        """The task's state changed: its issue's labels and comment follow."""
+        if self._enqueue is not None:
+            self._enqueue(issue_key(task.repo, task.issue_number))
+
+    def check_lease(self, task: Task, agent_id: str, lease_generation: int) -> None:
+        """Refuse an agent's request about ``task`` unless it holds the task's current lease:
+        :class:`ConflictError` ``stale_lease`` for a lease it held once, :class:`ForbiddenError`
+        ``not_your_task`` for a task it never held under that lease. Call under its agent lock."""
+        self._check_lease(task, AgentId(agent_id), lease_generation)
+
+    def _check_lease(self, task: Task, agent_id: AgentId, lease_generation: int) -> None:
+        if task.agent_id == agent_id and task.lease_generation == lease_generation:
+            return
+        if task.agent_id == agent_id or self._held(task.id, agent_id, lease_generation):
+            raise ConflictError(
+                "stale_lease",
+                f"lease {lease_generation} on task {task.id} is no longer valid (the task is "
+                f"{task.state} under lease {task.lease_generation}); stop working on it",
+            )
+        raise ForbiddenError("not_your_task", f"task {task.id} is not assigned to {agent_id}")
+
+    def _held(self, task_id: TaskId, agent_id: AgentId, lease_generation: int) -> bool:
+        """Whether the event log shows ``agent_id`` was given ``lease_generation`` of the task."""
+        return any(
+            event.data.get("agent_id") == agent_id
+            and event.data.get("lease_generation") == lease_generation
+            for event in self._store.events_for(task_id)
+        )
+
+    def read_task(self, task_id: str, *, agent_id: str | None) -> tuple[Task, list[TaskEvent]]:
+        """A task and its history; ``agent_id`` None is an operator, else only the owner."""
+        task = self._store.find_task(task_id)
+        if task is None:
+            raise NotFoundError(f"no task {task_id!r}")
+        if agent_id is not None and task.agent_id != agent_id:
+            raise ForbiddenError("not_your_task", f"task {task.id} is not assigned to {agent_id}")
+        return task, self._store.events_for(task.id)
+
+
+def _changed_meanwhile(task: Task) -> ConflictError:
+    return ConflictError(
+        "task_changed", f"task {task.id} changed while the update was applied; send it again"
+    )

@@ -18,7 +18,6 @@ from controllers.assignment import (
     StopRun,
     comment_digest,
     plan,
-    read_labels,
     status_comment,
 )
 from controllers.setup import label_specs
@@ -30,6 +29,7 @@ from reconciler.engine.reconcile import (
     SaveTask,
     UpsertComment,
 )
+from reconciler.fleet.issues import read_labels
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import Issue, IssueState
 from reconciler.keys import issue_key

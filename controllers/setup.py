@@ -27,6 +27,7 @@ import structlog
 
 from reconciler.engine.reconcile import ActContext, Action, Actuator, Result
 from reconciler.errors import StalledError
+from reconciler.fleet.vocabulary import label_specs
 from reconciler.forgejo.gateway import ForgejoGateway, webhook_events_drifted
 from reconciler.forgejo.types import Hook, Label, LabelSpec
 from reconciler.keys import SETUP, Key, setup_key
@@ -50,22 +51,6 @@ log = structlog.get_logger(__name__)
 
 WEBHOOK_EVENTS = ("issues", "issue_comment", "pull_request", "push", "create", "delete")
 """What the managed webhook subscribes to: everything the receiver turns into keys."""
-
-
-def label_specs(
-    settings: Settings, *, roles: Sequence[str] = (), capabilities: Sequence[str] = ()
-) -> list[LabelSpec]:
-    """The label vocabulary of the settings, as the gateway's specs: the fixed labels, and
-    ``agent/<role>``/``needs/<capability>`` for the declared hosts and for ``roles`` and
-    ``capabilities`` (those of the registered agents)."""
-    specs = settings.labels.specs(
-        roles=(*(r for h in settings.hosts for r in h.roles), *roles),
-        capabilities=(*(c for h in settings.hosts for c in h.capabilities), *capabilities),
-    )
-    return [
-        LabelSpec(name=s.name, color=s.color, description=s.description, exclusive=s.exclusive)
-        for s in specs
-    ]
 
 
 def fleet_vocabulary(agents: Sequence[Agent]) -> tuple[tuple[str, ...], tuple[str, ...]]:

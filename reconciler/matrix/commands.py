@@ -26,8 +26,8 @@ from datetime import datetime
 
 from reconciler.errors import FleetError
 from reconciler.fleet.placement import active_load
+from reconciler.fleet.vocabulary import assign_spec
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.forgejo.types import LabelSpec
 from reconciler.keys import Key, issue_key
 from reconciler.matrix import format as fmt
 from reconciler.matrix.notifier import is_stuck
@@ -277,17 +277,9 @@ class CommandRunner:
             if self._store.find_agent(command.agent) is None:
                 raise UsageError(f"no agent {command.agent!r} is registered")
             pin = labels.assign_prefix + command.agent
-            spec = labels.assign_spec(command.agent)
             self._gateway.ensure_labels(
                 repo,
-                [
-                    LabelSpec(
-                        name=spec.name,
-                        color=spec.color,
-                        description=spec.description,
-                        exclusive=spec.exclusive,
-                    )
-                ],
+                [assign_spec(labels, command.agent)],
             )
             for other in issue.labels:
                 if other.startswith(labels.assign_prefix) and other != pin:

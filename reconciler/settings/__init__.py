@@ -12,7 +12,7 @@ tables of ``docs/configuration.md`` from the field descriptions (a test keeps th
 """
 
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
-from reconciler.settings.labels import LabelName, LabelSpec, LabelsSettings
+from reconciler.settings.labels import LabelName, LabelsSettings
 from reconciler.settings.loading import (
     COMMAND_VARIABLES,
     load_settings,
@@ -72,7 +72,6 @@ __all__ = [
     "HostSettings",
     "HttpUrlText",
     "LabelName",
-    "LabelSpec",
     "LabelsSettings",
     "LoopSettings",
     "MatrixRoomId",

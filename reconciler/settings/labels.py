@@ -4,7 +4,6 @@ specs to ensure in each repository. The model in ``schema.py`` uses it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import (
@@ -20,17 +19,6 @@ from reconciler.settings.values import (
     _describe_scope,
     label_scope,
 )
-
-
-@dataclass(frozen=True)
-class LabelSpec:
-    """One label agent-fleet ensures in a repository."""
-
-    name: str
-    color: str
-    description: str
-    exclusive: bool
-
 
 _STATUS_FIELDS = ("status_todo", "status_doing", "status_review", "status_done", "status_failed")
 _PRIORITY_FIELDS = ("priority_high", "priority_medium", "priority_low")
@@ -118,78 +106,6 @@ class LabelsSettings(Section):
                 f"{first} {head!r} has {_describe_scope(label_scope(head))}",
             )
         return value
-
-    def role_spec(self, role: str) -> LabelSpec:
-        """The label that requires ``role``."""
-        return LabelSpec(
-            self.role_prefix + role, self.color_role, f"Needs an agent with role {role}.", False
-        )
-
-    def capability_spec(self, capability: str) -> LabelSpec:
-        """The label that requires ``capability``."""
-        return LabelSpec(
-            self.capability_prefix + capability,
-            self.color_capability,
-            f"Needs an agent with capability {capability}.",
-            False,
-        )
-
-    def assign_spec(self, agent_id: str) -> LabelSpec:
-        """The label that pins a task to ``agent_id``."""
-        return LabelSpec(
-            self.assign_prefix + agent_id,
-            self.color_assign,
-            f"agent-fleet runs this task on agent {agent_id} only.",
-            False,
-        )
-
-    def specs(
-        self, *, roles: tuple[str, ...] = (), capabilities: tuple[str, ...] = ()
-    ) -> tuple[LabelSpec, ...]:
-        """The labels to create in a watched repository; only status and priority are exclusive."""
-        fixed = (
-            LabelSpec(self.trigger, self.color_trigger, "Work for agent-fleet.", False),
-            LabelSpec(self.priority_high, self.color_priority_high, "Priority: high.", True),
-            LabelSpec(self.priority_medium, self.color_priority_medium, "Priority: medium.", True),
-            LabelSpec(self.priority_low, self.color_priority_low, "Priority: low.", True),
-            LabelSpec(
-                self.status_todo,
-                self.color_status_todo,
-                "Waiting for an agent (set by agent-fleet).",
-                True,
-            ),
-            LabelSpec(
-                self.status_doing,
-                self.color_status_doing,
-                "An agent is working on it (set by agent-fleet).",
-                True,
-            ),
-            LabelSpec(
-                self.status_review,
-                self.color_status_review,
-                "Pull request awaits review (set by agent-fleet).",
-                True,
-            ),
-            LabelSpec(
-                self.status_done, self.color_status_done, "Completed (set by agent-fleet).", True
-            ),
-            LabelSpec(
-                self.status_failed, self.color_status_failed, "Failed (set by agent-fleet).", True
-            ),
-            LabelSpec(
-                self.retry,
-                self.color_retry,
-                "Ask agent-fleet to retry; removed once requeued.",
-                False,
-            ),
-            LabelSpec(self.hold, self.color_hold, "Paused: agent-fleet dispatches nothing.", False),
-        )
-        wanted = (
-            fixed
-            + tuple(self.role_spec(role) for role in dict.fromkeys(roles))
-            + tuple(self.capability_spec(cap) for cap in dict.fromkeys(capabilities))
-        )
-        return wanted
 
     def duplicate_names(self) -> Iterator[tuple[str, str]]:
         """(field, other field) for every label name used by two fields."""

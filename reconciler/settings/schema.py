@@ -26,7 +26,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
-from reconciler.settings.labels import LabelSpec, LabelsSettings
+from reconciler.settings.labels import LabelsSettings
 from reconciler.settings.sections import (
     ApiSettings,
     DashboardSettings,
@@ -273,13 +273,6 @@ class Settings(BaseSettings):
             yield ("labels", "priority_high"), message
         for field, other in labels.duplicate_names():
             yield ("labels", field), f"same label name as labels.{other}"
-
-    def label_specs(self) -> tuple[LabelSpec, ...]:
-        """The labels to ensure in each watched repo, with role/capability labels of the hosts."""
-        return self.labels.specs(
-            roles=tuple(role for host in self.hosts for role in host.roles),
-            capabilities=tuple(cap for host in self.hosts for cap in host.capabilities),
-        )
 
     def adapter_for(self, host: HostSettings) -> AdapterSettings:
         """The adapter a declared host runs its tasks with (validated to exist)."""

@@ -665,7 +665,7 @@ def test_a_rerun_after_review_carries_the_review_into_the_workers_prompt(forge: 
 
     import httpx as _httpx
 
-    from reconciler.agent.worker import prompt_for
+    from reconciler.agent.runner import prompt_for
     from reconciler.forgejo.gateway import ForgejoGateway as _Gateway
     from reconciler.models import RepoName, Task, task_id_for
     from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL

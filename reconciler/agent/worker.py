@@ -38,14 +38,10 @@ contract's models over plain HTTP); only the Forgejo gateway talks to Forgejo.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -54,29 +50,24 @@ from reconciler import __version__
 from reconciler.agent.client import AgentApi
 from reconciler.agent.config import WorkerConfig
 from reconciler.agent.outbox import ReceiptOutbox
-from reconciler.agent.taskrun import Execute, RunStopped, StepFailed, TaskRun
+from reconciler.agent.runner import HANDING_BACK, TaskRunner
+from reconciler.agent.taskrun import Execute, TaskRun
 from reconciler.errors import (
     ConflictError,
     FleetError,
     ForbiddenError,
-    NotFoundError,
     RefusedError,
     TransientError,
     UnauthenticatedError,
 )
 from reconciler.fleet.api import (
-    SUMMARY_MAX,
     AgentMetadata,
     HeartbeatAnswer,
     ReceiptRequest,
     RegisterAnswer,
     RegisterRequest,
 )
-from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.models import Task, TaskId
-from reconciler.run import gitwork
-from reconciler.run.adapters import parse_output, render_command, render_env, start_local
-from reconciler.run.prompt import prompt_for_task
+from reconciler.models import TaskId
 from reconciler.store import Store
 
 log = structlog.get_logger(__name__)
@@ -86,20 +77,6 @@ _REGISTRATION = "registration"
 # The daemon's defaults, used until its first answer says otherwise.
 DEFAULT_HEARTBEAT_S = 60.0
 DEFAULT_LEASE_TTL_S = 180.0
-# A run without a deadline from the daemon may take this long.
-DEFAULT_RUN_LIMIT_S = 3600.0
-# Environment variables the worker itself is configured with; the agent CLI never sees them.
-_OWN_ENV_PREFIX = "AGENT_FLEET_"
-# Why the runs of a stopping worker are cancelled: their work so far is pushed, then handed back.
-HANDING_BACK = "the worker is stopping"
-
-
-# --- the prompt ------------------------------------------------------------------------------
-
-
-def prompt_for(gateway: ForgejoGateway, task: Task, *, attempt: int) -> str:
-    """The task's prompt, built here from the issue with the worker's own Forgejo token."""
-    return prompt_for_task(gateway, task, attempt=attempt)
 
 
 # --- the worker ------------------------------------------------------------------------------
@@ -119,7 +96,10 @@ class Worker:
         self.config = config
         self.api = api or AgentApi(config.server, timeout=config.request_timeout)
         self._monotonic = monotonic
-        self._execute = execute or self.execute
+        self.runner = TaskRunner(
+            config, self.api, agent_id=lambda: self.agent_id, queue_receipt=self._queue_receipt
+        )
+        self._execute = execute or self.runner.execute
         self._store: Store | None = None
         self.outbox: ReceiptOutbox | None = None
         self.agent_id: str | None = None
@@ -406,167 +386,6 @@ class Worker:
                 self._runs.pop(run.task_id, None)
             self._wake.set()
 
-    # --- one run ---------------------------------------------------------------------------
-
-    def execute(self, run: TaskRun) -> None:
-        """Run one task to a queued receipt, or report why not (see the module docstring)."""
-        assignment = run.assignment
-        task = assignment.task
-        lease = assignment.lease_generation
-        try:
-            self._report(run, running=True, note=f"started on {self.config.hostname}")
-        except (RefusedError, NotFoundError, RunStopped) as exc:
-            log.warning("task.not_started", task=task.id, error=str(exc))
-            return
-        worktree: str | None = None
-        job: gitwork.GitJob | None = None
-        site = gitwork.local_site()
-        gateway = ForgejoGateway(
-            assignment.forgejo_url, self.config.forgejo_token.get_secret_value()
-        )
-        try:
-            base = assignment.base_branch or gateway.get_repo(task.repo).default_branch
-            prompt = prompt_for(gateway, task, attempt=assignment.attempt)
-            job = gitwork.GitJob(
-                workdir=str(self.config.workdir),
-                repo=task.repo,
-                task_id=task.id,
-                branch=assignment.branch,
-                base=base,
-                clone_url=assignment.clone_url,
-                credentials=gitwork.git_credentials(
-                    gateway.bot_login(), self.config.forgejo_token.get_secret_value()
-                ),
-            )
-            run.check()
-            worktree = gitwork.prepare(site, job, timeout=gitwork.LOCAL_TIMEOUT)
-            run.check()
-            summary, session_id, cost, tokens, duration = self._run_cli(run, prompt, Path(worktree))
-            run.check()
-            agent = self.agent_id or "agent"
-            finishing, worktree = worktree, None  # finish removes the worktree itself
-            commits = gitwork.finish(
-                site,
-                job,
-                finishing,
-                author=f"agent-fleet ({agent})",
-                email=f"{agent}@agent-fleet.invalid",
-                message=f"{task.title}\n\n{summary[:2000]}\n\nTask {task.id}, attempt "
-                f"{assignment.attempt}.",
-                timeout=gitwork.LOCAL_TIMEOUT,
-            )
-            run.check()
-            pull = gitwork.find_or_open_pull(
-                gateway,
-                repo=task.repo,
-                branch=assignment.branch,
-                base=base,
-                title=task.title,
-                issue_number=task.issue_number,
-                summary=summary,
-            )
-            log.info("task.pushed", task=task.id, pr=pull.number, commits=len(commits))
-            self._queue_receipt(
-                ReceiptRequest(
-                    receipt_id=f"{task.id}-l{lease}-{uuid.uuid4().hex[:12]}",
-                    task_id=task.id,
-                    lease_generation=lease,
-                    pr_number=pull.number,
-                    branch=assignment.branch,
-                    commits=tuple(commits),
-                    summary=summary[:SUMMARY_MAX],
-                    cost_usd=cost,
-                    tokens=tokens,
-                    duration_s=round(duration, 3),
-                    session_id=session_id,
-                )
-            )
-        except RunStopped as exc:
-            log.info("task.stopped", task=task.id, reason=str(exc))
-            if run.stop_reason == HANDING_BACK and worktree is not None and job is not None:
-                worktree = self._keep_partial(site, job, worktree, run)
-        except (FleetError, OSError, ValueError) as exc:
-            reason = str(exc)
-            log.warning("task.run_failed", task=task.id, reason=reason)
-            with contextlib.suppress(FleetError):
-                self._report(run, note=f"the run failed: {reason}", failed=True)
-        finally:
-            gateway.close()
-            if worktree is not None and job is not None:
-                gitwork.remove(site, job, worktree, timeout=gitwork.LOCAL_TIMEOUT)
-
-    def _keep_partial(
-        self, site: gitwork.Site, job: gitwork.GitJob, worktree: str, run: TaskRun
-    ) -> str | None:
-        """Commit and push what a run stopped by the worker's shutdown has left, so the task
-        is handed back with its partial branch; the worktree if it is still there."""
-        agent = self.agent_id or "agent"
-        task = run.assignment.task
-        try:
-            commits = gitwork.finish(
-                site,
-                job,
-                worktree,
-                author=f"agent-fleet ({agent})",
-                email=f"{agent}@agent-fleet.invalid",
-                message=f"Work in progress on {task.title}\n\nHanded back when the worker "
-                f"stopped: task {task.id}, attempt {run.assignment.attempt}.",
-                timeout=gitwork.LOCAL_TIMEOUT,
-            )
-        except FleetError as exc:  # nothing to keep, or git failed: hand back without it
-            log.info("task.partial_not_kept", task=task.id, reason=str(exc))
-            return worktree
-        log.info("task.partial_kept", task=task.id, branch=job.branch, commits=len(commits))
-        return None
-
-    def _report(
-        self, run: TaskRun, *, running: bool = False, note: str = "", failed: bool = False
-    ) -> None:
-        """A status update, retried while the daemon is unreachable (refusals are final)."""
-        delay = self.config.retry_initial
-        while True:
-            try:
-                self.api.report(
-                    run.task_id,
-                    lease_generation=run.assignment.lease_generation,
-                    running=running,
-                    note=note,
-                    failed=failed,
-                )
-                return
-            except TransientError as exc:
-                log.warning("task.report_retry", task=run.task_id, error=str(exc))
-                if run.cancelled.wait(delay):
-                    raise RunStopped(run.stop_reason) from None
-                delay = min(delay * 2, self.config.retry_max)
-
-    def _run_cli(
-        self, run: TaskRun, prompt: str, worktree: Path
-    ) -> tuple[str, str | None, float, int, float]:
-        assignment = run.assignment
-        adapter = self.config.adapter
-        argv = render_command(
-            adapter,
-            prompt=prompt,
-            workdir=str(worktree),
-            session_id=assignment.session_id,
-            resume=bool(assignment.session_id),
-        )
-        limit = DEFAULT_RUN_LIMIT_S
-        if assignment.deadline_at is not None:
-            limit = max((assignment.deadline_at - datetime.now(UTC)).total_seconds(), 1.0)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_ENV_PREFIX)}
-        env.update(render_env(adapter))
-        log_path = self.config.workdir / "logs" / f"{run.task_id}-attempt{assignment.attempt}.log"
-        local = start_local(argv, cwd=worktree, env=env, timeout=limit, log_path=log_path)
-        run.attach(local)
-        output = local.wait()
-        run.check()
-        result = parse_output(adapter.parser, output)
-        if not result.ok:
-            raise StepFailed(result.error or "the agent run failed")
-        return result.summary, result.session_id, result.cost_usd, result.tokens, output.duration_s
-
     # --- receipts --------------------------------------------------------------------------
 
     def _require_store(self) -> Store:
@@ -632,8 +451,4 @@ def serve(config: WorkerConfig, *, once: bool = False) -> int:
         worker.close()
 
 
-__all__ = [
-    "Worker",
-    "prompt_for",
-    "serve",
-]
+__all__ = ["Worker", "serve"]

@@ -353,8 +353,8 @@ def status(
     as_json: bool,
 ) -> None:
     """Show the live tasks: counts by state, then each task with its agent, or why it waits
-    (no agent has code:rust; all 3 matching agents at capacity; backing off until 14:05), or
-    why it failed.
+    (no agent has code:rust; all 3 matching agents at capacity; backing off after attempt 2:
+    next try in 30 s), or why it failed.
 
     Asks the running daemon (GET /api/v1/tasks with the operator token).
 

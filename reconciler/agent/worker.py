@@ -78,6 +78,7 @@ from reconciler.run import gitwork
 from reconciler.run.adapters import parse_output, render_command, render_env, start_local
 from reconciler.run.prompt import prompt_for_task
 from reconciler.store import Store
+from reconciler.text import format_duration
 
 log = structlog.get_logger(__name__)
 
@@ -350,7 +351,8 @@ class Worker:
             self._fenced = True
             for run in self.running():
                 run.cancel(
-                    f"no heartbeat acknowledged for {silent:.0f} s (lease TTL {self.lease_ttl:g} s)"
+                    f"no heartbeat acknowledged for {format_duration(silent)} "
+                    f"(lease TTL {format_duration(self.lease_ttl)})"
                 )
         return beat
 

@@ -30,6 +30,7 @@ from reconciler.models import (
     Task,
     TaskState,
 )
+from reconciler.text import format_wait
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ def place(
     if task.not_before is not None and task.not_before > now:
         return Placement(
             None,
-            f"backing off until {task.not_before:%H:%M} UTC after attempt {task.attempt}",
+            f"backing off after attempt {task.attempt}: next try "
+            + format_wait(task.not_before, now=now),
         )
     matching = [a for a in agents if fits(task, a)]
     if task.pinned_agent is not None and not matching:

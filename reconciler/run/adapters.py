@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from reconciler.settings import AdapterSettings
+from reconciler.text import format_duration
 
 ParserName = Literal["claude-json", "codex-jsonl", "raw"]
 
@@ -429,7 +430,7 @@ def _interrupted(result: AgentResult, output: RunOutput) -> AgentResult:
         return replace(result, ok=False, error="cancelled")
     if output.timed_out:
         limit = output.timeout_s if output.timeout_s is not None else output.duration_s
-        return replace(result, ok=False, error=f"timed out after {limit:g} s")
+        return replace(result, ok=False, error=f"timed out after {format_duration(limit)}")
     return result
 
 

@@ -5,7 +5,7 @@
 pure :func:`plan`, and applies the actions:
 
 * a pull agent silent for ``missed_heartbeats × heartbeat_interval`` goes offline, with the
-  reason (``no heartbeat for 3m05s (3 missed intervals)``); one that deregistered too;
+  reason (``no heartbeat for 3 min 5 s (3 missed intervals)``); one that deregistered too;
 * an offline agent's assigned and running tasks become ``agent_lost`` and are requeued
   (``created``, lease generation kept, so the next assignment bumps it past the lost agent's
   lease), and each task's issue key is enqueued so the assignment controller places it again;

@@ -388,6 +388,8 @@ class RegistryController:
         # The results this pass read are counted: each is acted on once.
         if observed.probe_seq:
             self._counted[observed.agent_id] = observed.probe_seq
+        if observed.host is not None and observed.checked_at is not None:
+            self._fleet.record_check(observed.agent_id, at=observed.checked_at)
         if observed.restart_seq:
             self._noted[observed.agent_id] = observed.restart_seq
         self._offer_free_slots(key.id, now=now)

@@ -4,23 +4,48 @@ Python class names in the comments a full flow and a failing flow leave on Forge
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from reconciler.console.views import agents_table
 from reconciler.errors import FleetError, StalledError
+from reconciler.fleet.api import AgentSummary
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.models import TaskState
+from reconciler.models import ExecutionMode, TaskState
 from reconciler.run.ssh import HostExecutor
+from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import RetriesSettings
 from reconciler.text import describe_error, format_duration, format_wait
-from tests.sandbox_fixtures import DEMO_REPO
-from tests.test_execution_flow import SLEEPER, World, world_factory  # noqa: F401 -- fixture
+from tests.sandbox_fixtures import DEMO_REPO, ManualClock
+from tests.test_execution_flow import SLEEPER, World, make_world
 from webhook.demo import DemoFleet, run_demo
 
 # A Python class name as it would leak from an exception: CamelCase ending in Error/Exception.
 CLASS_NAME = re.compile(r"\b(?:[A-Z][a-z0-9]+)+(?:Error|Exception)\b")
 NOW = datetime(2026, 11, 21, 7, 0, tzinfo=UTC)
+MakeWorld = Callable[..., World]
+
+
+@pytest.fixture
+def hosts(
+    served_forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path
+) -> Iterator[MakeWorld]:
+    """A daemon with one local ssh host, as tests/test_execution_flow.py builds it."""
+    made: list[World] = []
+
+    def make(**kw: object) -> World:
+        world = make_world(served_forge, forge_clock, tmp_path, SLEEPER, **kw)
+        made.append(world)
+        return world
+
+    yield make
+    for world in made:
+        for close in world.assembly.closers:
+            close()
+        world.store.close()
 
 
 @pytest.mark.parametrize(
@@ -108,9 +133,8 @@ def test_a_full_flow_leaves_no_class_names_in_its_comments() -> None:
 
 
 def test_a_failing_run_comments_its_reason_without_the_exception_class(
-    world_factory,
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811 -- the imported fixture
-) -> None:  # type: ignore[no-untyped-def]
+    hosts: MakeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run that fails with a fleet error (here a stalled condition) and one that crashes
     outright fail the task with people's wording on the issue, then for good after retries."""
     failures = iter(
@@ -122,9 +146,7 @@ def test_a_failing_run_comments_its_reason_without_the_exception_class(
 
     monkeypatch.setattr(HostExecutor, "_work", broken_work)
 
-    world: World = world_factory(
-        SLEEPER, retries=RetriesSettings(max_retries=2, backoff_initial=5, backoff_max=60)
-    )
+    world = hosts(retries=RetriesSettings(max_retries=2, backoff_initial=5, backoff_max=60))
     number = world.forge.create_issue(DEMO_REPO, "Breaks", labels=["fleet/task", "agent/developer"])
     executor = world.assembly.executor
     assert executor is not None
@@ -147,3 +169,17 @@ def test_a_failing_run_comments_its_reason_without_the_exception_class(
     assert any("the run crashed: runtime failure" in body for body in bodies), bodies
     assert any("next try in 5 s" in body for body in bodies), bodies
     assert leaked == [], leaked
+
+
+def test_an_ssh_host_shows_when_it_was_last_checked_not_never(hosts: MakeWorld) -> None:
+    """The agents listing (API answer and CLI table) gives an ssh host its last health
+    check's time where a pull agent has its last heartbeat."""
+    world = hosts()
+    checked = world.assembly.probes.latest("local")
+    assert checked is not None
+    (view,) = world.assembly.fleet.agents()
+    summary = AgentSummary.of(view)
+    assert summary.mode is ExecutionMode.SSH and summary.last_heartbeat_at == checked.checked_at
+    world.clock.advance(7.4)
+    row = agents_table([summary], now=world.clock()).splitlines()[1]
+    assert "7.4 s ago" in row and "never" not in row

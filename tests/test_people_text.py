@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.console.views import agents_table
+from reconciler.console.views import agents_table, status_report, task_why
 from reconciler.errors import FleetError, StalledError
 from reconciler.fleet.api import AgentSummary
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.models import ExecutionMode, TaskState
+from reconciler.models import ExecutionMode, Task, TaskState, task_id_for
 from reconciler.run.ssh import HostExecutor
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import RetriesSettings
@@ -183,3 +183,24 @@ def test_an_ssh_host_shows_when_it_was_last_checked_not_never(hosts: MakeWorld) 
     world.clock.advance(7.4)
     row = agents_table([summary], now=world.clock()).splitlines()[1]
     assert "7.4 s ago" in row and "never" not in row
+
+
+def test_status_tells_a_backoff_as_of_now_not_as_of_when_it_was_written() -> None:
+    """The stored reason said `in 30 s` when written; 20 s later status says `in 10 s`."""
+    waiting = Task.model_validate(
+        {
+            "id": task_id_for("acme/web", 3),
+            "repo": "acme/web",
+            "issue_number": 3,
+            "title": "Retry me",
+            "created_at": NOW,
+            "updated_at": NOW,
+            "attempt": 2,
+            "not_before": NOW + timedelta(seconds=30),
+            "wait_reason": "backing off after attempt 2: next try in 30 s",
+        }
+    )
+    later = NOW + timedelta(seconds=20)
+    assert task_why(waiting) == "backing off after attempt 2: next try in 30 s"
+    assert task_why(waiting, now=later) == "backing off after attempt 2: next try in 10 s"
+    assert "next try in 10 s" in status_report([waiting], now=later)

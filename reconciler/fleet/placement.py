@@ -45,6 +45,12 @@ class Placement:
         return self.agent is not None
 
 
+def backoff_reason(task: Task, *, now: datetime) -> str:
+    """Why a task backing off waits, and when it is tried next, as of ``now``."""
+    when = format_wait(task.not_before, now=now) if task.not_before is not None else "now"
+    return f"backing off after attempt {task.attempt}: next try {when}"
+
+
 def queue_order(task: Task) -> tuple[int, datetime, str]:
     """Sort key: high priority first, then the oldest, then by id (stable)."""
     return (task.priority.rank, task.created_at, task.id)
@@ -116,11 +122,7 @@ def place(
     if task.on_hold:
         return Placement(None, "on hold (fleet/hold)")
     if task.not_before is not None and task.not_before > now:
-        return Placement(
-            None,
-            f"backing off after attempt {task.attempt}: next try "
-            + format_wait(task.not_before, now=now),
-        )
+        return Placement(None, backoff_reason(task, now=now))
     matching = [a for a in agents if fits(task, a)]
     if task.pinned_agent is not None and not matching:
         known = any(a.id == task.pinned_agent for a in agents)

@@ -45,7 +45,7 @@ from invoke.exceptions import CommandTimedOut
 from reconciler.errors import TransientError
 from reconciler.run.local import KILL_AFTER, ScriptResult, run_script
 from reconciler.settings import HostSettings, Settings
-from reconciler.text import format_duration
+from reconciler.text import describe_error, format_duration
 
 # fabric gives up this long after the remote `timeout` should have ended the command, in
 # case the connection itself hangs.
@@ -444,10 +444,7 @@ def _describe(exc: BaseException) -> str:
         return f"host key mismatch: {exc}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc)
-    if isinstance(exc, paramiko.SSHException) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return describe_error(exc)
 
 
 # --- small pieces --------------------------------------------------------------------------

@@ -433,7 +433,8 @@ def test_a_dry_run_describes_and_writes_nothing(registry: Harness) -> None:
     with recording() as described:
         dry_run.reconcile(agent_key("a1"))
     assert (
-        described[0] == "agent a1: online → offline (no heartbeat for 3 min 20 s (3 missed intervals))"
+        described[0]
+        == "agent a1: online → offline (no heartbeat for 3 min 20 s (3 missed intervals))"
     )
     assert described[1].startswith(
         f"task {task_id_for(REPO, 12)} ({REPO}#12): running → agent_lost"

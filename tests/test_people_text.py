@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.console.history import task_report
 from reconciler.console.views import agents_table, status_report, task_why
 from reconciler.errors import FleetError, StalledError
-from reconciler.fleet.api import AgentSummary
+from reconciler.fleet.api import AgentSummary, TaskDetail
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import ExecutionMode, Task, TaskState, task_id_for
 from reconciler.run.ssh import HostExecutor
@@ -186,7 +187,8 @@ def test_an_ssh_host_shows_when_it_was_last_checked_not_never(hosts: MakeWorld) 
 
 
 def test_status_tells_a_backoff_as_of_now_not_as_of_when_it_was_written() -> None:
-    """The stored reason said `in 30 s` when written; 20 s later status says `in 10 s`."""
+    """The stored reason said `in 30 s` when written; 20 s later `status` and `tasks show`
+    say `in 10 s`."""
     waiting = Task.model_validate(
         {
             "id": task_id_for("acme/web", 3),
@@ -204,3 +206,5 @@ def test_status_tells_a_backoff_as_of_now_not_as_of_when_it_was_written() -> Non
     assert task_why(waiting) == "backing off after attempt 2: next try in 30 s"
     assert task_why(waiting, now=later) == "backing off after attempt 2: next try in 10 s"
     assert "next try in 10 s" in status_report([waiting], now=later)
+    report = task_report(TaskDetail(task=waiting, events=()), now=later)
+    assert "waiting: backing off after attempt 2: next try in 10 s" in report

@@ -420,6 +420,8 @@ def tasks_show(
       agent-fleet tasks show 12-3f9a1c2b --config config/fleet.toml
       agent-fleet tasks show 12-3f9a1c2b --json
     """
+    from datetime import UTC, datetime
+
     from reconciler.console.client import fetch_task
     from reconciler.console.history import task_report
     from reconciler.errors import FleetError
@@ -429,7 +431,11 @@ def tasks_show(
         history = fetch_task(server, task_id, token=token)
     except (FleetError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(history.model_dump_json(indent=2) if as_json else task_report(history))
+    click.echo(
+        history.model_dump_json(indent=2)
+        if as_json
+        else task_report(history, now=datetime.now(UTC))
+    )
 
 
 @main.group()

@@ -105,3 +105,13 @@ def test_a_valid_file_passes(tmp_path: Path) -> None:
     code, output = check(tmp_path, VALID)
     assert code == 0, output
     assert "OK — Forgejo http://forgejo.internal:3000" in output and "acme/web" in output
+
+
+def test_a_rule_switched_on_from_the_environment_names_that_variable(tmp_path: Path) -> None:
+    """Matrix enabled by a variable: its missing settings point at that variable."""
+    code, output = check(tmp_path, VALID, env={"AGENT_FLEET_MATRIX__ENABLED": "true"})
+    assert code == 2
+    assert (
+        "matrix.homeserver: required when matrix.enabled = true "
+        "(matrix.enabled from AGENT_FLEET_MATRIX__ENABLED)"
+    ) in output

@@ -140,6 +140,13 @@ def _problem(error: Any, environment: Mapping[str, str]) -> tuple[str, str]:
     origin = _environment_origin(loc, environment)
     if origin:
         message += f" (value from {origin})"
+    # A rule that another setting switches on ("required when matrix.enabled = true"): when
+    # that setting came from the environment, its variable is the one to look at.
+    trigger = re.search(r"when ([a-z_]+(?:\.[a-z_]+)+) = ", message)
+    if trigger and not origin:
+        switched = _environment_origin(tuple(trigger.group(1).split(".")), environment)
+        if switched:
+            message += f" ({trigger.group(1)} from {switched})"
     return ".".join(str(part) for part in loc), message
 
 

@@ -63,7 +63,8 @@ def describe_error(exc: BaseException) -> str:
 
     Python class names never appear: ``TimeoutError()`` reads ``timed out``, a connection
     error its OS reason, and an empty message of any other class a lower-case phrase made
-    from the class name (``BrokenPipe`` → ``broken pipe``).
+    from the class name (``RuntimeError()`` → ``runtime failure``, ``ReadTimeout()`` →
+    ``timed out``).
     """
     if isinstance(exc, TimeoutError | socket.timeout):
         return str(exc) or "timed out"
@@ -76,7 +77,8 @@ def describe_error(exc: BaseException) -> str:
     if text:
         return text
     name = type(exc).__name__.removesuffix("Error").removesuffix("Exception") or "unexpected"
-    return f"{_CAMEL.sub(' ', name).lower()} failure"
+    words = _CAMEL.sub(" ", name).lower()
+    return "timed out" if words.endswith("timeout") else f"{words} failure"
 
 
 __all__ = ["LONG_WAIT", "describe_error", "format_duration", "format_wait"]

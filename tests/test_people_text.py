@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from reconciler.console.history import task_report
@@ -97,6 +98,8 @@ def test_a_short_wait_reads_in_seconds_and_a_long_one_as_a_clock_time(
         (KeyError("branch"), "missing 'branch'"),
         (BrokenPipeError(), "broken pipe failure"),
         (RuntimeError(), "runtime failure"),
+        (httpx.ReadTimeout(""), "timed out"),
+        (httpx.ConnectError("[Errno 111] Connection refused"), "[Errno 111] Connection refused"),
     ],
 )
 def test_errors_are_described_without_class_names(error: BaseException, text: str) -> None:

@@ -5,7 +5,7 @@
 pure :func:`plan`, and applies the actions:
 
 * a pull agent silent for ``missed_heartbeats × heartbeat_interval`` goes offline, with the
-  reason (``no heartbeat for 3m05s (3 missed intervals)``); one that deregistered too;
+  reason (``no heartbeat for 3 min 5 s (3 missed intervals)``); one that deregistered too;
 * an offline agent's assigned and running tasks become ``agent_lost`` and are requeued
   (``created``, lease generation kept, so the next assignment bumps it past the lost agent's
   lease), and each task's issue key is enqueued so the assignment controller places it again;
@@ -388,6 +388,8 @@ class RegistryController:
         # The results this pass read are counted: each is acted on once.
         if observed.probe_seq:
             self._counted[observed.agent_id] = observed.probe_seq
+        if observed.host is not None and observed.checked_at is not None:
+            self._fleet.record_check(observed.agent_id, at=observed.checked_at)
         if observed.restart_seq:
             self._noted[observed.agent_id] = observed.restart_seq
         self._offer_free_slots(key.id, now=now)

@@ -56,6 +56,7 @@ from reconciler.models import (
 from reconciler.run.prompt import is_trusted_author
 from reconciler.settings import Settings
 from reconciler.store import Store
+from reconciler.text import format_duration
 
 log = structlog.get_logger(__name__)
 
@@ -220,7 +221,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         task, event = transition(
             task, TaskState.REVIEW_PENDING, now=now, actor=RECONCILER_ACTOR,
             reason=f"pull request #{pull.number} is open and {task.agent_id or 'the agent'} "
-            f"sent no receipt within {grace:g} s of its last push",
+            f"sent no receipt within {format_duration(grace)} of its last push",
         )  # fmt: skip
         events.append(event)
 

@@ -429,7 +429,7 @@ def test_a_timed_out_codex_run_fails_but_keeps_its_thread() -> None:
     result = parse_codex_jsonl(
         _output(CODEX_RECONNECTING, exit_code=-15, timed_out=True, timeout_s=90.0)
     )
-    assert (result.ok, result.error) == (False, "timed out after 90 s")
+    assert (result.ok, result.error) == (False, "timed out after 1 min 30 s")
     assert result.session_id == "01a1fc83-3862-7ce1-b3c1-e754950615fb"
 
 

@@ -467,7 +467,9 @@ def test_the_daemon_wires_the_api_the_registry_and_the_metric(tmp_path: Path) ->
                 clock.advance(181)
                 assembly.resync.full()  # what the periodic full resync does
                 assert [o.actions for o in assembly.loop.drain()] == [
-                    ("agent a1: online → offline (no heartbeat for 3m01s (3 missed intervals))",)
+                    (
+                        "agent a1: online → offline (no heartbeat for 3 min 1 s (3 missed intervals))",
+                    )
                 ]
                 metrics = http.get("/metrics").text
                 assert 'agent_fleet_agents{status="offline"} 1.0' in metrics

@@ -37,6 +37,7 @@ from reconciler.models import Agent, AgentId, ExecutionMode, Priority, Task, Tas
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings
 from reconciler.store import Store
+from reconciler.text import format_duration
 from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -276,7 +277,9 @@ def test_a_run_past_its_deadline_fails_and_is_retried_after_a_backoff() -> None:
     assert saved.task.not_before == NOW + timedelta(seconds=SETTINGS.retries.backoff_initial)
     assert "timed out" in saved.task.failure_reason
     assert "stop" in kinds(actions)
-    assert saved.task.wait_reason.startswith("backing off until")
+    assert saved.task.wait_reason == (
+        f"backing off after attempt 1: next try in {format_duration(SETTINGS.retries.backoff_initial)}"
+    )
 
 
 def test_after_the_last_retry_the_task_stays_failed_with_its_reason() -> None:

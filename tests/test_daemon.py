@@ -167,3 +167,4 @@ def test_readyz_reports_store_forgejo_resync_repos_and_loop(daemon: DaemonProces
     metrics = httpx.get(f"{started['url']}/metrics", timeout=5).text
     assert "agent_fleet_queue_depth" in metrics
     assert 'agent_fleet_forgejo_api_calls_total{operation="list_issues"' in metrics
+    assert "_created" not in metrics, "prometheus_client's *_created series are dropped"

@@ -69,7 +69,7 @@ def test_a_task_life_is_one_room_message_edited_through_each_state(
     bodies = [content_of(m)["m.new_content"]["body"] for m in edits]
     assert [b.split("\n")[0].rsplit("— ", 1)[1] for b in bodies] == ["running", "in review", "done"]
     assert "PR #7" in bodies[-1] and "$0.42" in bodies[-1] and "12345 tokens" in bodies[-1]
-    assert "took 10m00s" in bodies[-1]
+    assert "took 10 min" in bodies[-1]
 
     thread = synapse.thread(matrix_world.alice, matrix_room, agent_roots[0]["event_id"])
     replies = [content_of(m)["body"] for m in thread]

@@ -103,7 +103,13 @@ def test_least_loaded_matching_agent_wins() -> None:
             task(1, not_before=NOW + timedelta(minutes=5), attempt=2),
             [agent("a")],
             [],
-            "backing off until 14:05 UTC after attempt 2",
+            "backing off after attempt 2: next try in 5 min",
+        ),
+        (
+            task(1, not_before=NOW + timedelta(hours=2), attempt=3),
+            [agent("a")],
+            [],
+            "backing off after attempt 3: next try at 16:00 UTC",
         ),
         (
             task(1, pinned_agent="zz"),

@@ -278,7 +278,7 @@ def test_the_result_comment_has_everything_a_person_asks_about() -> None:
         "✅ **Done**: pull request [#7](https://forgejo.example.org/acme/web/pulls/7) merged"
     )
     for part in ("> Fixed the login.", "[`cccccccccc`](https://forgejo.example.org/c) Fix login",
-                 "Files changed (2)", "`f0.py` (+3 −1)", "$0.2500", "1,200", "1m35s",
+                 "Files changed (2)", "`f0.py` (+3 −1)", "$0.2500", "1,200", "1 min 35 s",
                  "| Attempts | 2 (1 review round(s) asking for changes) |", f"task `{TASK_ID}`"):  # fmt: skip
         assert part in body, part
 

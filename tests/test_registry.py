@@ -50,7 +50,7 @@ def agent(status: AgentStatus = AgentStatus.ONLINE, **changes: Any) -> Agent:
         "status": status,
         "status_since": AN_HOUR_AGO,
         "registered_at": AN_HOUR_AGO,
-        "status_reason": "" if status is not AgentStatus.OFFLINE else "no heartbeat for 3m00s",
+        "status_reason": "" if status is not AgentStatus.OFFLINE else "no heartbeat for 3 min",
     }
     return Agent.model_validate(base | changes)
 
@@ -168,7 +168,7 @@ def test_the_offline_reason_says_how_long_and_how_many_intervals() -> None:
     """A person reading the table learns why: no heartbeat for how long, how many missed."""
     (save,) = plan(observed(agent(), silent=185), now=NOW, settings=SETTINGS)
     assert isinstance(save, SaveAgent)
-    assert save.agent.status_reason == "no heartbeat for 3m05s (3 missed intervals)"
+    assert save.agent.status_reason == "no heartbeat for 3 min 5 s (3 missed intervals)"
     assert save.agent.last_heartbeat_at == NOW - timedelta(seconds=185)
     assert save.agent.stats.online_seconds == 3600
 
@@ -234,7 +234,7 @@ def test_three_missed_intervals_take_an_agents_tasks_back_under_a_new_lease(
     registry.clock.advance(60)
     result = registry.reconcile("a1")
     assert registry.agent("a1").status is AgentStatus.OFFLINE
-    assert registry.agent("a1").status_reason == "no heartbeat for 3m00s (3 missed intervals)"
+    assert registry.agent("a1").status_reason == "no heartbeat for 3 min (3 missed intervals)"
     assert result.requeue_after is None  # its next heartbeat enqueues it
     lost = registry.task()
     assert (lost.state, lost.agent_id, lost.lease_generation) == (TaskState.CREATED, None, 1)
@@ -433,7 +433,8 @@ def test_a_dry_run_describes_and_writes_nothing(registry: Harness) -> None:
     with recording() as described:
         dry_run.reconcile(agent_key("a1"))
     assert (
-        described[0] == "agent a1: online → offline (no heartbeat for 3m20s (3 missed intervals))"
+        described[0]
+        == "agent a1: online → offline (no heartbeat for 3 min 20 s (3 missed intervals))"
     )
     assert described[1].startswith(
         f"task {task_id_for(REPO, 12)} ({REPO}#12): running → agent_lost"

@@ -137,7 +137,8 @@ def _report_progress(loop: Loop, keys: int) -> None:
     def count(_: Outcome) -> None:
         nonlocal done
         done += 1
-        if done % step == 0 or done == keys:
+        # Follow-up keys the pass enqueues itself come after the resync's: not counted.
+        if done <= keys and (done % step == 0 or done == keys):
             click.echo(f"… {done} of {keys} keys reconciled", err=True)
 
     loop.on_outcome(count)

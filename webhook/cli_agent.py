@@ -147,7 +147,7 @@ def agent_run(
     Examples:
       agent-fleet agent run --server http://fleet.internal:8080 --token "$ENROLMENT" \\
           --adapter claude-code --roles developer --capabilities code:python,test
-      agent-fleet agent run --server http://127.0.0.1:8080 --once \\
+      agent-fleet agent run --server http://fleet.internal:8080 --token "$ENROLMENT" --once \\
           --command 'python -m reconciler.agent.demo_agent {prompt}' --parser claude-json
     """
     import shlex

@@ -90,8 +90,8 @@ def status(
     as_json: bool,
 ) -> None:
     """Show the live tasks: counts by state, then each task with its agent, or why it waits
-    (no agent has code:rust; all 3 matching agents at capacity; backing off until 14:05), or
-    why it failed.
+    (no agent has code:rust; all 3 matching agents at capacity; backing off after attempt 2:
+    next try in 30 s), or why it failed.
 
     Asks the running daemon (GET /api/v1/tasks with the operator token).
 
@@ -156,6 +156,8 @@ def tasks_show(
       agent-fleet tasks show 12-3f9a1c2b --config config/fleet.toml
       agent-fleet tasks show 12-3f9a1c2b --json
     """
+    from datetime import UTC, datetime
+
     from reconciler.console.client import fetch_task
     from reconciler.console.history import task_report
     from reconciler.errors import FleetError
@@ -165,4 +167,8 @@ def tasks_show(
         history = fetch_task(server, task_id, token=token)
     except (FleetError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(history.model_dump_json(indent=2) if as_json else task_report(history))
+    click.echo(
+        history.model_dump_json(indent=2)
+        if as_json
+        else task_report(history, now=datetime.now(UTC))
+    )

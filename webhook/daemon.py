@@ -48,6 +48,7 @@ from reconciler.run.probes import HostCheck, HostProbes, check_host
 from reconciler.run.ssh import HostExecutor
 from reconciler.settings import Settings, load_settings
 from reconciler.store import Store
+from reconciler.text import format_duration
 from webhook.agents_api import install_agent_api
 from webhook.app import Check, install_health, make_app
 from webhook.dashboard import install_dashboard
@@ -406,7 +407,9 @@ class Daemon:
             checks["resync"] = Check(False, "no resync has completed yet")
         else:
             age = self._clock() - last
-            checks["resync"] = Check(age <= limit, f"last resync {age.total_seconds():.0f}s ago")
+            checks["resync"] = Check(
+                age <= limit, f"last resync {format_duration(age.total_seconds())} ago"
+            )
         if self.matrix is not None:
             # Degraded, not unready: notifications wait in the outbox, reconciling goes on.
             status = self.matrix.status()

@@ -392,7 +392,7 @@ def _task_row(task: Task, data: Overview, *, base: str) -> str:
         f"<td>{_e(task.priority.value)}</td>"
         f"<td>{_e(task.agent_id or '-')}</td>"
         f"<td>{_e(format_duration((data.now - task.created_at).total_seconds()))}</td>"
-        f'<td class="why">{_e(task_why(task))}</td>'
+        f'<td class="why">{_e(task_why(task, now=data.now))}</td>'
         "</tr>"
     )
 
@@ -438,7 +438,9 @@ def task_page(
     if task.state in (TaskState.CREATED, TaskState.FAILED, TaskState.AGENT_LOST):
         bad = " bad" if task.state is not TaskState.CREATED else ""
         label = "waiting" if task.state is TaskState.CREATED else "why"
-        parts.append(f'<div class="note{bad}" id="why"><b>{label}:</b> {_e(task_why(task))}</div>')
+        parts.append(
+            f'<div class="note{bad}" id="why"><b>{label}:</b> {_e(task_why(task, now=now))}</div>'
+        )
     parts.append("</section>")
     if task.checks:
         checks = "".join(

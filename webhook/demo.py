@@ -53,6 +53,7 @@ from reconciler.settings import (
     WebhookSettings,
 )
 from reconciler.store import Store
+from reconciler.text import format_duration
 from webhook.daemon import Daemon, utc_now
 
 Print = Callable[[str], None]
@@ -329,7 +330,7 @@ def run_demo(*, out: Print = print, keep: Callable[[DemoFleet], None] | None = N
                 done = _wait(progressed, WAIT_SECONDS)
                 timeline.poll(ids)
                 if not done:
-                    out(f"✗ the tasks did not settle within {WAIT_SECONDS:.0f} s")
+                    out(f"✗ the tasks did not settle within {format_duration(WAIT_SECONDS)}")
                     return 1
 
                 out("▶ pull requests the agent opened:")

@@ -28,6 +28,7 @@ from reconciler.models import Task
 from reconciler.run import gitwork
 from reconciler.run.adapters import parse_output, render_command, render_env, start_local
 from reconciler.run.prompt import prompt_for_task
+from reconciler.text import describe_error
 
 log = structlog.get_logger(__name__)
 
@@ -142,7 +143,7 @@ class TaskRunner:
             if run.stop_reason == HANDING_BACK and worktree is not None and job is not None:
                 worktree = self._keep_partial(site, job, worktree, run)
         except (FleetError, OSError, ValueError) as exc:
-            reason = str(exc)
+            reason = describe_error(exc)
             log.warning("task.run_failed", task=task.id, reason=reason)
             with contextlib.suppress(FleetError):
                 self._report(run, note=f"the run failed: {reason}", failed=True)

@@ -69,6 +69,7 @@ from reconciler.fleet.api import (
 )
 from reconciler.models import TaskId
 from reconciler.store import Store
+from reconciler.text import format_duration
 
 log = structlog.get_logger(__name__)
 
@@ -330,7 +331,8 @@ class Worker:
             self._fenced = True
             for run in self.running():
                 run.cancel(
-                    f"no heartbeat acknowledged for {silent:.0f} s (lease TTL {self.lease_ttl:g} s)"
+                    f"no heartbeat acknowledged for {format_duration(silent)} "
+                    f"(lease TTL {format_duration(self.lease_ttl)})"
                 )
         return beat
 

@@ -10,8 +10,10 @@ the pull request, reviews, receipts, each verification, completed or failed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from reconciler.console.views import task_why
 from reconciler.fleet.api import TaskDetail
 from reconciler.models import CheckOutcome, TaskEvent, TaskState
 
@@ -39,8 +41,9 @@ def event_detail(event: TaskEvent) -> str:
     return event.reason
 
 
-def task_report(history: TaskDetail) -> str:
-    """The task, then its history as one line per event."""
+def task_report(history: TaskDetail, *, now: datetime | None = None) -> str:
+    """The task, then its history as one line per event; with ``now``, a backoff's next try
+    is told as of then."""
     task = history.task
     lines = [f"task {task.id}  {task.repo}#{task.issue_number}  {task.title}"]
     facts = [f"state: {task.state.value}"]
@@ -59,7 +62,7 @@ def task_report(history: TaskDetail) -> str:
         retry = "will be retried" if task.failure_retryable else "not retried"
         lines.append(f"failed ({retry}): {task.failure_reason}")
     if task.state is TaskState.CREATED and task.wait_reason:
-        lines.append(f"waiting: {task.wait_reason}")
+        lines.append(f"waiting: {task_why(task, now=now)}")
     if task.checks:
         lines.append("receipt checks:")
         lines += [f"  {CHECK_MARK[c.outcome]} {c.name}: {c.detail}" for c in task.checks]

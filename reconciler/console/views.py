@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from reconciler.fleet.api import AgentList, AgentSummary
+from reconciler.fleet.placement import backoff_reason
 from reconciler.models import BUSY_STATES, Task, TaskState
 from reconciler.text import format_duration
 
@@ -57,12 +58,15 @@ def agents_json(agents: Sequence[AgentSummary]) -> str:
     return AgentList(agents=tuple(agents)).model_dump_json(indent=2)
 
 
-def task_why(task: Task) -> str:
+def task_why(task: Task, *, now: datetime | None = None) -> str:
     """What a live task is doing, or why it waits, or why it failed: the WHY column of
-    ``agent-fleet status`` and of the fleet page."""
+    ``agent-fleet status`` and of the fleet page. With ``now``, a backoff's next try is
+    told as of then (the stored reason says it as of when it was written)."""
     if task.state is TaskState.FAILED:
         return task.failure_reason
     if task.state is TaskState.CREATED:
+        if now is not None and task.not_before is not None and task.not_before > now:
+            return backoff_reason(task, now=now)
         return task.wait_reason or "waiting to be placed"
     if task.pr_number is not None:
         return f"PR #{task.pr_number} on {task.branch}"
@@ -88,7 +92,7 @@ def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
                 task.state.value,
                 task.agent_id or "-",
                 format_duration((now - task.created_at).total_seconds()),
-                task_why(task),
+                task_why(task, now=now),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -39,6 +39,7 @@ from reconciler.engine.reconcile import Controller, recording
 from reconciler.engine.workqueue import WorkQueue
 from reconciler.errors import StaleStateError, StalledError, WaitingError
 from reconciler.keys import Key
+from reconciler.text import describe_error, format_duration
 
 STALE_RETRY = 0.5
 """Seconds before a key whose write met a newer record (``StaleStateError``) is looked at again."""
@@ -75,7 +76,7 @@ class LoopHealth:
         if not self.started:
             return "the reconcile loop has not started"
         parts = [f"{self.alive} of {self.workers} workers alive"]
-        parts += [f"{name} on {key} for {age:.0f}s" for name, key, age in self.stuck]
+        parts += [f"{name} on {key} for {format_duration(age)}" for name, key, age in self.stuck]
         return "; ".join(parts)
 
 
@@ -235,12 +236,13 @@ class Loop:
                         outcome, error = "stalled", exc.reason
                         self.queue.forget(key)
                     except Exception as exc:  # noqa: BLE001 -- unknown errors count as transient
-                        outcome, error = "error", f"{type(exc).__name__}: {exc}"
+                        outcome, error = "error", describe_error(exc)
                         retry_in = self.queue.backoff(key, error)
                         _safe(
                             bound.warning,
                             "reconcile.failed",
                             error=error,
+                            error_type=type(exc).__name__,
                             retry_in=round(retry_in, 3),
                             exc_info=True,
                         )

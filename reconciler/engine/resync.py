@@ -27,6 +27,7 @@ from reconciler.keys import Key, agent_key, branch_key, issue_key, pull_key, set
 from reconciler.models import TaskState
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
+from reconciler.text import describe_error
 
 log = structlog.get_logger(__name__)
 
@@ -229,7 +230,7 @@ class ResyncTimer:
             else:
                 self._resync.incremental()
         except Exception as exc:  # noqa: BLE001 -- a failed resync must not kill the thread
-            log.warning("resync.failed", error=f"{type(exc).__name__}: {exc}")
+            log.warning("resync.failed", error=describe_error(exc), error_type=type(exc).__name__)
 
     def _run(self) -> None:
         while not self._stop.is_set():

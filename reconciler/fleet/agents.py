@@ -96,6 +96,8 @@ class Fleet(TaskReports):
         # Every known agent counts as heard of at start: one full grace period after a restart.
         self.started_at = clock()
         self._pulses: dict[AgentId, Pulse] = {}
+        # ssh hosts: when each was last health-checked (soft state, as heartbeats are).
+        self._checked: dict[AgentId, datetime] = {}
         self._stripes = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
         # Registration allocates ids and rewrites the token index: one at a time.
         self._registering = threading.Lock()
@@ -119,6 +121,10 @@ class Fleet(TaskReports):
     def pulse(self, agent_id: str) -> Pulse | None:
         """The agent's last heartbeat since this process started, or None."""
         return self._pulses.get(AgentId(agent_id))
+
+    def record_check(self, agent_id: str, *, at: datetime) -> None:
+        """Note when an ssh host was last health-checked; listings show it as last heard of."""
+        self._checked[AgentId(agent_id)] = at
 
     def last_seen(self, agent_id: str) -> datetime:
         """When the agent was last heard of: its last heartbeat, or the process start."""
@@ -417,7 +423,13 @@ class Fleet(TaskReports):
         pulse = self._pulses.get(agent.id)
         return AgentView(
             agent=agent,
-            last_heartbeat_at=pulse.at if pulse is not None else agent.last_heartbeat_at,
+            last_heartbeat_at=(
+                self._checked.get(agent.id, agent.last_heartbeat_at)
+                if agent.mode is ExecutionMode.SSH
+                else pulse.at
+                if pulse is not None
+                else agent.last_heartbeat_at
+            ),
             load=pulse.load if pulse is not None else None,
             version=(pulse.version if pulse is not None else "")
             or agent.metadata.get("version", ""),

@@ -267,7 +267,10 @@ class AgentSummary(Answer):
     deregistered: bool
     registered_at: datetime
     status_since: datetime | None
-    last_heartbeat_at: datetime | None
+    last_heartbeat_at: datetime | None = Field(
+        description="When the agent was last heard of: its last heartbeat (pull agents) or its "
+        "last health check (ssh hosts); null when never since the daemon started."
+    )
     load: float | None = Field(description="The load the agent last reported.")
     version: str
     current_tasks: tuple[CurrentTask, ...]

@@ -30,6 +30,7 @@ from reconciler.models import (
     Task,
     TaskState,
 )
+from reconciler.text import format_wait
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class Placement:
     @property
     def placed(self) -> bool:
         return self.agent is not None
+
+
+def backoff_reason(task: Task, *, now: datetime) -> str:
+    """Why a task backing off waits, and when it is tried next, as of ``now``."""
+    when = format_wait(task.not_before, now=now) if task.not_before is not None else "now"
+    return f"backing off after attempt {task.attempt}: next try {when}"
 
 
 def queue_order(task: Task) -> tuple[int, datetime, str]:
@@ -115,10 +122,7 @@ def place(
     if task.on_hold:
         return Placement(None, "on hold (fleet/hold)")
     if task.not_before is not None and task.not_before > now:
-        return Placement(
-            None,
-            f"backing off until {task.not_before:%H:%M} UTC after attempt {task.attempt}",
-        )
+        return Placement(None, backoff_reason(task, now=now))
     matching = [a for a in agents if fits(task, a)]
     if task.pinned_agent is not None and not matching:
         known = any(a.id == task.pinned_agent for a in agents)

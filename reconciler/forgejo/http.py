@@ -41,6 +41,7 @@ from reconciler.errors import (
     ForgejoServerError,
 )
 from reconciler.forgejo.types import ApiLimits, Label, MalformedResponse, Page, User, list_body
+from reconciler.text import describe_error
 
 __all__ = [
     "MAX_RETRY_WAIT",
@@ -283,7 +284,7 @@ class ForgejoHttp:
                 if last:
                     raise ForgejoServerError(
                         f"{operation}: no response from Forgejo at {self.base_url} "
-                        f"({type(exc).__name__}: {exc})",
+                        f"({describe_error(exc)})",
                         operation=operation,
                         # A connection never made cannot have changed anything.
                         outcome_unknown=not isinstance(exc, _NOT_SENT),
@@ -294,7 +295,7 @@ class ForgejoHttp:
                 self._count(operation, 0)
                 raise ForgejoServerError(
                     f"{operation}: unusable answer from Forgejo at {self.base_url} "
-                    f"({type(exc).__name__}: {exc})",
+                    f"({describe_error(exc)})",
                     operation=operation,
                 ) from exc
             self._count(operation, response.status_code)

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.models import Agent, Receipt, Task, TaskEvent, TaskState
+from reconciler.text import format_duration
 
 # `@room` and `@user:server` — what a Matrix client would turn into a notification.
 _ROOM_MENTION = re.compile(r"@(room|everyone|here)\b", re.IGNORECASE)
@@ -107,17 +108,6 @@ def _mention_html(users: Sequence[str]) -> str:
     return " ".join(_link(f"https://matrix.to/#/{user}", user) for user in users)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
 def task_message(
     task: Task,
     state: TaskState,
@@ -149,7 +139,7 @@ def task_message(
         if receipt is not None:
             details.append((f"cost ${receipt.cost_usd:.2f}", f"cost ${receipt.cost_usd:.2f}"))
             details.append((f"{receipt.tokens} tokens", f"{receipt.tokens} tokens"))
-        took = _duration((at - task.created_at).total_seconds())
+        took = format_duration((at - task.created_at).total_seconds())
         details.append((f"took {took}", f"took {took}"))
     if state in (TaskState.FAILED, TaskState.AGENT_LOST, TaskState.CANCELLED, TaskState.CREATED):
         why = clean(reason or task.failure_reason or task.wait_reason, limit=limit, link=url)

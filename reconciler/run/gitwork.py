@@ -40,6 +40,7 @@ from reconciler.errors import FleetError
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import IssueState, PullRequest
 from reconciler.run.local import run_script
+from reconciler.text import format_duration
 
 # What git steps may take on this machine when no other limit is given (the pull worker).
 LOCAL_TIMEOUT = 600.0
@@ -245,7 +246,9 @@ def _step(
 ) -> ScriptOutcome:
     ran = site.run(script, env=env, timeout=timeout)
     if ran.timed_out:
-        raise GitWorkFailed(f"could not {what} on {site.where}: timed out after {timeout:g} s")
+        raise GitWorkFailed(
+            f"could not {what} on {site.where}: timed out after {format_duration(timeout)}"
+        )
     if ran.exit_code != 0:
         detail = (ran.stderr.strip() or ran.stdout.strip())[-500:]
         raise GitWorkFailed(f"could not {what} on {site.where} (exit {ran.exit_code}): {detail}")

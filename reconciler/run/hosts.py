@@ -45,6 +45,7 @@ from invoke.exceptions import CommandTimedOut
 from reconciler.errors import TransientError
 from reconciler.run.local import KILL_AFTER, ScriptResult, run_script
 from reconciler.settings import HostSettings, Settings
+from reconciler.text import describe_error, format_duration
 
 # fabric gives up this long after the remote `timeout` should have ended the command, in
 # case the connection itself hangs.
@@ -185,7 +186,7 @@ def restart_host(
         return RestartOutcome(ok=False, exit_code=None, output=exc.message)
     output = ran.stdout.strip()
     if ran.timed_out:
-        output = f"{output}\nrestart command timed out after {timeout:g} s".lstrip()
+        output = f"{output}\nrestart command timed out after {format_duration(timeout)}".lstrip()
     return RestartOutcome(
         ok=ran.exit_code == 0 and not ran.timed_out,
         exit_code=None if ran.timed_out else ran.exit_code,
@@ -244,7 +245,7 @@ def _health_from(ran: _Ran, *, host: HostSettings, command: str, timeout: float)
     report = _parse_report(ran.stdout)
     if ran.timed_out:
         # A hung df (a dead network mount) lands here; whatever was reported before counts.
-        problems = [f"health check on {_target(host)} timed out after {timeout:g} s"]
+        problems = [f"health check on {_target(host)} timed out after {format_duration(timeout)}"]
     elif "end" not in report:
         detail = (ran.stderr.strip() or ran.stdout.strip() or "no output").splitlines()[-1]
         problems = [f"health check on {_target(host)} failed (exit {ran.exit_code}): {detail}"]
@@ -443,10 +444,7 @@ def _describe(exc: BaseException) -> str:
         return f"host key mismatch: {exc}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc)
-    if isinstance(exc, paramiko.SSHException) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return describe_error(exc)
 
 
 # --- small pieces --------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from reconciler.text import format_duration
+
 ParserName = Literal["claude-json", "codex-jsonl", "raw"]
 
 
@@ -77,7 +79,7 @@ def _interrupted(result: AgentResult, output: RunOutput) -> AgentResult:
         return replace(result, ok=False, error="cancelled")
     if output.timed_out:
         limit = output.timeout_s if output.timeout_s is not None else output.duration_s
-        return replace(result, ok=False, error=f"timed out after {limit:g} s")
+        return replace(result, ok=False, error=f"timed out after {format_duration(limit)}")
     return result
 
 

@@ -44,6 +44,7 @@ from reconciler.run.adapters import RunOutput, parse_output, render_command, ren
 from reconciler.run.hosts import RemoteResult, run_remote
 from reconciler.settings import HostSettings, Settings
 from reconciler.store import Store
+from reconciler.text import describe_error
 
 log = structlog.get_logger(__name__)
 
@@ -231,17 +232,10 @@ class HostExecutor:
         except RunFailed as exc:
             self._finish_failed(run, str(exc), retryable=exc.retryable)
         except FleetError as exc:
-            reason = (
-                str(exc)
-                if isinstance(exc, gitwork.GitWorkFailed)
-                else f"{type(exc).__name__}: {exc}"
-            )
-            self._finish_failed(run, reason, retryable=True)
+            self._finish_failed(run, describe_error(exc), retryable=True)
         except Exception as exc:
             log.exception("task.run_crashed", task=run.task_id)
-            self._finish_failed(
-                run, f"the run crashed: {type(exc).__name__}: {exc}", retryable=True
-            )
+            self._finish_failed(run, f"the run crashed: {describe_error(exc)}", retryable=True)
         finally:
             # The task's new state is written before the run stops counting as running.
             with self._lock:

@@ -37,16 +37,23 @@ def load_settings(path: Path | str | None, *, env: Mapping[str, str] | None = No
     source = "" if path is None else str(path)
     file_data = {} if path is None else _read_toml(Path(path))
     problems = _unknown_environment_names(environment)
-    token = _LOADING.set(_LoadInputs(file_data=file_data, environment=environment))
-    try:
-        settings = Settings()  # type: ignore[call-arg]  # values come from the sources
-    except ValidationError as exc:
-        problems.extend(_problem(error, environment) for error in exc.errors())
-    except SettingsError as exc:  # an environment value that should be JSON is not
-        problems.append(("<environment>", _environment_parse_problem(exc)))
-    finally:
-        _LOADING.reset(token)
-    if problems:
+    settings: Settings | None = None
+    while True:
+        token = _LOADING.set(_LoadInputs(file_data=file_data, environment=environment))
+        try:
+            settings = Settings()  # type: ignore[call-arg]  # values come from the sources
+        except ValidationError as exc:
+            problems.extend(_problem(error, environment) for error in exc.errors())
+        except SettingsError as exc:  # an environment value that should be JSON is not
+            message, names = _environment_parse_problem(exc, environment)
+            problems.append(("<environment>", message))
+            if names:  # load again without them, so that the other problems show too
+                environment = {k: v for k, v in environment.items() if k not in names}
+                continue
+        finally:
+            _LOADING.reset(token)
+        break
+    if problems or settings is None:
         raise ConfigError(problems, source=source)
     return settings
 
@@ -65,12 +72,24 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([("<file>", f"TOML syntax error: {exc}")], source=str(path)) from None
 
 
-def _environment_parse_problem(exc: SettingsError) -> str:
+def _environment_parse_problem(
+    exc: SettingsError, environment: Mapping[str, str]
+) -> tuple[str, list[str]]:
+    """What to say about an environment value that is not the JSON it must be, and the
+    variables at fault as the environment spells them (empty when they cannot be told)."""
     field = re.search(r'field "(\w+)"', str(exc))
-    variables = (
-        f"{ENV_PREFIX}{field.group(1).upper()}..." if field else f"an {ENV_PREFIX}... variable"
+    wanted = f"{ENV_PREFIX}{field.group(1)}".upper() if field else ""
+    # The variables as the environment spells them: the one for the field, or its nested ones.
+    names = sorted(
+        name
+        for name in environment
+        if wanted and (name.upper() == wanted or name.upper().startswith(wanted + ENV_NESTING))
     )
-    return f"cannot parse {variables}: lists and tables must be given as JSON ({exc.__cause__})"
+    variables = " or ".join(names) or (f"{wanted}..." if wanted else f"an {ENV_PREFIX}... variable")
+    return (
+        f"cannot parse {variables}: lists and tables must be given as JSON ({exc.__cause__})",
+        names,
+    )
 
 
 # Variables read by commands and tools, not by the settings model: never typos.
@@ -116,6 +135,13 @@ def _problem(error: Any, environment: Mapping[str, str]) -> tuple[str, str]:
     origin = _environment_origin(loc, environment)
     if origin:
         message += f" (value from {origin})"
+    # A rule that another setting switches on ("required when matrix.enabled = true"): when
+    # that setting came from the environment, its variable is the one to look at.
+    trigger = re.search(r"when ([a-z_]+(?:\.[a-z_]+)+) = ", message)
+    if trigger and not origin:
+        switched = _environment_origin(tuple(trigger.group(1).split(".")), environment)
+        if switched:
+            message += f" ({trigger.group(1)} from {switched})"
     return ".".join(str(part) for part in loc), message
 
 
@@ -142,9 +168,11 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
 
 
 def _environment_origin(loc: tuple[str | int, ...], environment: Mapping[str, str]) -> str:
-    names = {name.upper() for name in environment}
+    """The variable that set the value at ``loc`` (or the table or list holding it), spelled
+    as the environment spells it; "" when the value did not come from the environment."""
+    names = {name.upper(): name for name in environment}
     for length in range(len(loc), 0, -1):
         candidate = ENV_PREFIX + ENV_NESTING.join(str(part) for part in loc[:length]).upper()
         if candidate in names:
-            return candidate
+            return names[candidate]
     return ""

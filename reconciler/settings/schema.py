@@ -3,6 +3,7 @@ validation. ``reconciler.settings.loading`` reads a file and the environment int
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -11,6 +12,7 @@ from typing import Any
 
 from pydantic import (
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -202,9 +204,10 @@ class Settings(BaseSettings):
             return handler(data)
         except ValidationError as exc:
             reported = {tuple(error["loc"]) for error in exc.errors()}
+            found = dict([*_raw_host_problems(data), *cls._section_problems(data)])
             extra = [
                 InitErrorDetails(type=_custom("cross_check", message), loc=loc, input=None)
-                for loc, message in _raw_host_problems(data)
+                for loc, message in found.items()
                 if loc not in reported
             ]
             if not extra:
@@ -213,6 +216,40 @@ class Settings(BaseSettings):
                 cls.__name__, [*_details_of(exc), *extra]
             ) from None
 
+    @classmethod
+    def _section_problems(cls, data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        """The checks across sections below, run on whichever of their sections validate by
+        themselves, so a field error elsewhere does not hide them (config check, one pass)."""
+        if not isinstance(data, Mapping):
+            return []
+        sections: dict[str, Any] = {}
+        for name in ("forgejo", "matrix", "labels"):
+            field = cls.model_fields[name]
+            raw = data[name] if name in data else field.get_default(call_default_factory=True)
+            try:
+                sections[name] = TypeAdapter(field.annotation).validate_python(raw)
+            except (ValidationError, TypeError):
+                continue
+        view = cls.model_construct(**sections)
+        problems = []
+        if "matrix" in sections:
+            problems += list(view._matrix_problems())
+        if "labels" in sections:
+            problems += list(view._label_problems())
+        forgejo = data.get("forgejo")
+        if "forgejo" in sections:
+            problems += list(view._forgejo_problems())
+        elif isinstance(forgejo, Mapping) and forgejo.get("webhook_url") is None:
+            # The section fails elsewhere (its URL, say): check the one pair this rule reads.
+            manage = forgejo.get("manage_webhooks", False)
+            with contextlib.suppress(ValidationError):
+                if TypeAdapter(bool).validate_python(manage):
+                    view = cls.model_construct(
+                        forgejo=ForgejoSettings.model_construct(manage_webhooks=True)
+                    )
+                    problems += list(view._forgejo_problems())
+        return problems
+
     @model_validator(mode="after")
     def _cross_check(self) -> Settings:
         """Checks that span sections, each reported at the field that must change."""
@@ -220,11 +257,8 @@ class Settings(BaseSettings):
             *self._host_problems(),
             *self._matrix_problems(),
             *self._label_problems(),
+            *self._forgejo_problems(),
         ]
-        if self.forgejo.manage_webhooks and self.forgejo.webhook_url is None:
-            problems.append(
-                (("forgejo", "webhook_url"), "required when forgejo.manage_webhooks = true")
-            )
         if problems:
             raise ValidationError.from_exception_data(
                 type(self).__name__,
@@ -254,6 +288,10 @@ class Settings(BaseSettings):
                     ("hosts", index, "adapter"),
                     f"no adapter named {host.adapter!r} in [adapters] (known: {known})",
                 )
+
+    def _forgejo_problems(self) -> Iterator[tuple[tuple[str | int, ...], str]]:
+        if self.forgejo.manage_webhooks and self.forgejo.webhook_url is None:
+            yield ("forgejo", "webhook_url"), "required when forgejo.manage_webhooks = true"
 
     def _matrix_problems(self) -> Iterator[tuple[tuple[str | int, ...], str]]:
         if not self.matrix.enabled:

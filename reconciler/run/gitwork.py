@@ -20,11 +20,17 @@ The steps:
    ``task/<id>-<slug>``, from the branch as pushed before (a rerun builds on it), else from
    the base branch;
 2. :func:`finish` — commit what the agent left, list the commits the branch adds over the
-   base, push them, remove the worktree; no commit at all is a failed run;
-3. :func:`find_or_open_pull` — **the one rule for the task's pull request: find the open one
-   whose head is the task's branch, or open one; never reuse a closed one.** A pull request
-   closed without merging is history (the review controller failed or requeued the task
-   because of it); the next attempt's work gets a new one.
+   base, push them, remove the worktree;
+3. :func:`hand_in` — the pull request and the commits the receipt names. With commits over the
+   base, :func:`find_or_open_pull` — **the one rule for the task's pull request: find the open
+   one whose head is the task's branch, or open one; never reuse a closed one.** A pull
+   request closed without merging is history (the review controller failed or requeued the
+   task because of it); the next attempt's work gets a new one. Without any, the work may
+   already have landed: an earlier attempt of the same task pushed it and its pull request
+   was merged before that attempt could hand in its receipt (it was killed, or lost its
+   lease). The rerun then finds nothing to change; the merged pull request of the task's
+   branch and its commits are the receipt. No commit and no merged pull request is a failed
+   run.
 
 :func:`remove` takes a worktree away after a run that failed before :func:`finish`.
 """
@@ -200,14 +206,12 @@ def finish(
 ) -> list[str]:
     """Step 2: commit what the agent left, push; the commits the branch adds, newest first.
 
-    Raises :class:`GitWorkFailed` when the branch adds nothing over the base.
+    Empty when the branch adds nothing over the base: :func:`hand_in` decides whether the
+    work already landed or the run failed.
     """
     env = {**job.env(), "WT": worktree, "AUTHOR": author, "EMAIL": email, "MESSAGE": message}
     ran = _step(site, FINISH, env, timeout=timeout, what="commit and push")
-    commits = _between(ran.stdout, "COMMITS-BEGIN", "COMMITS-END")
-    if not commits:
-        raise GitWorkFailed("the agent finished without changing anything on the branch")
-    return commits
+    return _between(ran.stdout, "COMMITS-BEGIN", "COMMITS-END")
 
 
 def remove(site: Site, job: GitJob, worktree: str, *, timeout: float) -> None:
@@ -238,6 +242,44 @@ def find_or_open_pull(
         return pull
     body = f"Closes #{issue_number}\n\n{summary}".strip()
     return gateway.create_pull(repo, head=branch, base=base, title=title, body=body)
+
+
+def hand_in(
+    gateway: ForgejoGateway,
+    *,
+    repo: str,
+    branch: str,
+    base: str,
+    title: str,
+    issue_number: int,
+    summary: str,
+    commits: list[str],
+) -> tuple[PullRequest, list[str]]:
+    """Step 3: the pull request and the commits a run's receipt names.
+
+    ``commits`` are what :func:`finish` listed over the base. When there are some, the pull
+    request is :func:`find_or_open_pull`'s. When there are none, the task's work may have
+    landed already (an earlier attempt pushed it and its pull request was merged before that
+    attempt handed in a receipt): the merged pull request of the task's branch and its
+    commits are returned. Otherwise raises :class:`GitWorkFailed`.
+    """
+    if commits:
+        pull = find_or_open_pull(
+            gateway,
+            repo=repo,
+            branch=branch,
+            base=base,
+            title=title,
+            issue_number=issue_number,
+            summary=summary,
+        )
+        return pull, commits
+    landed = gateway.find_pull_by_head(repo, branch)
+    if landed is not None and landed.merged:
+        shas = [commit.sha for commit in gateway.list_pull_commits(repo, landed.number)]
+        if shas:
+            return landed, shas
+    raise GitWorkFailed("the agent finished without changing anything on the branch")
 
 
 def _step(

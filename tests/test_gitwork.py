@@ -7,23 +7,30 @@ Forgejo: an attempt pushes a commit and opens the pull request, then dies before
 its receipt; the rerun's agent changes nothing. Its work is on the branch, or merged (the
 branch kept or deleted): the rerun hands in those commits and that pull request instead of
 failing with "finished without changing anything".
+
+Opening the pull request, once the work is pushed, survives a create whose answer was lost
+(found, not opened twice) and gives up after a bounded number of tries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import httpx
 import pytest
 
+from reconciler.errors import ForgejoServerError
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.run import gitwork
 from reconciler.run.hosts import run_remote
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import HostSettings
 from tests.sandbox_fixtures import DEMO_REPO
+from tests.test_gateway_faults import BASE_URL, SETTLE, FaultyTransport, once
 
 BRANCH = "task/t1-add-a-note"
+FAULT_REPO = "fleet-admin/widgets"
 
 
 def executor_site(workdir: Path) -> gitwork.Site:
@@ -138,3 +145,68 @@ def test_a_run_that_changes_nothing_and_finds_no_earlier_work_fails(
             commits=commits,
         )
     assert not gateway.list_pulls(DEMO_REPO, state="all")
+
+
+# --- opening the pull request when Forgejo faults ---------------------------------------------
+
+
+@pytest.fixture
+def faulty() -> Iterator[tuple[ForgejoSandbox, FaultyTransport, ForgejoGateway]]:
+    """The in-memory Forgejo with a pushed task branch, behind a transport that loses writes."""
+    sandbox = ForgejoSandbox()
+    sandbox.create_repo(FAULT_REPO)
+    sandbox.push(FAULT_REPO, BRANCH, files={"note.md": "# A note\n"}, message="Add a note")
+    transport = FaultyTransport(httpx.WSGITransport(app=sandbox.app))
+    with ForgejoGateway(
+        BASE_URL, sandbox.admin_token, transport=transport, settle_after=SETTLE
+    ) as client:
+        yield sandbox, transport, client
+    sandbox.stop()
+
+
+def open_pull(gateway: ForgejoGateway, sleep: Callable[[float], None]) -> int:
+    pull = gitwork.find_or_open_pull(
+        gateway,
+        repo=FAULT_REPO,
+        branch=BRANCH,
+        base="main",
+        title="Add a note",
+        issue_number=1,
+        summary="",
+        sleep=sleep,
+    )
+    return pull.number
+
+
+@pytest.mark.parametrize("mode", ["after", "before"])
+def test_a_pull_request_create_whose_answer_is_lost_is_found_not_opened_twice(
+    faulty: tuple[ForgejoSandbox, FaultyTransport, ForgejoGateway], mode: str
+) -> None:
+    """The create times out after it landed, or lands late: the run waits the gateway's
+    settle time, looks again, and hands in the one pull request Forgejo holds."""
+    _, transport, gateway = faulty
+    transport.fail = once("POST", "/pulls", mode)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        transport.release()  # a held create lands while the run waits
+
+    number = open_pull(gateway, sleep)
+    assert waits == [SETTLE]
+    pulls = gateway.list_pulls(FAULT_REPO, state="all")
+    assert [p.number for p in pulls] == [number]
+
+
+def test_opening_the_pull_request_gives_up_after_a_bounded_number_of_tries(
+    faulty: tuple[ForgejoSandbox, FaultyTransport, ForgejoGateway],
+) -> None:
+    """Every create fails before it lands: OPEN_ATTEMPTS tries, then the run fails."""
+    _, transport, gateway = faulty
+    transport.fail = once("POST", "/pulls", "before", times=gitwork.OPEN_ATTEMPTS)
+    waits: list[float] = []
+    with pytest.raises(ForgejoServerError):
+        open_pull(gateway, waits.append)
+    assert len(waits) == gitwork.OPEN_ATTEMPTS - 1
+    assert len(transport.held) == gitwork.OPEN_ATTEMPTS
+    assert not gateway.list_pulls(FAULT_REPO, state="all")

@@ -38,17 +38,29 @@ The steps:
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from reconciler.errors import FleetError
+from reconciler.errors import (
+    FleetError,
+    ForgejoConflict,
+    ForgejoRateLimited,
+    ForgejoServerError,
+)
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import IssueState, PullRequest
 from reconciler.run.local import run_script
 
 # What git steps may take on this machine when no other limit is given (the pull worker).
 LOCAL_TIMEOUT = 600.0
+
+OPEN_ATTEMPTS = 3
+"""Tries at finding or opening the task's pull request before the run is failed."""
+
+OPEN_RETRY_WAIT = 2.0
+"""Seconds between those tries when nothing can be in flight (a refused connection)."""
 
 PREPARE = r"""
 set -eu
@@ -231,17 +243,37 @@ def find_or_open_pull(
     title: str,
     issue_number: int,
     summary: str,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> PullRequest:
     """Step 3: the open pull request of the task's branch, or a new one; never a closed one.
 
-    Opening is not retried (not idempotent); a create whose answer was lost is found here by
-    the next attempt, as the open pull request it left.
+    The work is pushed by now, so a Forgejo fault here must not throw it away: a failed
+    attempt (a 5xx, a reset, a 429, a create whose answer was lost) is tried again, up to
+    :data:`OPEN_ATTEMPTS` times. Opening is not idempotent, so every attempt looks for the open
+    pull request first, and after a create whose outcome is unknown it waits the gateway's
+    ``settle_after`` — a create still on its way lands before the next look.
     """
-    pull = gateway.find_pull_by_head(repo, branch)
-    if pull is not None and pull.state is IssueState.OPEN:
-        return pull
     body = f"Closes #{issue_number}\n\n{summary}".strip()
-    return gateway.create_pull(repo, head=branch, base=base, title=title, body=body)
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            pull = gateway.find_pull_by_head(repo, branch)
+            if pull is not None and pull.state is IssueState.OPEN:
+                return pull
+            return gateway.create_pull(repo, head=branch, base=base, title=title, body=body)
+        except ForgejoConflict:
+            if attempt == OPEN_ATTEMPTS:
+                raise
+            # Forgejo refuses a second open pull request of one branch: look again.
+        except (ForgejoServerError, ForgejoRateLimited) as exc:
+            if attempt == OPEN_ATTEMPTS:
+                raise
+            if isinstance(exc, ForgejoRateLimited):
+                sleep(exc.retry_after or OPEN_RETRY_WAIT)
+            elif exc.outcome_unknown:
+                sleep(gateway.settle_after)
+            else:
+                sleep(OPEN_RETRY_WAIT)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def hand_in(
@@ -254,6 +286,7 @@ def hand_in(
     issue_number: int,
     summary: str,
     commits: list[str],
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[PullRequest, list[str]]:
     """Step 3: the pull request and the commits a run's receipt names.
 
@@ -272,6 +305,7 @@ def hand_in(
             title=title,
             issue_number=issue_number,
             summary=summary,
+            sleep=sleep,
         )
         return pull, commits
     landed = gateway.find_pull_by_head(repo, branch)

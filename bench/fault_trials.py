@@ -95,6 +95,8 @@ class FaultProxy:
             self.injected[fault] += 1
             if comment_write and fault.startswith("delay"):
                 self.injected["comment write delayed"] += 1
+                if method == "POST":
+                    self.injected["comment create delayed"] += 1
             return fault
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:

@@ -240,8 +240,11 @@ class Trial:
             return list(self.sandbox.state.repos[REPO].git.branches)
 
     def log_tail(self, lines: int = 25) -> str:
+        """The daemon log's warnings and errors (what explains a violation), then its end."""
         text = self.daemon.log.read_text(errors="replace") if self.daemon.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        every = text.splitlines()
+        problems = [line for line in every if "[warning" in line or "[error" in line]
+        return "\n".join([*problems[-40:], "  ...", *every[-lines:]])
 
     def close(self) -> None:
         self.daemon.stop()

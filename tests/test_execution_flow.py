@@ -188,3 +188,72 @@ def test_a_timed_out_run_is_retried_with_backoff_then_fails_for_good(world_facto
         comments = person.list_comments(DEMO_REPO, number)
     assert "status/failed" in labels
     assert any("Failed after 3 attempt(s)" in c.body and "timed out" in c.body for c in comments)
+
+
+# Sleeps like SLEEPER on the first attempt; once the test has made "$PIDS/rerun", it writes the
+# same note the first attempt's commit holds, and ends.
+RERUN_WRITES_THE_NOTE = AdapterSettings(
+    command=(
+        "sh",
+        "-c",
+        (
+            'if [ -e "$PIDS/rerun" ]; then printf "# A note\\n" > note.md; echo wrote note.md; '
+            'else echo $$ > "$PIDS/$(basename "$PWD").pid"; exec sleep 300; fi'
+        ),
+    ),
+    parser="raw",
+)
+
+
+@pytest.mark.parametrize("delete_branch", [False, True])
+def test_a_rerun_whose_earlier_work_was_merged_meanwhile_hands_that_work_in(  # type: ignore[no-untyped-def]
+    world_factory, delete_branch: bool
+) -> None:
+    """ssh path: an attempt pushed its commit and PR and died before its receipt; the person
+    merged the PR. The rerun changes nothing, yet hands in the merged PR: the task completes."""
+    world: World = world_factory(
+        RERUN_WRITES_THE_NOTE,
+        timeouts=TimeoutsSettings(task_default=600),
+        retries=RetriesSettings(max_retries=2, backoff_initial=30, backoff_max=600),
+    )
+    number = world.forge.create_issue(
+        DEMO_REPO, "Add a note", labels=["fleet/task", "agent/developer"]
+    )
+    executor = world.assembly.executor
+    assert executor is not None
+    world.reconcile(number)
+    task = world.task(number)
+    assert executor.wait_started(task.id, timeout=30)
+    # What the first attempt left before it died: its commit on the branch and its PR, which
+    # the person merged.
+    world.forge.push(
+        DEMO_REPO,
+        task.branch,
+        files={"note.md": "# A note\n"},
+        message=f"Add a note\n\nTask {task.id}, attempt 1.",
+    )
+    pull = world.forge.open_pull(
+        DEMO_REPO, task.branch, title="Add a note", body=f"Closes #{number}"
+    )
+    with ForgejoGateway(world.forge.url, world.forge.admin_token) as person:
+        person.merge_pull(DEMO_REPO, pull, delete_branch=delete_branch)
+    (world.pids / "rerun").touch()
+    world.clock.advance(601)  # the first attempt is past its deadline: stopped, requeued
+    world.reconcile(number)
+    assert executor.wait(task.id, timeout=30)
+    waiting = world.task(number)
+    if waiting.state is TaskState.CREATED and waiting.not_before is not None:
+        world.clock.advance((waiting.not_before - world.clock()).total_seconds())
+        world.reconcile(number)
+        assert executor.wait(task.id, timeout=30)
+        world.reconcile(number)
+    done = world.task(number)
+    assert done.state is TaskState.COMPLETED, (done.state, done.failure_reason)
+    assert done.pr_number == pull
+    receipts = world.store.receipts_for(task.id)
+    assert receipts and {r.pr_number for r in receipts} == {pull}
+    with ForgejoGateway(world.forge.url, world.forge.admin_token) as person:
+        task_pulls = [
+            p for p in person.list_pulls(DEMO_REPO, state="all") if p.head_branch == task.branch
+        ]
+    assert [p.number for p in task_pulls] == [pull]

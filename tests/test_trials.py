@@ -5,8 +5,8 @@ as a process over the scripted flow, SIGKILLed at random points, or behind a pro
 5xx, 429, resets, delays past the client timeout and a forge down at first start. Each must
 end with every invariant holding (no duplicate or stale comment, no double dispatch, every
 issue done, no stuck repository, no lost receipt). The exit status counts the safety
-invariants; an issue not done by a trial's deadline is reported, not failed (see
-docs/guarantees.md: a rerun after a SIGKILL can back off past the deadline).
+invariants; an issue not done by a trial's deadline is reported, not failed: on a busy CI
+machine a trial's deadline says nothing about safety (docs/guarantees.md).
 """
 
 from __future__ import annotations

@@ -735,3 +735,55 @@ def test_a_rerun_after_its_pull_request_was_closed_unmerged_opens_a_new_one(
             if run.thread is not None:
                 run.thread.join(timeout=30)
         worker.close()
+
+
+@pytest.mark.usefixtures("isolated_git")
+@pytest.mark.parametrize("delete_branch", [False, True])
+def test_a_rerun_whose_earlier_work_was_merged_meanwhile_hands_that_work_in(
+    daemon: Daemon, served_forge: ForgejoSandbox, tmp_path: Path, delete_branch: bool
+) -> None:
+    """Pull path: a run pushed its commit and PR, and its receipt never arrived; the person
+    merged the PR. The rerun's agent changes nothing, yet it hands in the merged PR with its
+    commits, and the task completes — no failed run, no second PR."""
+    [task] = queue_issues(daemon, served_forge, ["Merged before its receipt"])
+    store = daemon.assembly.store
+    config = worker_config(tmp_path, "w1", daemon.url, forgejo_token=served_forge.admin_token)
+    worker = Worker(config)
+    worker.open()
+    gateway = ForgejoGateway(served_forge.url, served_forge.admin_token)
+    try:
+        assert worker.take_once()
+        wait_until(
+            "the first run's pull request",
+            lambda: (
+                not worker.running()
+                and gateway.find_pull_by_head(DEMO_REPO, task.branch) is not None
+            ),
+        )
+        first = gateway.find_pull_by_head(DEMO_REPO, task.branch)
+        assert first is not None
+        # The run's receipt is still in the worker's outbox: its lease is given back (as when
+        # the worker dies), and the person merges the pull request.
+        waiting, event = requeue(
+            store.get_task(task.id), now=utc_now(), actor="test", reason="lease lost"
+        )
+        store.record(waiting, event)
+        gateway.merge_pull(DEMO_REPO, first.number, delete_branch=delete_branch)
+        assert worker.take_once()
+
+        def completed() -> bool:
+            worker.deliver_once()
+            return store.get_task(task.id).state is TaskState.COMPLETED
+
+        wait_until("the rerun's receipt completes the task", completed)
+        done = store.get_task(task.id)
+        assert done.pr_number == first.number and done.attempt == 2
+        pulls = gateway.list_pulls(DEMO_REPO, state="all")
+        assert [p.number for p in pulls if p.head_branch == task.branch] == [first.number]
+    finally:
+        gateway.close()
+        worker.stop()
+        for run in worker.running():
+            if run.thread is not None:
+                run.thread.join(timeout=30)
+        worker.close()

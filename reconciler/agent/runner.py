@@ -113,7 +113,7 @@ class TaskRunner:
                 timeout=gitwork.LOCAL_TIMEOUT,
             )
             run.check()
-            pull = gitwork.find_or_open_pull(
+            pull, commits = gitwork.hand_in(
                 gateway,
                 repo=task.repo,
                 branch=assignment.branch,
@@ -121,6 +121,7 @@ class TaskRunner:
                 title=task.title,
                 issue_number=task.issue_number,
                 summary=summary,
+                commits=commits,
             )
             log.info("task.pushed", task=task.id, pr=pull.number, commits=len(commits))
             self._queue_receipt(

@@ -20,11 +20,17 @@ The steps:
    ``task/<id>-<slug>``, from the branch as pushed before (a rerun builds on it), else from
    the base branch;
 2. :func:`finish` — commit what the agent left, list the commits the branch adds over the
-   base, push them, remove the worktree; no commit at all is a failed run;
-3. :func:`find_or_open_pull` — **the one rule for the task's pull request: find the open one
-   whose head is the task's branch, or open one; never reuse a closed one.** A pull request
-   closed without merging is history (the review controller failed or requeued the task
-   because of it); the next attempt's work gets a new one.
+   base, push them, remove the worktree;
+3. :func:`hand_in` — the pull request and the commits the receipt names. With commits over the
+   base, :func:`find_or_open_pull` — **the one rule for the task's pull request: find the open
+   one whose head is the task's branch, or open one; never reuse a closed one.** A pull
+   request closed without merging is history (the review controller failed or requeued the
+   task because of it); the next attempt's work gets a new one. Without any, the work may
+   already have landed: an earlier attempt of the same task pushed it and its pull request
+   was merged before that attempt could hand in its receipt (it was killed, or lost its
+   lease). The rerun then finds nothing to change; the merged pull request of the task's
+   branch and its commits are the receipt. No commit and no merged pull request is a failed
+   run.
 
 :func:`remove` takes a worktree away after a run that failed before :func:`finish`.
 """
@@ -32,11 +38,17 @@ The steps:
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from reconciler.errors import FleetError
+from reconciler.errors import (
+    FleetError,
+    ForgejoConflict,
+    ForgejoRateLimited,
+    ForgejoServerError,
+)
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import IssueState, PullRequest
 from reconciler.run.local import run_script
@@ -44,6 +56,12 @@ from reconciler.text import format_duration
 
 # What git steps may take on this machine when no other limit is given (the pull worker).
 LOCAL_TIMEOUT = 600.0
+
+OPEN_ATTEMPTS = 3
+"""Tries at finding or opening the task's pull request before the run is failed."""
+
+OPEN_RETRY_WAIT = 2.0
+"""Seconds between those tries when nothing can be in flight (a refused connection)."""
 
 PREPARE = r"""
 set -eu
@@ -201,14 +219,12 @@ def finish(
 ) -> list[str]:
     """Step 2: commit what the agent left, push; the commits the branch adds, newest first.
 
-    Raises :class:`GitWorkFailed` when the branch adds nothing over the base.
+    Empty when the branch adds nothing over the base: :func:`hand_in` decides whether the
+    work already landed or the run failed.
     """
     env = {**job.env(), "WT": worktree, "AUTHOR": author, "EMAIL": email, "MESSAGE": message}
     ran = _step(site, FINISH, env, timeout=timeout, what="commit and push")
-    commits = _between(ran.stdout, "COMMITS-BEGIN", "COMMITS-END")
-    if not commits:
-        raise GitWorkFailed("the agent finished without changing anything on the branch")
-    return commits
+    return _between(ran.stdout, "COMMITS-BEGIN", "COMMITS-END")
 
 
 def remove(site: Site, job: GitJob, worktree: str, *, timeout: float) -> None:
@@ -228,17 +244,77 @@ def find_or_open_pull(
     title: str,
     issue_number: int,
     summary: str,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> PullRequest:
     """Step 3: the open pull request of the task's branch, or a new one; never a closed one.
 
-    Opening is not retried (not idempotent); a create whose answer was lost is found here by
-    the next attempt, as the open pull request it left.
+    The work is pushed by now, so a Forgejo fault here must not throw it away: a failed
+    attempt (a 5xx, a reset, a 429, a create whose answer was lost) is tried again, up to
+    :data:`OPEN_ATTEMPTS` times. Opening is not idempotent, so every attempt looks for the open
+    pull request first, and after a create whose outcome is unknown it waits the gateway's
+    ``settle_after`` — a create still on its way lands before the next look.
     """
-    pull = gateway.find_pull_by_head(repo, branch)
-    if pull is not None and pull.state is IssueState.OPEN:
-        return pull
     body = f"Closes #{issue_number}\n\n{summary}".strip()
-    return gateway.create_pull(repo, head=branch, base=base, title=title, body=body)
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            pull = gateway.find_pull_by_head(repo, branch)
+            if pull is not None and pull.state is IssueState.OPEN:
+                return pull
+            return gateway.create_pull(repo, head=branch, base=base, title=title, body=body)
+        except ForgejoConflict:
+            if attempt == OPEN_ATTEMPTS:
+                raise
+            # Forgejo refuses a second open pull request of one branch: look again.
+        except (ForgejoServerError, ForgejoRateLimited) as exc:
+            if attempt == OPEN_ATTEMPTS:
+                raise
+            if isinstance(exc, ForgejoRateLimited):
+                sleep(exc.retry_after or OPEN_RETRY_WAIT)
+            elif exc.outcome_unknown:
+                sleep(gateway.settle_after)
+            else:
+                sleep(OPEN_RETRY_WAIT)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def hand_in(
+    gateway: ForgejoGateway,
+    *,
+    repo: str,
+    branch: str,
+    base: str,
+    title: str,
+    issue_number: int,
+    summary: str,
+    commits: list[str],
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[PullRequest, list[str]]:
+    """Step 3: the pull request and the commits a run's receipt names.
+
+    ``commits`` are what :func:`finish` listed over the base. When there are some, the pull
+    request is :func:`find_or_open_pull`'s. When there are none, the task's work may have
+    landed already (an earlier attempt pushed it and its pull request was merged before that
+    attempt handed in a receipt): the merged pull request of the task's branch and its
+    commits are returned. Otherwise raises :class:`GitWorkFailed`.
+    """
+    if commits:
+        pull = find_or_open_pull(
+            gateway,
+            repo=repo,
+            branch=branch,
+            base=base,
+            title=title,
+            issue_number=issue_number,
+            summary=summary,
+            sleep=sleep,
+        )
+        return pull, commits
+    landed = gateway.find_pull_by_head(repo, branch)
+    if landed is not None and landed.merged:
+        shas = [commit.sha for commit in gateway.list_pull_commits(repo, landed.number)]
+        if shas:
+            return landed, shas
+    raise GitWorkFailed("the agent finished without changing anything on the branch")
 
 
 def _step(

@@ -14,8 +14,9 @@ The run itself:
 1. the task's git worktree (``reconciler.run.gitwork.prepare``, over ssh);
 2. the adapter's CLI in the worktree with the prompt built from the issue, under the host's
    ``timeout`` (the remote process is killed at the deadline, not just abandoned);
-3. commit, push (``gitwork.finish``) and the pull request (``gitwork.find_or_open_pull``:
-   the open one of the task's branch or a new one, never a closed one).
+3. commit, push (``gitwork.finish``) and the pull request (``gitwork.hand_in``:
+   the open one of the task's branch or a new one, never a closed one; the merged one
+   when an earlier attempt's work already landed).
 
 Three ssh round trips per run (prepare, CLI, finish) keep the overhead to a fraction of a
 second. Stopping a run (:meth:`HostExecutor.stop`) only signals: it marks the run cancelled
@@ -342,7 +343,7 @@ class HostExecutor:
         finally:
             if not finished:
                 gitwork.remove(site, job, worktree, timeout=settings.timeouts.dispatch)
-        pull = gitwork.find_or_open_pull(
+        pull, commits = gitwork.hand_in(
             self._gateway,
             repo=task.repo,
             branch=task.branch,
@@ -350,6 +351,7 @@ class HostExecutor:
             title=task.title,
             issue_number=task.issue_number,
             summary=result.summary,
+            commits=commits,
         )
         return ReceiptClaim(
             # One receipt per lease: a dispatch runs once under its lease.

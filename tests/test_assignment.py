@@ -3,6 +3,7 @@ no-op second pass, and the error paths."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -410,25 +411,34 @@ def test_a_stale_review_pass_never_writes_a_status_label_over_done() -> None:
 # --- against the in-memory Forgejo ------------------------------------------------------
 
 
+@contextlib.contextmanager
+def assignment_rig(
+    forge: ForgejoSandbox, clock: ManualClock, state_dir: Path, settings: Settings
+) -> Iterator[tuple[AssignmentController, ForgejoGateway, Store]]:
+    """An assignment controller over the in-memory Forgejo (labels made) and a store on disk."""
+    gateway = ForgejoGateway(
+        IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
+    )
+    gateway.ensure_labels(DEMO_REPO, label_specs(settings))
+    store = Store.open(state_dir)
+    actuator = Actuator(ActContext(gateway=gateway, store=store))
+    try:
+        yield (
+            AssignmentController(gateway, store, actuator, settings=lambda: settings, clock=clock),
+            gateway,
+            store,
+        )
+    finally:
+        store.close()
+        gateway.close()
+
+
 @pytest.fixture
 def controller(
     forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path
 ) -> Iterator[tuple[AssignmentController, ForgejoGateway, Store]]:
-    gateway = ForgejoGateway(
-        IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
-    )
-    gateway.ensure_labels(DEMO_REPO, label_specs(SETTINGS))
-    store = Store.open(tmp_path / "state")
-    actuator = Actuator(ActContext(gateway=gateway, store=store))
-    yield (
-        AssignmentController(
-            gateway, store, actuator, settings=lambda: SETTINGS, clock=forge_clock
-        ),
-        gateway,
-        store,
-    )
-    store.close()
-    gateway.close()
+    with assignment_rig(forge, forge_clock, tmp_path / "state", SETTINGS) as rig:
+        yield rig
 
 
 def test_reconcile_creates_the_task_and_a_second_pass_makes_no_write(

@@ -10,13 +10,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from controllers.assignment import COMMENT_MARKER, AssignmentController, Observed, plan
-from controllers.setup import label_specs
-from reconciler.engine.reconcile import ActContext, Actuator, SaveTask, UpsertComment
+from reconciler.engine.reconcile import SaveTask, UpsertComment
 from reconciler.fleet.rebuild import RebuiltFacts, facts_from_status_comment
 from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
 from reconciler.forgejo.types import Issue, IssueState
@@ -26,6 +24,7 @@ from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings
 from reconciler.store import Store
 from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
+from tests.test_assignment import assignment_rig
 
 pytest_plugins = ("tests.sandbox_fixtures",)
 
@@ -107,21 +106,8 @@ def test_a_completed_task_keeps_its_attempt_count() -> None:
 def controller(
     forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path
 ) -> Iterator[tuple[AssignmentController, ForgejoGateway, Store]]:
-    gateway = ForgejoGateway(
-        IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
-    )
-    gateway.ensure_labels(DEMO_REPO, label_specs(SETTINGS))
-    store = Store.open(tmp_path / "state")
-    actuator = Actuator(ActContext(gateway=gateway, store=store))
-    yield (
-        AssignmentController(
-            gateway, store, actuator, settings=lambda: SETTINGS, clock=forge_clock
-        ),
-        gateway,
-        store,
-    )
-    store.close()
-    gateway.close()
+    with assignment_rig(forge, forge_clock, tmp_path / "state", SETTINGS) as rig:
+        yield rig
 
 
 def test_after_state_loss_the_failed_comment_keeps_its_words(

@@ -203,9 +203,7 @@ class ForgeApi:
         def create_issue(actor: User, owner: str, repo: str) -> bottle.HTTPResponse:
             found = self.repo(actor, owner, repo)
             body = Body(bottle.request)
-            assignees = body.strings("assignees")
-            if body.has("assignee"):
-                assignees = [body.text("assignee"), *assignees]
+            assignees = body.assignees()
             issue = state.create_issue(
                 found,
                 actor,

@@ -47,9 +47,7 @@ def add_pull_routes(api: ForgeApi) -> None:
     def create_pull(actor: User, owner: str, repo: str) -> bottle.HTTPResponse:
         found = api.repo(actor, owner, repo)
         body = Body(bottle.request)
-        assignees = body.strings("assignees")
-        if body.has("assignee"):
-            assignees = [body.text("assignee"), *assignees]
+        assignees = body.assignees()
         issue = state.create_pull(
             found,
             actor,

@@ -192,6 +192,11 @@ class Body:
             raise Invalid(f"{name} must be a list of strings")
         return value
 
+    def assignees(self) -> list[str]:
+        """``assignees`` with the older single ``assignee`` first, as Forgejo reads them."""
+        names = self.strings("assignees")
+        return [self.text("assignee"), *names] if self.has("assignee") else names
+
     def items(self, name: str) -> list[object]:
         """A list of ids or names (label identifiers)."""
         value = self.data.get(name) or []

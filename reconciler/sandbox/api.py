@@ -17,6 +17,7 @@ from typing import Any
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 
 from reconciler.sandbox import shapes
+from reconciler.sandbox.api_links import add_link_routes
 from reconciler.sandbox.api_pulls import add_pull_routes
 from reconciler.sandbox.gitstore import StorageClosed
 from reconciler.sandbox.rest import (
@@ -380,6 +381,7 @@ class ForgeApi:
             return empty_response()
 
         add_pull_routes(self)
+        add_link_routes(self)
 
         # -- collaborators --
 

@@ -23,6 +23,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 
+from reconciler.sandbox import links
 from reconciler.sandbox.api import ForgeApi
 from reconciler.sandbox.githttp import GitHttp
 from reconciler.sandbox.gitstore import GitStorage
@@ -264,6 +265,38 @@ class ForgejoSandbox:
                 exclusive=exclusive,
                 description=description,
             ).id
+
+    def add_labels(
+        self, repo: str, number: int, names: Sequence[str], *, author: str | None = None
+    ) -> None:
+        """Add labels (by name) to an issue as ``author`` would in the web UI."""
+        with self.state.lock:
+            person = self._person(author)
+            self.state.add_labels(self._repo(repo, person), person, number, list(names))
+
+    def set_issue_state(
+        self, repo: str, number: int, state: str, *, author: str | None = None
+    ) -> None:
+        """Close (``"closed"``) or reopen (``"open"``) an issue."""
+        with self.state.lock:
+            person = self._person(author)
+            self.state.set_issue_state(self._repo(repo, person), person, number, state)
+
+    def add_dependency(
+        self,
+        repo: str,
+        number: int,
+        *,
+        on: int,
+        on_repo: str | None = None,
+        author: str | None = None,
+    ) -> None:
+        """Make ``repo#number`` depend on ``on_repo#on`` (default: the same repository)."""
+        with self.state.lock:
+            person = self._person(author)
+            issue = self.state.issue(self._repo(repo, person), number)
+            blocker = self.state.issue(self._repo(on_repo or repo, person), on)
+            links.add_dependency(self.state, person, issue, blocker)
 
     def comment(self, repo: str, number: int, body: str, *, author: str | None = None) -> int:
         """Comment on an issue or pull request; returns the comment id."""

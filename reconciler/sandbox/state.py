@@ -204,6 +204,18 @@ class Comment:
 
 
 @dataclass
+class LabelChange:
+    """One label added to or removed from an issue, and who did it: a ``label`` entry of the
+    issue's timeline (Forgejo stores it as a comment of type label, content "1" when added)."""
+
+    id: int
+    user: User
+    label: Label
+    added: bool
+    created_at: datetime
+
+
+@dataclass
 class Review:
     """A submitted pull request review."""
 
@@ -250,6 +262,9 @@ class Issue:
     assignees: list[User] = field(default_factory=list)
     comments: list[Comment] = field(default_factory=list)
     pull: PullRequest | None = None
+    label_changes: list[LabelChange] = field(default_factory=list)
+    depends_on: list[Issue] = field(default_factory=list)
+    """The issues this one depends on (Forgejo's "blocked by"), in the order they were added."""
 
     @property
     def is_pull(self) -> bool:
@@ -685,7 +700,8 @@ class ForgeState:
             raise Invalid("title must not be empty")
         issue = self._new_issue(repo, actor, title=title, body=body)
         if self.access(repo, actor) >= Access.WRITE:
-            issue.labels = keep_last_per_scope(self.resolve_labels(repo, label_ids))
+            labels = keep_last_per_scope(self.resolve_labels(repo, label_ids))
+            self._set_labels(actor, issue, labels)
             issue.assignees = [self.user_named(login) for login in dict.fromkeys(assignees)]
         repo.issues[issue.number] = issue
         self._emit(ForgeEvent(repo, "issues", "opened", actor, issue=issue))
@@ -800,6 +816,19 @@ class ForgeState:
 
     # -- issue labels --
 
+    def _set_labels(self, actor: User, issue: Issue, labels: list[Label]) -> None:
+        """Give ``issue`` these labels, recording each one added or removed on its timeline."""
+        now = self.now()
+        for label in issue.labels:
+            if label not in labels:
+                change = LabelChange(self._next_id("comment"), actor, label, False, now)
+                issue.label_changes.append(change)
+        for label in labels:
+            if label not in issue.labels:
+                change = LabelChange(self._next_id("comment"), actor, label, True, now)
+                issue.label_changes.append(change)
+        issue.labels = labels
+
     def _label_event(self, repo: Repo, actor: User, issue: Issue) -> None:
         event_type = "pull_request_label" if issue.is_pull else "issue_label"
         action = "label_updated" if issue.labels else "label_cleared"
@@ -814,7 +843,7 @@ class ForgeState:
         adding = keep_last_per_scope(self.resolve_labels(repo, identifiers))
         scopes = {label.scope for label in adding if label.scope is not None}
         kept = [label for label in issue.labels if label.scope not in scopes or label in adding]
-        issue.labels = kept + [label for label in adding if label not in kept]
+        self._set_labels(actor, issue, kept + [label for label in adding if label not in kept])
         self._touch(issue)
         self._label_event(repo, actor, issue)
         return issue
@@ -825,7 +854,7 @@ class ForgeState:
         """Replace the issue's labels (several of one exclusive scope: the last one wins)."""
         issue = self.issue(repo, number)
         self.require(repo, actor, Access.WRITE)
-        issue.labels = keep_last_per_scope(self.resolve_labels(repo, identifiers))
+        self._set_labels(actor, issue, keep_last_per_scope(self.resolve_labels(repo, identifiers)))
         self._touch(issue)
         self._label_event(repo, actor, issue)
         return issue
@@ -838,7 +867,7 @@ class ForgeState:
         if not found:
             raise Invalid(f"label does not exist [id: {identifier}]")
         if found[0] in issue.labels:
-            issue.labels.remove(found[0])
+            self._set_labels(actor, issue, [x for x in issue.labels if x != found[0]])
             self._touch(issue)
         # Forgejo announces the removal even when the issue did not carry the label.
         self._label_event(repo, actor, issue)
@@ -848,7 +877,7 @@ class ForgeState:
         """Remove every label."""
         issue = self.issue(repo, number)
         self.require(repo, actor, Access.WRITE)
-        issue.labels = []
+        self._set_labels(actor, issue, [])
         self._touch(issue)
         self._label_event(repo, actor, issue)
         return issue
@@ -1181,7 +1210,9 @@ class ForgeState:
             id=self._next_id("pull"), head=head, base=base, merge_base=merge_base
         )
         if self.access(repo, actor) >= Access.WRITE:
-            issue.labels = keep_last_per_scope(self.resolve_labels(repo, label_ids))
+            self._set_labels(
+                actor, issue, keep_last_per_scope(self.resolve_labels(repo, label_ids))
+            )
             issue.assignees = [self.user_named(login) for login in dict.fromkeys(assignees)]
         repo.issues[issue.number] = issue
         self._emit(ForgeEvent(repo, "pull_request", "opened", actor, issue=issue))

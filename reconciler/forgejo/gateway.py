@@ -29,6 +29,7 @@ from reconciler.forgejo.http import (
     seg,
     unique_names,
 )
+from reconciler.forgejo.links import LinkOps
 from reconciler.forgejo.pulls import MergeStyle, PullOps
 from reconciler.forgejo.types import (
     Hook,
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 
-class ForgejoGateway(CommentOps, PullOps):
+class ForgejoGateway(CommentOps, PullOps, LinkOps):
     """Typed, retrying, paginating access to one Forgejo instance with one token.
 
     ``transport`` is an optional httpx transport (tests pass ``httpx.WSGITransport``);

@@ -94,6 +94,8 @@ WRITE_OPERATIONS = frozenset(
         "create_hook",
         "edit_hook",
         "create_file",
+        "add_dependency",
+        "remove_dependency",
     }
 )
 """Operation names (as passed to ``on_call``) whose HTTP call changes Forgejo."""

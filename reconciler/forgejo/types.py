@@ -15,6 +15,7 @@ them. None of these modules imports pyforgejo or httpx: they are safe to import 
 """
 
 from reconciler.forgejo.issue_types import Comment, Issue, IssueState
+from reconciler.forgejo.link_types import LabelEvent
 from reconciler.forgejo.parsing import MalformedResponse, parse_time
 from reconciler.forgejo.pull_types import (
     Branch,
@@ -54,6 +55,7 @@ __all__ = [
     "Issue",
     "IssueState",
     "Label",
+    "LabelEvent",
     "LabelSpec",
     "MalformedResponse",
     "Page",

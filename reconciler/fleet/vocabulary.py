@@ -1,5 +1,5 @@
 """The labels agent-fleet ensures in each watched repository, as the gateway's ``LabelSpec``:
-the fixed vocabulary of ``[labels]`` (trigger, priorities, statuses, retry, hold), the role and
+the fixed vocabulary of ``[labels]`` (trigger, priorities, statuses, retry, hold, approval), the role and
 capability labels of the declared hosts and the registered agents, and the pin labels. Built
 here, in one place, from the settings: the repository set-up controller
 (``controllers/setup.py``) ensures :func:`label_specs`, and the Matrix room's ``!fleet assign``
@@ -88,6 +88,12 @@ def vocabulary_specs(
             False,
         ),
         spec(labels.hold, labels.color_hold, "Paused: agent-fleet dispatches nothing.", False),
+        spec(
+            labels.approved,
+            labels.color_approved,
+            "A maintainer approves work on an issue whose author is not trusted.",
+            False,
+        ),
     )
     return (
         fixed

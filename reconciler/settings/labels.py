@@ -61,6 +61,13 @@ class LabelsSettings(Section):
     hold: LabelName = Field(
         default="fleet/hold", description="Pauses the task; nothing is dispatched meanwhile."
     )
+    approved: LabelName = Field(
+        default="fleet/approved",
+        description=(
+            "A maintainer's approval of an issue whose author is not trusted: its task waits "
+            "until a trusted user other than the author adds it."
+        ),
+    )
     assign_prefix: LabelName = Field(
         default="fleet/assign:", description="Prefix of pin labels: `fleet/assign:<agent-id>`."
     )
@@ -80,6 +87,7 @@ class LabelsSettings(Section):
     color_retry: Color = Field(default="#f9d0c4", description="Colour of the retry label.")
     color_hold: Color = Field(default="#000000", description="Colour of the hold label.")
     color_assign: Color = Field(default="#bfdadc", description="Colour of pin labels.")
+    color_approved: Color = Field(default="#2cbe4e", description="Colour of the approval label.")
 
     @field_validator(*_STATUS_FIELDS, *_PRIORITY_FIELDS)
     @classmethod
@@ -110,7 +118,7 @@ class LabelsSettings(Section):
     def duplicate_names(self) -> Iterator[tuple[str, str]]:
         """(field, other field) for every label name used by two fields."""
         owner: dict[str, str] = {}
-        for field in ("trigger", "retry", "hold", *_PRIORITY_FIELDS, *_STATUS_FIELDS):
+        for field in ("trigger", "retry", "hold", "approved", *_PRIORITY_FIELDS, *_STATUS_FIELDS):
             name = getattr(self, field)
             if name in owner:
                 yield field, owner[name]

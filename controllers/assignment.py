@@ -17,7 +17,7 @@ Placing tasks on agents and dispatching them builds on this module.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -37,6 +37,16 @@ from reconciler.engine.reconcile import (
 )
 from reconciler.errors import ForgejoNotFound, StalledError
 from reconciler.fleet.assignees import plan_assignees
+from reconciler.fleet.holdfacts import HoldFacts, read_blocked, read_hold_facts
+from reconciler.fleet.holds import (
+    Hold,
+    IssueRef,
+    approval_hold,
+    dependency_hold,
+    first_hold,
+    label_hold,
+    plan_hold,
+)
 from reconciler.fleet.issues import (
     new_task,
     read_labels,
@@ -47,7 +57,7 @@ from reconciler.fleet.issues import (
 from reconciler.fleet.placement import place, waiting_for
 from reconciler.fleet.rebuild import facts_from_status_comment
 from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
-from reconciler.forgejo.types import Issue, IssueState
+from reconciler.forgejo.types import Issue, IssueState, RepoPermission
 from reconciler.keys import ASSIGNMENT, Key, issue_key
 from reconciler.models import (
     BUSY_STATES,
@@ -64,6 +74,7 @@ from reconciler.models import (
     task_id_for,
     transition,
 )
+from reconciler.run.prompt import is_trusted_author
 from reconciler.settings import Settings
 from reconciler.store import Store
 
@@ -83,6 +94,10 @@ class Observed:
     dispatched: bool = False  # this process runs the task right now
     status_comment: str | None = None
     """The bot's status comment as Forgejo holds it — read only to rebuild a lost task."""
+    holds: HoldFacts = field(default_factory=HoldFacts)
+    """Trust, approval and dependencies, read while the task could be placed."""
+    blocked: tuple[IssueRef, ...] = ()
+    """Open issues waiting for this one, read when it is closed: looked at again now."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,26 @@ class StopRun(Action):
 
 def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Action, ...]:
     """Decide what must change for one issue. Pure: no I/O, no clock."""
+    wake = tuple(Enqueue(issue_key(ref.repo, ref.number)) for ref in observed.blocked)
+    return _plan_issue(observed, now=now, settings=settings) + wake
+
+
+def current_hold(observed: Observed, labels: tuple[str, ...], *, settings: Settings) -> Hold | None:
+    """Why the issue's task may not be placed now, if anything holds it (``fleet/holds.py``)."""
+    facts, issue = observed.holds, observed.issue
+    return first_hold(
+        label_hold(labels, settings.labels),
+        approval_hold(
+            author=issue.author if issue is not None else "",
+            author_trusted=facts.author_trusted,
+            approved_by=facts.approved_by,
+            vocabulary=settings.labels,
+        ),
+        dependency_hold(observed.repo, facts.open_dependencies, facts.cycle),
+    )
+
+
+def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Action, ...]:
     vocabulary = settings.labels
     issue, task = observed.issue, observed.task
     spec = read_labels(issue.labels, vocabulary) if issue is not None else None
@@ -191,7 +226,6 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
         "priority": spec.priority,
         "required_role": spec.role,
         "required_capabilities": spec.capabilities,
-        "on_hold": spec.hold,
         "pinned_agent": spec.pinned,
     }
     if any(getattr(task, field) != value for field, value in follow.items()):
@@ -226,8 +260,12 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     task, lifecycle_events, stop = plan_lifecycle(observed, task, now=now, settings=settings)
     events += lifecycle_events
 
+    hold = current_hold(observed, issue.labels, settings=settings)
+    task, hold_events = plan_hold(task, hold, now=now)
+    events += hold_events
+
     dispatch: Dispatch | None = None
-    if task.state is TaskState.CREATED:
+    if task.state is TaskState.CREATED and not task.on_hold:
         task, placement_events, dispatch = plan_placement(
             observed, task, now=now, settings=settings
         )
@@ -412,11 +450,18 @@ def _agent(observed: Observed, agent_id: AgentId | None) -> Agent | None:
 
 COMMENT_MARKER = "task"
 
+PLACEABLE_STATES = frozenset(
+    {TaskState.CREATED, TaskState.FAILED, TaskState.CANCELLED, TaskState.AGENT_LOST}
+)
+"""States from which a task can be (re)placed in this reconcile: its holds are read then."""
+
 
 def status_comment(task: Task, *, agents: tuple[Agent, ...], settings: Settings) -> str:
     """The one comment agent-fleet keeps on a task's issue, rewritten when the task changes."""
     head = f"<sub>agent-fleet · task `{task.id}`</sub>"
-    if task.state is TaskState.CREATED:
+    if task.state is TaskState.CREATED and task.on_hold and task.wait_reason:
+        line = f"⏸️ Not started yet: {task.wait_reason}."
+    elif task.state is TaskState.CREATED:
         if not task.wait_reason:
             return ""
         line = f"⏳ Waiting for an agent: {task.wait_reason}."
@@ -498,6 +543,25 @@ class AssignmentController:
                 ),
                 None,
             )
+        settings = self._settings()
+        watched = tuple(settings.forgejo.repos)
+        holds = HoldFacts()
+        blocked: tuple[IssueRef, ...] = ()
+        if issue is not None and issue.state is IssueState.CLOSED:
+            blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
+        elif (
+            issue is not None
+            and read_labels(issue.labels, settings.labels).wanted
+            and (task is None or task.state in PLACEABLE_STATES)
+        ):
+            holds = read_hold_facts(
+                self._gateway,
+                key.repo,
+                issue,
+                vocabulary=settings.labels,
+                watched=watched,
+                trusted=self._trust(key.repo, settings=settings),
+            )
         return Observed(
             repo=key.repo,
             number=number,
@@ -507,7 +571,27 @@ class AssignmentController:
             tasks=tuple(self._store.list_tasks()),
             dispatched=dispatched,
             status_comment=existing,
+            holds=holds,
+            blocked=blocked,
         )
+
+    def _trust(self, repo: str, *, settings: Settings) -> Callable[[str], bool]:
+        """Whose word counts on ``repo``: write access, or ``forgejo.trusted_authors``."""
+        allow = frozenset(settings.forgejo.trusted_authors)
+        verdicts: dict[str, bool] = {}
+
+        def trusted(login: str) -> bool:
+            if login not in verdicts:
+                permission: RepoPermission | None = None
+                if login and login.casefold() not in {a.casefold() for a in allow}:
+                    try:
+                        permission = self._gateway.get_permission(repo, login)
+                    except ForgejoNotFound:
+                        permission = None
+                verdicts[login] = is_trusted_author(login, permission, allow=allow)
+            return verdicts[login]
+
+        return trusted
 
     def reconcile(self, key: Key) -> Result:
         observed = self.observe(key)

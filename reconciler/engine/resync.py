@@ -22,7 +22,7 @@ import structlog
 
 from reconciler.engine.metrics import Metrics
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.forgejo.types import Issue
+from reconciler.forgejo.types import Issue, IssueState
 from reconciler.keys import Key, agent_key, branch_key, issue_key, pull_key, setup_key
 from reconciler.models import TaskState
 from reconciler.settings import LabelsSettings, Settings
@@ -98,7 +98,13 @@ class Resync:
         for issue in issues:
             if issue.is_pull:
                 keys.append(pull_key(repo, issue.number))
-            elif issue.number in tracked or is_fleet_issue(issue, self._labels):
+            elif (
+                issue.number in tracked
+                or is_fleet_issue(issue, self._labels)
+                # A closed issue may block fleet issues: its reconcile looks them up and
+                # enqueues them, so a dependency that closed unseen is caught up here.
+                or issue.state is IssueState.CLOSED
+            ):
                 keys.append(issue_key(repo, issue.number))
         return keys
 

@@ -120,7 +120,7 @@ def place(
     if task.state is not TaskState.CREATED:
         return Placement(None, f"task is {task.state}, not waiting")
     if task.on_hold:
-        return Placement(None, "on hold (fleet/hold)")
+        return Placement(None, task.wait_reason or "on hold (fleet/hold)")
     if task.not_before is not None and task.not_before > now:
         return Placement(None, backoff_reason(task, now=now))
     matching = [a for a in agents if fits(task, a)]

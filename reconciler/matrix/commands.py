@@ -215,7 +215,7 @@ class CommandRunner:
         words = fmt.STATE_WORDS[task.state]
         detail = task.failure_reason if task.state in TERMINAL_STATES else task.wait_reason
         if task.on_hold:
-            detail = "on hold"
+            detail = task.wait_reason or "on hold"
         agent = (
             f" on {task.agent_id}" if task.agent_id and task.state not in TERMINAL_STATES else ""
         )

@@ -274,6 +274,12 @@ class ForgejoSandbox:
             person = self._person(author)
             self.state.add_labels(self._repo(repo, person), person, number, list(names))
 
+    def remove_label(self, repo: str, number: int, name: str, *, author: str | None = None) -> None:
+        """Remove a label (by name) from an issue as ``author`` would in the web UI."""
+        with self.state.lock:
+            person = self._person(author)
+            self.state.remove_label(self._repo(repo, person), person, number, name)
+
     def set_issue_state(
         self, repo: str, number: int, state: str, *, author: str | None = None
     ) -> None:

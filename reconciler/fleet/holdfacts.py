@@ -1,0 +1,98 @@
+"""Reading what the holds of ``fleet/holds.py`` decide on, through the Forgejo gateway.
+
+The assignment controller's observe step calls :func:`read_hold_facts` for an open fleet issue
+whose task could be placed (new, waiting, or about to be requeued), and :func:`read_blocked`
+for a closed issue, so the issues waiting for it are looked at again at once. Trust is the
+controller's to decide (``trusted(login)``: write access or ``forgejo.trusted_authors``), so
+this module asks the gateway only what the rules need, and only when they need it:
+
+* the author's trust, always (one permission read unless the login is configured as trusted);
+* the issue's timeline, only when the author is not trusted and the approval label is on it;
+* the issue's dependencies, always; and those of its open dependencies in the watched
+  repositories, breadth first and at most ``MAX_CYCLE_READS`` issues, only to tell a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from reconciler.fleet.holds import IssueRef, approver, find_cycle
+from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import Issue, IssueState
+from reconciler.settings import LabelsSettings
+
+MAX_CYCLE_READS = 20
+"""How many dependencies' own dependencies are read, at most, to find a cycle."""
+
+
+@dataclass(frozen=True)
+class HoldFacts:
+    """What was read about one issue for its holds (the defaults hold nothing)."""
+
+    author_trusted: bool = True
+    approved_by: str | None = None
+    open_dependencies: tuple[IssueRef, ...] = ()
+    cycle: tuple[IssueRef, ...] = ()
+
+
+def _ref(issue: Issue, default_repo: str) -> IssueRef:
+    return IssueRef(issue.repo or default_repo, issue.number)
+
+
+def _open_dependencies(gateway: ForgejoGateway, ref: IssueRef) -> tuple[IssueRef, ...]:
+    return tuple(
+        _ref(dep, ref.repo)
+        for dep in gateway.list_dependencies(ref.repo, ref.number)
+        if dep.state is IssueState.OPEN
+    )
+
+
+def read_hold_facts(
+    gateway: ForgejoGateway,
+    repo: str,
+    issue: Issue,
+    *,
+    vocabulary: LabelsSettings,
+    watched: Sequence[str],
+    trusted: Callable[[str], bool],
+) -> HoldFacts:
+    """The trust, approval and dependency facts of an open issue."""
+    author_trusted = trusted(issue.author)
+    approved_by = None
+    if not author_trusted and vocabulary.approved in issue.labels:
+        approved_by = approver(
+            gateway.label_events(repo, issue.number),
+            label=vocabulary.approved,
+            author=issue.author,
+            trusted=trusted,
+        )
+    start = IssueRef(repo, issue.number)
+    open_deps = _open_dependencies(gateway, start)
+    edges: dict[IssueRef, tuple[IssueRef, ...]] = {start: open_deps}
+    frontier = [ref for ref in open_deps if ref.repo in watched]
+    reads = 0
+    while frontier and reads < MAX_CYCLE_READS:
+        ref = frontier.pop(0)
+        if ref in edges:
+            continue
+        edges[ref] = _open_dependencies(gateway, ref)
+        reads += 1
+        frontier += [nxt for nxt in edges[ref] if nxt.repo in watched and nxt not in edges]
+    return HoldFacts(
+        author_trusted=author_trusted,
+        approved_by=approved_by,
+        open_dependencies=open_deps,
+        cycle=find_cycle(start, edges) or (),
+    )
+
+
+def read_blocked(
+    gateway: ForgejoGateway, repo: str, number: int, *, watched: Sequence[str]
+) -> tuple[IssueRef, ...]:
+    """The open issues in the watched repositories that depend on ``repo#number``."""
+    return tuple(
+        _ref(issue, repo)
+        for issue in gateway.list_blocks(repo, number)
+        if issue.state is IssueState.OPEN and (issue.repo or repo) in watched
+    )

@@ -11,8 +11,9 @@ from webhook.demo import DEMO_ISSUES, PULL_AGENTS, run_demo
 
 def test_demo_runs_tasks_through_review_to_done_and_shows_an_agent_going_offline() -> None:
     """Runnable tasks go created → assigned → running → review with a PR of the agent's files,
-    one is sent back by a review and rerun, all are merged, verified and done; the task nobody
-    can do waits with its reason; a silent pull agent goes offline."""
+    one is sent back by a review and rerun, all are merged, verified and done; the task that
+    depends on the first issue waits until it is closed, then runs; the task nobody can do
+    waits with its reason; a silent pull agent goes offline."""
     lines: list[str] = []
     before = set(threading.enumerate())
     assert run_demo(out=lines.append) == 0, "\n".join(lines)
@@ -24,13 +25,19 @@ def test_demo_runs_tasks_through_review_to_done_and_shows_an_agent_going_offline
             assert f"#{number} created → assigned" in text
             assert f"#{number} assigned → running" in text
             assert f"#{number} running → review_pending" in text
-            assert f"#{number} → PR #" in text and "fleet-notes/" in text
+            if issue.depends_on is None:  # the others open theirs after the listing
+                assert f"#{number} → PR #" in text and "fleet-notes/" in text
             assert f"#{number} review_pending → completed" in text
             row = next(line for line in lines if line.split()[:2] == [f"#{number}", "completed"])
             assert "status/done" in row and "receipt verified" in row
         else:
             assert f"#{number} waits: no agent has role developer and code:rust" in text
             assert f"#{number} created → assigned" not in text
+    # #2 depends on #1: it waits, saying so, and starts only once #1 is closed.
+    held = text.index("#2 waiting                      waiting for #1: open")
+    closed = text.index("alice closes #1; #2, waiting for it, starts now")
+    assert held < closed < text.index("#2 created → assigned")
+    assert "#2 waits: waiting for #1: open (also said on the issue)" in text
     assert "#1 review_pending → created     changes requested by alice" in text
     assert text.count("#1 assigned → running") == 2, "the review sends #1 back for a rerun"
     for agent_id in PULL_AGENTS:

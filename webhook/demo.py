@@ -6,7 +6,8 @@ one local host that runs tasks with the deterministic demo agent CLI. Two pull a
 register through the agent API and heartbeat. The demo files labelled issues through the
 Forgejo gateway as a person would, and prints each task's life as it lands in the store:
 created, assigned, running on the local host (a real git worktree, the agent's edit, commit,
-push), the pull request opened, in review — while the task nobody can do waits and says why.
+push), the pull request opened, in review — while the task nobody can do waits and says why,
+and the task that depends on the first issue waits until that issue is closed, then runs.
 Then the demo plays the reviewer: it asks for changes once (the agent runs again with the
 review in its prompt), approves and merges every pull request, and each task's receipt is
 verified against Forgejo before it is done, with status/done and a result comment; a summary
@@ -37,6 +38,7 @@ from controllers.setup import label_specs
 from reconciler.console.views import agents_table
 from reconciler.fleet.api import AgentSummary
 from reconciler.forgejo.gateway import ForgejoGateway
+from reconciler.forgejo.types import Issue
 from reconciler.matrix.notifier import Notifier
 from reconciler.matrix.preview import render_room
 from reconciler.models import AgentStatus, TaskState, task_id_for
@@ -88,6 +90,8 @@ class DemoIssue:
     body: str
     labels: tuple[str, ...]
     runnable: bool = True
+    depends_on: int | None = None
+    """The demo issue (by number) this one depends on: its task waits until that one closes."""
 
 
 DEMO_ISSUES = (
@@ -100,6 +104,7 @@ DEMO_ISSUES = (
         "Document the configuration file",
         "## Goal\nDescribe every key of the config file in docs/config.md.",
         ("fleet/task", "agent/documenter", "needs/docs", "priority/low"),
+        depends_on=1,
     ),
     DemoIssue(
         "Port the parser to Rust",
@@ -315,17 +320,23 @@ def run_demo(*, out: Print = print, keep: Callable[[DemoFleet], None] | None = N
                 out(f"▶ filing {len(DEMO_ISSUES)} labelled issues; the task's life as it happens:")
                 ids: dict[str, int] = {}
                 for demo_issue in DEMO_ISSUES:
-                    issue = person.create_issue(
-                        repo, title=demo_issue.title, body=demo_issue.body, labels=demo_issue.labels
-                    )
+                    issue = _file(person, repo, demo_issue)
                     ids[task_id_for(repo, issue.number)] = issue.number
-                    out(f"  + #{issue.number} {issue.title}  [{', '.join(sorted(issue.labels))}]")
+                    after = (
+                        f" — depends on #{demo_issue.depends_on}" if demo_issue.depends_on else ""
+                    )
+                    out(
+                        f"  + #{issue.number} {issue.title}  [{', '.join(sorted(issue.labels))}]"
+                        f"{after}"
+                    )
                 timeline = _Timeline(out, store)
                 runnable = {t for t, n in ids.items() if DEMO_ISSUES[n - 1].runnable}
+                # A task whose dependency is open waits first; it runs once that issue closes.
+                first_round = {t for t in runnable if DEMO_ISSUES[ids[t] - 1].depends_on is None}
 
                 def progressed() -> bool:
                     timeline.poll(ids)
-                    return _settled(store, ids, expect_review=runnable)
+                    return _settled(store, ids, expect_review=first_round)
 
                 done = _wait(progressed, WAIT_SECONDS)
                 timeline.poll(ids)
@@ -411,10 +422,26 @@ def _review(
 
     out(f"▶ {REVIEWER} approves and merges every PR; the receipts are checked against Forgejo:")
     for task_id in sorted(runnable, key=ids.__getitem__):
+        number = ids[task_id]
+
+        def in_review(task_id: str = task_id) -> bool:
+            timeline.poll(ids)
+            return store.get_task(task_id).state is TaskState.REVIEW_PENDING
+
+        if not _wait(in_review, WAIT_SECONDS):
+            out(f"✗ #{number} did not reach review")
+            return False
         pr = store.get_task(task_id).pr_number
         assert pr is not None
         sandbox.review(repo, pr, "APPROVED", body="Looks good.", author=REVIEWER)
         sandbox.merge(repo, pr, author=REVIEWER)
+        waiting = [n for n in sorted(ids.values()) if DEMO_ISSUES[n - 1].depends_on == number]
+        if waiting:
+            # Forgejo closes an issue whose merged PR says "Closes #N"; the sandbox leaves it
+            # to the person.
+            sandbox.set_issue_state(repo, number, "closed", author=REVIEWER)
+            shown = ", ".join(f"#{n}" for n in waiting)
+            out(f"  {REVIEWER} closes #{number}; {shown}, waiting for it, starts now:")
 
     def all_done() -> bool:
         timeline.poll(ids)
@@ -451,6 +478,19 @@ def _review(
     for row in rows:
         out("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return True
+
+
+def _file(person: ForgejoGateway, repo: str, demo_issue: DemoIssue) -> Issue:
+    """Open a demo issue as a person would; one that depends on another gets its dependency
+    before its fleet labels, so its task never starts ahead of it."""
+    if demo_issue.depends_on is None:
+        return person.create_issue(
+            repo, title=demo_issue.title, body=demo_issue.body, labels=demo_issue.labels
+        )
+    issue = person.create_issue(repo, title=demo_issue.title, body=demo_issue.body)
+    person.add_dependency(repo, issue.number, on=demo_issue.depends_on)
+    person.add_labels(repo, issue.number, demo_issue.labels)
+    return person.get_issue(repo, issue.number)
 
 
 def _plain(markdown: str) -> str:

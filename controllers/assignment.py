@@ -9,7 +9,10 @@ store, plans with the pure :func:`plan`, and applies the actions:
 * the issue's ``status/`` label follows the task's state (``status/todo`` while it waits);
 * ``fleet/retry`` on a failed task requeues it, and agent-fleet removes the label;
 * closing the issue or removing its fleet labels cancels the task; reopening or relabelling
-  brings it back.
+  brings it back;
+* a task that may not start now is held, saying why (``fleet/holds.py``: the hold label, an
+  untrusted author's missing approval, an open dependency or a cycle): it is not placed and no
+  attempt is spent; a closed issue queues the open issues that depend on it.
 
 Placing tasks on agents and dispatching them builds on this module.
 """
@@ -35,7 +38,7 @@ from reconciler.engine.reconcile import (
     UpsertComment,
     comment_digest,
 )
-from reconciler.errors import ForgejoNotFound, StalledError
+from reconciler.errors import ForgejoForbidden, ForgejoNotFound, StalledError
 from reconciler.fleet.assignees import plan_assignees
 from reconciler.fleet.holdfacts import HoldFacts, read_blocked, read_hold_facts
 from reconciler.fleet.holds import (
@@ -586,7 +589,9 @@ class AssignmentController:
                 if login and login.casefold() not in {a.casefold() for a in allow}:
                     try:
                         permission = self._gateway.get_permission(repo, login)
-                    except ForgejoNotFound:
+                    except (ForgejoNotFound, ForgejoForbidden):
+                        # Not a user, or not one Forgejo tells the bot about: not trusted.
+                        # A server error is raised: the reconcile is retried, not decided.
                         permission = None
                 verdicts[login] = is_trusted_author(login, permission, allow=allow)
             return verdicts[login]

@@ -35,7 +35,15 @@ SLOT_META_PREFIX = "matrix:slot:"
 RESTART_MARK = "restart:"
 
 # A waiting reason that no agent coming free will fix: a person must act.
-_STUCK_PREFIXES = ("no agent has", "no online agent has", "no agent is online", "pinned to")
+_STUCK_PREFIXES = (
+    "no agent has",
+    "no online agent has",
+    "no agent is online",
+    "pinned to",
+    # Holds only a person lifts (fleet/holds.py): an approval, a dependency loop.
+    "waiting for a maintainer's approval",
+    "dependency cycle",
+)
 
 
 def task_slot(task_id: str) -> str:

@@ -21,7 +21,13 @@ import structlog
 from reconciler.agent.client import AgentApi
 from reconciler.agent.config import WorkerConfig
 from reconciler.agent.taskrun import RunStopped, StepFailed, TaskRun
-from reconciler.errors import FleetError, NotFoundError, RefusedError, TransientError
+from reconciler.errors import (
+    ConflictError,
+    FleetError,
+    NotFoundError,
+    RefusedError,
+    TransientError,
+)
 from reconciler.fleet.api import SUMMARY_MAX, ReceiptRequest
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import Task
@@ -180,7 +186,8 @@ class TaskRunner:
     def _report(
         self, run: TaskRun, *, running: bool = False, note: str = "", failed: bool = False
     ) -> None:
-        """A status update, retried while the daemon is unreachable (refusals are final)."""
+        """A status update, retried while the daemon is unreachable or asks for it again
+        (``task_changed``); other refusals are final."""
         delay = self.config.retry_initial
         while True:
             try:
@@ -192,7 +199,11 @@ class TaskRunner:
                     failed=failed,
                 )
                 return
-            except TransientError as exc:
+            except (TransientError, ConflictError) as exc:
+                # 409 task_changed: the daemon saved another change to the task meanwhile
+                # (its own bookkeeping) and asks for the update again; other 409s are final.
+                if isinstance(exc, ConflictError) and exc.code != "task_changed":
+                    raise
                 log.warning("task.report_retry", task=run.task_id, error=str(exc))
                 if run.cancelled.wait(delay):
                     raise RunStopped(run.stop_reason) from None

@@ -44,6 +44,7 @@ from reconciler.fleet.holdfacts import HoldFacts, read_blocked, read_hold_facts
 from reconciler.fleet.holds import (
     Hold,
     IssueRef,
+    always_needs_approval,
     approval_hold,
     dependency_hold,
     first_hold,
@@ -144,6 +145,7 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
 def current_hold(observed: Observed, labels: tuple[str, ...], *, settings: Settings) -> Hold | None:
     """Why the issue's task may not be placed now, if anything holds it (``fleet/holds.py``)."""
     facts, issue = observed.holds, observed.issue
+    spec = read_labels(labels, settings.labels)
     return first_hold(
         label_hold(labels, settings.labels),
         approval_hold(
@@ -151,6 +153,7 @@ def current_hold(observed: Observed, labels: tuple[str, ...], *, settings: Setti
             author_trusted=facts.author_trusted,
             approved_by=facts.approved_by,
             vocabulary=settings.labels,
+            always=always_needs_approval(spec.role, labels, settings.approval),
         ),
         dependency_hold(observed.repo, facts.open_dependencies, facts.cycle),
     )
@@ -554,9 +557,10 @@ class AssignmentController:
             blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
         elif (
             issue is not None
-            and read_labels(issue.labels, settings.labels).wanted
+            and (spec := read_labels(issue.labels, settings.labels)).wanted
             and (task is None or task.state in PLACEABLE_STATES)
         ):
+            always = always_needs_approval(spec.role, issue.labels, settings.approval)
             holds = read_hold_facts(
                 self._gateway,
                 key.repo,
@@ -564,6 +568,7 @@ class AssignmentController:
                 vocabulary=settings.labels,
                 watched=watched,
                 trusted=self._trust(key.repo, settings=settings),
+                always_approval=always is not None,
             )
         return Observed(
             repo=key.repo,

@@ -20,6 +20,7 @@ from reconciler.keys import issue_key
 from reconciler.models import Agent, AgentId, AgentStatus, ExecutionMode, Task, task_id_for
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
+    ApprovalSettings,
     ForgejoSettings,
     LoopSettings,
     Settings,
@@ -233,3 +234,27 @@ def test_the_authors_own_approval_does_nothing_and_a_maintainers_starts_the_task
     world.forge.remove_label(DEMO_REPO, number, "fleet/approved", author="maintainer")
     world.settle()
     assert world.task(number).on_hold, "a removed approval is withdrawn"
+
+
+def test_a_role_that_always_needs_approval_waits_for_someone_other_than_the_author(
+    world: World,
+) -> None:
+    """[approval] roles: a maintainer's own devops issue waits; their own approval label does
+    nothing; another trusted user's starts it."""
+    current = world.assembly.settings()
+    world.assembly.settings.replace(
+        current.model_copy(update={"approval": ApprovalSettings(roles=("devops",))})
+    )
+    world.forge.create_label(DEMO_REPO, "agent/devops")
+    number = world.forge.create_issue(DEMO_REPO, "Rotate the keys", author="maintainer")
+    world.forge.add_labels(
+        DEMO_REPO, number, ["agent/devops", "fleet/approved"], author="maintainer"
+    )
+    world.settle()
+    task = world.task(number)
+    assert task.on_hold and "tasks for role devops always need one" in task.wait_reason
+
+    world.forge.remove_label(DEMO_REPO, number, "fleet/approved")
+    world.forge.add_labels(DEMO_REPO, number, ["fleet/approved"])  # fleet-admin: trusted
+    world.settle()
+    assert not world.task(number).on_hold

@@ -15,6 +15,7 @@ from reconciler.fleet.holds import (
     Hold,
     HoldKind,
     IssueRef,
+    always_needs_approval,
     approval_hold,
     approver,
     dependency_hold,
@@ -33,7 +34,7 @@ from reconciler.models import (
     TaskState,
     task_id_for,
 )
-from reconciler.settings import ForgejoSettings, LabelsSettings, Settings
+from reconciler.settings import ApprovalSettings, ForgejoSettings, LabelsSettings, Settings
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 REPO = "acme/web"
@@ -275,3 +276,42 @@ def test_a_closed_issue_wakes_the_issues_it_blocks() -> None:
         Enqueue(issue_key(REPO, 13)),
         Enqueue(issue_key("acme/api", 4)),
     )
+
+
+def test_configured_roles_and_labels_always_need_approval_even_from_trusted_authors() -> None:
+    """[approval] roles and labels hold a trusted author's work until someone else approves."""
+    approval = ApprovalSettings(roles=("devops",), labels=("risky",))
+    assert always_needs_approval("devops", (), approval) == "tasks for role devops always need one"
+    assert always_needs_approval(None, ("risky",), approval) == (
+        "issues labelled risky always need one"
+    )
+    assert always_needs_approval("developer", ("fleet/task",), approval) is None
+    held = approval_hold(
+        author="alice",
+        author_trusted=True,
+        approved_by=None,
+        vocabulary=VOCAB,
+        always="tasks for role devops always need one",
+    )
+    assert held is not None and held.reason == (
+        "waiting for a maintainer's approval: tasks for role devops always need one; "
+        "a maintainer other than the author adds fleet/approved"
+    )
+    settings = SETTINGS.model_copy(update={"approval": approval})
+    observed = Observed(
+        repo=REPO,
+        number=12,
+        issue=issue("agent/devops"),
+        task=None,
+        agents=(ssh_agent(),),
+    )
+    assert saved(plan(observed, now=NOW, settings=settings)).on_hold
+    approved = Observed(
+        repo=REPO,
+        number=12,
+        issue=issue("agent/devops", "fleet/approved"),
+        task=None,
+        agents=(ssh_agent(),),
+        holds=HoldFacts(approved_by="carol"),
+    )
+    assert not saved(plan(approved, now=NOW, settings=settings)).on_hold

@@ -7,7 +7,8 @@ controller's to decide (``trusted(login)``: write access or ``forgejo.trusted_au
 this module asks the gateway only what the rules need, and only when they need it:
 
 * the author's trust, always (one permission read unless the login is configured as trusted);
-* the issue's timeline, only when the author is not trusted and the approval label is on it;
+* the issue's timeline, only when the issue needs approval (an untrusted author, or ``[approval]``
+  roles and labels) and the approval label is on it;
 * the issue's dependencies, always; and those of its open dependencies in the watched
   repositories, breadth first and at most ``MAX_CYCLE_READS`` issues, only to tell a cycle.
 """
@@ -56,11 +57,14 @@ def read_hold_facts(
     vocabulary: LabelsSettings,
     watched: Sequence[str],
     trusted: Callable[[str], bool],
+    always_approval: bool = False,
 ) -> HoldFacts:
-    """The trust, approval and dependency facts of an open issue."""
+    """The trust, approval and dependency facts of an open issue; ``always_approval``: the
+    work needs approval whoever opened it (``[approval]``)."""
     author_trusted = trusted(issue.author)
     approved_by = None
-    if not author_trusted and vocabulary.approved in issue.labels:
+    needs_approval = always_approval or not author_trusted
+    if needs_approval and vocabulary.approved in issue.labels:
         approved_by = approver(
             gateway.label_events(repo, issue.number),
             label=vocabulary.approved,

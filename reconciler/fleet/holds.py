@@ -9,8 +9,9 @@ asks the rules here, and keeps the first hold that applies (:func:`first_hold`).
 order they are asked:
 
 * ``label``: a person paused the task with the hold label (``fleet/hold``);
-* ``approval``: the issue's author is not trusted and no trusted user other than the author has
-  added the approval label (``fleet/approved``) — one removed since does not count;
+* ``approval``: the issue's author is not trusted, or the work always needs approval
+  (``[approval]`` roles and labels), and no trusted user other than the author has added the
+  approval label (``fleet/approved``) — one removed since does not count;
 * ``cycle``: the issue's open dependencies lead back to it (``dependency cycle: #1 → #2 → #1``);
 * ``dependency``: an issue it depends on is still open (``waiting for #12: open``).
 
@@ -27,7 +28,7 @@ from enum import StrEnum
 
 from reconciler.forgejo.types import LabelEvent
 from reconciler.models import RECONCILER_ACTOR, Task, TaskEvent, TaskState
-from reconciler.settings import LabelsSettings
+from reconciler.settings import ApprovalSettings, LabelsSettings
 
 
 class HoldKind(StrEnum):
@@ -87,20 +88,40 @@ def approver(
     return approved_by
 
 
+def always_needs_approval(
+    role: str | None, labels: Sequence[str], approval: ApprovalSettings
+) -> str | None:
+    """Why this work needs approval whoever opened it (``[approval]`` roles and labels), in
+    words for the wait reason, or None."""
+    if role is not None and role in approval.roles:
+        return f"tasks for role {role} always need one"
+    marked = next((name for name in approval.labels if name in labels), None)
+    if marked is not None:
+        return f"issues labelled {marked} always need one"
+    return None
+
+
 def approval_hold(
     *,
     author: str,
     author_trusted: bool,
     approved_by: str | None,
     vocabulary: LabelsSettings,
+    always: str | None = None,
 ) -> Hold | None:
-    """An untrusted author's issue waits for a maintainer's approval label."""
-    if author_trusted or approved_by is not None:
+    """An untrusted author's issue, or work that ``always`` needs approval, waits for a
+    maintainer's approval label."""
+    if (author_trusted and always is None) or approved_by is not None:
         return None
+    if not author_trusted:
+        why = f"the issue's author {author or 'unknown'} is not trusted"
+        who = "a maintainer"
+    else:
+        why = str(always)
+        who = "a maintainer other than the author"
     return Hold(
         HoldKind.APPROVAL,
-        f"waiting for a maintainer's approval: the issue's author {author or 'unknown'} is not "
-        f"trusted; a maintainer adds {vocabulary.approved}",
+        f"waiting for a maintainer's approval: {why}; {who} adds {vocabulary.approved}",
     )
 
 

@@ -11,6 +11,7 @@ settings object; the CLI loads one and passes it down. ``render_reference()`` pr
 tables of ``docs/configuration.md`` from the field descriptions (a test keeps them in sync).
 """
 
+from reconciler.settings.approval import ApprovalSettings
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
 from reconciler.settings.labels import LabelName, LabelsSettings
 from reconciler.settings.loading import (
@@ -63,6 +64,7 @@ __all__ = [
     "ENV_PREFIX",
     "AdapterSettings",
     "ApiSettings",
+    "ApprovalSettings",
     "CapabilityName",
     "Color",
     "DashboardSettings",

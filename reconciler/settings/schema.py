@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from reconciler.settings.approval import ApprovalSettings
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
 from reconciler.settings.labels import LabelsSettings
 from reconciler.settings.sections import (
@@ -169,6 +170,10 @@ class Settings(BaseSettings):
     review: ReviewSettings = Field(
         default_factory=ReviewSettings,
         description="Pull requests, reviews and receipt verification.",
+    )
+    approval: ApprovalSettings = Field(
+        default_factory=ApprovalSettings,
+        description="Work that always needs a maintainer's approval before it starts.",
     )
 
     @classmethod

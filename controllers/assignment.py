@@ -38,9 +38,9 @@ from reconciler.engine.reconcile import (
     UpsertComment,
     comment_digest,
 )
-from reconciler.errors import ForgejoForbidden, ForgejoNotFound, StalledError
+from reconciler.errors import ForgejoNotFound, StalledError
 from reconciler.fleet.assignees import plan_assignees
-from reconciler.fleet.holdfacts import HoldFacts, read_blocked, read_hold_facts
+from reconciler.fleet.holdfacts import HoldFacts, read_blocked, read_hold_facts, trust_on
 from reconciler.fleet.holds import (
     Hold,
     IssueRef,
@@ -61,7 +61,7 @@ from reconciler.fleet.issues import (
 from reconciler.fleet.placement import place, waiting_for
 from reconciler.fleet.rebuild import facts_from_status_comment
 from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
-from reconciler.forgejo.types import Issue, IssueState, RepoPermission
+from reconciler.forgejo.types import Issue, IssueState
 from reconciler.keys import ASSIGNMENT, Key, issue_key
 from reconciler.models import (
     BUSY_STATES,
@@ -567,7 +567,12 @@ class AssignmentController:
                 issue,
                 vocabulary=settings.labels,
                 watched=watched,
-                trusted=self._trust(key.repo, settings=settings),
+                trusted=trust_on(
+                    self._gateway,
+                    key.repo,
+                    allow=frozenset(settings.forgejo.trusted_authors),
+                    judge=is_trusted_author,
+                ),
                 always_approval=always is not None,
             )
         return Observed(
@@ -582,26 +587,6 @@ class AssignmentController:
             holds=holds,
             blocked=blocked,
         )
-
-    def _trust(self, repo: str, *, settings: Settings) -> Callable[[str], bool]:
-        """Whose word counts on ``repo``: write access, or ``forgejo.trusted_authors``."""
-        allow = frozenset(settings.forgejo.trusted_authors)
-        verdicts: dict[str, bool] = {}
-
-        def trusted(login: str) -> bool:
-            if login not in verdicts:
-                permission: RepoPermission | None = None
-                if login and login.casefold() not in {a.casefold() for a in allow}:
-                    try:
-                        permission = self._gateway.get_permission(repo, login)
-                    except (ForgejoNotFound, ForgejoForbidden):
-                        # Not a user, or not one Forgejo tells the bot about: not trusted.
-                        # A server error is raised: the reconcile is retried, not decided.
-                        permission = None
-                verdicts[login] = is_trusted_author(login, permission, allow=allow)
-            return verdicts[login]
-
-        return trusted
 
     def reconcile(self, key: Key) -> Result:
         observed = self.observe(key)

@@ -16,11 +16,13 @@ this module asks the gateway only what the rules need, and only when they need i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
+from reconciler.errors import ForgejoForbidden, ForgejoNotFound
 from reconciler.fleet.holds import IssueRef, approver, find_cycle
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.forgejo.types import Issue, IssueState
+from reconciler.forgejo.types import Issue, IssueState, RepoPermission
 from reconciler.settings import LabelsSettings
 
 MAX_CYCLE_READS = 20
@@ -35,6 +37,34 @@ class HoldFacts:
     approved_by: str | None = None
     open_dependencies: tuple[IssueRef, ...] = ()
     cycle: tuple[IssueRef, ...] = ()
+
+
+Judge = Callable[..., bool]
+"""``judge(login, permission, allow=…)``: the trust rule (``run/prompt.is_trusted_author``)."""
+
+
+def trust_on(
+    gateway: ForgejoGateway, repo: str, *, allow: AbstractSet[str], judge: Judge
+) -> Callable[[str], bool]:
+    """Whose word counts on ``repo`` (write access, or a login in ``allow``), each login's
+    permission asked for once."""
+    allowed = {name.casefold() for name in allow}
+    verdicts: dict[str, bool] = {}
+
+    def trusted(login: str) -> bool:
+        if login not in verdicts:
+            permission: RepoPermission | None = None
+            if login and login.casefold() not in allowed:
+                try:
+                    permission = gateway.get_permission(repo, login)
+                except (ForgejoNotFound, ForgejoForbidden):
+                    # Not a user, or not one Forgejo tells the bot about: not trusted. A server
+                    # error is raised: the reconcile is retried, not decided.
+                    permission = None
+            verdicts[login] = bool(judge(login, permission, allow=allow))
+        return verdicts[login]
+
+    return trusted
 
 
 def _ref(issue: Issue, default_repo: str) -> IssueRef:

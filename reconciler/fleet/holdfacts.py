@@ -2,9 +2,10 @@
 
 The assignment controller's observe step calls :func:`read_hold_facts` for an open fleet issue
 whose task could be placed (new, waiting, or about to be requeued), and :func:`read_blocked`
-for a closed issue, so the issues waiting for it are looked at again at once. Trust is the
-controller's to decide (``trusted(login)``: write access or ``forgejo.trusted_authors``), so
-this module asks the gateway only what the rules need, and only when they need it:
+for a closed issue, so the issues waiting for it are looked at again at once. Who is trusted
+is decided by :func:`trust_on` with the prompt's rule (write access or
+``forgejo.trusted_authors``), which the controller passes in. The gateway is asked only what
+the rules need, and only when they need it:
 
 * the author's trust, always (one permission read unless the login is configured as trusted);
 * the issue's timeline, only when the issue needs approval (an untrusted author, or ``[approval]``

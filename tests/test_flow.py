@@ -12,21 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from reconciler.keys import issue_key
 from reconciler.models import TaskState, task_id_for
 from reconciler.sandbox import ForgejoSandbox
-from reconciler.settings import (
-    ForgejoSettings,
-    LoopSettings,
-    Settings,
-    StoreSettings,
-    WebhookSettings,
-)
-from reconciler.store import Store
-from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
-from webhook.daemon import Assembly, build, http_app, prepare_repos
+from tests.daemon_rig import hooked_daemon
+from tests.sandbox_fixtures import DEMO_REPO, ManualClock
+from webhook.daemon import Assembly
 from webhook.server import HttpServer
 
 SECRET = "flow-test-secret"
@@ -62,33 +54,7 @@ class Fleet:
 
 @pytest.fixture
 def fleet(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> Iterator[Fleet]:
-    store = Store.open(tmp_path / "state")
-    settings = Settings(
-        forgejo=ForgejoSettings(
-            url=IN_PROCESS_URL,
-            token=SecretStr(forge.admin_token),
-            repos=(DEMO_REPO,),
-            bot_login="fleet-admin",
-        ),
-        webhook=WebhookSettings(secret=SecretStr(SECRET), port=1),
-        loop=LoopSettings(resync_interval=3600),
-        store=StoreSettings(path=tmp_path / "state"),
-    )
-    assembly = build(
-        settings, store=store, clock=forge_clock, transport=httpx.WSGITransport(app=forge.app)
-    )
-    server = HttpServer(http_app(assembly, readiness=dict), host="127.0.0.1", port=0)
-    server.start()
-    hooked = settings.model_copy(
-        update={
-            "forgejo": settings.forgejo.model_copy(
-                update={"webhook_url": f"{server.url}/webhooks/forgejo", "manage_webhooks": True}
-            )
-        }
-    )
-    assembly.settings.replace(hooked)
-    prepare_repos(assembly)
-    assembly.resync.full()  # nothing there yet: remembers when it last looked
+    store, assembly, server = hooked_daemon(forge, forge_clock, tmp_path / "state", secret=SECRET)
     # Only the repository's set-up key, which finds it set up already: no action.
     assert [(o.key.controller, o.actions) for o in assembly.loop.drain()] == [("setup", ())]
     yield Fleet(forge=forge, assembly=assembly, server=server, clock=forge_clock)

@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-from pydantic import SecretStr
 
 from reconciler.fleet.placement import next_task_for
 from reconciler.keys import issue_key
@@ -21,16 +19,10 @@ from reconciler.models import Agent, AgentId, AgentStatus, ExecutionMode, Task, 
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
     ApprovalSettings,
-    ForgejoSettings,
-    LoopSettings,
-    Settings,
-    StoreSettings,
-    WebhookSettings,
 )
-from reconciler.store import Store
-from tests.sandbox_fixtures import DEMO_REPO, IN_PROCESS_URL, ManualClock
-from webhook.daemon import Assembly, build, http_app, prepare_repos
-from webhook.server import HttpServer
+from tests.daemon_rig import hooked_daemon
+from tests.sandbox_fixtures import DEMO_REPO, ManualClock
+from webhook.daemon import Assembly
 
 SECRET = "governance-secret"
 pytest_plugins = ("tests.sandbox_fixtures",)
@@ -71,33 +63,7 @@ class World:
 
 @pytest.fixture
 def world(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> Iterator[World]:
-    store = Store.open(tmp_path / "state")
-    settings = Settings(
-        forgejo=ForgejoSettings(
-            url=IN_PROCESS_URL,
-            token=SecretStr(forge.admin_token),
-            repos=(DEMO_REPO,),
-            bot_login="fleet-admin",
-        ),
-        webhook=WebhookSettings(secret=SecretStr(SECRET), port=1),
-        loop=LoopSettings(resync_interval=3600),
-        store=StoreSettings(path=tmp_path / "state"),
-    )
-    assembly = build(
-        settings, store=store, clock=forge_clock, transport=httpx.WSGITransport(app=forge.app)
-    )
-    server = HttpServer(http_app(assembly, readiness=dict), host="127.0.0.1", port=0)
-    server.start()
-    hooked = settings.model_copy(
-        update={
-            "forgejo": settings.forgejo.model_copy(
-                update={"webhook_url": f"{server.url}/webhooks/forgejo", "manage_webhooks": True}
-            )
-        }
-    )
-    assembly.settings.replace(hooked)
-    prepare_repos(assembly)
-    assembly.resync.full()
+    store, assembly, server = hooked_daemon(forge, forge_clock, tmp_path / "state", secret=SECRET)
     assembly.loop.drain()
     store.put_agent(
         Agent(

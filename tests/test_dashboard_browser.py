@@ -30,10 +30,12 @@ def wait_for(window: Any, condition: Callable[[], bool], what: str) -> None:
 
 
 def text_of(window: Any, css: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    found = window.find_elements(By.CSS_SELECTOR, css)
-    return " ".join(" ".join(e.text.split()) for e in found)
+    """The visible text of every element matching ``css``, read in one script so a live
+    re-render between finding an element and reading it cannot leave a stale reference."""
+    texts = window.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText);", css
+    )
+    return " ".join(" ".join(str(text).split()) for text in texts)
 
 
 def test_the_fleet_page_shows_the_demo_fleet_and_updates_itself_in_chromium(
@@ -89,11 +91,13 @@ def test_the_fleet_page_shows_the_demo_fleet_and_updates_itself_in_chromium(
         assert window.execute_script("return typeof window.pwned") == "undefined"
         assert window.find_elements(By.CSS_SELECTOR, "main img") == []
         assert window.find_elements(By.CSS_SELECTOR, "main script") == []
-        assert "live · updated" in window.find_element(By.ID, "live-status").text
+        assert "live · updated" in text_of(window, "#live-status")
         window.save_screenshot(str(artifacts / "dashboard-overview-updated.png"))
 
-        link = window.find_element(By.CSS_SELECTOR, "#tasks-done a.mono")
-        link.click()
+        link = window.execute_script(
+            "return document.querySelector('#tasks-done a.mono').href"
+        )  # the live page may re-render under a held element: follow the address instead
+        window.get(link)
         wait_for(window, lambda: bool(window.find_elements(By.ID, "timeline")), "a task's page")
         timeline = text_of(window, "#timeline")
         for step in (

@@ -7,6 +7,7 @@ daemon wires them) is shared with tests/test_registry.py and tests/test_agents_a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ from reconciler.models import (
 from reconciler.run.probes import HealthReport, HostProbes, RestartReport
 from reconciler.settings import ApiSettings, ForgejoSettings, HostSettings, Settings
 from reconciler.store import Store
+from reconciler.store.storage import load_state
 from tests.sandbox_fixtures import ManualClock
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -201,7 +203,7 @@ class Harness:
         """The store's files, to show a pass wrote nothing."""
         return tuple(
             (self.store.path / name).read_bytes() if (self.store.path / name).exists() else b""
-            for name in ("state.json", "events.jsonl")
+            for name in ("state.json", "state.journal", "events.jsonl")
         )
 
     def close(self) -> None:
@@ -227,7 +229,7 @@ def test_register_creates_an_online_agent_whose_token_is_stored_only_as_a_digest
     agent = fleet.agent("a1")
     assert agent.status is AgentStatus.ONLINE and agent.roles == ("developer",)
     assert agent.token_hash == token_digest(outcome.token)
-    assert outcome.token.encode() not in (fleet.store.path / "state.json").read_bytes()
+    assert outcome.token not in json.dumps(load_state(fleet.store.path))
     assert fleet.fleet.authenticate(outcome.token) == "a1"
     assert agent_key("a1") in fleet.enqueued
 

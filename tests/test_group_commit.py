@@ -4,7 +4,6 @@ tasks at once, all or nothing, and survives SIGKILL; the leader/follower protoco
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import threading
@@ -30,8 +29,9 @@ from reconciler.models import (
     branch_for,
     task_id_for,
 )
-from reconciler.store import Store, storage
+from reconciler.store import Store
 from reconciler.store.group_commit import GroupCommit
+from reconciler.store.journal import Journal
 from reconciler.store.logfile import JsonLinesLog
 from reconciler.store.store import EVENTS_FILE, TaskWrite
 from tests.test_fleet import REPO, Harness
@@ -100,21 +100,22 @@ def queue(tmp_path: Path) -> Iterator[Queue]:
 
 
 class StateWrites:
-    """Counts the durable writes of ``state.json`` and the appends to the event log; fails the
-    writes whose number (1-based, since the last ``reset``) is in ``failing``."""
+    """Counts the durable writes of the live state (journal records) and the appends to the
+    event log; fails the writes whose number (1-based, since the last ``reset``) is in
+    ``failing``."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
         self.appends = 0
         self.failing: set[int] = set()
-        write = storage.write_file_atomically
+        write = Journal.append
         append = JsonLinesLog.append
 
-        def counted_write(path: Path, data: bytes, *, directory_fd: int) -> None:
+        def counted_write(journal: Journal, changes: Any) -> None:
             self.count += 1
             if self.count in self.failing:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            write(path, data, directory_fd=directory_fd)
+                raise StoreError("cannot write the state journal: No space left on device")
+            write(journal, changes)
 
         def counted_append(log: JsonLinesLog, records: Any) -> int:
             records = list(records)
@@ -122,7 +123,7 @@ class StateWrites:
                 self.appends += 1
             return append(log, records)
 
-        monkeypatch.setattr(storage, "write_file_atomically", counted_write)
+        monkeypatch.setattr(Journal, "append", counted_write)
         monkeypatch.setattr(JsonLinesLog, "append", counted_append)
 
     def reset(self) -> None:

@@ -215,10 +215,10 @@ def test_failed_write_leaves_memory_as_the_disk_has_it(
     """A write that cannot reach the disk raises, and reads do not show it afterwards."""
     store.put_task(make_task(1))
 
-    def no_space(src: object, dst: object) -> None:
+    def no_space(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "replace", no_space)
+    monkeypatch.setattr(os, "fdatasync", no_space)
     with pytest.raises(StoreError, match="No space left"):
         store.put_task(make_task(2))
     assert store.find_task(task_id_for("org/repo", 2)) is None

@@ -24,7 +24,8 @@ from reconciler.models import (
 )
 from reconciler.store import SCHEMA_VERSION, Store
 from reconciler.store.logfile import encode_line
-from reconciler.store.store import ARCHIVE_FILE, EVENTS_FILE, RECEIPTS_FILE, STATE_FILE
+from reconciler.store.storage import load_state
+from reconciler.store.store import ARCHIVE_FILE, EVENTS_FILE, RECEIPTS_FILE
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=8)
@@ -76,7 +77,8 @@ def reopen(store: Store) -> Store:
 
 
 def live_task_ids(store: Store) -> set[str]:
-    return set(json.loads((store.path / STATE_FILE).read_text()).get("tasks", {}))
+    """The live task ids as the disk holds them (snapshot with its journal replayed)."""
+    return set(load_state(store.path).get("tasks", {}))
 
 
 # --- the event log ------------------------------------------------------------------------
@@ -96,10 +98,8 @@ def test_event_log_is_not_a_tinydb_table(store: Store) -> None:
     store.append_event(make_event("1-aaaaaaaa", 1))
     lines = (store.path / EVENTS_FILE).read_bytes().splitlines()
     assert json.loads(lines[0])["task_id"] == "1-aaaaaaaa"
-    # The live state file holds only the schema version written at open.
-    assert json.loads((store.path / STATE_FILE).read_text()) == {
-        "meta": {"schema_version": {"value": SCHEMA_VERSION}}
-    }
+    # The live state holds only the schema version written at open.
+    assert load_state(store.path) == {"meta": {"schema_version": {"value": SCHEMA_VERSION}}}
 
 
 def test_event_index_stays_right_across_appends_and_reopen(store: Store) -> None:

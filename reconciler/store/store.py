@@ -7,8 +7,10 @@ TinyDB or the files.
 
 What lives where (all in one directory, see docs/state.md):
 
-* ``state.json`` — TinyDB over :class:`~reconciler.store.storage.DurableJSONStorage`: agents,
-  live tasks, the outbox, per-key backoff and metadata. Kept small: every write rewrites it.
+* ``state.json`` and ``state.journal`` — TinyDB over
+  :class:`~reconciler.store.storage.DurableJSONStorage`: agents, live tasks, the outbox, per-key
+  backoff and metadata. A write appends the changed documents to the journal; compaction folds
+  the journal into the snapshot in the background.
 * ``archive.jsonl`` — terminal tasks moved out of the live file by :meth:`Store.archive_terminal`.
 * ``receipts.jsonl`` — every receipt ever submitted; receipts are claims, written once.
 * ``events.jsonl`` — the task event log.
@@ -44,14 +46,20 @@ from reconciler.models import (
     TaskState,
     task_id_for,
 )
+from reconciler.store.journal import COMPACTING_FILE, JOURNAL_FILE
 from reconciler.store.logfile import JsonLinesLog
 from reconciler.store.schema import migrate
-from reconciler.store.storage import TMP_SUFFIX, KeyedTable, StateDatabase
+from reconciler.store.storage import (
+    COMPACT_AFTER_BYTES,
+    STATE_FILE,
+    TMP_SUFFIX,
+    KeyedTable,
+    StateDatabase,
+)
 from reconciler.store.tables import (
     _BACKOFF,
     _META,
     _OUTBOX,
-    STATE_FILE,
     Backoff,
     JsonValue,
     OutboxMessage,
@@ -83,9 +91,12 @@ class TaskWrite(NamedTuple):
 class Store(SmallTables):
     """The one process-wide handle on the local state directory. Open with :meth:`open`."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, compact_after_bytes: int = COMPACT_AFTER_BYTES
+    ) -> None:
         """Prefer :meth:`open`, which says what it does; both open the store."""
         self.path = Path(path).absolute()
+        self._compact_after_bytes = compact_after_bytes
         self._lock = threading.RLock()
         # Each resource opened so far, closed in reverse by close() or by a failed open.
         self._closers: list[Callable[[], None]] = []
@@ -99,13 +110,28 @@ class Store(SmallTables):
     # --- opening and closing ----------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Store:
+    def open(
+        cls, path: str | os.PathLike[str], *, compact_after_bytes: int = COMPACT_AFTER_BYTES
+    ) -> Store:
         """Open (creating if needed) the store in directory ``path`` and take ownership of it.
 
         Raises :class:`StoreLockedError` when another process has it open, and
         :class:`StoreError` when a file cannot be read or was edited into something invalid.
+        ``compact_after_bytes`` is the least journal size that starts a compaction.
         """
-        return cls(path)
+        return cls(path, compact_after_bytes=compact_after_bytes)
+
+    def compact(self) -> bool:
+        """Fold the live state's journal into ``state.json`` now (normally done in the
+        background); whether a new snapshot was written."""
+        if self._closed:
+            raise StoreError(f"the state store at {self.path} is closed")
+        return self._db.durable.compact()
+
+    @property
+    def compactions(self) -> int:
+        """How many compactions this handle has completed."""
+        return self._db.durable.compactions
 
     def _open(self) -> None:
         try:
@@ -129,7 +155,13 @@ class Store(SmallTables):
         # Closing the lock file releases the flock.
         self._closers.append(lambda: os.close(lock_fd))
         self._remove_leftover_temp_files()
-        self._db = StateDatabase(self.path / STATE_FILE, directory_fd=directory_fd)
+        self._db = StateDatabase(
+            self.path / STATE_FILE,
+            directory_fd=directory_fd,
+            lock=self._lock,
+            compact_after_bytes=self._compact_after_bytes,
+        )
+        self._closers.append(self._db.close)
         migrate(self._db, self.path)
         self._check_live_state()
         self._archive = self._open_log(ARCHIVE_FILE, ("id",))
@@ -545,7 +577,9 @@ def _take_lock(directory: Path) -> int:
 
 __all__ = [
     "ARCHIVE_FILE",
+    "COMPACTING_FILE",
     "EVENTS_FILE",
+    "JOURNAL_FILE",
     "LOCK_FILE",
     "RECEIPTS_FILE",
     "STATE_FILE",

@@ -18,10 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from reconciler.errors import StoreError
 from reconciler.keys import Key
-from reconciler.store.storage import KeyedTable
+from reconciler.store.storage import STATE_FILE, KeyedTable
 
-# The TinyDB file these tables (and the agents and live tasks) live in, and their table names.
-STATE_FILE = "state.json"
+# The table names of these tables in the TinyDB database (state.json and its journal).
 _OUTBOX = "outbox"
 _BACKOFF = "backoff"
 _META = "meta"

@@ -38,7 +38,8 @@ from reconciler.models import (
     TaskState,
     task_id_for,
 )
-from reconciler.store import Store
+from reconciler.store import Store, storage
+from reconciler.store.storage import COMPACT_AFTER_BYTES
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 REPO = RepoName("org/repo")
@@ -69,12 +70,19 @@ def make_agent(agent_id: str, *, done: int = 0) -> Agent:
 # --- the kill test ------------------------------------------------------------------------
 
 
-def run_writer(directory: Path, *, first: int, report: Callable[[str], None]) -> None:
+def run_writer(
+    directory: Path,
+    *,
+    first: int,
+    report: Callable[[str], None],
+    compact_after_bytes: int = COMPACT_AFTER_BYTES,
+) -> None:
     """Write forever: tasks, archive moves, agents, events, receipts, outbox, backoff, meta.
 
-    ``report`` is called only after the write it names returned.
+    ``report`` is called only after the write it names returned. A small
+    ``compact_after_bytes`` makes the background compaction run every few writes.
     """
-    with Store.open(directory) as store:
+    with Store.open(directory, compact_after_bytes=compact_after_bytes) as store:
         report("ready")
         number = first
         while True:
@@ -119,8 +127,15 @@ def run_writer(directory: Path, *, first: int, report: Callable[[str], None]) ->
             number += 1
 
 
-def fork_writer(directory: Path, *, first: int) -> tuple[int, int]:
-    """Start the writer in a forked child; return (pid, read end of its report pipe)."""
+def fork_writer(
+    directory: Path,
+    *,
+    first: int,
+    compact_after_bytes: int = COMPACT_AFTER_BYTES,
+    in_child: Callable[[Callable[[str], None]], None] = lambda report: None,
+) -> tuple[int, int]:
+    """Start the writer in a forked child; return (pid, read end of its report pipe).
+    ``in_child`` runs in the child first, given the report function (to patch the child)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: write until killed; never return into pytest
@@ -131,7 +146,10 @@ def fork_writer(directory: Path, *, first: int) -> tuple[int, int]:
 
         try:
             os.close(read_end)
-            run_writer(directory, first=first, report=report)
+            in_child(report)
+            run_writer(
+                directory, first=first, report=report, compact_after_bytes=compact_after_bytes
+            )
         except BaseException:
             traceback.print_exc()  # the test reports that the writer stopped by itself
             raise
@@ -269,6 +287,109 @@ def test_sigkilled_writer_loses_no_acknowledged_write(tmp_path: Path) -> None:
     assert len(acknowledged.tasks) >= 40  # at least one task per round, by construction
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_sigkilled_writer_compacting_every_few_writes_loses_no_acknowledged_write(
+    tmp_path: Path,
+) -> None:
+    """With the journal compacted every few writes, kills land in every step of compaction
+    (rotation, the snapshot's temp file, its rename, the old journal's removal) and the store
+    still reopens with every acknowledged write."""
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    directory = tmp_path / "state"
+    with Store.open(directory) as store:
+        store.put_task(make_task(999_999))
+    acknowledged = Acknowledged()
+    mid_compaction = 0
+    for round_number in range(25):
+        pid, read_end = fork_writer(
+            directory, first=acknowledged.highest + 2, compact_after_bytes=1500
+        )
+        reports = kill_after(
+            pid,
+            read_end,
+            delay=rng.choice([0.0, 0.002, 0.01, 0.03]),
+            reports=rng.randint(1, 60),
+        )
+        acknowledged.take(reports)
+        # A kill between a compaction's rotation and its end leaves the rotated journal.
+        mid_compaction += (directory / "state.journal.compacting").exists()
+        try:
+            with Store.open(directory) as store:
+                acknowledged.check(store)
+        except AssertionError as failure:
+            raise AssertionError(f"round {round_number}, seed {seed}: {failure}") from failure
+    assert len(acknowledged.tasks) >= 25
+    print(f"{mid_compaction} of 25 kills landed mid-compaction")  # shown with -s
+
+
+def block_compaction(stage: str) -> Callable[[Callable[[str], None]], None]:
+    """A child patch: the first compaction's snapshot write stops at ``stage`` ("temp": half
+    the temp file written; "renamed": the snapshot replaced, the old journal not yet removed),
+    reports "compacting" and waits there forever, while the writer goes on."""
+
+    def patch(report: Callable[[str], None]) -> None:
+        write = storage.write_file_atomically
+
+        def stuck(path: Path, data: bytes, *, directory_fd: int) -> None:
+            if threading.current_thread().name != "store-compactor":
+                write(path, data, directory_fd=directory_fd)
+                return
+            if stage == "temp":
+                tmp = path.with_name(path.name + storage.TMP_SUFFIX)
+                tmp.write_bytes(data[: len(data) // 2])
+            else:
+                write(path, data, directory_fd=directory_fd)
+            report("compacting")
+            threading.Event().wait()
+
+        storage.write_file_atomically = stuck  # type: ignore[assignment]  # the child only
+
+    return patch
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("stage", ["temp", "renamed"])
+def test_kill_during_compaction_loses_no_acknowledged_write(tmp_path: Path, stage: str) -> None:
+    """A writer killed while its compaction is stuck mid-way (before or after the snapshot's
+    rename), with writes acknowledged meanwhile into the new journal, reopens with all of
+    them; the reopened store compacts and leaves one snapshot."""
+    directory = tmp_path / "state"
+    with Store.open(directory) as store:
+        store.put_task(make_task(999_999))
+    pid, read_end = fork_writer(
+        directory, first=1, compact_after_bytes=3000, in_child=block_compaction(stage)
+    )
+    received = b""
+    after_compacting = -1
+    while after_compacting < 40:
+        readable, _, _ = select.select([read_end], [], [], 60.0)
+        assert readable, "the writer stopped reporting"
+        chunk = os.read(read_end, 65536)
+        assert chunk, "the writer stopped by itself (see its traceback)"
+        received += chunk
+        if b"compacting\n" in received:
+            after_compacting = received.split(b"compacting\n", 1)[1].count(b"\n")
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    while chunk := os.read(read_end, 65536):
+        received += chunk
+    os.close(read_end)
+    reports = [line for line in received.decode().splitlines() if line != "compacting"]
+    assert (directory / "state.journal.compacting").exists()
+    acknowledged = Acknowledged()
+    acknowledged.take(reports)
+    with Store.open(directory) as store:
+        acknowledged.check(store)
+        assert not (directory / "state.journal.compacting").exists()
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith("state.")) == [
+        "state.journal",
+        "state.json",
+    ]
+    assert (directory / "state.journal").stat().st_size == 0
+
+
 # --- threads ------------------------------------------------------------------------------
 
 
@@ -307,6 +428,29 @@ def test_concurrent_read_modify_write_loses_no_increment(tmp_path: Path) -> None
         assert store.get_agent("a1").stats.errors == 100
     with Store.open(tmp_path / "state") as store:
         assert store.get_task(task_id).review_count == 100
+
+
+def test_threads_writing_while_compaction_runs_lose_nothing(tmp_path: Path) -> None:
+    """Four threads incrementing through update_task while the journal is compacted every few
+    writes: every increment is there, in memory and after reopening."""
+    directory = tmp_path / "state"
+    with Store.open(directory, compact_after_bytes=800) as store:
+        store.put_task(make_task(1))
+        task_id = task_id_for(REPO, 1)
+
+        def increment(index: int) -> None:
+            for n in range(40):
+                store.update_task(
+                    task_id, lambda t: t.model_copy(update={"review_count": t.review_count + 1})
+                )
+                store.put_task(make_task(1000 * (index + 1) + n))
+
+        run_threads(4, increment)
+        assert store.get_task(task_id).review_count == 160
+        assert store.compactions >= 1
+    with Store.open(directory) as store:
+        assert store.get_task(task_id).review_count == 160
+        assert len(store.list_tasks()) == 1 + 160
 
 
 def test_concurrent_puts_of_distinct_tasks_all_land(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from reconciler.models import (
     transition,
 )
 from reconciler.store import Backoff, Store, encode_backoff_key
-from reconciler.store.store import STATE_FILE
+from reconciler.store.store import STATE_FILE, TaskWrite
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -371,3 +372,69 @@ def test_meta_value_must_be_json(store: Store) -> None:
     """A value JSON cannot hold is refused."""
     with pytest.raises(ValueError, match="plain JSON"):
         store.set_meta("x", float("nan"))
+
+
+# --- the parsed objects and their indexes ---------------------------------------------------
+
+
+def test_indexed_task_lists_match_a_scan_after_random_writes_and_a_reopen(tmp_path: Path) -> None:
+    """list_tasks by state, repo and agent answers what filtering every task would, in the order
+    first stored, through puts, state changes, reassignments, commits, archiving and a reopen."""
+    rng = random.Random(7)
+    states = list(TaskState)
+    repos = ["org/one", "Org/Two", "org/three"]
+    agents = [None, AgentId("a1"), AgentId("a2"), AgentId("a3")]
+    store = Store.open(tmp_path / "state", compact_after_bytes=2000)
+    try:
+        for step in range(400):
+            number = rng.randrange(60)
+            repo = repos[number % 3]
+            current = store.find_task(task_id_for(repo, number))
+            task = (current or make_task(number, repo=repo)).model_copy(
+                update={
+                    "state": rng.choice(states),
+                    "agent_id": rng.choice(agents),
+                    "updated_at": NOW + timedelta(seconds=step),
+                }
+            )
+            if step % 7 == 0:
+                store.commit([TaskWrite(task, expected=current)])
+            else:
+                store.put_task(task)
+            if step % 50 == 49:
+                store.archive_terminal(NOW + timedelta(seconds=step - 20))
+            if step == 200:
+                store.close()
+                store = Store.open(tmp_path / "state", compact_after_bytes=2000)
+        everything = store.list_tasks()
+        assert len({t.id for t in everything}) == len(everything)
+        for wanted_states in ([TaskState.CREATED], [TaskState.RUNNING, TaskState.ASSIGNED], None):
+            for repo in [None, "ORG/two", "org/one"]:
+                for agent in [None, "a2"]:
+                    expected = [
+                        t
+                        for t in everything
+                        if (wanted_states is None or t.state in wanted_states)
+                        and (repo is None or t.repo.casefold() == repo.casefold())
+                        and (agent is None or t.agent_id == agent)
+                    ]
+                    got = store.list_tasks(state=wanted_states, repo=repo, agent_id=agent)
+                    assert got == expected, (wanted_states, repo, agent)
+        live = set(store.list_tasks())
+        store.close()
+        store = Store.open(tmp_path / "state")
+        assert [t.id for t in store.list_tasks()] == [t.id for t in everything]
+        assert set(store.list_tasks()) == live
+    finally:
+        store.close()
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
+def test_a_task_written_from_an_unvalidated_copy_reads_back_as_a_reopen_would(
+    store: Store,
+) -> None:
+    """model_copy skips validation; the store keeps the object a reopen would read, not it."""
+    task = make_task(1).model_copy(update={"state": "running"})
+    store.put_task(task)
+    assert store.get_task(task.id).state is TaskState.RUNNING
+    assert store.list_tasks(state=TaskState.RUNNING) == [store.get_task(task.id)]

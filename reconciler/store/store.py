@@ -47,6 +47,7 @@ from reconciler.models import (
     task_id_for,
 )
 from reconciler.store.journal import COMPACTING_FILE, JOURNAL_FILE
+from reconciler.store.live import LiveAgents, LiveTasks
 from reconciler.store.logfile import JsonLinesLog
 from reconciler.store.schema import migrate
 from reconciler.store.storage import (
@@ -188,6 +189,8 @@ class Store(SmallTables):
             (_TASKS, Task),
             (_OUTBOX, OutboxMessage),
         )
+        self._live_tasks = LiveTasks()
+        self._live_agents = LiveAgents()
         for name, model in models:
             for doc_id, doc in self._table(name).docs():
                 loaded = self._load(model, doc, where=f"{name}/{doc_id}")
@@ -195,6 +198,11 @@ class Store(SmallTables):
                     raise StoreError(
                         f"{self.path / STATE_FILE}: {name}/{doc_id} holds the record of {loaded.id!r}"
                     )
+                # Parsed once here; reads are served from these objects from now on.
+                if isinstance(loaded, Task):
+                    self._live_tasks.put(loaded)
+                elif isinstance(loaded, Agent):
+                    self._live_agents.put(loaded)
         for doc_id, doc in self._table(_BACKOFF).docs():
             self._load_backoff(doc, where=f"{_BACKOFF}/{doc_id}")
         for doc_id, doc in self._table(_META).docs():
@@ -238,8 +246,7 @@ class Store(SmallTables):
 
     def find_agent(self, agent_id: str) -> Agent | None:
         with self._locked():
-            doc = self._table(_AGENTS).get_doc(agent_id)
-            return None if doc is None else self._load(Agent, doc, where=f"agents/{agent_id}")
+            return self._live_agents.get(agent_id)
 
     def get_agent(self, agent_id: str) -> Agent:
         """The agent, or :class:`NotFoundError`."""
@@ -249,21 +256,23 @@ class Store(SmallTables):
         return agent
 
     def put_agent(self, agent: Agent) -> None:
+        doc = _dump(agent)
+        # Kept as a reopen would read it (a model_copy can hold values validation would change).
+        stored = self._load(Agent, doc, where=f"agents/{agent.id}")
         with self._locked():
-            self._table(_AGENTS).put_doc(agent.id, _dump(agent))
+            self._table(_AGENTS).put_doc(agent.id, doc)
+            self._live_agents.put(stored)
 
     def list_agents(self, *, status: AgentStatus | None = None) -> list[Agent]:
         with self._locked():
-            return [
-                self._load(Agent, doc, where=f"agents/{doc_id}")
-                for doc_id, doc in self._table(_AGENTS).docs()
-                if status is None or doc.get("status") == status.value
-            ]
+            return self._live_agents.select(status=status)
 
     def delete_agent(self, agent_id: str) -> bool:
         """Forget an agent; return whether it was there."""
         with self._locked():
-            return self._table(_AGENTS).delete_docs([agent_id]) == 1
+            removed = self._table(_AGENTS).delete_docs([agent_id]) == 1
+            self._live_agents.remove(agent_id)
+            return removed
 
     def update_agent(self, agent_id: str, change: Callable[[Agent], Agent]) -> Agent:
         """Read, change and write one agent atomically with respect to every other caller.
@@ -284,11 +293,11 @@ class Store(SmallTables):
     def find_task(self, task_id: str) -> Task | None:
         """The task, live or archived, or None."""
         with self._locked():
-            doc = self._table(_TASKS).get_doc(task_id)
-            if doc is not None:
+            live = self._live_tasks.get(task_id)
+            if live is not None:
                 # A live record is always the newest: the archive only receives copies of live
                 # records, and a reopened task is written live after its archived copy.
-                return self._load(Task, doc, where=f"tasks/{task_id}")
+                return live
             archived = self._archive.latest_for(task_id)
             if archived is None:
                 return None
@@ -308,25 +317,25 @@ class Store(SmallTables):
     def put_task(self, task: Task) -> None:
         """Write a task to the live state (a terminal task is archived later, see
         :meth:`archive_terminal`)."""
+        doc = _dump(task)
+        stored = self._load(Task, doc, where=f"tasks/{task.id}")
         with self._locked():
-            self._table(_TASKS).put_doc(task.id, _dump(task))
+            self._table(_TASKS).put_doc(task.id, doc)
+            self._live_tasks.put(stored)
 
     def list_tasks(
         self,
         *,
         state: TaskState | Collection[TaskState] | None = None,
         repo: str | None = None,
+        agent_id: str | None = None,
     ) -> list[Task]:
-        """Live tasks (not archived ones), optionally only in ``state`` and of ``repo``."""
+        """Live tasks (not archived ones), optionally only in ``state``, of ``repo`` and
+        assigned to ``agent_id``, in the order first stored. Served from the parsed objects
+        and their indexes: the cost is what is returned, not the size of the store."""
         states = _state_filter(state)
-        wanted_repo = repo.casefold() if repo is not None else None
         with self._locked():
-            return [
-                self._load(Task, doc, where=f"tasks/{doc_id}")
-                for doc_id, doc in self._table(_TASKS).docs()
-                if (states is None or doc.get("state") in states)
-                and (wanted_repo is None or str(doc.get("repo", "")).casefold() == wanted_repo)
-            ]
+            return self._live_tasks.select(states=states, repo=repo, agent_id=agent_id)
 
     def update_task(self, task_id: str, change: Callable[[Task], Task]) -> Task:
         """Read, change and write one task (live or archived) atomically.
@@ -396,12 +405,18 @@ class Store(SmallTables):
                     )
                     + "; nothing was written"
                 )
+            docs: dict[str, dict[str, Any]] = {w.task.id: _dump(w.task) for w in writes}
+            stored = [
+                self._load(Task, doc, where=f"tasks/{task_id}") for task_id, doc in docs.items()
+            ]
             start = self._events.append(_dump(event) for event in events)
             try:
-                self._table(_TASKS).put_docs({write.task.id: _dump(write.task) for write in writes})
+                self._table(_TASKS).put_docs(docs)
             except BaseException:
                 self._events.cut_back(start)
                 raise
+            for task in stored:
+                self._live_tasks.put(task)
 
     def record(self, task: Task, event: TaskEvent) -> None:
         """Append ``event`` to the log, then save ``task``.
@@ -428,16 +443,14 @@ class Store(SmallTables):
         """
         if older_than.tzinfo is None:
             raise ValueError("older_than must carry a time zone")
-        terminal = {state.value for state in TERMINAL_STATES}
         with self._locked():
             tasks = self._table(_TASKS)
             moving: list[tuple[str, Mapping[str, Any]]] = []
-            for doc_id, doc in tasks.docs():
-                if doc.get("state") not in terminal:
-                    continue
-                task = self._load(Task, doc, where=f"tasks/{doc_id}")
+            for task in self._live_tasks.select(states=TERMINAL_STATES):
                 if task.updated_at < older_than:
-                    moving.append((doc_id, doc))
+                    doc = tasks.get_doc(task.id)
+                    assert doc is not None  # the parsed objects mirror the table
+                    moving.append((task.id, doc))
             if not moving:
                 return 0
             # A record already there unchanged is a move a crash interrupted.
@@ -445,16 +458,17 @@ class Store(SmallTables):
                 doc for doc_id, doc in moving if self._archive.latest_for(doc_id) != doc
             )
             tasks.delete_docs(doc_id for doc_id, _ in moving)
+            for doc_id, _ in moving:
+                self._live_tasks.remove(doc_id)
             return len(moving)
 
     def archived_tasks(self, *, repo: str | None = None) -> list[Task]:
         """Every archived task that is not live again, in the order first archived."""
         wanted_repo = repo.casefold() if repo is not None else None
         with self._locked():
-            live = self._table(_TASKS)
             found: list[Task] = []
             for task_id in self._archive.distinct_keys():
-                if live.get_doc(task_id) is not None:
+                if self._live_tasks.get(task_id) is not None:
                     continue
                 record = self._archive.latest_for(task_id)
                 assert record is not None
@@ -543,12 +557,12 @@ class Store(SmallTables):
             ) from exc
 
 
-def _state_filter(state: TaskState | Collection[TaskState] | None) -> set[str] | None:
+def _state_filter(state: TaskState | Collection[TaskState] | None) -> set[TaskState] | None:
     if state is None:
         return None
     if isinstance(state, TaskState):
-        return {state.value}
-    return {TaskState(s).value for s in state}
+        return {state}
+    return {TaskState(s) for s in state}
 
 
 def _take_lock(directory: Path) -> int:

@@ -87,3 +87,16 @@ def test_dispatch_bench_prints_dequeue_latency_doubles_and_webhook_to_assigned()
     )
     assert "<= 50 ms" in rows["webhook -> assigned, labels written: p50"]
     assert len(VERDICT.findall(output)) == 3
+
+
+def test_store_bench_prints_the_write_and_dequeue_curve_and_observe_against_targets() -> None:
+    """bench/store.py --quick prints put_task p50 and dequeue p99 at each live size, the
+    largest/smallest put_task ratio and observe(), each beside its target."""
+    output = run_bench("store.py")
+    rows = rows_of(output)
+    for size in ("100", "300"):
+        assert "<= 3 ms" in rows[f"put_task p50, {size} live"]
+        assert "<= 20 ms" in rows[f"dequeue p99, {size} live, 10 polling agents"]
+    assert "<= 1.5" in rows["put_task p50 ratio, 300/100 live"]
+    assert "<= 5 ms" in rows["observe() p50, 20 agents + 300 live"]
+    assert len(VERDICT.findall(output)) >= 11

@@ -344,9 +344,7 @@ class RegistryController:
         host = next((h for h in settings.hosts if h.name == agent_id), None)
         if agent is not None and agent.mode is not ExecutionMode.SSH:
             host = None  # a pull agent registered this id first; the host cannot take it
-        tasks = tuple(
-            t for t in self._store.list_tasks(state=LOST_WITH_AGENT) if t.agent_id == agent_id
-        )
+        tasks = tuple(self._store.list_tasks(state=LOST_WITH_AGENT, agent_id=agent_id))
         probe = self._probes.latest(agent_id) if host is not None else None
         restart = self._probes.restarted(agent_id) if host is not None else None
         return Observed(

@@ -395,7 +395,7 @@ class Fleet(TaskReports):
     def get(self, agent_id: str) -> AgentView:
         """One agent with its soft state and current tasks, or :class:`NotFoundError`."""
         agent = self._store.get_agent(agent_id)
-        mine = [t for t in self._store.list_tasks(state=ACTIVE_STATES) if t.agent_id == agent.id]
+        mine = self._store.list_tasks(state=ACTIVE_STATES, agent_id=agent.id)
         return self._view(agent, mine, now=self._clock())
 
     def agents(

@@ -68,9 +68,6 @@ log = structlog.get_logger(__name__)
 
 # A dequeue that loses its chosen task to a concurrent writer chooses again, this many times.
 DEQUEUE_ATTEMPTS = 5
-# What a dequeue reads: the waiting tasks, and those that take a slot (for the agent's load).
-# Tasks in review or finished are most of a fleet's live tasks and are never read here.
-DEQUEUE_READS = BUSY_STATES | {TaskState.CREATED}
 
 
 @dataclass(frozen=True)
@@ -359,13 +356,22 @@ class PullQueue:
             and self._fleet.is_alive(agent, now=now)
         )
 
+    def _dequeue_reads(self, asks: Sequence[DequeueAsk]) -> list[Task]:
+        """What a batch chooses from: every waiting task, and the busy tasks of the asking
+        agents only (their load is all ``plan_assignments`` counts), read from the store's
+        indexes rather than every live task."""
+        tasks = self._store.list_tasks(state=TaskState.CREATED)
+        for agent_id in dict.fromkeys(ask.agent.id for ask in asks):
+            tasks.extend(self._store.list_tasks(state=BUSY_STATES, agent_id=agent_id))
+        return tasks
+
     def _assign_batch(self, asks: Sequence[DequeueAsk]) -> list[Task | None | Exception]:
         """Choose for every ask in turn and write the assignments with one ``Store.commit``;
         the group commit's leader calls this, one batch at a time. Per ask: its assigned task,
         None, or the error it fails with (each its own: every waiter raises its own)."""
         for _ in range(DEQUEUE_ATTEMPTS):
             try:
-                planned = plan_assignments(asks, self._store.list_tasks(state=DEQUEUE_READS))
+                planned = plan_assignments(asks, self._dequeue_reads(asks))
                 made = [a for a in planned if a is not None]
                 self._store.commit(
                     [TaskWrite(a.assigned, expected=a.chosen) for a in made],

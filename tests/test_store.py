@@ -13,11 +13,13 @@ import pytest
 
 from reconciler.engine.workqueue import BackoffStore
 from reconciler.errors import NotFoundError, StoreError
+from reconciler.fleet.placement import queue_order
 from reconciler.keys import Key, agent_key, issue_key
 from reconciler.models import (
     Agent,
     AgentId,
     AgentStatus,
+    Priority,
     RepoName,
     Task,
     TaskState,
@@ -379,7 +381,7 @@ def test_meta_value_must_be_json(store: Store) -> None:
 
 def test_indexed_task_lists_match_a_scan_after_random_writes_and_a_reopen(tmp_path: Path) -> None:
     """list_tasks by state, repo and agent answers what filtering every task would, in the order
-    first stored, through puts, state changes, reassignments, commits, archiving and a reopen."""
+    first stored, and waiting_tasks is the created ones in queue order, through puts, state changes, reassignments, commits, archiving and a reopen."""
     rng = random.Random(7)
     states = list(TaskState)
     repos = ["org/one", "Org/Two", "org/three"]
@@ -394,6 +396,8 @@ def test_indexed_task_lists_match_a_scan_after_random_writes_and_a_reopen(tmp_pa
                 update={
                     "state": rng.choice(states),
                     "agent_id": rng.choice(agents),
+                    "priority": rng.choice(list(Priority)),
+                    "created_at": NOW + timedelta(seconds=rng.randrange(5)),
                     "updated_at": NOW + timedelta(seconds=step),
                 }
             )
@@ -420,11 +424,14 @@ def test_indexed_task_lists_match_a_scan_after_random_writes_and_a_reopen(tmp_pa
                     ]
                     got = store.list_tasks(state=wanted_states, repo=repo, agent_id=agent)
                     assert got == expected, (wanted_states, repo, agent)
+        waiting = store.list_tasks(state=TaskState.CREATED)
+        assert store.waiting_tasks() == sorted(waiting, key=queue_order)
         live = set(store.list_tasks())
         store.close()
         store = Store.open(tmp_path / "state")
         assert [t.id for t in store.list_tasks()] == [t.id for t in everything]
         assert set(store.list_tasks()) == live
+        assert store.waiting_tasks() == sorted(waiting, key=queue_order)
     finally:
         store.close()
 

@@ -360,7 +360,7 @@ class PullQueue:
         """What a batch chooses from: every waiting task, and the busy tasks of the asking
         agents only (their load is all ``plan_assignments`` counts), read from the store's
         indexes rather than every live task."""
-        tasks = self._store.list_tasks(state=TaskState.CREATED)
+        tasks = self._store.waiting_tasks()  # in queue order: next_task_for's sort is linear
         for agent_id in dict.fromkeys(ask.agent.id for ask in asks):
             tasks.extend(self._store.list_tasks(state=BUSY_STATES, agent_id=agent_id))
         return tasks

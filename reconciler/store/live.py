@@ -7,6 +7,9 @@ Reads then cost what they return, not a validation of the whole store:
 
 * tasks by id, by state, by agent and by repository (case-insensitively); issue lookups are by
   id already (the task id is derived from repository and number);
+* the waiting tasks (``created``) in queue order — high priority first, then the oldest, then
+  by id, as ``reconciler.fleet.placement.queue_order`` sorts them — kept sorted as they change,
+  so a dequeue walks them without sorting;
 * agents by id.
 
 Every list comes back in the order the task was first stored, as TinyDB's table lists them:
@@ -15,10 +18,16 @@ callers that show or choose tasks see the same order as before the indexes exist
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Collection, Iterable
+from datetime import datetime
 
 from reconciler.models import Agent, AgentStatus, Task, TaskState
+
+
+def _queue_key(task: Task) -> tuple[int, datetime, str]:
+    return (task.priority.rank, task.created_at, task.id)
 
 
 class LiveTasks:
@@ -31,6 +40,8 @@ class LiveTasks:
         self._by_state: dict[TaskState, dict[str, Task]] = {state: {} for state in TaskState}
         self._by_agent: dict[str, dict[str, Task]] = {}
         self._by_repo: dict[str, dict[str, Task]] = {}
+        # The created tasks' queue keys, sorted; the tasks themselves are in _by_state.
+        self._queue: list[tuple[int, datetime, str]] = []
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -49,6 +60,8 @@ class LiveTasks:
         if task.agent_id is not None:
             self._by_agent.setdefault(task.agent_id, {})[task.id] = task
         self._by_repo.setdefault(task.repo.casefold(), {})[task.id] = task
+        if task.state is TaskState.CREATED:
+            bisect.insort(self._queue, _queue_key(task))
 
     def remove(self, task_id: str) -> None:
         old = self._tasks.pop(task_id, None)
@@ -58,6 +71,11 @@ class LiveTasks:
 
     def _unindex(self, task: Task) -> None:
         del self._by_state[task.state][task.id]
+        if task.state is TaskState.CREATED:
+            key = _queue_key(task)
+            index = bisect.bisect_left(self._queue, key)
+            assert self._queue[index] == key  # every created task is in the queue
+            del self._queue[index]
         if task.agent_id is not None:
             mine = self._by_agent[task.agent_id]
             del mine[task.id]
@@ -105,6 +123,11 @@ class LiveTasks:
         ]
         found.sort(key=lambda task: self._order[task.id])
         return found
+
+    def waiting_in_queue_order(self) -> list[Task]:
+        """The created tasks, high priority first, then the oldest, then by id."""
+        created = self._by_state[TaskState.CREATED]
+        return [created[key[2]] for key in self._queue]
 
 
 class LiveAgents:

@@ -337,6 +337,13 @@ class Store(SmallTables):
         with self._locked():
             return self._live_tasks.select(states=states, repo=repo, agent_id=agent_id)
 
+    def waiting_tasks(self) -> list[Task]:
+        """The live tasks in state ``created``, in queue order: high priority first, then the
+        oldest, then by id (``reconciler.fleet.placement.queue_order``). Kept sorted as tasks
+        change, so this costs what it returns."""
+        with self._locked():
+            return self._live_tasks.waiting_in_queue_order()
+
     def update_task(self, task_id: str, change: Callable[[Task], Task]) -> Task:
         """Read, change and write one task (live or archived) atomically.
 

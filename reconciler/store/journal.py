@@ -140,6 +140,9 @@ class Journal:
         self._directory_fd = directory_fd
         self._fd = self._open()
         self.size = os.fstat(self._fd).st_size
+        # Set when a failed append could not be cut back: the file may hold a record memory does
+        # not, so nothing more may be appended after it.
+        self.broken = False
 
     def _open(self) -> int:
         existed = self.path.exists()
@@ -167,6 +170,7 @@ class Journal:
                 os.ftruncate(self._fd, start)
                 os.fdatasync(self._fd)
             except OSError as undo_error:
+                self.broken = True
                 raise StoreError(
                     f"cannot write the state journal {self.path} ({exc}) nor cut it back "
                     f"({undo_error}); restart agent-fleet"

@@ -165,6 +165,10 @@ class DurableJSONStorage(Storage):
             self._journal.append(changes)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"cannot write the state journal: {exc}") from exc
+        except StoreError as exc:
+            if self._journal.broken:
+                self._failure = str(exc)
+            raise
         journal.apply_changes(self._data, changes)
         if self._journal.size > max(self._compact_after, self._snapshot_size):
             self._start_compactor()

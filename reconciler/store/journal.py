@@ -25,6 +25,7 @@ ignored. A bad line followed by good ones is damage, not a torn write, and refus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zlib
@@ -168,13 +169,16 @@ class Journal:
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, start)
-                os.fdatasync(self._fd)
             except OSError as undo_error:
                 self.broken = True
                 raise StoreError(
                     f"cannot write the state journal {self.path} ({exc}) nor cut it back "
                     f"({undo_error}); restart agent-fleet"
                 ) from exc
+            # Not synced: if the cut never reaches the disk, a crash leaves a whole record that
+            # was never acknowledged, which replays like a write whose answer was lost.
+            with contextlib.suppress(OSError):
+                os.fdatasync(self._fd)
             raise StoreError(f"cannot write the state journal {self.path}: {exc}") from exc
         self.size = start + len(data)
 

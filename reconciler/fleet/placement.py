@@ -194,5 +194,9 @@ def next_task_for(agent: Agent, *, tasks: Sequence[Task], now: datetime) -> Task
         return None
     if active_load(tasks).get(agent.id, 0) >= agent.max_concurrency:
         return None
-    waiting = sorted((t for t in tasks if is_waiting(t, now=now)), key=queue_order)
-    return next((t for t in waiting if fits(t, agent)), None)
+    # The first in queue order among those that fit: one pass, no sort (queue_order is unique).
+    return min(
+        (t for t in tasks if is_waiting(t, now=now) and fits(t, agent)),
+        key=queue_order,
+        default=None,
+    )

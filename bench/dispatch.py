@@ -62,6 +62,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,7 +99,8 @@ from reconciler.settings import (
     StoreSettings,
     WebhookSettings,
 )
-from reconciler.store import Store, storage
+from reconciler.store import Store
+from reconciler.store.journal import Change, Journal
 from webhook.daemon import Daemon, build, http_app
 from webhook.receiver import WEBHOOK_PATH
 from webhook.server import HttpServer
@@ -255,28 +257,29 @@ def seed_tasks(store: Store, first: int, count: int) -> list[str]:
 
 
 class CountedStateWrites:
-    """Counts the store's durable writes of its live state file while in a ``with`` block.
+    """Counts the store's durable writes of its live state while in a ``with`` block.
 
-    Wraps ``reconciler.store.storage.write_file_atomically``, which every write of
-    ``state.json`` goes through, under the store's lock (so the count needs no lock of its own).
+    Wraps ``reconciler.store.journal.Journal.append``, which every write of the live state goes
+    through (one journal record each), under the store's lock (so the count needs no lock of
+    its own).
     """
 
     def __init__(self) -> None:
         self.count = 0
-        self._original = storage.write_file_atomically
+        self._original = Journal.append
 
     def __enter__(self) -> Self:
         original = self._original
 
-        def counted(path: Path, data: bytes, *, directory_fd: int) -> None:
+        def counted(journal: Journal, changes: Iterable[Change]) -> None:
             self.count += 1
-            original(path, data, directory_fd=directory_fd)
+            original(journal, changes)
 
-        storage.write_file_atomically = counted
+        Journal.append = counted  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        storage.write_file_atomically = self._original
+        Journal.append = self._original  # type: ignore[method-assign]
 
 
 @dataclass

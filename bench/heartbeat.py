@@ -296,8 +296,9 @@ def measure(client: LoadClient[Job, Run], options: Options, *, root: Path) -> Re
             registration_s = time.perf_counter() - started
             held = give_tasks(store, agents)
             bodies = heartbeat_bodies(agents, held)
-            state_file = store.path / "state.json"
-            before = state_file.read_bytes()
+            # The live state's snapshot and journal: a write appends to the journal.
+            state_files = (store.path / "state.json", store.path / "state.journal")
+            before = [path.read_bytes() if path.exists() else b"" for path in state_files]
 
             def load(*, seconds: float, rate: float | None) -> Run:
                 """One run of heartbeats, with the server's CPU time meanwhile."""
@@ -317,7 +318,9 @@ def measure(client: LoadClient[Job, Run], options: Options, *, root: Path) -> Re
             capacity = load(seconds=options.capacity_seconds, rate=None)
             open_loop = load(seconds=options.open_seconds, rate=options.rate)
             online = len(assembly.fleet.agents(status=AgentStatus.ONLINE))
-            written = state_file.read_bytes() != before
+            written = [
+                path.read_bytes() if path.exists() else b"" for path in state_files
+            ] != before
         finally:
             server.stop()
             assembly.gateway.close()

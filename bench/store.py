@@ -250,6 +250,10 @@ def bench_curve_point(
     now = datetime.now(UTC)
     directory = root / f"curve-{size}"
     write_live_state(directory, [curve_task(n, now=now) for n in range(size)])
+    # The file was just written without fsync: flush it now, or the first fdatasyncs measured
+    # would wait for its megabytes (ext4 commits them together), which a running daemon's
+    # journal appends never do.
+    os.sync()
     settings = bench_settings()
     with Store.open(directory) as store:
         running = store.list_tasks(state=TaskState.RUNNING)

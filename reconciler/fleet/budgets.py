@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from reconciler.fleet.holds import Hold, HoldKind
+from reconciler.models import Task, TaskEvent
 from reconciler.settings import BudgetsSettings, LabelsSettings
 
 MeterFormat = Literal["claude-json", "codex-jsonl", "raw"]
@@ -256,3 +257,48 @@ def budget_prompt_line(budget: Budget) -> str | None:
         f"Budget: this task may spend at most {budget.describe()}; the run is stopped when its "
         "usage passes it, so work economically and finish within it."
     )
+
+
+# --- spend records ----------------------------------------------------------------------------
+
+SPENT_USD = "spent_usd"
+SPENT_TOKENS = "spent_tokens"
+"""Keys of a task event's ``data`` that record what a run spent: the receipt's note when a run
+hands in its work, the failure's transition when a run fails. The event's time puts the spend
+on its UTC day and its task on its repository; its actor is the agent."""
+
+
+@dataclass(frozen=True)
+class RunSpend:
+    """What one run spent, as its output reported it (``UsageMeter``)."""
+
+    cost_usd: float
+    tokens: int
+    estimated: bool
+    over_budget: bool = False
+
+
+def spend_data(cost_usd: float, tokens: int, *, estimated: bool) -> dict[str, object]:
+    """The ``data`` entries that record a run's spend on its event."""
+    return {SPENT_USD: round(cost_usd, 6), SPENT_TOKENS: tokens, "cost_estimated": estimated}
+
+
+def spends(events: Iterable[TaskEvent]) -> list[tuple[datetime, str, float, int]]:
+    """``(when, actor, usd, tokens)`` of every event that records a spend."""
+    found = []
+    for event in events:
+        usd = event.data.get(SPENT_USD)
+        if isinstance(usd, int | float):
+            tokens = event.data.get(SPENT_TOKENS)
+            count = tokens if isinstance(tokens, int) else 0
+            found.append((event.at, event.actor, float(usd), count))
+    return found
+
+
+def with_spend(task: Task, cost_usd: float, tokens: int, *, estimated: bool) -> dict[str, object]:
+    """The task's changes that add a run's spend to what it spent so far."""
+    return {
+        "spent_usd": round(task.spent_usd + cost_usd, 6),
+        "spent_tokens": task.spent_tokens + tokens,
+        "spent_estimated": task.spent_estimated or (estimated and cost_usd > 0),
+    }

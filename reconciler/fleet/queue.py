@@ -39,6 +39,7 @@ import structlog
 
 from reconciler.errors import ConflictError, IllegalTransitionError, StaleStateError, StoreError
 from reconciler.fleet.agents import Fleet
+from reconciler.fleet.budgets import spend_data, with_spend
 from reconciler.fleet.placement import next_task_for
 from reconciler.fleet.records import actor_for
 from reconciler.keys import Key, agent_key, issue_key, pull_key, task_key
@@ -247,9 +248,13 @@ def settle(task: Task, receipt: Receipt, *, now: datetime) -> tuple[Task, list[T
             "pr_number": receipt.pr_number,
             "commits": list(receipt.commits),
             "verified": False,
+            **spend_data(receipt.cost_usd, receipt.tokens, estimated=receipt.cost_estimated),
         },
     )
-    changes: dict[str, object] = {"last_activity_at": now}
+    changes: dict[str, object] = {
+        "last_activity_at": now,
+        **with_spend(task, receipt.cost_usd, receipt.tokens, estimated=receipt.cost_estimated),
+    }
     if receipt.session_id:
         changes["session_id"] = receipt.session_id
     if receipt.pr_number is not None:

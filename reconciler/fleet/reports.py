@@ -22,6 +22,7 @@ from reconciler.errors import (
     NotFoundError,
     StaleStateError,
 )
+from reconciler.fleet.budgets import RunSpend, spend_data, with_spend
 from reconciler.fleet.health import count_run_failure, count_run_success
 from reconciler.fleet.records import (
     StatusUpdate,
@@ -137,10 +138,12 @@ class TaskReports:
         lease_generation: int,
         reason: str,
         retryable: bool,
+        spent: RunSpend | None = None,
     ) -> StatusUpdate:
         """An agent running in this process (a run of the ssh executor) reports that its run
         failed: the task becomes ``failed`` with the reason, for the assignment controller to
-        retry with backoff when ``retryable``.
+        retry with backoff when ``retryable``. ``spent`` is what the run cost, added to the
+        task's spend (and its day's); ``spent.over_budget`` marks a run stopped by its budget.
 
         Not served over HTTP: a pull agent reports a failure as a progress note and its task
         fails at its deadline. Refused as :meth:`update_task_status` refuses, and with
@@ -162,7 +165,18 @@ class TaskReports:
                 reason=reason,
                 failure_reason=reason,
                 failure_retryable=retryable,
+                **(
+                    {
+                        **with_spend(task, spent.cost_usd, spent.tokens, estimated=spent.estimated),
+                        "over_budget": spent.over_budget,
+                    }
+                    if spent is not None
+                    else {}
+                ),
             )
+            if spent is not None:
+                data = spend_data(spent.cost_usd, spent.tokens, estimated=spent.estimated)
+                event = event.model_copy(update={"data": {**event.data, **data}})
             self._write(task, updated, event)
             self._count_run(agent_id, failure=reason, now=now)
         self._notify_issue(updated)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -155,6 +156,8 @@ class TaskReports:
             if task is None:
                 raise NotFoundError(f"no task {task_id!r}")
             self._check_lease(task, AgentId(agent_id), lease_generation)
+            if spent is not None:
+                spent = self._priced(agent_id, spent)
             if task.state not in LOST_WITH_AGENT:
                 raise IllegalTransitionError(f"task {task.id} is {task.state}, not in progress")
             updated, event = transition(
@@ -181,6 +184,17 @@ class TaskReports:
             self._count_run(agent_id, failure=reason, now=now)
         self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
+
+    def _priced(self, agent_id: str, spent: RunSpend) -> RunSpend:
+        """``spent`` with its cost estimated from its tokens and ``api.token_prices`` (by the
+        agent's type) when the CLI reported none, marked estimated."""
+        if spent.cost_usd or not spent.tokens:
+            return spent
+        agent = self._store.find_agent(agent_id)
+        price = self._settings().api.token_prices.get(agent.type) if agent else None
+        if price is None:
+            return spent
+        return replace(spent, cost_usd=spent.tokens * price / 1_000_000, estimated=True)
 
     def count_run_success(self, agent_id: str) -> None:
         """A run of the agent succeeded (its receipt was accepted): its failing streak and an

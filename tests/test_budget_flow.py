@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.console.history import task_report
+from reconciler.console.views import status_report
+from reconciler.fleet.api import TaskDetail
 from reconciler.fleet.budgets import RunSpend
 from reconciler.fleet.placement import next_task_for
 from reconciler.keys import issue_key
@@ -130,6 +133,15 @@ def test_over_budget_fails_for_good_and_the_daily_cap_holds_the_queue_until_midn
     assert task.failure_reason == "over budget: spent 1,500 of 1,000 tokens"
     assert (task.spent_usd, task.spent_tokens) == (1.25, 1500)
     assert "over budget: spent 1,500 of 1,000 tokens" in world.status_comment(first)
+
+    # Spend per task (tasks show, status), per repository and agent per day (/metrics).
+    store = world.assembly.store
+    shown = task_report(TaskDetail(task=task, events=tuple(store.events_for(task.id))))
+    assert "spent: $1.25, 1,500 tokens · budget: 1,000 tokens · over budget" in shown
+    assert "$1.25" in status_report([task], now=world.clock())
+    scraped = world.assembly.metrics.render().decode()
+    assert f'agent_fleet_repo_spend_today_usd{{repo="{DEMO_REPO}"}} 1.25' in scraped
+    assert 'agent_fleet_agent_spend_today_tokens{agent="puller"} 1500.0' in scraped
 
     world.clock.advance(3600)  # well past any retry backoff
     world.forge.add_labels(DEMO_REPO, first, ["fleet/retry"])

@@ -45,11 +45,12 @@ from reconciler.errors import ForgejoNotFound, StalledError
 from reconciler.fleet.assignees import plan_assignees
 from reconciler.fleet.budgets import (
     Budget,
+    agent_cap_reason,
+    agents_over_daily_cap,
     daily_cap_hold,
-    day_start,
     next_day_start,
+    read_spend_today,
     repo_daily_cap,
-    spends,
     task_budget,
 )
 from reconciler.fleet.holdfacts import HoldFacts, read_blocked, read_hold_facts, trust_on
@@ -71,7 +72,7 @@ from reconciler.fleet.issues import (
     status_label_for,
     status_labels,
 )
-from reconciler.fleet.placement import is_waiting, place, waiting_for
+from reconciler.fleet.placement import Placement, is_waiting, place, waiting_for
 from reconciler.fleet.rebuild import facts_from_status_comment
 from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
 from reconciler.forgejo.types import Issue, IssueState
@@ -118,6 +119,8 @@ class Observed:
     spent_today_usd: float = 0.0
     """What the repository's tasks spent this UTC day, read while the task could be placed
     and the repository has a daily cap."""
+    capped_agents: frozenset[str] = frozenset()
+    """Agents whose day's spend reached ``budgets.agent_daily_usd``: given no new task."""
 
 
 @dataclass(frozen=True)
@@ -478,13 +481,14 @@ def plan_placement(
     observed: Observed, task: Task, *, now: datetime, settings: Settings
 ) -> tuple[Task, list[TaskEvent], Dispatch | None]:
     """Give a waiting task to an ssh agent, or record why it waits."""
-    placement = place(
-        task,
-        agents=observed.agents,
-        tasks=observed.tasks,
-        now=now,
-        modes=frozenset({ExecutionMode.SSH}),
-    )
+    ssh = frozenset({ExecutionMode.SSH})
+    usable = tuple(a for a in observed.agents if a.id not in observed.capped_agents)
+    placement = place(task, agents=usable, tasks=observed.tasks, now=now, modes=ssh)
+    if placement.agent is None and len(usable) != len(observed.agents):
+        # Would an agent take it but for its daily budget? Then that is why it waits.
+        uncapped = place(task, agents=observed.agents, tasks=observed.tasks, now=now, modes=ssh)
+        if uncapped.agent is not None:
+            placement = Placement(None, agent_cap_reason(observed.capped_agents, settings.budgets))
     if placement.agent is None:
         if placement.reason != task.wait_reason:
             task = task.changed(now=now, wait_reason=placement.reason)
@@ -620,6 +624,7 @@ class AssignmentController:
         watched = tuple(settings.forgejo.repos)
         holds = HoldFacts()
         spent_today = 0.0
+        capped: frozenset[str] = frozenset()
         blocked: tuple[IssueRef, ...] = ()
         if issue is not None and issue.state is IssueState.CLOSED:
             blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
@@ -628,7 +633,12 @@ class AssignmentController:
             and (spec := read_labels(issue.labels, settings.labels)).wanted
             and (task is None or task.state in PLACEABLE_STATES)
         ):
-            spent_today = self._spent_today(key.repo, settings=settings)
+            if repo_daily_cap(key.repo, settings.budgets) is not None or (
+                settings.budgets.agent_daily_usd is not None
+            ):
+                today = read_spend_today(self._store, now=self._clock())
+                spent_today = sum(r.usd for r in today if r.kind == "repo" and r.name == key.repo)
+                capped = agents_over_daily_cap(today, settings.budgets)
             always = always_needs_approval(spec.role, issue.labels, settings.approval)
             holds = read_hold_facts(
                 self._gateway,
@@ -656,19 +666,8 @@ class AssignmentController:
             holds=holds,
             blocked=blocked,
             spent_today_usd=spent_today,
+            capped_agents=capped,
         )
-
-    def _spent_today(self, repo: str, *, settings: Settings) -> float:
-        """The repository's spend this UTC day (0 when it has no daily cap: not read)."""
-        if repo_daily_cap(repo, settings.budgets) is None:
-            return 0.0
-        start = day_start(self._clock())
-        total = 0.0
-        for task in self._store.list_tasks():
-            if task.repo == repo and task.updated_at >= start:
-                found = spends(self._store.events_for(task.id))
-                total += sum(usd for at, _, usd, _ in found if at >= start)
-        return total
 
     def reconcile(self, key: Key) -> Result:
         observed = self.observe(key)
@@ -677,6 +676,10 @@ class AssignmentController:
         self._actuator.apply(actions)
         saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
         after = next_check(saved, now=now)
+        if saved is not None and saved.state is TaskState.CREATED and observed.capped_agents:
+            # Capped agents take tasks again at 00:00 UTC.
+            lifts = (next_day_start(now) - now).total_seconds() + 0.5
+            after = lifts if after is None else min(after, lifts)
         if saved is not None and saved.on_hold and observed.spent_today_usd > 0:
             hold = current_hold(observed, observed.issue.labels, settings=self._settings()) if (
                 observed.issue is not None) else None  # fmt: skip

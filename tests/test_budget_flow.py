@@ -190,3 +190,21 @@ def test_raising_the_budget_of_an_over_budget_task_requeues_it(world: World) -> 
     assert task.attempt == 1 and task.failure_reason == ""
     handed = world.handed_out()
     assert handed is not None and handed.issue_number == number
+
+
+def test_an_agent_past_its_daily_budget_takes_no_new_task_until_midnight(world: World) -> None:
+    """With budgets.agent_daily_usd, a pull agent whose runs spent it is given nothing today."""
+    settings = world.assembly.settings()
+    budgets = BudgetsSettings(default=TaskBudget(tokens=1000), agent_daily_usd=1.0)
+    world.assembly.settings.replace(settings.model_copy(update={"budgets": budgets}))
+    first = world.forge.create_issue(DEMO_REPO, "Expensive", labels=["fleet/task"])
+    world.settle()
+    world.run_over_budget(first, RunSpend(cost_usd=1.5, tokens=1500, estimated=False))
+    second = world.forge.create_issue(DEMO_REPO, "Next", labels=["fleet/task"])
+    world.settle()
+    assert not world.task(second).on_hold  # the repository has no cap: only the agent does
+    assert world.assembly.pull_queue.dequeue("puller") is None
+    world.clock.now = datetime(2026, 1, 6, 0, 0, 1, tzinfo=UTC)
+    world.assembly.fleet.heartbeat("puller")  # still there after the hours that passed
+    handout = world.assembly.pull_queue.dequeue("puller")
+    assert handout is not None and handout.task.issue_number == second

@@ -41,7 +41,7 @@ from reconciler.errors import (
     ForbiddenError,
     UnauthenticatedError,
 )
-from reconciler.fleet.budgets import day_start, spends
+from reconciler.fleet.budgets import read_spend_today
 from reconciler.fleet.health import end_auto_drain
 from reconciler.fleet.placement import active_load, queue_order
 from reconciler.fleet.records import (
@@ -466,27 +466,8 @@ class Fleet(TaskReports):
         metrics.bind_spend(self.spend_today)
 
     def spend_today(self) -> list[SpendToday]:
-        """What each repository and each agent spent this UTC day, from the spend recorded
-        on the events of tasks touched today (``fleet/budgets.py``)."""
-        now = self._clock()
-        start = day_start(now)
-        by_repo: dict[str, list[float]] = {}
-        by_agent: dict[str, list[float]] = {}
-        for task in self._store.list_tasks():
-            if task.updated_at < start:
-                continue
-            for at, actor, usd, tokens in spends(self._store.events_for(task.id)):
-                if at < start:
-                    continue
-                for table, name in ((by_repo, task.repo), (by_agent, actor.removeprefix("agent:"))):
-                    row = table.setdefault(name, [0.0, 0.0])
-                    row[0] += usd
-                    row[1] += tokens
-        return [
-            SpendToday(kind, name, round(usd, 6), int(tokens))
-            for kind, table in (("repo", by_repo), ("agent", by_agent))
-            for name, (usd, tokens) in sorted(table.items())
-        ]
+        """What each repository and each agent spent this UTC day (``fleet/budgets.py``)."""
+        return read_spend_today(self._store, now=self._clock())
 
     def _counter(self, status: AgentStatus) -> Callable[[], float]:
         return lambda: float(len(self._store.list_agents(status=status)))

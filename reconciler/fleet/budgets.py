@@ -6,7 +6,8 @@ cap until the next 00:00 UTC.
 
 The assignment controller asks :func:`task_budget` and :func:`daily_cap_hold`; the run's output
 reader feeds a :class:`UsageMeter` line by line and stops the run when :meth:`UsageMeter.over`
-says so. Nothing here does I/O or reads the clock. See ``docs/budgets.md``.
+says so. Nothing here reads the clock; only :func:`read_spend_today` reads (the store). See
+``docs/budgets.md``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from reconciler.engine.metrics import SpendToday
 from reconciler.fleet.holds import Hold, HoldKind
 from reconciler.models import Task, TaskEvent
 from reconciler.settings import BudgetsSettings, LabelsSettings
+from reconciler.store import Store
 
 MeterFormat = Literal["claude-json", "codex-jsonl", "raw"]
 
@@ -302,3 +305,41 @@ def with_spend(task: Task, cost_usd: float, tokens: int, *, estimated: bool) -> 
         "spent_tokens": task.spent_tokens + tokens,
         "spent_estimated": task.spent_estimated or (estimated and cost_usd > 0),
     }
+
+
+def read_spend_today(store: Store, *, now: datetime) -> list[SpendToday]:
+    """What each repository and each agent spent on ``now``'s UTC day, from the spend recorded
+    on the events of the tasks touched that day (the agent is the event's actor)."""
+    start = day_start(now)
+    by_repo: dict[str, list[float]] = {}
+    by_agent: dict[str, list[float]] = {}
+    for task in store.list_tasks():
+        if task.updated_at < start:
+            continue
+        for at, actor, usd, tokens in spends(store.events_for(task.id)):
+            if at < start:
+                continue
+            for table, name in ((by_repo, task.repo), (by_agent, actor.removeprefix("agent:"))):
+                row = table.setdefault(name, [0.0, 0.0])
+                row[0] += usd
+                row[1] += tokens
+    return [
+        SpendToday(kind, name, round(usd, 6), int(tokens))
+        for kind, table in (("repo", by_repo), ("agent", by_agent))
+        for name, (usd, tokens) in sorted(table.items())
+    ]
+
+
+def agents_over_daily_cap(spent: Iterable[SpendToday], budgets: BudgetsSettings) -> frozenset[str]:
+    """The agents whose day's spend reached ``budgets.agent_daily_usd``: they take no new task
+    until 00:00 UTC."""
+    return frozenset(
+        row.name for row in spent if row.kind == "agent" and agent_over_daily_cap(row.usd, budgets)
+    )
+
+
+def agent_cap_reason(agents: Iterable[str], budgets: BudgetsSettings) -> str:
+    """Why a task that only capped agents could take waits."""
+    names = ", ".join(sorted(agents))
+    cap = format_usd(budgets.agent_daily_usd or 0.0)
+    return f"daily budget of {cap} per agent spent by {names}; resumes at 00:00 UTC"

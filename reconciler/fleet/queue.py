@@ -39,7 +39,7 @@ import structlog
 
 from reconciler.errors import ConflictError, IllegalTransitionError, StaleStateError, StoreError
 from reconciler.fleet.agents import Fleet
-from reconciler.fleet.budgets import spend_data, with_spend
+from reconciler.fleet.budgets import agents_over_daily_cap, read_spend_today, spend_data, with_spend
 from reconciler.fleet.placement import next_task_for
 from reconciler.fleet.records import actor_for
 from reconciler.keys import Key, agent_key, issue_key, pull_key, task_key
@@ -362,7 +362,15 @@ class PullQueue:
             and agent.status is AgentStatus.ONLINE
             and not agent.drain_requested
             and self._fleet.is_alive(agent, now=now)
+            and not self._over_daily_cap(agent, now=now)
         )
+
+    def _over_daily_cap(self, agent: Agent, *, now: datetime) -> bool:
+        """The agent's day's spend reached ``budgets.agent_daily_usd``: no new task today."""
+        budgets = self._settings().budgets
+        if budgets.agent_daily_usd is None:
+            return False
+        return agent.id in agents_over_daily_cap(read_spend_today(self._store, now=now), budgets)
 
     def _assign_batch(self, asks: Sequence[DequeueAsk]) -> list[Task | None | Exception]:
         """Choose for every ask in turn and write the assignments with one ``Store.commit``;

@@ -143,3 +143,23 @@ def test_the_prompt_line_states_the_budget() -> None:
     assert budget_prompt_line(Budget()) is None
     line = budget_prompt_line(Budget(usd=5, tokens=200_000))
     assert line is not None and "$5.00 and 200,000 tokens" in line
+
+
+def test_the_prompt_tells_the_agent_its_budget() -> None:
+    """build_prompt states the task's budget in a section of its own; no budget, no section."""
+    from reconciler.forgejo.types import Issue, IssueState
+    from reconciler.run.prompt import build_prompt
+
+    at = datetime(2026, 12, 5, tzinfo=UTC)
+    issue = Issue(id=1, number=3, title="Add notes", body="## Goal\nAdd notes.",
+                  state=IssueState.OPEN, labels=("fleet/task",), author="alice", assignees=(),
+                  created_at=at, updated_at=at, closed_at=None, is_pull=False, html_url="")  # fmt: skip
+
+    def prompt(budget: Budget | None) -> str:
+        return build_prompt(issue=issue, comments=(), trusted={"alice"}.__contains__,
+                            repo="acme/tool", branch="task/3-x", budget=budget)  # fmt: skip
+
+    stated = prompt(Budget(usd=5.0, tokens=200_000))
+    assert "## Budget" in stated and "at most $5.00 and 200,000 tokens" in stated
+    assert "## Budget" not in prompt(Budget())
+    assert "## Budget" not in prompt(None)

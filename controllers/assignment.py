@@ -11,8 +11,11 @@ store, plans with the pure :func:`plan`, and applies the actions:
 * closing the issue or removing its fleet labels cancels the task; reopening or relabelling
   brings it back;
 * a task that may not start now is held, saying why (``fleet/holds.py``: the hold label, an
-  untrusted author's missing approval, an open dependency or a cycle): it is not placed and no
-  attempt is spent; a closed issue queues the open issues that depend on it.
+  untrusted author's missing approval, an open dependency or a cycle, its repository's daily
+  budget spent): it is not placed and no attempt is spent; a closed issue queues the open
+  issues that depend on it; a task held by the daily budget is looked at again at 00:00 UTC;
+* the task's budget follows its role and budget labels (``fleet/budgets.py``); a task that
+  failed over budget is requeued when its budget is raised, and only then.
 
 Placing tasks on agents and dispatching them builds on this module.
 """
@@ -40,9 +43,20 @@ from reconciler.engine.reconcile import (
 )
 from reconciler.errors import ForgejoNotFound, StalledError
 from reconciler.fleet.assignees import plan_assignees
+from reconciler.fleet.budgets import (
+    Budget,
+    agent_cap_reason,
+    agents_over_daily_cap,
+    daily_cap_hold,
+    next_day_start,
+    read_spend_today,
+    repo_daily_cap,
+    task_budget,
+)
 from reconciler.fleet.holdfacts import HoldFacts, read_blocked, read_hold_facts, trust_on
 from reconciler.fleet.holds import (
     Hold,
+    HoldKind,
     IssueRef,
     always_needs_approval,
     approval_hold,
@@ -58,7 +72,7 @@ from reconciler.fleet.issues import (
     status_label_for,
     status_labels,
 )
-from reconciler.fleet.placement import place, waiting_for
+from reconciler.fleet.placement import Placement, is_waiting, place, waiting_for
 from reconciler.fleet.rebuild import facts_from_status_comment
 from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
 from reconciler.forgejo.types import Issue, IssueState
@@ -102,6 +116,11 @@ class Observed:
     """Trust, approval and dependencies, read while the task could be placed."""
     blocked: tuple[IssueRef, ...] = ()
     """Open issues waiting for this one, read when it is closed: looked at again now."""
+    spent_today_usd: float = 0.0
+    """What the repository's tasks spent this UTC day, read while the task could be placed
+    and the repository has a daily cap."""
+    capped_agents: frozenset[str] = frozenset()
+    """Agents whose day's spend reached ``budgets.agent_daily_usd``: given no new task."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +158,27 @@ class StopRun(Action):
 def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Action, ...]:
     """Decide what must change for one issue. Pure: no I/O, no clock."""
     wake = tuple(Enqueue(issue_key(ref.repo, ref.number)) for ref in observed.blocked)
-    return _plan_issue(observed, now=now, settings=settings) + wake
+    return (
+        _plan_issue(observed, now=now, settings=settings)
+        + wake
+        + _plan_cap_reached(observed, now=now, settings=settings)
+    )
+
+
+def _plan_cap_reached(
+    observed: Observed, *, now: datetime, settings: Settings
+) -> tuple[Action, ...]:
+    """Once the repository's daily budget is spent, its other waiting tasks are looked at
+    now, so they are held (and a pull agent's dequeue skips them) without waiting a resync."""
+    if daily_cap_hold(observed.repo, spent_today=observed.spent_today_usd,
+                      budgets=settings.budgets) is None:  # fmt: skip
+        return ()
+    mine = task_id_for(observed.repo, observed.number)
+    return tuple(
+        Enqueue(issue_key(t.repo, t.issue_number))
+        for t in observed.tasks
+        if t.repo == observed.repo and t.id != mine and is_waiting(t, now=now)
+    )
 
 
 def current_hold(observed: Observed, labels: tuple[str, ...], *, settings: Settings) -> Hold | None:
@@ -156,6 +195,9 @@ def current_hold(observed: Observed, labels: tuple[str, ...], *, settings: Setti
             always=always_needs_approval(spec.role, labels, settings.approval),
         ),
         dependency_hold(observed.repo, facts.open_dependencies, facts.cycle),
+        daily_cap_hold(
+            observed.repo, spent_today=observed.spent_today_usd, budgets=settings.budgets
+        ),
     )
 
 
@@ -227,12 +269,16 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
         )
         events.append(event)
 
+    budget = task_budget(spec.role, issue.labels, settings.budgets, vocabulary)
+    budget_before = Budget(usd=task.budget_usd, tokens=task.budget_tokens)
     follow = {
         "title": issue.title,
         "priority": spec.priority,
         "required_role": spec.role,
         "required_capabilities": spec.capabilities,
         "pinned_agent": spec.pinned,
+        "budget_usd": budget.usd,
+        "budget_tokens": budget.tokens,
     }
     if any(getattr(task, field) != value for field, value in follow.items()):
         task = task.changed(now=now, **follow)
@@ -247,9 +293,33 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
                 )
             )
 
+    if task.state is TaskState.FAILED and task.over_budget and budget.raised_from(budget_before):
+        task, event = requeue(
+            task,
+            now=now,
+            actor=RECONCILER_ACTOR,
+            reason=f"budget raised to {budget.describe()} (was {budget_before.describe()})",
+        )
+        task = task.changed(
+            now=now, failure_reason="", failure_retryable=False, not_before=None, over_budget=False
+        )
+        events.append(event)
+
     labels_to_remove: list[str] = []
     if spec.retry:
-        if task.state is TaskState.FAILED:
+        if task.state is TaskState.FAILED and task.over_budget:
+            # Another run would pass the same budget: only raising it requeues the task.
+            events.append(
+                TaskEvent(
+                    task_id=task.id,
+                    at=now,
+                    actor=RECONCILER_ACTOR,
+                    kind="refused",
+                    reason=f"{vocabulary.retry} ignored: the task failed over budget; raise its "
+                    f"budget ({vocabulary.budget_prefix}<amount>) to run it again",
+                )
+            )
+        elif task.state is TaskState.FAILED:
             task, event = requeue(
                 task,
                 now=now,
@@ -411,13 +481,14 @@ def plan_placement(
     observed: Observed, task: Task, *, now: datetime, settings: Settings
 ) -> tuple[Task, list[TaskEvent], Dispatch | None]:
     """Give a waiting task to an ssh agent, or record why it waits."""
-    placement = place(
-        task,
-        agents=observed.agents,
-        tasks=observed.tasks,
-        now=now,
-        modes=frozenset({ExecutionMode.SSH}),
-    )
+    ssh = frozenset({ExecutionMode.SSH})
+    usable = tuple(a for a in observed.agents if a.id not in observed.capped_agents)
+    placement = place(task, agents=usable, tasks=observed.tasks, now=now, modes=ssh)
+    if placement.agent is None and len(usable) != len(observed.agents):
+        # Would an agent take it but for its daily budget? Then that is why it waits.
+        uncapped = place(task, agents=observed.agents, tasks=observed.tasks, now=now, modes=ssh)
+        if uncapped.agent is not None:
+            placement = Placement(None, agent_cap_reason(observed.capped_agents, settings.budgets))
     if placement.agent is None:
         if placement.reason != task.wait_reason:
             task = task.changed(now=now, wait_reason=placement.reason)
@@ -552,6 +623,8 @@ class AssignmentController:
         settings = self._settings()
         watched = tuple(settings.forgejo.repos)
         holds = HoldFacts()
+        spent_today = 0.0
+        capped: frozenset[str] = frozenset()
         blocked: tuple[IssueRef, ...] = ()
         if issue is not None and issue.state is IssueState.CLOSED:
             blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
@@ -560,6 +633,12 @@ class AssignmentController:
             and (spec := read_labels(issue.labels, settings.labels)).wanted
             and (task is None or task.state in PLACEABLE_STATES)
         ):
+            if repo_daily_cap(key.repo, settings.budgets) is not None or (
+                settings.budgets.agent_daily_usd is not None
+            ):
+                today = read_spend_today(self._store, now=self._clock())
+                spent_today = sum(r.usd for r in today if r.kind == "repo" and r.name == key.repo)
+                capped = agents_over_daily_cap(today, settings.budgets)
             always = always_needs_approval(spec.role, issue.labels, settings.approval)
             holds = read_hold_facts(
                 self._gateway,
@@ -586,6 +665,8 @@ class AssignmentController:
             status_comment=existing,
             holds=holds,
             blocked=blocked,
+            spent_today_usd=spent_today,
+            capped_agents=capped,
         )
 
     def reconcile(self, key: Key) -> Result:
@@ -594,7 +675,19 @@ class AssignmentController:
         actions = plan(observed, now=now, settings=self._settings())
         self._actuator.apply(actions)
         saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
-        return Result(requeue_after=next_check(saved, now=now))
+        after = next_check(saved, now=now)
+        if saved is not None and saved.state is TaskState.CREATED and observed.capped_agents:
+            # Capped agents take tasks again at 00:00 UTC.
+            lifts = (next_day_start(now) - now).total_seconds() + 0.5
+            after = lifts if after is None else min(after, lifts)
+        if saved is not None and saved.on_hold and observed.spent_today_usd > 0:
+            hold = current_hold(observed, observed.issue.labels, settings=self._settings()) if (
+                observed.issue is not None) else None  # fmt: skip
+            if hold is not None and hold.kind == HoldKind.BUDGET:
+                # The day's spend resets at 00:00 UTC: look again then (+0.5 s past it).
+                lifts = (next_day_start(now) - now).total_seconds() + 0.5
+                after = lifts if after is None else min(after, lifts)
+        return Result(requeue_after=after)
 
 
 def next_check(task: Task | None, *, now: datetime) -> float | None:

@@ -47,6 +47,7 @@ from reconciler.engine.reconcile import (
     comment_digest,
 )
 from reconciler.errors import ForgejoNotFound, NotFoundError
+from reconciler.fleet.budgets import Budget, format_usd
 from reconciler.fleet.verify import (
     Evidence,
     check_receipt,
@@ -329,6 +330,20 @@ def _commit_line(sha: str, commits: Sequence[Commit]) -> str:
     return f"{link} {known.title}".rstrip()
 
 
+def _task_spend_rows(task: Task, receipt: Receipt) -> list[tuple[str, str]]:
+    """What the task spent over all its runs, against its budget — shown when it differs from
+    this receipt's figures (earlier runs) or the task has a budget."""
+    budget = Budget(usd=task.budget_usd, tokens=task.budget_tokens)
+    same = (task.spent_usd, task.spent_tokens) == (receipt.cost_usd, receipt.tokens)
+    if same and not budget.limited:
+        return []
+    spent = f"{format_usd(task.spent_usd)}" + (" (estimated)" if task.spent_estimated else "")
+    spent += f", {task.spent_tokens:,} tokens"
+    if budget.limited:
+        spent += f" of a budget of {budget.describe()}"
+    return [("Task spend", spent)]
+
+
 def result_comment(
     task: Task,
     receipt: Receipt,
@@ -395,6 +410,7 @@ def result_comment(
     rows += [
         ("Cost", f"${receipt.cost_usd:.4f}" + (" (estimated)" if receipt.cost_estimated else "")),
         ("Tokens", f"{receipt.tokens:,}"),
+        *_task_spend_rows(task, receipt),
         ("Duration", format_duration(receipt.duration_s)),
         (
             "Attempts",

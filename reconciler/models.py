@@ -292,6 +292,19 @@ class Task(_Frozen):
     (every verification, passed or not, is in the task's events, kind ``verification``)."""
     result_digest: str = ""
     """Digest of the result comment as last written (empty: not written by this store)."""
+    budget_usd: float | None = Field(default=None, gt=0)
+    """The task's dollar limit (``[budgets]`` role default or a budget label); None: none."""
+    budget_tokens: int | None = Field(default=None, gt=0)
+    """The task's token limit (``[budgets]`` role default or a budget label); None: none."""
+    spent_usd: float = Field(default=0.0, ge=0)
+    """What the task's runs cost so far, over every attempt (receipts and failed runs)."""
+    spent_tokens: int = Field(default=0, ge=0)
+    """Tokens the task's runs used so far, over every attempt."""
+    spent_estimated: bool = False
+    """Some of ``spent_usd`` was estimated from tokens and ``api.token_prices``."""
+    over_budget: bool = False
+    """The task failed because a run passed its budget: it is retried only when the budget
+    is raised (a budget label allowing more)."""
 
     _check_times = field_validator(
         "created_at", "updated_at", "last_activity_at", "deadline_at", "not_before"

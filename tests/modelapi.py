@@ -11,7 +11,9 @@ given and tests never share state. Answers are a pure function of the script and
 
 * ``Script.text_reply(...)`` answers every request with that text;
 * ``Script.tool_call(command, ...)`` asks for one shell command (Claude's ``Bash`` tool, Codex's
-  ``exec_command``) while the conversation has no tool result yet, then answers with text;
+  ``exec_command``) while the conversation has no tool result yet, then answers with text — or,
+  with ``then_hang=True``, never answers the request that carries the tool result (a run that
+  only ends when something stops it, e.g. its budget);
 * ``Script.failure(401)`` answers with that HTTP status and an API-shaped error body;
 * ``Script.hang()`` never answers (until the stand-in stops), for wall-clock timeouts.
 
@@ -52,6 +54,7 @@ class Script:
     text: str = "done"
     command: str = ""
     status: int = 200
+    then_hang: bool = False
 
     @classmethod
     def text_reply(cls, text: str) -> Script:
@@ -59,9 +62,10 @@ class Script:
         return cls(kind="text", text=text)
 
     @classmethod
-    def tool_call(cls, command: str, *, then: str = "done") -> Script:
-        """Ask for the shell ``command`` first; once its result is sent back, answer ``then``."""
-        return cls(kind="tool_call", command=command, text=then)
+    def tool_call(cls, command: str, *, then: str = "done", then_hang: bool = False) -> Script:
+        """Ask for the shell ``command`` first; once its result is sent back, answer ``then``
+        (or, ``then_hang``, never answer)."""
+        return cls(kind="tool_call", command=command, text=then, then_hang=then_hang)
 
     @classmethod
     def failure(cls, status: int) -> Script:
@@ -282,6 +286,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not isinstance(body, dict):
             self._send_json(400, _error_body(api_path, 400, "stand-in: body is not a JSON object"))
+            return
+        if script.then_hang and (_has_anthropic_tool_result(body) or _has_openai_tool_result(body)):
+            self.state.stopping.wait(HANG_LIMIT_S)
+            self.close_connection = True
             return
         if api_path == "/v1/messages":
             self._answer_messages(script, body)

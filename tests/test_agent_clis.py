@@ -23,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.fleet.budgets import Budget, UsageMeter
 from reconciler.forgejo.types import Issue, IssueState
 from reconciler.run.adapters import (
     AgentResult,
     LocalRun,
+    RunOutput,
     group_members,
     parse_output,
     render_command,
@@ -257,7 +259,7 @@ def test_claude_edits_the_worktree_and_reports_the_receipt_fields(
     first = model_api.requests(base)[0].body
     sent = json.dumps(first["messages"])
     assert "## Goal" in sent and "Add a NOTES.md." in sent and "hidden" not in sent
-    assert json.loads(log.read_text())["session_id"] == ran.result.session_id
+    assert json.loads(log.read_text().splitlines()[-1])["session_id"] == ran.result.session_id
     assert model_api.unknown_requests() == []
 
 
@@ -418,4 +420,92 @@ def test_cancelling_a_running_codex_stops_it_at_once(
     assert (output.cancelled, output.timed_out) == (True, False)
     assert (result.ok, result.error) == (False, "cancelled")
     assert result.session_id is not None  # thread.started came before the hang
+    assert _group_gone(run)
+
+
+# --- budgets ------------------------------------------------------------------------------------
+
+
+def _metered_run(
+    adapter: AdapterSettings,
+    checkout: TaskCheckout,
+    env: dict[str, str],
+    meter: UsageMeter,
+    budget: Budget,
+) -> tuple[AgentResult, RunOutput, LocalRun]:
+    argv = render_command(
+        adapter, prompt=_prompt(checkout), workdir=str(checkout.worktree), session_id=None,
+        resume=False, budget_usd=budget.usd,
+    )  # fmt: skip
+    full_env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **GIT_IDENTITY, **env,
+                **render_env(adapter)}  # fmt: skip
+
+    def watch(line: str) -> str | None:
+        meter.feed(line)
+        return meter.over(budget)
+
+    run = start_local(argv, cwd=checkout.worktree, env=full_env, timeout=RUN_TIMEOUT, watch=watch)
+    output = run.wait()
+    return parse_output(adapter.parser, output), output, run
+
+
+def test_claude_is_stopped_mid_stream_when_its_usage_passes_the_budget(
+    agent_clis: dict[str, str], model_api: ModelApiStandIn, checkout: TaskCheckout, home: Path
+) -> None:
+    """The first assistant message's usage passes a 50-token budget: the run is stopped there
+    (the model's next answer never comes, so only the budget can end it) and fails saying so."""
+    adapter = _with_binary(CLAUDE_ADAPTER, agent_clis["claude"])
+    base = model_api.base_url(Script.tool_call("echo metered", then_hang=True))
+    meter = UsageMeter("claude-json", price_per_million=6.0)
+    result, output, run = _metered_run(
+        adapter, checkout, model_api.claude_env(base, home=home), meter, Budget(tokens=50)
+    )
+    assert output.stopped_reason is not None, output.stdout
+    assert not output.timed_out
+    assert (result.ok, result.error) == (False, output.stopped_reason)
+    assert re.fullmatch(r"over budget: spent [\d,]+ of 50 tokens", output.stopped_reason)
+    assert meter.tokens >= INPUT_TOKENS
+    assert '"type":"result"' not in output.stdout.replace(" ", "")  # it never finished
+    assert _group_gone(run)
+
+
+def test_claude_is_given_its_dollar_budget_as_max_budget_usd(
+    agent_clis: dict[str, str], model_api: ModelApiStandIn, checkout: TaskCheckout, home: Path
+) -> None:
+    """A dollar budget reaches Claude Code as --max-budget-usd, and its reported cost is used."""
+    adapter = _with_binary(CLAUDE_ADAPTER, agent_clis["claude"])
+    base = model_api.base_url(Script.text_reply("hi"))
+    meter = UsageMeter("claude-json")
+    budget = Budget(usd=0.0001)  # one answer from the stand-in costs about $0.0004
+    argv = render_command(adapter, prompt="p", workdir=".", session_id=None, resume=False,
+                          budget_usd=budget.usd)  # fmt: skip
+    assert argv[-2:] == ["--max-budget-usd", "0.0001"]
+    result, output, _ = _metered_run(
+        adapter, checkout, model_api.claude_env(base, home=home), meter, budget
+    )
+    assert not meter.cost_estimated, (
+        output.stdout[-2000:] and meter.cost_usd is not None and meter.cost_usd > 0
+    )
+    assert result.ok is False
+    assert result.error is not None and result.error.startswith("over budget: spent $"), (
+        result.error
+    )
+
+
+def test_codex_is_stopped_at_the_turn_end_that_passes_its_budget(
+    agent_clis: dict[str, str], model_api: ModelApiStandIn, checkout: TaskCheckout, home: Path
+) -> None:
+    """Codex reports usage only when a turn completes: the run fails over budget there, its
+    cost estimated from the token price (Codex reports none)."""
+    adapter = _with_binary(CODEX_ADAPTER, agent_clis["codex"])
+    base = model_api.base_url(Script.text_reply("hi"))
+    meter = UsageMeter("codex-jsonl", price_per_million=2.5)
+    result, output, run = _metered_run(
+        adapter, checkout, model_api.codex_env(base, home=home), meter, Budget(tokens=50)
+    )
+    assert meter.tokens == ONE_TURN_TOKENS
+    assert output.stopped_reason == f"over budget: spent {ONE_TURN_TOKENS} of 50 tokens"
+    assert (result.ok, result.error) == (False, output.stopped_reason)
+    assert meter.cost_estimated
+    assert meter.cost_usd == pytest.approx(ONE_TURN_TOKENS * 2.5 / 1e6)
     assert _group_gone(run)

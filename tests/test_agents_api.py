@@ -252,6 +252,32 @@ def test_task_status_updates_append_events(api: Api) -> None:
     assert api.call("GET", f"/tasks/{task.id}", token=token).status_code == 200
 
 
+def test_a_run_stopped_over_budget_fails_its_task_at_once_with_its_spend(api: Api) -> None:
+    """over_budget with failed: the task fails (not retryable, marked over budget) and what
+    the run spent is on the task and on the failure's event; without failed it is a 400."""
+    token = api.register("a1")
+    task = api.registry.give_task("a1", running=True)
+    path = f"/tasks/{task.id}/status"
+    reason = "over budget: spent 1,500 of 1,000 tokens"
+    bad = api.call("POST", path, token=token,
+                   json={"lease_generation": 1, "note": reason, "over_budget": True})  # fmt: skip
+    assert (bad.status_code, error_of(bad)) == (400, "invalid_body")
+    answer = api.call(
+        "POST",
+        path,
+        token=token,
+        json={"lease_generation": 1, "note": reason, "failed": True, "over_budget": True,
+              "spent_usd": 0.25, "spent_tokens": 1500},
+    )  # fmt: skip
+    assert answer.status_code == 200
+    stored = api.registry.task()
+    assert stored.state is TaskState.FAILED and stored.over_budget
+    assert (stored.failure_reason, stored.failure_retryable) == (reason, False)
+    assert (stored.spent_usd, stored.spent_tokens) == (0.25, 1500)
+    last = api.call("GET", f"/tasks/{task.id}", token=OPERATOR).json()["events"][-1]
+    assert (last["to_state"], last["data"]["spent_usd"]) == ("failed", 0.25)
+
+
 def test_an_illegal_transition_is_a_409(api: Api) -> None:
     """A task waiting for review cannot be reported running again."""
     token = api.register("a1")

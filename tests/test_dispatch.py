@@ -252,3 +252,20 @@ def test_a_rerun_after_its_pull_request_was_closed_unmerged_opens_a_new_one(rig:
         first.pr_number,
         second.pr_number,
     ]
+
+
+def test_a_run_over_its_budget_fails_the_task_for_good_without_handing_work_in(
+    rig: Rig,
+) -> None:
+    """Over ssh the run's output is judged when it returns: usage past the task's token budget
+    fails it over budget (not retryable), with its spend recorded, and no pull request."""
+    number = rig.forge.create_issue(DEMO_REPO, "Add a --version flag")
+    task = rig.task(number, agent="local").model_copy(update={"budget_tokens": 1})
+    rig.store.put_task(task)
+    failed = rig.run(task)
+    assert failed.state is TaskState.FAILED and failed.over_budget
+    assert not failed.failure_retryable
+    assert failed.failure_reason.startswith("over budget: spent ")
+    assert failed.failure_reason.endswith(" of 1 tokens")
+    assert failed.spent_tokens > 1 and failed.spent_usd > 0 and not failed.spent_estimated
+    assert failed.pr_number is None and rig.store.receipts_for(task.id) == []

@@ -283,6 +283,17 @@ def test_the_result_comment_has_everything_a_person_asks_about() -> None:
         assert part in body, part
 
 
+def test_the_result_comment_shows_the_tasks_spend_against_its_budget() -> None:
+    """Over several runs, or with a budget, the task's own spend is a row of its own."""
+    spent = task(attempt=2).model_copy(
+        update={"spent_usd": 0.75, "spent_tokens": 3000, "budget_usd": 5.0, "spent_estimated": True}
+    )
+    actions = plan(Observed(spent, RECEIPT, evidence=evidence(merged=True), final=True,
+                            issue=issue()), now=NOW, settings=SETTINGS)  # fmt: skip
+    body = next(a for a in actions if isinstance(a, UpsertComment)).body
+    assert "| Task spend | $0.75 (estimated), 3,000 tokens of a budget of $5.00 |" in body
+
+
 def test_agent_text_cannot_hide_a_marker_in_the_result_comment() -> None:
     """A summary with a hidden comment would confuse the bot's marker search: it is defused."""
     sneaky = RECEIPT.model_copy(update={"summary": "done <!-- agent-fleet:task -->"})

@@ -96,8 +96,8 @@ def test_example_config_shows_every_section_and_key() -> None:
     def collect(value: Any, path: str) -> None:
         if isinstance(value, dict) and path not in ("timeouts.per_role", "timeouts.per_label"):
             for key, item in value.items():
-                is_adapter = path == "adapters"
-                collect(item, f"{path}.<name>" if is_adapter else f"{path}.{key}".lstrip("."))
+                is_named = path in ("adapters", "budgets.roles")
+                collect(item, f"{path}.<name>" if is_named else f"{path}.{key}".lstrip("."))
             shown.add(path)
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             shown.add(path)

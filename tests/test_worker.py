@@ -45,10 +45,12 @@ from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
     AdapterSettings,
     ApiSettings,
+    BudgetsSettings,
     ForgejoSettings,
     LoopSettings,
     Settings,
     StoreSettings,
+    TaskBudget,
     WebhookSettings,
 )
 from reconciler.store import Store
@@ -787,3 +789,43 @@ def test_a_rerun_whose_earlier_work_was_merged_meanwhile_hands_that_work_in(
             if run.thread is not None:
                 run.thread.join(timeout=30)
         worker.close()
+
+
+# A CLI in Claude Code's stream-json shape whose first message passes a 50-token budget, then
+# works on for a minute: only the budget can end it early.
+BUDGET_EATER = (
+    "import json, time\n"
+    "print(json.dumps({'type': 'system', 'subtype': 'init', 'session_id': 's-1'}), flush=True)\n"
+    "usage = {'input_tokens': 100, 'output_tokens': 7}\n"
+    "print(json.dumps({'type': 'assistant', 'message': {'id': 'm1', 'usage': usage}}), flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_a_pull_worker_stops_a_run_over_budget_and_the_task_fails_at_once(
+    served_forge: ForgejoSandbox, tmp_path: Path
+) -> None:
+    """The task's 50-token budget reaches the worker with the task; the run's first streamed
+    message passes it, the worker stops the run and reports it, and the daemon fails the task
+    over budget (not retryable) with what the run spent."""
+    settings = daemon_settings(served_forge.url, served_forge.admin_token, tmp_path / "daemon")
+    budgets = BudgetsSettings(default=TaskBudget(tokens=50))
+    running = Daemon(settings.model_copy(update={"budgets": budgets}))
+    running.start()
+    try:
+        [task] = queue_issues(running, served_forge, ["Spend a lot"])
+        eater = tmp_path / "eater.py"
+        eater.write_text(BUDGET_EATER)
+        adapter = AdapterSettings(command=(sys.executable, str(eater), "{prompt}"),
+                                  parser="claude-json")  # fmt: skip
+        config = worker_config(tmp_path, "w1", running.url, adapter=adapter,
+                               forgejo_token=served_forge.admin_token)  # fmt: skip
+        Worker(config).run(once=True)
+        store = running.assembly.store
+        wait_until("the task to fail", lambda: store.get_task(task.id).state is TaskState.FAILED)
+        failed = store.get_task(task.id)
+        assert failed.over_budget and not failed.failure_retryable
+        assert failed.failure_reason == "over budget: spent 107 of 50 tokens"
+        assert failed.spent_tokens == 107
+    finally:
+        running.stop()

@@ -70,6 +70,7 @@ from reconciler.fleet.api import (
     TaskStatusAnswer,
     TaskStatusRequest,
 )
+from reconciler.fleet.budgets import RunSpend
 from reconciler.fleet.operations import Operation
 from reconciler.fleet.records import HeldTask, Profile, grace_period
 from reconciler.models import AgentId, TaskId, TaskState
@@ -415,7 +416,22 @@ def install_agent_api(
             raise ApiError(400, "invalid_body", "give a state, a note, or both")
         if request.failed and not request.note:
             raise ApiError(400, "invalid_body", "a failed run needs a note saying why")
+        if request.over_budget and not request.failed:
+            raise ApiError(400, "invalid_body", "over_budget describes a failed run: set failed")
         try:
+            if request.over_budget:
+                spent = RunSpend(
+                    request.spent_usd, request.spent_tokens, estimated=False, over_budget=True
+                )
+                update = fleet.report_failure(
+                    agent_id,
+                    task_id,
+                    lease_generation=request.lease_generation,
+                    reason=request.note,
+                    retryable=False,
+                    spent=spent,
+                )
+                return 200, TaskStatusAnswer(task=update.task, changed=update.changed)
             update = fleet.update_task_status(
                 agent_id,
                 task_id,

@@ -107,12 +107,18 @@ class AgentApi:
         running: bool = False,
         note: str = "",
         failed: bool = False,
+        over_budget: bool = False,
+        spent_usd: float = 0.0,
+        spent_tokens: int = 0,
     ) -> TaskStatusAnswer:
         request = TaskStatusRequest(
             lease_generation=lease_generation,
             state="running" if running else None,
             note=note[: api.NOTE_MAX],
             failed=failed,
+            over_budget=over_budget,
+            spent_usd=spent_usd,
+            spent_tokens=spent_tokens,
         )
         _, raw = self.call(operations.TASK_STATUS, request, params={"task_id": task_id})
         return _parse(TaskStatusAnswer, raw, what="the status update")

@@ -20,7 +20,7 @@ import structlog
 
 from reconciler.agent.client import AgentApi
 from reconciler.agent.config import WorkerConfig
-from reconciler.agent.taskrun import RunStopped, StepFailed, TaskRun
+from reconciler.agent.taskrun import OverBudget, RunStopped, StepFailed, TaskRun
 from reconciler.errors import (
     ConflictError,
     FleetError,
@@ -29,6 +29,7 @@ from reconciler.errors import (
     TransientError,
 )
 from reconciler.fleet.api import SUMMARY_MAX, ReceiptRequest
+from reconciler.fleet.budgets import Budget, UsageMeter
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import Task
 from reconciler.run import gitwork
@@ -149,6 +150,10 @@ class TaskRunner:
             log.info("task.stopped", task=task.id, reason=str(exc))
             if run.stop_reason == HANDING_BACK and worktree is not None and job is not None:
                 worktree = self._keep_partial(site, job, worktree, run)
+        except OverBudget as exc:
+            log.warning("task.over_budget", task=task.id, reason=str(exc))
+            with contextlib.suppress(FleetError):
+                self._report(run, note=str(exc), failed=True, over_budget=exc)
         except (FleetError, OSError, ValueError) as exc:
             reason = describe_error(exc)
             log.warning("task.run_failed", task=task.id, reason=reason)
@@ -184,7 +189,13 @@ class TaskRunner:
         return None
 
     def _report(
-        self, run: TaskRun, *, running: bool = False, note: str = "", failed: bool = False
+        self,
+        run: TaskRun,
+        *,
+        running: bool = False,
+        note: str = "",
+        failed: bool = False,
+        over_budget: OverBudget | None = None,
     ) -> None:
         """A status update, retried while the daemon is unreachable or asks for it again
         (``task_changed``); other refusals are final."""
@@ -197,6 +208,9 @@ class TaskRunner:
                     running=running,
                     note=note,
                     failed=failed,
+                    over_budget=over_budget is not None,
+                    spent_usd=over_budget.cost_usd if over_budget is not None else 0.0,
+                    spent_tokens=over_budget.tokens if over_budget is not None else 0,
                 )
                 return
             except (TransientError, ConflictError) as exc:
@@ -220,6 +234,7 @@ class TaskRunner:
             workdir=str(worktree),
             session_id=assignment.session_id,
             resume=bool(assignment.session_id),
+            budget_usd=assignment.task.budget_usd,
         )
         limit = DEFAULT_RUN_LIMIT_S
         if assignment.deadline_at is not None:
@@ -227,11 +242,31 @@ class TaskRunner:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_ENV_PREFIX)}
         env.update(render_env(adapter))
         log_path = self.config.workdir / "logs" / f"{run.task_id}-attempt{assignment.attempt}.log"
-        local = start_local(argv, cwd=worktree, env=env, timeout=limit, log_path=log_path)
+        # The daemon estimates a cost the CLI does not report; here only reported costs and
+        # tokens are judged while the run streams.
+        budget = Budget(usd=assignment.task.budget_usd, tokens=assignment.task.budget_tokens)
+        meter = UsageMeter(adapter.parser)
+
+        def watch(line: str) -> str | None:
+            meter.feed(line)
+            return meter.over(budget)
+
+        local = start_local(
+            argv,
+            cwd=worktree,
+            env=env,
+            timeout=limit,
+            log_path=log_path,
+            watch=watch if budget.limited else None,
+        )
         run.attach(local)
         output = local.wait()
         run.check()
         result = parse_output(adapter.parser, output)
+        if output.stopped_reason is not None:
+            raise OverBudget(
+                output.stopped_reason, cost_usd=meter.cost_usd or 0.0, tokens=meter.tokens
+            )
         if not result.ok:
             raise StepFailed(result.error or "the agent run failed")
         return result.summary, result.session_id, result.cost_usd, result.tokens, output.duration_s

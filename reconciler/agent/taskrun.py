@@ -25,6 +25,15 @@ class StepFailed(FleetError):
     """A step of a task's run failed; the reason goes to the daemon as a progress note."""
 
 
+class OverBudget(StepFailed):
+    """The run was stopped because its usage passed the task's budget; says what it spent."""
+
+    def __init__(self, reason: str, *, cost_usd: float, tokens: int) -> None:
+        self.cost_usd = cost_usd
+        self.tokens = tokens
+        super().__init__(reason)
+
+
 class RunStopped(FleetError):
     """The run was cancelled (a stop order, fencing, the worker stopping)."""
 
@@ -76,4 +85,4 @@ class TaskRun:
 Execute = Callable[[TaskRun], None]
 
 
-__all__ = ["Execute", "RunStopped", "StepFailed", "TaskRun"]
+__all__ = ["Execute", "OverBudget", "RunStopped", "StepFailed", "TaskRun"]

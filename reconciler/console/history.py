@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.console.views import task_why
 from reconciler.fleet.api import TaskDetail
+from reconciler.fleet.budgets import Budget, format_usd
 from reconciler.models import CheckOutcome, TaskEvent, TaskState
 
 CHECK_MARK = {CheckOutcome.PASSED: "✓", CheckOutcome.FAILED: "✗", CheckOutcome.PENDING: "…"}
@@ -58,6 +59,13 @@ def task_report(history: TaskDetail, *, now: datetime | None = None) -> str:
         facts.append(f"PR #{task.pr_number}")
     facts.append(f"branch {task.branch}")
     lines.append(" · ".join(facts))
+    budget = Budget(usd=task.budget_usd, tokens=task.budget_tokens)
+    if task.spent_usd or task.spent_tokens or budget.limited:
+        estimated = " (estimated)" if task.spent_estimated else ""
+        lines.append(
+            f"spent: {format_usd(task.spent_usd)}{estimated}, {task.spent_tokens:,} tokens"
+            f" · budget: {budget.describe()}" + (" · over budget" if task.over_budget else "")
+        )
     if task.state is TaskState.FAILED and task.failure_reason:
         retry = "will be retried" if task.failure_retryable else "not retried"
         lines.append(f"failed ({retry}): {task.failure_reason}")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from reconciler.fleet.api import AgentList, AgentSummary
+from reconciler.fleet.budgets import format_usd
 from reconciler.fleet.placement import backoff_reason
 from reconciler.models import BUSY_STATES, Task, TaskState
 from reconciler.text import format_duration
@@ -73,6 +74,14 @@ def task_why(task: Task, *, now: datetime | None = None) -> str:
     return f"attempt {task.attempt} on {task.branch}"
 
 
+def task_spend(task: Task) -> str:
+    """What the task spent over its runs, against its dollar budget: ``$0.25/$5.00``, ``-``."""
+    if not task.spent_usd and not task.spent_tokens and task.budget_usd is None:
+        return "-"
+    spent = format_usd(task.spent_usd) + ("~" if task.spent_estimated else "")
+    return spent + (f"/{format_usd(task.budget_usd)}" if task.budget_usd is not None else "")
+
+
 def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
     """``agent-fleet status``: how many tasks are in each state, then each live task with
     its agent, or why it waits, or why it failed."""
@@ -82,7 +91,7 @@ def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
     for task in tasks:
         counts[task.state.value] = counts.get(task.state.value, 0) + 1
     lines = ["  ".join(f"{state}: {n}" for state, n in sorted(counts.items())), ""]
-    rows = [("TASK", "ISSUE", "PRIORITY", "STATE", "AGENT", "AGE", "WHY / WHAT")]
+    rows = [("TASK", "ISSUE", "PRIORITY", "STATE", "AGENT", "AGE", "SPENT", "WHY / WHAT")]
     for task in tasks:
         rows.append(
             (
@@ -92,6 +101,7 @@ def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
                 task.state.value,
                 task.agent_id or "-",
                 format_duration((now - task.created_at).total_seconds()),
+                task_spend(task),
                 task_why(task, now=now),
             )
         )
@@ -102,4 +112,4 @@ def status_report(tasks: Sequence[Task], *, now: datetime) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["agents_json", "agents_table", "status_report", "task_why"]
+__all__ = ["agents_json", "agents_table", "status_report", "task_spend", "task_why"]

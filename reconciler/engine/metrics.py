@@ -7,15 +7,55 @@ loop, the webhook receiver and the Forgejo gateway's ``on_call`` hook feed it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # A sample, HELP or TYPE line of a ``…_created`` series.
 _CREATED = re.compile(rb"^(?:# (?:HELP|TYPE) )?agent_fleet_\w+_created[\s{]")
+
+
+@dataclass(frozen=True)
+class SpendToday:
+    """What one repository or agent spent this UTC day (``kind``: ``repo`` or ``agent``)."""
+
+    kind: str
+    name: str
+    usd: float
+    tokens: int
+
+
+class _SpendCollector(Collector):
+    """The day's spend per repository and per agent, read at scrape time."""
+
+    def __init__(self, read: Callable[[], Iterable[SpendToday]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        rows = list(self._read())
+        for kind in ("repo", "agent"):
+            usd = GaugeMetricFamily(
+                f"agent_fleet_{kind}_spend_today_usd",
+                f"US dollars spent this UTC day by {kind} (reported or estimated costs).",
+                labels=[kind],
+            )
+            tokens = GaugeMetricFamily(
+                f"agent_fleet_{kind}_spend_today_tokens",
+                f"Tokens used this UTC day by {kind}.",
+                labels=[kind],
+            )
+            for row in rows:
+                if row.kind == kind:
+                    usd.add_metric([row.name], row.usd)
+                    tokens.add_metric([row.name], float(row.tokens))
+            yield usd
+            yield tokens
 
 
 class Metrics:
@@ -69,6 +109,10 @@ class Metrics:
         """Read the queue's sizes at scrape time rather than tracking every change."""
         self.queue_depth.set_function(depth)
         self.queue_processing.set_function(processing)
+
+    def bind_spend(self, read: Callable[[], Iterable[SpendToday]]) -> None:
+        """Report the day's spend per repository and agent, read at scrape time."""
+        self.registry.register(_SpendCollector(read))
 
     def count_forgejo_call(self, operation: str, status: int) -> None:
         self.forgejo_calls.labels(operation=operation, status=str(status)).inc()

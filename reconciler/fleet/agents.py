@@ -35,12 +35,13 @@ from datetime import datetime
 
 import structlog
 
-from reconciler.engine.metrics import Metrics
+from reconciler.engine.metrics import Metrics, SpendToday
 from reconciler.errors import (
     ConflictError,
     ForbiddenError,
     UnauthenticatedError,
 )
+from reconciler.fleet.budgets import read_spend_today
 from reconciler.fleet.health import end_auto_drain
 from reconciler.fleet.placement import active_load, queue_order
 from reconciler.fleet.records import (
@@ -462,6 +463,11 @@ class Fleet(TaskReports):
         """Count agents by status at scrape time rather than tracking every change."""
         for status in AgentStatus:
             metrics.agents.labels(status=status.value).set_function(self._counter(status))
+        metrics.bind_spend(self.spend_today)
+
+    def spend_today(self) -> list[SpendToday]:
+        """What each repository and each agent spent this UTC day (``fleet/budgets.py``)."""
+        return read_spend_today(self._store, now=self._clock())
 
     def _counter(self, status: AgentStatus) -> Callable[[], float]:
         return lambda: float(len(self._store.list_agents(status=status)))

@@ -332,6 +332,16 @@ class TaskStatusRequest(Request):
         description="The run failed; the note says why. Counts an error in the agent's stats "
         "and, after `api.drain_after_failed_runs` in a row, drains the agent.",
     )
+    over_budget: bool = Field(
+        default=False,
+        description="With `failed`: the run was stopped because its usage passed the task's "
+        "budget (the note says `over budget: spent X of Y`). The task fails at once and is not "
+        "retried until its budget is raised.",
+    )
+    spent_usd: float = Field(
+        default=0.0, ge=0, allow_inf_nan=False, description="What the failed run cost (USD)."
+    )
+    spent_tokens: int = Field(default=0, ge=0, description="Tokens the failed run used.")
 
 
 class TaskStatusAnswer(Answer):

@@ -13,7 +13,9 @@ order they are asked:
   (``[approval]`` roles and labels), and no trusted user other than the author has added the
   approval label (``fleet/approved``) — one removed since does not count;
 * ``cycle``: the issue's open dependencies lead back to it (``dependency cycle: #1 → #2 → #1``);
-* ``dependency``: an issue it depends on is still open (``waiting for #12: open``).
+* ``dependency``: an issue it depends on is still open (``waiting for #12: open``);
+* ``budget``: its repository's daily spending cap is reached (``daily budget of $50.00 for
+  org/repo spent; resumes at 00:00 UTC``), decided in ``fleet/budgets.py``.
 
 A hold is only a kind and a reason, so a further rule (a spending cap, say) adds its own kind
 and joins the list without changing the others.
@@ -38,6 +40,7 @@ class HoldKind(StrEnum):
     APPROVAL = "approval"
     CYCLE = "cycle"
     DEPENDENCY = "dependency"
+    BUDGET = "budget"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import structlog
 
 from reconciler.errors import ConflictError, IllegalTransitionError, StaleStateError, StoreError
 from reconciler.fleet.agents import Fleet
+from reconciler.fleet.budgets import agents_over_daily_cap, read_spend_today, spend_data, with_spend
 from reconciler.fleet.placement import next_task_for
 from reconciler.fleet.records import actor_for
 from reconciler.keys import Key, agent_key, issue_key, pull_key, task_key
@@ -244,9 +245,13 @@ def settle(task: Task, receipt: Receipt, *, now: datetime) -> tuple[Task, list[T
             "pr_number": receipt.pr_number,
             "commits": list(receipt.commits),
             "verified": False,
+            **spend_data(receipt.cost_usd, receipt.tokens, estimated=receipt.cost_estimated),
         },
     )
-    changes: dict[str, object] = {"last_activity_at": now}
+    changes: dict[str, object] = {
+        "last_activity_at": now,
+        **with_spend(task, receipt.cost_usd, receipt.tokens, estimated=receipt.cost_estimated),
+    }
     if receipt.session_id:
         changes["session_id"] = receipt.session_id
     if receipt.pr_number is not None:
@@ -354,6 +359,7 @@ class PullQueue:
             and agent.status is AgentStatus.ONLINE
             and not agent.drain_requested
             and self._fleet.is_alive(agent, now=now)
+            and not self._over_daily_cap(agent, now=now)
         )
 
     def _dequeue_reads(self, asks: Sequence[DequeueAsk]) -> list[Task]:
@@ -364,6 +370,13 @@ class PullQueue:
         for agent_id in dict.fromkeys(ask.agent.id for ask in asks):
             tasks.extend(self._store.list_tasks(state=BUSY_STATES, agent_id=agent_id))
         return tasks
+
+    def _over_daily_cap(self, agent: Agent, *, now: datetime) -> bool:
+        """The agent's day's spend reached ``budgets.agent_daily_usd``: no new task today."""
+        budgets = self._settings().budgets
+        if budgets.agent_daily_usd is None:
+            return False
+        return agent.id in agents_over_daily_cap(read_spend_today(self._store, now=now), budgets)
 
     def _assign_batch(self, asks: Sequence[DequeueAsk]) -> list[Task | None | Exception]:
         """Choose for every ask in turn and write the assignments with one ``Store.commit``;

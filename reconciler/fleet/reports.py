@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from reconciler.errors import (
     NotFoundError,
     StaleStateError,
 )
+from reconciler.fleet.budgets import RunSpend, spend_data, with_spend
 from reconciler.fleet.health import count_run_failure, count_run_success
 from reconciler.fleet.records import (
     StatusUpdate,
@@ -137,10 +139,12 @@ class TaskReports:
         lease_generation: int,
         reason: str,
         retryable: bool,
+        spent: RunSpend | None = None,
     ) -> StatusUpdate:
         """An agent running in this process (a run of the ssh executor) reports that its run
         failed: the task becomes ``failed`` with the reason, for the assignment controller to
-        retry with backoff when ``retryable``.
+        retry with backoff when ``retryable``. ``spent`` is what the run cost, added to the
+        task's spend (and its day's); ``spent.over_budget`` marks a run stopped by its budget.
 
         Not served over HTTP: a pull agent reports a failure as a progress note and its task
         fails at its deadline. Refused as :meth:`update_task_status` refuses, and with
@@ -152,6 +156,8 @@ class TaskReports:
             if task is None:
                 raise NotFoundError(f"no task {task_id!r}")
             self._check_lease(task, AgentId(agent_id), lease_generation)
+            if spent is not None:
+                spent = self._priced(agent_id, spent)
             if task.state not in LOST_WITH_AGENT:
                 raise IllegalTransitionError(f"task {task.id} is {task.state}, not in progress")
             updated, event = transition(
@@ -162,11 +168,33 @@ class TaskReports:
                 reason=reason,
                 failure_reason=reason,
                 failure_retryable=retryable,
+                **(
+                    {
+                        **with_spend(task, spent.cost_usd, spent.tokens, estimated=spent.estimated),
+                        "over_budget": spent.over_budget,
+                    }
+                    if spent is not None
+                    else {}
+                ),
             )
+            if spent is not None:
+                data = spend_data(spent.cost_usd, spent.tokens, estimated=spent.estimated)
+                event = event.model_copy(update={"data": {**event.data, **data}})
             self._write(task, updated, event)
             self._count_run(agent_id, failure=reason, now=now)
         self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
+
+    def _priced(self, agent_id: str, spent: RunSpend) -> RunSpend:
+        """``spent`` with its cost estimated from its tokens and ``api.token_prices`` (by the
+        agent's type) when the CLI reported none, marked estimated."""
+        if spent.cost_usd or not spent.tokens:
+            return spent
+        agent = self._store.find_agent(agent_id)
+        price = self._settings().api.token_prices.get(agent.type) if agent else None
+        if price is None:
+            return spent
+        return replace(spent, cost_usd=spent.tokens * price / 1_000_000, estimated=True)
 
     def count_run_success(self, agent_id: str) -> None:
         """A run of the agent succeeded (its receipt was accepted): its failing streak and an

@@ -65,8 +65,10 @@ def render_command(
     workdir: str,
     session_id: str | None,
     resume: bool,
+    budget_usd: float | None = None,
 ) -> list[str]:
-    """The argv for one run: ``resume_command`` when resuming a known session, else ``command``.
+    """The argv for one run: ``resume_command`` when resuming a known session, else ``command``,
+    followed by the adapter's ``budget_usd_args`` when the task has a dollar budget.
 
     ``resume`` asks to continue ``session_id`` (a rerun of the same task); without a session id
     or without a ``resume_command`` the run starts a fresh session. Raises ``ValueError`` when
@@ -86,6 +88,10 @@ def render_command(
                 "but this run has no session to continue"
             )
         argv.append(formatter.vformat(element, (), values))
+    if budget_usd is not None:
+        amount = f"{budget_usd:.6f}".rstrip("0").rstrip(".")
+        argv += [formatter.vformat(arg, (), {**values, "budget_usd": amount})
+                 for arg in adapter.budget_usd_args]  # fmt: skip
     return argv
 
 

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +24,11 @@ KILL_GRACE_S = 5.0
 STDOUT_HEAD_BYTES = 1 << 20
 STDOUT_TAIL_BYTES = 16 << 20
 STDERR_TAIL_BYTES = 64 << 10
+# Longest stdout line a watcher is shown (a longer one is cut: usage events are short).
+WATCHED_LINE_BYTES = 1 << 20
+
+LineWatcher = Callable[[str], str | None]
+"""Shown each line of stdout as it arrives; a reason returned stops the run (a budget meter)."""
 
 
 # --- running locally ----------------------------------------------------------------------
@@ -69,6 +74,7 @@ class LocalRun:
         log: IO[bytes] | None,
         kill_grace: float,
         ended: RunOutput | None = None,
+        watch: LineWatcher | None = None,
     ) -> None:
         self._process = process
         self._timeout = timeout
@@ -82,6 +88,8 @@ class LocalRun:
         self._stdout = _Capture(head=STDOUT_HEAD_BYTES, tail=STDOUT_TAIL_BYTES)
         self._stderr = _Capture(head=0, tail=STDERR_TAIL_BYTES)
         self._output = ended
+        self._watch = watch
+        self._stopped_reason: str | None = None
         self._readers: list[threading.Thread] = []
         if process is not None:
             self._readers = [
@@ -132,8 +140,36 @@ class LocalRun:
             duration_s=duration,
             cancelled=self._cancelled.is_set(),
             timeout_s=self._timeout,
+            stopped_reason=self._stopped_reason,
         )
         return self._output
+
+    def stop(self, reason: str) -> None:
+        """Stop the run for ``reason`` (from any thread, once); :meth:`wait` then returns a
+        :class:`RunOutput` whose ``stopped_reason`` says it, and the parsers fail the run
+        with it."""
+        with self._stop_lock:
+            if self._stopped_reason is not None:
+                return
+            self._stopped_reason = reason
+        if self._process is not None:
+            self._stop_group(self._process)
+
+    def _watch_lines(self, chunk: bytes, pending: bytearray) -> None:
+        """Show the watcher every complete line of stdout; stop the run on its reason."""
+        if self._watch is None or self._stopped_reason is not None:
+            return
+        pending += chunk
+        *lines, rest = bytes(pending).split(b"\n")
+        pending[:] = rest[-WATCHED_LINE_BYTES:]
+        for line in lines:
+            reason = self._watch(line[:WATCHED_LINE_BYTES].decode("utf-8", errors="replace"))
+            if reason is not None:
+                # Stopped from its own thread so this reader keeps draining the pipe.
+                threading.Thread(
+                    target=self.stop, args=(reason,), name="agent-run-stop", daemon=True
+                ).start()
+                return
 
     def _stop_group(self, process: subprocess.Popen[bytes]) -> None:
         """TERM the process group, KILL it after the grace period, reap the leader."""
@@ -152,9 +188,12 @@ class LocalRun:
         def pump() -> None:
             if stream is None:
                 return
+            pending = bytearray()
             with stream:
                 while chunk := os.read(stream.fileno(), 65536):
                     capture.add(chunk)
+                    if name == "stdout":
+                        self._watch_lines(chunk, pending)
                     if self._log is not None:
                         with self._log_lock:
                             self._log.write(chunk)
@@ -173,6 +212,7 @@ def start_local(
     timeout: float,
     log_path: str | Path | None = None,
     kill_grace: float = KILL_GRACE_S,
+    watch: LineWatcher | None = None,
 ) -> LocalRun:
     """Start ``argv`` in ``cwd`` with exactly ``env``, and return the handle of the run.
 
@@ -180,6 +220,8 @@ def start_local(
     Output is appended to ``log_path`` (its directory is created) as it arrives. A command
     that cannot be started (not found, not executable, no such ``cwd``) gives a run that has
     already ended with exit code 127, as in a shell, so every executor reports it the same way.
+    ``watch`` is shown each line of stdout as it arrives; when it returns a reason the run is
+    stopped (:meth:`LocalRun.stop`) — how a budget is enforced while the run streams.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
@@ -214,7 +256,7 @@ def start_local(
             timeout_s=timeout,
         )
         return LocalRun(None, timeout=timeout, log=None, kill_grace=kill_grace, ended=not_started)
-    return LocalRun(process, timeout=timeout, log=log, kill_grace=kill_grace)
+    return LocalRun(process, timeout=timeout, log=log, kill_grace=kill_grace, watch=watch)
 
 
 def run_local(

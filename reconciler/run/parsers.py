@@ -43,6 +43,8 @@ class RunOutput:
     duration_s: float
     cancelled: bool = False
     timeout_s: float | None = None
+    stopped_reason: str | None = None
+    """Why the run was stopped while its output streamed (``over budget: spent X of Y``)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ def _interrupted(result: AgentResult, output: RunOutput) -> AgentResult:
     """A run that was stopped fails whatever it printed; what it printed still counts."""
     if output.cancelled:
         return replace(result, ok=False, error="cancelled")
+    if output.stopped_reason is not None:
+        return replace(result, ok=False, error=output.stopped_reason)
     if output.timed_out:
         limit = output.timeout_s if output.timeout_s is not None else output.duration_s
         return replace(result, ok=False, error=f"timed out after {format_duration(limit)}")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from reconciler.errors import FleetError, StalledError
+from reconciler.fleet.budgets import Budget, budget_prompt_line
 from reconciler.forgejo.types import Comment, Issue, RepoPermission
 from reconciler.models import Task
 
@@ -205,8 +206,10 @@ def build_prompt(
     branch: str,
     review_feedback: Sequence[str] = (),
     attempt: int = 1,
+    budget: Budget | None = None,
 ) -> str:
-    """The prompt for one run of the task born from ``issue``.
+    """The prompt for one run of the task born from ``issue``; a ``budget`` with a limit is
+    stated in it, so the agent knows what it may spend.
 
     ``trusted(login)`` says whose text may go in; ``comments`` are the issue's comments,
     oldest first; ``review_feedback`` holds the review comments that asked for this rerun,
@@ -243,6 +246,7 @@ def build_prompt(
             repo=repo,
             branch=branch,
             attempt=attempt,
+            budget=budget,
         )
         if len(prompt.encode()) <= MAX_PROMPT_BYTES:
             return prompt
@@ -260,6 +264,7 @@ def _render(
     repo: str,
     branch: str,
     attempt: int,
+    budget: Budget | None,
 ) -> str:
     where = f"{repo}#{issue.number}"
     out = [f"# Task: {title}" if title else f"# Task: issue {where}", ""]
@@ -309,6 +314,9 @@ def _render(
         ]
         for number, text in enumerate(feedback, start=1):
             out += ["", f"### Review comment {number}", "", text]
+    budget_line = budget_prompt_line(budget) if budget is not None else None
+    if budget_line is not None:
+        out += ["", "## Budget", "", budget_line]
     out += [
         "",
         "## When you are done",
@@ -369,4 +377,5 @@ def prompt_for_task(
         branch=task.branch,
         review_feedback=task.review_feedback,
         attempt=attempt,
+        budget=Budget(usd=task.budget_usd, tokens=task.budget_tokens),
     )

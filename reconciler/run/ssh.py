@@ -29,13 +29,14 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 import structlog
 
 from reconciler.errors import FleetError
+from reconciler.fleet.budgets import Budget, MeterFormat, RunSpend, UsageMeter
 from reconciler.fleet.queue import PullQueue, ReceiptClaim
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key, issue_key
@@ -88,8 +89,11 @@ if [ -f "$WT.pid" ]; then kill -TERM "-$(cat "$WT.pid")" 2>/dev/null || true; fi
 class RunFailed(FleetError):
     """A step of a run failed; ``retryable`` says whether another attempt may do better."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, spent: RunSpend | None = None
+    ) -> None:
         self.retryable = retryable
+        self.spent = spent
         super().__init__(message)
 
 
@@ -231,7 +235,7 @@ class HostExecutor:
             if task is not None:
                 self._finish_ok(run, task, self._work(run, task))
         except RunFailed as exc:
-            self._finish_failed(run, str(exc), retryable=exc.retryable)
+            self._finish_failed(run, str(exc), retryable=exc.retryable, spent=exc.spent)
         except FleetError as exc:
             self._finish_failed(run, describe_error(exc), retryable=True)
         except Exception as exc:
@@ -305,6 +309,7 @@ class HostExecutor:
                 workdir=worktree,
                 session_id=task.session_id,
                 resume=bool(task.session_id),
+                budget_usd=task.budget_usd,
             )
             limit = (
                 max((task.deadline_at - self._clock()).total_seconds(), 1.0)
@@ -326,10 +331,19 @@ class HostExecutor:
                 timeout_s=limit,
             )
             result = parse_output(adapter.parser, output)
+            spent, over = _metered(
+                output.stdout,
+                adapter.parser,
+                price=settings.api.token_prices.get(host.agent_type),
+                budget=Budget(usd=task.budget_usd, tokens=task.budget_tokens),
+            )
             if run.cancelled.is_set():
-                raise RunFailed("the run was stopped", retryable=False)
+                raise RunFailed("the run was stopped", retryable=False, spent=spent)
+            if over is not None:
+                # Over ssh the output comes back when the run ends, so it is judged then.
+                raise RunFailed(over, retryable=False, spent=replace(spent, over_budget=True))
             if not result.ok:
-                raise RunFailed(result.error or "the agent run failed")
+                raise RunFailed(result.error or "the agent run failed", spent=spent)
             commits = gitwork.finish(
                 site,
                 job,
@@ -408,7 +422,9 @@ class HostExecutor:
             return
         log.info("task.run_finished", task=task.id, pr=claim.pr_number, commits=len(claim.commits))
 
-    def _finish_failed(self, run: _Run, reason: str, *, retryable: bool) -> None:
+    def _finish_failed(
+        self, run: _Run, reason: str, *, retryable: bool, spent: RunSpend | None = None
+    ) -> None:
         log.warning("task.run_failed", task=run.task_id, reason=reason)
         if run.cancelled.is_set():
             return
@@ -419,6 +435,18 @@ class HostExecutor:
                 lease_generation=run.lease_generation,
                 reason=reason,
                 retryable=retryable,
+                spent=spent,
             )
         except FleetError as exc:
             log.info("task.lease_lost", task=run.task_id, lease=run.lease_generation, why=str(exc))
+
+
+def _metered(
+    stdout: str, parser: MeterFormat, *, price: float | None, budget: Budget
+) -> tuple[RunSpend, str | None]:
+    """What a run's output says it spent, and ``over budget: …`` when that passes ``budget``."""
+    meter = UsageMeter(parser, price_per_million=price)
+    for line in stdout.splitlines():
+        meter.feed(line)
+    spent = RunSpend(meter.cost_usd or 0.0, meter.tokens, estimated=meter.cost_estimated)
+    return spent, meter.over(budget)

@@ -12,6 +12,7 @@ tables of ``docs/configuration.md`` from the field descriptions (a test keeps th
 """
 
 from reconciler.settings.approval import ApprovalSettings
+from reconciler.settings.budgets import BudgetsSettings, TaskBudget
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
 from reconciler.settings.labels import LabelName, LabelsSettings
 from reconciler.settings.loading import (
@@ -65,6 +66,7 @@ __all__ = [
     "AdapterSettings",
     "ApiSettings",
     "ApprovalSettings",
+    "BudgetsSettings",
     "CapabilityName",
     "Color",
     "DashboardSettings",
@@ -89,6 +91,7 @@ __all__ = [
     "Settings",
     "StatusContext",
     "StoreSettings",
+    "TaskBudget",
     "TimeoutsSettings",
     "WebhookSettings",
     "iter_field_reference",

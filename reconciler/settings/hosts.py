@@ -61,6 +61,12 @@ class AdapterSettings(Section):
         min_length=1,
         description="Argv template to continue a session; must use {session_id}.",
     )
+    budget_usd_args: tuple[str, ...] = Field(
+        default=(),
+        description="Arguments appended to the command when the task has a dollar budget, "
+        "with {budget_usd} (e.g. Claude Code's `--max-budget-usd {budget_usd}`), so the CLI "
+        "enforces the limit itself too; the streamed usage is metered either way.",
+    )
     package: str | None = Field(
         default=None,
         pattern=r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*@[0-9]+\.[0-9]+\.[0-9]+[0-9A-Za-z.+-]*$",
@@ -72,6 +78,21 @@ class AdapterSettings(Section):
     @classmethod
     def _command_placeholders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _check_placeholders(value)
+
+    @field_validator("budget_usd_args")
+    @classmethod
+    def _budget_placeholders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = ", ".join(
+            "{" + name + "}" for name in sorted(COMMAND_PLACEHOLDERS | {"budget_usd"})
+        )
+        for index, arg in enumerate(value):
+            for _, name, _, _ in string.Formatter().parse(arg):
+                if name is not None and name not in COMMAND_PLACEHOLDERS | {"budget_usd"}:
+                    raise _custom(
+                        "command_template",
+                        f"argument {index} {arg!r}: unknown placeholder {{{name}}}; known: {known}",
+                    )
+        return value
 
     @field_validator("resume_command")
     @classmethod
@@ -89,14 +110,16 @@ class AdapterSettings(Section):
 BUILTIN_ADAPTERS: Mapping[str, AdapterSettings] = {
     "claude-code": AdapterSettings(
         command=(
-            "claude", "-p", "{prompt}", "--output-format", "json",
+            "claude", "-p", "{prompt}", "--output-format", "stream-json", "--verbose",
             "--permission-mode", "bypassPermissions",
         ),
         parser="claude-json",
         resume_command=(
-            "claude", "-p", "{prompt}", "--resume", "{session_id}", "--output-format", "json",
+            "claude", "-p", "{prompt}", "--resume", "{session_id}",
+            "--output-format", "stream-json", "--verbose",
             "--permission-mode", "bypassPermissions",
         ),
+        budget_usd_args=("--max-budget-usd", "{budget_usd}"),
         package="@anthropic-ai/claude-code@2.1.329",
     ),
     # danger-full-access: with workspace-write Codex cannot commit in a git worktree (the

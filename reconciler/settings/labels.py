@@ -71,6 +71,11 @@ class LabelsSettings(Section):
     assign_prefix: LabelName = Field(
         default="fleet/assign:", description="Prefix of pin labels: `fleet/assign:<agent-id>`."
     )
+    budget_prefix: LabelName = Field(
+        default="budget/",
+        description="Prefix of budget labels, which override the role's task budget: "
+        "`budget/5usd` (dollars), `budget/200k` or `budget/2m` (tokens).",
+    )
     color_trigger: Color = Field(default="#1d76db", description="Colour of the trigger label.")
     color_role: Color = Field(default="#5319e7", description="Colour of role labels.")
     color_capability: Color = Field(default="#0e8a16", description="Colour of capability labels.")

@@ -28,6 +28,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from reconciler.settings.approval import ApprovalSettings
+from reconciler.settings.budgets import BudgetsSettings
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
 from reconciler.settings.labels import LabelsSettings
 from reconciler.settings.sections import (
@@ -174,6 +175,10 @@ class Settings(BaseSettings):
     approval: ApprovalSettings = Field(
         default_factory=ApprovalSettings,
         description="Work that always needs a maintainer's approval before it starts.",
+    )
+    budgets: BudgetsSettings = Field(
+        default_factory=BudgetsSettings,
+        description="Spending limits per task (role defaults, budget labels) and per UTC day.",
     )
 
     @classmethod

@@ -220,9 +220,10 @@ class ApiSettings(Section):
         "(a successful run or an undrain ends it); 0: never.",
     )
     token_prices: Mapping[str, NonNegativeFloat] = Field(
-        default_factory=dict,
+        default_factory=lambda: {"claude-code": 6.0, "codex-cli": 2.5},
         description="USD per million tokens by agent type (e.g. `codex-cli = 2.5`): the cost of "
-        "a run whose CLI reports none is estimated from its tokens, and marked estimated.",
+        "a run whose CLI reports none is estimated from its tokens, and marked estimated (and "
+        "judged against dollar budgets). A table here replaces the defaults.",
     )
 
 

@@ -3,6 +3,8 @@ operator runs it, against the in-memory Forgejo served on loopback:
 
 * an agent goes silent → 3 missed heartbeats → ``agent_lost`` → requeued to another agent (a
   real worker with the demo agent CLI) → its pull request merged → ``completed``, once;
+* a dequeue answer lost on its way (the agent heartbeats on, never listing the task) → the
+  task requeued once ``api.handout_grace`` has passed;
 * a worker process stopped with SIGTERM mid-run → its task requeued within the one registry
   reconcile its deregistration causes (the heartbeat interval is an hour, so nothing else
   could requeue it in time).
@@ -67,6 +69,7 @@ operator_token = "{operator}"
 enrolment_secret = "{enrolment}"
 heartbeat_interval = {interval}
 missed_heartbeats = 3
+handout_grace = {grace}
 
 [store]
 path = "{store}"
@@ -75,7 +78,9 @@ path = "{store}"
 WAIT_S = 90.0
 
 
-def start(forge: ForgejoSandbox, tmp_path: Path, *, interval: float) -> tuple[DaemonProcess, str]:
+def start(
+    forge: ForgejoSandbox, tmp_path: Path, *, interval: float, grace: float = 60
+) -> tuple[DaemonProcess, str]:
     config = tmp_path / "fleet.toml"
     config.write_text(
         CONFIG.format(
@@ -85,6 +90,7 @@ def start(forge: ForgejoSandbox, tmp_path: Path, *, interval: float) -> tuple[Da
             operator=OPERATOR,
             enrolment=ENROLMENT,
             interval=interval,
+            grace=grace,
             store=tmp_path / "state",
         )
     )
@@ -225,3 +231,35 @@ def test_a_worker_stopped_with_sigterm_has_its_task_requeued_within_one_reconcil
     handout = other.dequeue()
     assert handout is not None and handout.task.id == task.id
     assert handout.lease_generation == 2
+
+
+def test_a_task_whose_dequeue_answer_was_lost_is_requeued_after_the_handout_grace(
+    served_forge: ForgejoSandbox, tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """The agent dequeues but drops the answer (as a cut connection would) and heartbeats on
+    without the task: it stays ``assigned`` while the grace lasts, then the daemon requeues it
+    (the agent stays online) and the next dequeue hands it out again under lease 2."""
+    daemon, url = start(served_forge, tmp_path, interval=1, grace=3)
+    daemons.append(daemon)
+    task = file_issue(served_forge, "Add a version flag")
+    wait_until("the task", lambda: state_of(url, task.id) == "created", timeout=WAIT_S)
+    agent = AgentApi(url, timeout=10)
+    agent.register(
+        RegisterRequest(agent_id="forgetful", type="demo-agent", roles=("developer",)),
+        credential=ENROLMENT,
+    )
+    lost = agent.dequeue()
+    assert lost is not None and lost.task.id == task.id and lost.lease_generation == 1
+    assert state_of(url, task.id) == "assigned"
+
+    def beat_and_look() -> bool:
+        agent.heartbeat([], load=0.0)  # alive, and holding nothing
+        return state_of(url, task.id) == "created"
+
+    wait_until("the lost handout to be requeued", beat_and_look, timeout=WAIT_S)
+    events = read_task(url, task.id)["events"]
+    assert isinstance(events, list)
+    taken_back = [e for e in events if e.get("to_state") == "agent_lost"]
+    assert len(taken_back) == 1 and "never received the task" in str(taken_back[0]["reason"])
+    again = agent.dequeue()
+    assert again is not None and again.task.id == task.id and again.lease_generation == 2

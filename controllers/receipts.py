@@ -143,6 +143,7 @@ class CountReceipt(Action):
     agent_id: AgentId
     tokens: int = 0
     cost_usd: float = 0.0
+    estimated: bool = False  # cost_usd was estimated from the tokens
     duration_s: float = 0.0
     completed: int = 0
     errors: int = 0
@@ -150,7 +151,10 @@ class CountReceipt(Action):
     def describe(self) -> str:
         parts = [f"+{self.completed} completed"] if self.completed else []
         parts += [f"+{self.errors} error"] if self.errors else []
-        parts += [f"+{self.tokens} tokens", f"+${self.cost_usd:.4f}"]
+        parts += [
+            f"+{self.tokens} tokens",
+            f"+${self.cost_usd:.4f}" + (" (estimated)" if self.estimated else ""),
+        ]
         return f"agent {self.agent_id}: stats {', '.join(parts)}"
 
     def apply(self, ctx: ActContext) -> None:
@@ -162,6 +166,8 @@ class CountReceipt(Action):
                     "errors": stats.errors + self.errors,
                     "tokens": stats.tokens + self.tokens,
                     "cost_usd": stats.cost_usd + self.cost_usd,
+                    "estimated_cost_usd": stats.estimated_cost_usd
+                    + (self.cost_usd if self.estimated else 0.0),
                     "total_duration_s": stats.total_duration_s
                     + (self.duration_s if self.completed else 0.0),
                 }
@@ -287,6 +293,7 @@ def _count(
         receipt.agent_id,
         tokens=receipt.tokens if tokens_too else 0,
         cost_usd=receipt.cost_usd if tokens_too else 0.0,
+        estimated=receipt.cost_estimated,
         duration_s=receipt.duration_s,
         completed=completed,
         errors=errors,

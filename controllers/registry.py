@@ -26,9 +26,9 @@ to stop them — never both running.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -53,6 +53,7 @@ from reconciler.models import (
     AgentStatus,
     ExecutionMode,
     Task,
+    TaskId,
     TaskState,
     requeue,
     transition,
@@ -86,6 +87,9 @@ class Observed:
     restarted: RestartReport | None = None  # a restart's outcome not yet shown
     probe_seq: int = 0  # the sequence numbers of the check and restart read (0: none)
     restart_seq: int = 0
+    # When each of its ``assigned`` tasks was handed to it (pull agents): the tasks whose
+    # receipt its heartbeats must confirm within ``api.handout_grace``.
+    handed_out: Mapping[TaskId, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,8 @@ def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Acti
     if after.status is AgentStatus.OFFLINE:
         why = f"agent {after.id} went offline: {after.status_reason or 'offline'}"
         actions.extend(take_back(observed.tasks, why=why, now=now))
+    elif after.mode is ExecutionMode.PULL:
+        actions.extend(take_back_unreceived(observed, now=now, settings=settings))
     if restart is not None:
         actions.append(restart)
     return tuple(actions)
@@ -211,7 +217,51 @@ def plan_host(agent: Agent, observed: Observed, *, now: datetime, settings: Sett
     )
 
 
-def take_back(tasks: tuple[Task, ...], *, why: str, now: datetime) -> tuple[Action, ...]:
+def unreceived(observed: Observed, *, settings: Settings) -> tuple[Task, ...]:
+    """The ``assigned`` tasks whose dequeue answer never reached the agent: its last heartbeat
+    came ``api.handout_grace`` or more after the handout and does not list them."""
+    pulse = observed.pulse
+    if pulse is None:
+        return ()  # not heard of since this process started: nothing to judge by
+    grace = timedelta(seconds=settings.api.handout_grace)
+    mentioned = {held.task_id for held in pulse.tasks}
+    return tuple(
+        task
+        for task in observed.tasks
+        if task.state is TaskState.ASSIGNED
+        and task.id not in mentioned
+        and task.id in observed.handed_out
+        and pulse.at - observed.handed_out[task.id] >= grace
+    )
+
+
+def take_back_unreceived(
+    observed: Observed, *, now: datetime, settings: Settings
+) -> tuple[Action, ...]:
+    """Requeue each task handed out but never received (see :func:`unreceived`)."""
+    actions: list[Action] = []
+    pulse = observed.pulse
+    if pulse is None:
+        return ()
+    for task in unreceived(observed, settings=settings):
+        after = format_duration((pulse.at - observed.handed_out[task.id]).total_seconds())
+        why = (
+            f"agent {observed.agent_id} never received the task: its heartbeat {after} after "
+            "the handout does not list it"
+        )
+        actions.extend(
+            take_back((task,), why=why, now=now, requeued="requeued: the handout was lost")
+        )
+    return tuple(actions)
+
+
+def take_back(
+    tasks: tuple[Task, ...],
+    *,
+    why: str,
+    now: datetime,
+    requeued: str = "requeued: its agent was lost",
+) -> tuple[Action, ...]:
     """Each task → ``agent_lost`` → requeued (two events), and its issue key enqueued."""
     actions: list[Action] = []
     for task in tasks:
@@ -220,9 +270,7 @@ def take_back(tasks: tuple[Task, ...], *, why: str, now: datetime) -> tuple[Acti
         lost, lost_event = transition(
             task, TaskState.AGENT_LOST, now=now, actor=RECONCILER_ACTOR, reason=why
         )
-        queued, queued_event = requeue(
-            lost, now=now, actor=RECONCILER_ACTOR, reason="requeued: its agent was lost"
-        )
+        queued, queued_event = requeue(lost, now=now, actor=RECONCILER_ACTOR, reason=requeued)
         actions.append(SaveTask(queued, (lost_event, queued_event), expected=task))
         actions.append(Enqueue(issue_key(task.repo, task.issue_number)))
     return tuple(actions)
@@ -269,7 +317,15 @@ def next_look(observed: Observed, *, now: datetime, settings: Settings) -> float
     deadline = observed.last_seen + grace_period(settings.api)
     if deadline <= now:
         return None  # offline now: its next heartbeat enqueues it
-    return (deadline - now).total_seconds() + WAKE_SLACK
+    wait = (deadline - now).total_seconds()
+    if observed.handed_out:
+        # A handout not yet confirmed: look when its grace ends, then once a heartbeat later
+        # for as long as it stays unconfirmed (the registry is not told of every heartbeat).
+        grace = timedelta(seconds=settings.api.handout_grace)
+        ends = min(observed.handed_out.values()) + grace
+        due = (ends - now).total_seconds() if ends > now else settings.api.heartbeat_interval
+        wait = min(wait, due)
+    return wait + WAKE_SLACK
 
 
 def _up_status(agent: Agent) -> AgentStatus:
@@ -345,6 +401,13 @@ class RegistryController:
         if agent is not None and agent.mode is not ExecutionMode.SSH:
             host = None  # a pull agent registered this id first; the host cannot take it
         tasks = tuple(self._store.list_tasks(state=LOST_WITH_AGENT, agent_id=agent_id))
+        handed_out: dict[TaskId, datetime] = {}
+        if agent is not None and agent.mode is ExecutionMode.PULL:
+            for task in tasks:
+                if task.state is TaskState.ASSIGNED:
+                    at = handout_time(self._store, task)
+                    if at is not None:
+                        handed_out[task.id] = at
         probe = self._probes.latest(agent_id) if host is not None else None
         restart = self._probes.restarted(agent_id) if host is not None else None
         return Observed(
@@ -360,6 +423,7 @@ class RegistryController:
                 restart.outcome if restart and restart.seq > self._noted.get(agent_id, 0) else None
             ),
             probe_seq=probe.seq if probe else 0,
+            handed_out=handed_out,
             restart_seq=restart.seq if restart else 0,
         )
 
@@ -402,3 +466,11 @@ class RegistryController:
             return
         waiting = waiting_for(agent, tasks=self._store.list_tasks(), now=now)
         self._actuator.apply([Enqueue(issue_key(t.repo, t.issue_number)) for t in waiting])
+
+
+def handout_time(store: Store, task: Task) -> datetime | None:
+    """When ``task`` was last assigned (its latest event into ``assigned``), or None."""
+    for event in reversed(store.events_for(task.id)):
+        if event.to_state is TaskState.ASSIGNED:
+            return event.at
+    return None

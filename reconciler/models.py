@@ -137,6 +137,9 @@ class AgentStats(_Frozen):
     errors: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    estimated_cost_usd: float = Field(default=0.0, ge=0)
+    """The part of ``cost_usd`` estimated from tokens and ``api.token_prices`` (the CLI
+    reported no cost, as Codex does)."""
     total_duration_s: float = 0.0
     online_seconds: float = Field(default=0.0, ge=0)
     """Time spent online or draining before ``Agent.status_since``: uptime is computed from

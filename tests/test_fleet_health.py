@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from controllers.receipts import CountReceipt
 from reconciler.agent.client import AgentApi
 from reconciler.agent.config import cli_type
-from reconciler.fleet.api import RegisterRequest
+from reconciler.engine.reconcile import ActContext, Actuator
+from reconciler.fleet.api import AgentSummary, RegisterRequest
 from reconciler.fleet.health import count_run_failure, count_run_success
 from reconciler.models import Agent, AgentId, AgentStatus, ExecutionMode, Task
 from tests.test_worker import ENROLMENT, ApiServer, receipt_for
@@ -197,3 +199,28 @@ def test_a_worker_registers_as_the_cli_it_runs(
 ) -> None:
     """--command's program is the type, not the default adapter's name."""
     assert cli_type(adapter, command=command) == expected
+
+
+def test_the_agents_stats_show_how_much_of_the_cost_was_estimated(
+    api_server: ApiServer,
+) -> None:
+    """The estimated receipt's cost is counted in the agent's cost and, apart, as estimated;
+    a reported cost only in the first; the agent listing carries both."""
+    api = agent_client(api_server)
+    first, second = take_running(api_server, api, 1), take_running(api_server, api, 2)
+    api.submit_receipt(receipt_for(first).model_copy(update={"tokens": 1_500_000}))
+    api.submit_receipt(receipt_for(second).model_copy(update={"tokens": 10, "cost_usd": 0.5}))
+    context = ActContext(gateway=None, store=api_server.store, enqueue=lambda key: None)  # type: ignore[arg-type]  # counting never calls Forgejo
+    for task in (first, second):
+        [receipt] = api_server.store.receipts_for(task.id)
+        count = CountReceipt(
+            receipt.agent_id, tokens=receipt.tokens, cost_usd=receipt.cost_usd,
+            estimated=receipt.cost_estimated, completed=1,
+        )  # fmt: skip
+        assert ("(estimated)" in count.describe()) is receipt.cost_estimated
+        Actuator(context).apply([count])
+    stats = api_server.store.get_agent("p1").stats
+    assert (stats.cost_usd, stats.estimated_cost_usd) == (3.5, 3.0)
+    [listed] = api_server.assembly.fleet.agents()
+    summary = AgentSummary.of(listed).stats
+    assert (summary.cost_usd, summary.estimated_cost_usd) == (3.5, 3.0)

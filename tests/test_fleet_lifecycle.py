@@ -102,7 +102,11 @@ def test_a_silent_agents_task_is_lost_requeued_and_completed_once_by_another(
         assert len(completions) == 1
         [receipt] = store.receipts_for(task.id)
         assert receipt.agent_id == "other" and receipt.lease_generation == 2
-        assert store.get_agent("other").stats.tasks_completed == 1
+        # The agent's stats are counted just after the task's change is saved.
+        wait_until(
+            "the completion to be counted",
+            lambda: store.get_agent("other").stats.tasks_completed == 1,
+        )
     finally:
         daemon.stop()
 

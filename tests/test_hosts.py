@@ -6,6 +6,7 @@ are visible here. Localhost variants point at a closed port: they pass only with
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -171,6 +172,36 @@ def test_a_jump_host_from_ssh_config_must_have_a_known_key_too(
         f"ssh to fleet-target:{sshd.port} failed: host key of [127.0.0.1]:{jump.port} "
     )
     assert through.healthy, through.problems
+
+
+def test_a_host_without_a_port_takes_the_one_its_ssh_config_entry_gives(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``port`` unset: HostName, Port, User and IdentityFile all come from ~/.ssh/config, as
+    for ssh; a host that sets ``port`` still wins over the entry (here a wrong one: refused)."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        f"Host gpu-02.internal\n  HostName {sshd.host}\n  Port {sshd.port}\n"
+        f"  User {sshd.user}\n  IdentityFile {sshd.client_key}\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    host = HostSettings(name="gpu-02", address="gpu-02.internal", workdir=str(sshd.workdir))
+    assert host.port is None and host.user is None and host.key_file is None
+    health = check_host(host, command="sh", timeout=TIMEOUT, known_hosts_file=sshd.known_hosts)
+    assert health.healthy, health.problems
+    ran = run_remote(host, "echo $PWD", timeout=TIMEOUT, cwd=str(sshd.workdir),
+                     known_hosts_file=sshd.known_hosts)  # fmt: skip
+    assert ran.stdout.strip() == str(sshd.workdir)
+    pinned = host.model_copy(update={"port": _closed_port()})
+    refused = check_host(pinned, command="sh", timeout=TIMEOUT, known_hosts_file=sshd.known_hosts)
+    assert not refused.reachable
+    assert refused.problems[0].startswith(f"ssh to gpu-02.internal:{pinned.port} failed")
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def test_a_missing_key_file_is_reported(sshd: SshServer, tmp_path: Path) -> None:

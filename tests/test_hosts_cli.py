@@ -3,12 +3,14 @@ edited with its comments kept and validated before it is replaced; a host remove
 through the running daemon, which takes the change up; a host prepared over the real private
 sshd, step by step, idempotently, and only looked at with ``--dry-run``.
 
-The npm on the sshd host's PATH is a stand-in that writes the package's manifest where npm
-would (no registry is reached from a test); everything else — ssh, sh, git, mkdir — is real.
+Most install tests put a stand-in npm on the sshd host's PATH that writes the package's manifest
+where npm would; one runs the real npm (the registry, or its cache) and the installed agent CLI.
+Everything else — ssh, sh, git, mkdir — is real.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
+from reconciler.run.hosts import run_remote
 from reconciler.run.install import Step, install_host, split_package
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings, load_settings
@@ -202,9 +205,11 @@ def ssh_settings(sshd: SshServer, tmp_path: Path, **host: object) -> Settings:
                 name="gpu-02",
                 adapter="codex",
                 known_hosts_file=sshd.known_hosts,
-                workdir=str(tmp_path / "remote-work"),
-                cli_prefix=str(tmp_path / "prefix"),
-                **host,
+                **{
+                    "workdir": str(tmp_path / "remote-work"),
+                    "cli_prefix": str(tmp_path / "prefix"),
+                    **host,
+                },
             ),
         ),
     )
@@ -239,6 +244,48 @@ def test_install_prepares_the_host_step_by_step_and_a_second_run_changes_nothing
         f"{name} {version} is installed in {tmp_path / 'prefix'}",
     ]
     assert len(npm_log.read_text().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_real_npm_installs_the_pinned_cli_where_the_executor_finds_it(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """The real npm installs the codex adapter's pinned CLI into a prefix whose ``bin`` is on
+    the host's ssh PATH: the executor's remote shell (``run_remote``) then finds ``codex`` and it
+    reports the pinned version. Before, ``--dry-run`` changes nothing; after, a second run
+    finds it installed without calling npm (an npm that would fail is put first on the PATH)."""
+    if shutil.which("npm") is None:
+        pytest.fail("npm is not installed (Node.js >= 18; .ci/agent-clis.sh needs it too)")
+    prefix = sshd.bin_dir.parent  # the fixture's remote PATH starts with <prefix>/bin
+    settings = ssh_settings(sshd, tmp_path, cli_prefix=str(prefix))
+    host = settings.hosts[0]
+    name, version = split_package(settings.adapters["codex"].package or "")
+    installed = prefix / "lib" / "node_modules" / name
+    try:
+        dry = install_host(settings, host, dry_run=True)
+        assert dry[-1] == Step(
+            "agent CLI", True, f"would run: npm install --global --prefix {prefix} {name}@{version}"
+        )
+        assert not installed.exists() and not (sshd.bin_dir / "codex").exists()
+        assert not (tmp_path / "remote-work").exists()
+
+        steps = install_host(settings, host)
+        assert [(s.name, s.ok) for s in steps] == [("git", True), ("workdir", True),
+                                                  ("agent CLI", True)], steps  # fmt: skip
+        assert steps[-1].detail == f"installed {name} {version} in {prefix}"
+        found = run_remote(
+            host, "command -v codex && codex --version", timeout=60,
+            known_hosts_file=sshd.known_hosts,
+        )  # fmt: skip
+        assert found.exit_code == 0, found
+        assert found.stdout.split() == [str(sshd.bin_dir / "codex"), "codex-cli", version]
+
+        sshd.install_cli("npm", 'echo "npm must not run again" >&2\nexit 1\n')
+        again = install_host(settings, host)
+        assert [s.ok for s in again] == [True, True, True], again
+        assert again[-1].detail == f"{name} {version} is installed in {prefix}"
+    finally:
+        shutil.rmtree(prefix / "lib", ignore_errors=True)
 
 
 def test_install_dry_run_only_looks(sshd: SshServer, tmp_path: Path) -> None:

@@ -459,3 +459,68 @@ def test_the_full_resync_enqueues_every_agent_and_declared_host(registry: Harnes
     )
     assert resync.full() == 2
     assert keys == [agent_key("a1"), agent_key("build-01")]
+
+
+def test_a_handout_the_agent_never_received_is_requeued_after_the_grace(
+    registry: Harness,
+) -> None:
+    """The dequeue answer was lost: the task stays ``assigned`` while the agent's heartbeats go
+    on without it. Heartbeats inside ``api.handout_grace`` change nothing; the first one after
+    it that does not list the task has it requeued (agent_lost → created, issue enqueued),
+    and the agent stays online."""
+    registry.register("a1")
+    handed = registry.give_task("a1")
+    assert handed.state is TaskState.ASSIGNED
+    grace = SETTINGS.api.handout_grace
+    assert grace == 60  # the default
+    assert registry.reconcile("a1").requeue_after == grace + 1  # looks when the grace ends
+    registry.clock.advance(30)
+    registry.fleet.heartbeat("a1")  # within the grace: the answer may still be on its way
+    registry.reconcile("a1")
+    assert registry.task().state is TaskState.ASSIGNED
+    registry.clock.advance(grace)
+    # Past the grace but not heard of since: nothing to judge by; look a heartbeat later.
+    assert registry.reconcile("a1").requeue_after == SETTINGS.api.heartbeat_interval + 1
+    assert registry.task().state is TaskState.ASSIGNED
+    registry.fleet.heartbeat("a1")  # lists nothing
+    registry.reconcile("a1")
+    lost = registry.task()
+    assert (lost.state, lost.agent_id) == (TaskState.CREATED, None)
+    events = registry.store.events_for(lost.id)
+    assert [(e.from_state, e.to_state) for e in events[-2:]] == [
+        (TaskState.ASSIGNED, TaskState.AGENT_LOST),
+        (TaskState.AGENT_LOST, TaskState.CREATED),
+    ]
+    assert "never received the task" in (events[-2].reason or "")
+    assert events[-1].reason == "requeued: the handout was lost"
+    assert issue_key(REPO, 12) in registry.enqueued
+    assert registry.agent("a1").status is AgentStatus.ONLINE
+    registry.reconcile("a1")  # a second pass writes nothing more
+    assert len(registry.store.events_for(lost.id)) == len(events)
+
+
+def test_a_handout_the_agent_lists_is_kept_past_the_grace(registry: Harness) -> None:
+    """A heartbeat listing the task after the grace: the agent has it; nothing is requeued.
+    Neither is a running task that a heartbeat omits (only handouts are judged)."""
+    registry.register("a1")
+    handed = registry.give_task("a1")
+    other = registry.give_task("a1", 13, running=True)
+    registry.clock.advance(SETTINGS.api.handout_grace + 5)
+    registry.fleet.heartbeat("a1", tasks=[HeldTask(handed.id, handed.lease_generation)])
+    registry.reconcile("a1")
+    assert registry.store.get_task(handed.id).state is TaskState.ASSIGNED
+    assert registry.store.get_task(other.id).state is TaskState.RUNNING
+
+
+def test_after_a_daemon_restart_a_handout_waits_for_a_heartbeat(registry: Harness) -> None:
+    """The pulses are soft state: a restarted daemon judges a handout only by a heartbeat it
+    received itself."""
+    registry.register("a1")
+    registry.give_task("a1")
+    registry.clock.advance(SETTINGS.api.handout_grace + 5)
+    registry.restart_process()
+    registry.reconcile("a1")
+    assert registry.task().state is TaskState.ASSIGNED
+    registry.fleet.heartbeat("a1")
+    registry.reconcile("a1")
+    assert registry.task().state is TaskState.CREATED

@@ -55,7 +55,9 @@ def hosts() -> None:
 @hosts.command("add")
 @click.argument("name")
 @click.option("--ssh", "target", required=True, help="USER@HOST (or HOST) to reach it over ssh.")
-@click.option("--port", type=int, default=None, help="ssh port (default 22).")
+@click.option(
+    "--port", type=int, default=None, help="ssh port (default: ~/.ssh/config's, else 22)."
+)
 @click.option("--workdir", required=True, help="Where task worktrees are made on the host.")
 @click.option("--adapter", default="claude-code", show_default=True, help="Entry of [adapters].")
 @click.option(

@@ -338,7 +338,12 @@ def _agents(data: Overview, *, base: str) -> str:
             f"<td>{current}</td>"
             f"<td>{agent.stats.tasks_completed} done · {agent.stats.errors} errors</td>"
             f"<td>{_e(money_text(agent.stats.cost_usd))}"
-            f'<div class="dim">{agent.stats.tokens:,} tokens</div></td>'
+            + (
+                f'<div class="dim">{_e(money_text(agent.stats.estimated_cost_usd))} estimated</div>'
+                if agent.stats.estimated_cost_usd
+                else ""
+            )
+            + f'<div class="dim">{agent.stats.tokens:,} tokens</div></td>'
             "</tr>"
         )
     return (

@@ -242,6 +242,11 @@ class AgentStatsSummary(Answer):
     average_duration_s: float | None
     tokens: int
     cost_usd: float
+    estimated_cost_usd: float = Field(
+        default=0.0,
+        description="The part of cost_usd estimated from tokens and api.token_prices "
+        "(the CLI reported no cost).",
+    )
     uptime_percent: float = Field(
         description="Share of the time since registration spent online or draining."
     )
@@ -305,6 +310,7 @@ class AgentSummary(Answer):
                 average_duration_s=agent.stats.average_duration_s,
                 tokens=agent.stats.tokens,
                 cost_usd=agent.stats.cost_usd,
+                estimated_cost_usd=agent.stats.estimated_cost_usd,
                 uptime_percent=view.uptime_percent,
                 failing_runs=agent.failing_runs,
             ),

@@ -451,7 +451,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _target(host: HostSettings) -> str:
-    return "localhost" if host.is_local else f"{host.address}:{host.port}"
+    if host.is_local:
+        return "localhost"
+    return host.address if host.port is None else f"{host.address}:{host.port}"
 
 
 def _check_timeout(timeout: float) -> None:

@@ -147,7 +147,12 @@ class HostSettings(Section):
     address: str = Field(
         min_length=1, description='Host name or IP; "localhost" runs locally without ssh.'
     )
-    port: int = Field(default=22, ge=1, le=65535, description="ssh port.")
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="ssh port (unset: the `Port` ~/.ssh/config gives the address, else 22).",
+    )
     user: str | None = Field(default=None, description="ssh user (unset: ssh's default).")
     key_file: Path | None = Field(
         default=None, description="Private key file (unset: ssh agent and ssh config)."

@@ -213,6 +213,12 @@ class ApiSettings(Section):
     missed_heartbeats: int = Field(
         default=3, ge=1, description="Missed heartbeats after which an agent is offline."
     )
+    handout_grace: Seconds = Field(
+        default=60.0,
+        description="Seconds a pull agent has to mention a task it dequeued in its heartbeats; "
+        "a task still `assigned` that its first heartbeat after this does not list is requeued "
+        "(the dequeue answer was lost on its way).",
+    )
     drain_after_failed_runs: int = Field(
         default=3,
         ge=0,

@@ -7,6 +7,8 @@ fleet) and 200 open pull requests, and counts the gateway's HTTP calls (``calls`
 for:
 
 * a full resync (target: <= 24 calls, 0 writes);
+* a full resync over the settled, unchanged forge, with every reconcile it causes (target:
+  <= 30 calls, 0 writes: items whose listed ``updated_at`` was already read are not enqueued);
 * an incremental resync when nothing changed (target: <= 2 calls per repository, 0 writes);
 * the reconcile one issue's webhook triggers, delivered through the real receiver: for a
   settled issue (nothing to do) and for a new labelled issue (target: <= 3 calls each).
@@ -328,6 +330,22 @@ def run(issues: int, pulls: int, root: Path) -> tuple[list[Row], World]:
                     quiet[0].describe(),
                     f"<= {2 * repos} calls ({repos} repo), 0 writes",
                     verdict(quiet[0].calls <= 2 * repos and quiet[0].writes == 0),
+                )
+            )
+
+            # The same full resync over the settled, unchanged forge, with every reconcile it
+            # causes: items whose listed updated_at is the one last read are not enqueued.
+            clock.advance(60)
+            with counter.step() as unchanged:
+                again_keys = assembly.resync.full()
+                assembly.loop.drain()
+            unchanged_limit = 30
+            rows.append(
+                (
+                    f"full resync + its reconciles, nothing changed ({again_keys} keys)",
+                    unchanged[0].describe(),
+                    f"<= {unchanged_limit} calls, 0 writes",
+                    verdict(unchanged[0].calls <= unchanged_limit and unchanged[0].writes == 0),
                 )
             )
 

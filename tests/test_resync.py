@@ -130,6 +130,27 @@ def test_full_resync_skips_a_finished_task_whose_issue_was_closed(harness: Harne
     assert issue_key(DEMO_REPO, number) not in harness.keys
 
 
+def test_full_resync_always_looks_at_held_tasks(harness: Harness) -> None:
+    """A held task is enqueued although its issue did not change: a blocker closing elsewhere
+    does not move its issue's updated_at."""
+    number = harness.forge.create_issue(DEMO_REPO, "held", labels=["fleet/task"])
+    harness.store.put_task(
+        Task(
+            id=task_id_for(DEMO_REPO, number),
+            repo=RepoName(DEMO_REPO),
+            issue_number=number,
+            title="held",
+            on_hold=True,
+            wait_reason="waiting for #1",
+            created_at=harness.clock(),
+            updated_at=harness.clock(),
+        )
+    )
+    harness.gateway.get_issue(DEMO_REPO, number)
+    harness.resync.full()
+    assert issue_key(DEMO_REPO, number) in harness.keys
+
+
 def test_full_resync_enqueues_only_items_whose_updated_at_moved_since_their_read(
     harness: Harness,
 ) -> None:

@@ -174,7 +174,9 @@ class Resync:
         ]
         # Tasks whose issue was closed are no longer in the open list: their keys make the
         # controller notice and cancel them. A listed issue was judged by its updated_at above
-        # (losing its label moved it); a finished task has nothing left to notice.
+        # (losing its label moved it); a finished task has nothing left to notice. A held task
+        # is looked at every time: what releases it (a blocker closing, perhaps in a repository
+        # not watched here) does not move its own issue's updated_at.
         listed = {i.number for i in issues}
         keys += [
             issue_key(repo, n)
@@ -182,7 +184,7 @@ class Resync:
                 {
                     t.issue_number
                     for t in tasks
-                    if not t.is_terminal and t.issue_number not in listed
+                    if t.on_hold or (not t.is_terminal and t.issue_number not in listed)
                 }
             )
         ]

@@ -62,6 +62,7 @@ ISSUES = 1000
 PULLS = 200
 FLEET_SHARE = 0.3
 QUICK_ISSUES = 40
+PERSON = "alice"
 QUICK_PULLS = 8
 
 # Labels people put on issues besides the fleet's own vocabulary.
@@ -228,6 +229,8 @@ def deliver(assembly: Assembly, requests: list[QueuedWebhook]) -> list[str]:
             response = client.post(
                 "/webhooks/forgejo", content=request.payload, headers=request.headers
             )
+            if response.status_code == 204:
+                continue  # the echo of the daemon's own write: nothing enqueued
             if response.status_code != 202:
                 raise SystemExit(
                     f"the receiver answered {response.status_code} to a {request.event_type} "
@@ -355,6 +358,8 @@ def run(issues: int, pulls: int, root: Path) -> tuple[list[Row], World]:
             assembly.gateway.ensure_webhook(
                 REPO, url=HOOK_URL, secret=SECRET, events=WEBHOOK_EVENTS
             )
+            # A person, not the bot: a delivery the bot caused is the echo of its own write.
+            forge.create_user(PERSON)
             settled_number = next(
                 (o.key.id for o in settled if o.key.controller == ASSIGNMENT and o.actions), None
             )
@@ -366,7 +371,9 @@ def run(issues: int, pulls: int, root: Path) -> tuple[list[Row], World]:
                 counter,
                 clock,
                 label=f"settled #{settled_number} commented on",
-                act=lambda: forge.comment(REPO, int(settled_number), "Any news on this one?"),
+                act=lambda: forge.comment(
+                    REPO, int(settled_number), "Any news on this one?", author=PERSON
+                ),
             )
             rows += webhook_rows(
                 forge,
@@ -458,8 +465,8 @@ def webhook_rows(
             (
                 "  its echo (webhook of our label write)",
                 echo[0].describe(),
-                "<= 3 calls, 0 writes",
-                verdict(echo[0].calls <= 3 and echo[0].writes == 0),
+                "0 calls (answered as an echo)",
+                verdict(echo[0].calls == 0),
             )
         )
     return rows

@@ -101,13 +101,15 @@ class AddLabels(Action):
                     f"{self.for_task.state} label was planned"
                 )
         try:
-            ctx.gateway.add_labels(self.repo, self.number, self.names)
+            labels = ctx.gateway.add_labels(self.repo, self.number, self.names)
         except ForgejoNotFound as exc:
             if exc.status == 0 and ctx.enqueue is not None:
                 # A label the fleet writes is not in the repo (deleted by hand, or the set-up
                 # has not got through yet): the repository's set-up makes it again.
                 ctx.enqueue(setup_key(self.repo))
             raise
+        # What this write left is what its webhook will show: that delivery is an echo.
+        ctx.gateway.seen.note_labels(self.repo, self.number, labels)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class RemoveLabels(Action):
     def apply(self, ctx: ActContext) -> None:
         for name in self.names:
             ctx.gateway.remove_label(self.repo, self.number, name)
+        ctx.gateway.seen.drop_labels(self.repo, self.number, self.names)
 
 
 def comment_digest(body: str) -> str:

@@ -102,7 +102,13 @@ class Resync:
     def _keys_for(self, repo: str, issues: Sequence[Issue], tracked: set[int]) -> list[Key]:
         keys: list[Key] = []
         for issue in issues:
-            if not self._moved(repo, issue.number, issue.updated_at):
+            if self._gateway.seen.is_settled(
+                repo,
+                issue.number,
+                labels=issue.labels,
+                state=str(issue.state),
+                updated_at=issue.updated_at,
+            ):
                 # Its reconcile read exactly this version: the list answer says nothing new.
                 continue
             if issue.is_pull:

@@ -80,7 +80,9 @@ class PullOps(ForgejoHttp):
     def get_pull(self, repo: str, number: int) -> PullRequest:
         """One pull request; its ``updated_at`` is noted in ``seen``."""
         pull = self._get("get_pull", f"{repo_path(repo)}/pulls/{number}", PullRequest.from_api)
-        self.seen.note(repo, pull.number, pull.updated_at)
+        self.seen.note(
+            repo, pull.number, pull.updated_at, labels=pull.labels, state=str(pull.state)
+        )
         return pull
 
     def find_pull_by_head(

@@ -10,6 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from controllers.setup import label_specs
+from reconciler.engine.reconcile import ActContext, AddLabels
 from reconciler.engine.resync import Resync, ResyncTimer
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key, issue_key, pull_key
@@ -291,3 +292,23 @@ def test_full_resync_looks_at_tasks_in_review_whose_pull_request_left_the_open_l
     harness.resync.full()
     assert pull_key(DEMO_REPO, 41) in harness.keys
     assert branch_key(DEMO_REPO, "task/42-x") in harness.keys
+
+
+def test_an_issue_showing_what_our_own_label_write_left_is_not_enqueued_again(
+    harness: Harness,
+) -> None:
+    """After a reconcile's own label write the listing shows a new updated_at but the labels
+    that write left: nothing new, no key. A person's label after that counts again."""
+    number = harness.forge.create_issue(DEMO_REPO, "labelled", labels=["fleet/task"])
+    harness.gateway.get_issue(DEMO_REPO, number)  # the reconcile's read
+    harness.clock.advance(60)
+    AddLabels(DEMO_REPO, number, ("status/todo",)).apply(
+        ActContext(gateway=harness.gateway, store=harness.store)
+    )
+    harness.clock.advance(60)
+    harness.resync.full()
+    assert issue_key(DEMO_REPO, number) not in harness.keys
+    harness.clock.advance(60)
+    harness.forge.add_labels(DEMO_REPO, number, ["priority/high"])
+    harness.resync.full()
+    assert issue_key(DEMO_REPO, number) in harness.keys

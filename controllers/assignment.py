@@ -226,7 +226,7 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
             status = status_label_for(task.state, vocabulary)
             if status is None or status in issue.labels:
                 return ()
-            return (AddLabels(observed.repo, issue.number, (status,)),)
+            return (AddLabels(observed.repo, issue.number, (status,), for_task=observed.task),)
         if issue is None:
             why = "the issue no longer exists"
         elif issue.state is not IssueState.OPEN:
@@ -351,7 +351,7 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
     desired = status_label_for(task.state, vocabulary)
     if desired is not None and desired not in issue.labels:
         # status/ is an exclusive scope: Forgejo drops the previous status label itself.
-        actions.append(AddLabels(observed.repo, issue.number, (desired,)))
+        actions.append(AddLabels(observed.repo, issue.number, (desired,), for_task=observed.task))
     elif desired is not None:
         # Only reachable when the scope is not exclusive in this repo (labels made by hand).
         stray = tuple(n for n in status_labels(vocabulary) if n in issue.labels and n != desired)

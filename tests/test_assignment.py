@@ -30,6 +30,7 @@ from reconciler.engine.reconcile import (
     SaveTask,
     UpsertComment,
 )
+from reconciler.errors import StaleStateError
 from reconciler.fleet.issues import read_labels
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import Issue, IssueState
@@ -456,6 +457,34 @@ def test_reconcile_creates_the_task_and_a_second_pass_makes_no_write(
     assert gateway.writes == writes
     assert len(store.events_for(created.id)) == events
     assert store.find_task(created.id) == created
+
+
+def test_a_plan_made_before_the_task_completed_writes_no_status_label(
+    forge: ForgejoSandbox, controller: tuple[AssignmentController, ForgejoGateway, Store]
+) -> None:
+    """A pass that saw the task in review, acting after the receipts controller completed it,
+    writes no status/review over the finished task: the loop observes again and writes done."""
+    reconciler, gateway, store = controller
+    number = forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task"])
+    key = issue_key(DEMO_REPO, number)
+    reconciler.reconcile(key)
+    created = store.find_task(task_id_for(DEMO_REPO, number))
+    assert created is not None
+    in_review = created.changed(now=created.updated_at, state=TaskState.REVIEW_PENDING,
+                                lease_generation=1, pr_number=7)  # fmt: skip
+    store.put_task(in_review)
+    observed = reconciler.observe(key)
+    actions = plan(observed, now=created.updated_at, settings=SETTINGS)
+    assert any(isinstance(a, AddLabels) and "status/review" in a.names for a in actions)
+    store.put_task(in_review.changed(now=created.updated_at, state=TaskState.COMPLETED))
+    writes = gateway.writes
+    with pytest.raises(StaleStateError):
+        Actuator(ActContext(gateway=gateway, store=store)).apply(actions)
+    assert gateway.writes == writes
+    assert "status/review" not in gateway.get_issue(DEMO_REPO, number).labels
+    reconciler.reconcile(key)
+    labels = gateway.get_issue(DEMO_REPO, number).labels
+    assert "status/done" in labels and "status/review" not in labels
 
 
 def test_closing_the_issue_cancels_the_task(

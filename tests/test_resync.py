@@ -10,6 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from controllers.setup import label_specs
+from reconciler.engine.reconcile import ActContext, AddLabels
 from reconciler.engine.resync import Resync, ResyncTimer
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key, issue_key, pull_key
@@ -105,6 +106,81 @@ def test_full_resync_includes_tasks_whose_issue_was_closed(harness: Harness) -> 
     harness.gateway.edit_issue(DEMO_REPO, number, state="closed")
     harness.resync.full()
     assert issue_key(DEMO_REPO, number) in harness.keys
+
+
+def _task(harness: Harness, number: int, state: TaskState = TaskState.CREATED) -> None:
+    harness.store.put_task(
+        Task(
+            id=task_id_for(DEMO_REPO, number),
+            repo=RepoName(DEMO_REPO),
+            issue_number=number,
+            title="t",
+            state=state,
+            created_at=harness.clock(),
+            updated_at=harness.clock(),
+        )
+    )
+
+
+def test_full_resync_skips_a_finished_task_whose_issue_was_closed(harness: Harness) -> None:
+    """A completed task's closed issue is not read again: nothing about it is left to notice."""
+    number = harness.forge.create_issue(DEMO_REPO, "done and closed", labels=["fleet/task"])
+    _task(harness, number, TaskState.COMPLETED)
+    harness.gateway.edit_issue(DEMO_REPO, number, state="closed")
+    harness.resync.full()
+    assert issue_key(DEMO_REPO, number) not in harness.keys
+
+
+def test_full_resync_always_looks_at_held_tasks(harness: Harness) -> None:
+    """A held task is enqueued although its issue did not change: a blocker closing elsewhere
+    does not move its issue's updated_at."""
+    number = harness.forge.create_issue(DEMO_REPO, "held", labels=["fleet/task"])
+    harness.store.put_task(
+        Task(
+            id=task_id_for(DEMO_REPO, number),
+            repo=RepoName(DEMO_REPO),
+            issue_number=number,
+            title="held",
+            on_hold=True,
+            wait_reason="waiting for #1",
+            created_at=harness.clock(),
+            updated_at=harness.clock(),
+        )
+    )
+    harness.gateway.get_issue(DEMO_REPO, number)
+    harness.resync.full()
+    assert issue_key(DEMO_REPO, number) in harness.keys
+
+
+def test_full_resync_enqueues_only_items_whose_updated_at_moved_since_their_read(
+    harness: Harness,
+) -> None:
+    """Issues and PRs read one by one since they last changed are not enqueued again; a
+    person's label, or a push to the PR, makes them count again."""
+    tracked = harness.forge.create_issue(DEMO_REPO, "tracked", labels=["fleet/task"])
+    other = harness.forge.create_issue(DEMO_REPO, "other", labels=["fleet/task"])
+    harness.forge.push(DEMO_REPO, "task/9-x", files={"x.py": "x = 1\n"}, message="add x")
+    pull = harness.forge.open_pull(DEMO_REPO, "task/9-x", title="Add x")
+    _task(harness, tracked)
+    harness.resync.full()
+    assert {issue_key(DEMO_REPO, tracked), issue_key(DEMO_REPO, other)} <= set(harness.keys)
+    assert pull_key(DEMO_REPO, pull) in harness.keys
+    # The reconciles of those keys read each item once.
+    for number in (tracked, other):
+        harness.gateway.get_issue(DEMO_REPO, number)
+    harness.gateway.get_pull(DEMO_REPO, pull)
+    harness.keys.clear()
+    harness.clock.advance(120)
+    assert harness.calls(harness.resync.full) == 2  # one list of issues, one of PRs
+    assert [k for k in harness.keys if k.controller != "setup"] == []
+
+    harness.clock.advance(120)
+    harness.forge.add_labels(DEMO_REPO, other, ["priority/high"])
+    harness.forge.push(DEMO_REPO, "task/9-x", files={"x.py": "x = 2\n"}, message="change x")
+    harness.resync.full()
+    assert issue_key(DEMO_REPO, other) in harness.keys
+    assert pull_key(DEMO_REPO, pull) in harness.keys
+    assert issue_key(DEMO_REPO, tracked) not in harness.keys
 
 
 def test_full_resync_moves_old_finished_tasks_to_the_archive(harness: Harness) -> None:
@@ -216,3 +292,23 @@ def test_full_resync_looks_at_tasks_in_review_whose_pull_request_left_the_open_l
     harness.resync.full()
     assert pull_key(DEMO_REPO, 41) in harness.keys
     assert branch_key(DEMO_REPO, "task/42-x") in harness.keys
+
+
+def test_an_issue_showing_what_our_own_label_write_left_is_not_enqueued_again(
+    harness: Harness,
+) -> None:
+    """After a reconcile's own label write the listing shows a new updated_at but the labels
+    that write left: nothing new, no key. A person's label after that counts again."""
+    number = harness.forge.create_issue(DEMO_REPO, "labelled", labels=["fleet/task"])
+    harness.gateway.get_issue(DEMO_REPO, number)  # the reconcile's read
+    harness.clock.advance(60)
+    AddLabels(DEMO_REPO, number, ("status/todo",)).apply(
+        ActContext(gateway=harness.gateway, store=harness.store)
+    )
+    harness.clock.advance(60)
+    harness.resync.full()
+    assert issue_key(DEMO_REPO, number) not in harness.keys
+    harness.clock.advance(60)
+    harness.forge.add_labels(DEMO_REPO, number, ["priority/high"])
+    harness.resync.full()
+    assert issue_key(DEMO_REPO, number) in harness.keys

@@ -286,6 +286,21 @@ def test_pull_is_found_by_base_and_head_branch(
     assert forge_http.get(f"{REPO}/pulls/main/task/7-slashes").json()["number"] == number
 
 
+def test_pull_list_filters_by_head_and_base_branch(
+    forge: ForgejoSandbox, forge_http: httpx.Client
+) -> None:
+    """GET /pulls?head=&base= keeps only the PRs from that head branch into that base."""
+    first = _open_pull(forge, "task/1-a")
+    second = _open_pull(forge, "task/2-b")
+    listed = forge_http.get(f"{REPO}/pulls", params={"state": "all", "head": "task/2-b"})
+    assert _numbers(listed) == [second]
+    assert listed.headers["X-Total-Count"] == "1"
+    both = forge_http.get(f"{REPO}/pulls", params={"base": "main"})
+    assert sorted(_numbers(both)) == sorted([first, second])
+    assert _numbers(forge_http.get(f"{REPO}/pulls", params={"base": "other"})) == []
+    assert _numbers(forge_http.get(f"{REPO}/pulls", params={"head": "task/9-none"})) == []
+
+
 def test_author_cannot_approve_their_own_pull(
     forge: ForgejoSandbox, forge_http: httpx.Client
 ) -> None:

@@ -6,8 +6,9 @@ import hashlib
 import hmac
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 from wsgiref.util import setup_testing_defaults
@@ -16,8 +17,10 @@ import bottle  # type: ignore[import-untyped]
 import pytest
 from structlog.testing import capture_logs
 
+from reconciler.forgejo.seen import SeenItems
 from reconciler.keys import Key, issue_key, pull_key
 from tests.forgejo_data import EXAMPLES
+from webhook.events import is_own_echo
 from webhook.receiver import WEBHOOK_PATH, install_forgejo_webhook
 
 SECRET = "s3cret-hook-key"
@@ -57,6 +60,7 @@ class Receiver:
     max_body_bytes: int = LIMIT
     enqueued: list[Key] = field(default_factory=list)
     deliveries: list[tuple[str, str]] = field(default_factory=list)
+    is_echo: Callable[[str, Mapping[str, Any]], bool] | None = None
 
     def __post_init__(self) -> None:
         # catchall=False: a bug in the handler fails the test instead of becoming a 500.
@@ -68,6 +72,7 @@ class Receiver:
             enqueue=self.enqueued.append,
             max_body_bytes=self.max_body_bytes,
             on_delivery=lambda event, result: self.deliveries.append((event, result)),
+            is_echo=self.is_echo,
         )
 
     def post(
@@ -159,6 +164,51 @@ def test_other_signature_headers_are_accepted(receiver: Receiver, headers: dict[
     answer = receiver.post(ISSUE_OPENED, headers=headers)
     assert answer.status == 202
     assert receiver.enqueued == [issue_key("example/example", 1)]
+
+
+def _echo_receiver(seen: SeenItems, bot_login: str) -> Receiver:
+    return Receiver(
+        is_echo=lambda event, payload: is_own_echo(event, payload, seen=seen, bot_login=bot_login)
+    )
+
+
+def test_the_echo_of_our_own_write_is_answered_204_and_not_enqueued() -> None:
+    """A delivery the bot caused, showing the issue as last seen, enqueues nothing; its
+    updated_at becomes the one seen, so the resync skips the issue too."""
+    seen = SeenItems()
+    seen.note("example/example", 1, None, labels=(), state="open")
+    receiver = _echo_receiver(seen, bot_login="example")
+    answer = receiver.post(ISSUE_OPENED, event="issues")
+    assert answer.status == 204
+    assert receiver.enqueued == []
+    assert receiver.deliveries == [("issues", "echo")]
+    listed = json.loads(ISSUE_OPENED)["issue"]["updated_at"]
+    assert seen.is_unchanged("example/example", 1, datetime.fromisoformat(listed))
+
+
+@pytest.mark.parametrize(
+    ("bot_login", "labels", "state"),
+    [
+        ("fleet-bot", (), "open"),  # a person sent it
+        ("example", ("status/todo",), "open"),  # the labels differ from what we left
+        ("example", (), "closed"),  # the state differs
+    ],
+)
+def test_a_delivery_that_shows_something_new_is_enqueued(
+    bot_login: str, labels: tuple[str, ...], state: str
+) -> None:
+    """Another sender, other labels or another state: the delivery is not an echo."""
+    seen = SeenItems()
+    seen.note("example/example", 1, None, labels=labels, state=state)
+    receiver = _echo_receiver(seen, bot_login=bot_login)
+    assert receiver.post(ISSUE_OPENED, event="issues").status == 202
+    assert receiver.enqueued == [issue_key("example/example", 1)]
+
+
+def test_an_issue_never_seen_is_not_an_echo() -> None:
+    """Without a record of the issue the delivery is enqueued (a new issue, a restart)."""
+    receiver = _echo_receiver(SeenItems(), bot_login="example")
+    assert receiver.post(ISSUE_OPENED, event="issues").status == 202
 
 
 def test_review_delivery_enqueues_the_pull_request(receiver: Receiver) -> None:

@@ -52,6 +52,7 @@ from reconciler.text import format_duration
 from webhook.agents_api import install_agent_api
 from webhook.app import Check, install_health, make_app
 from webhook.dashboard import install_dashboard
+from webhook.events import is_own_echo
 from webhook.openapi import install_openapi
 from webhook.receiver import install_forgejo_webhook
 from webhook.server import http_server
@@ -247,6 +248,12 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
         enqueue=assembly.enqueue,
         max_body_bytes=settings.webhook.max_body_bytes,
         on_delivery=assembly.metrics.count_webhook,
+        is_echo=lambda event, payload: is_own_echo(
+            event,
+            payload,
+            seen=assembly.gateway.seen,
+            bot_login=assembly.settings().forgejo.bot_login,
+        ),
     )
     install_agent_api(
         app,

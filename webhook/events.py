@@ -21,8 +21,10 @@ identify the thing that changed (repository, number, branch).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
+from reconciler.forgejo.seen import SeenItems
 from reconciler.keys import Key, branch_key, issue_key, pull_key
 
 # The branch prefix agent-fleet gives every task branch (`reconciler.models.branch_for`).
@@ -228,3 +230,48 @@ def keys_for(event: str, payload: Mapping[str, Any]) -> tuple[Key, ...]:
     if not isinstance(payload, Mapping):
         raise MalformedPayload(f"payload must be a JSON object, got {type(payload).__name__}")
     return mapping(payload)
+
+
+def is_own_echo(event: str, payload: Mapping[str, Any], *, seen: SeenItems, bot_login: str) -> bool:
+    """Whether a delivery is the echo of agent-fleet's own write on an issue.
+
+    It is when the bot is its sender and the issue it carries shows exactly the labels and
+    state this process last read or wrote (``reconciler.forgejo.seen``): the reconcile that
+    made the write already planned from that state, so looking again would read and decide the
+    same. Anything else — a person's change, a Matrix command's label (written by the bot but
+    not by a reconcile), a close — is not an echo. Only issues (not pull requests) qualify.
+    """
+    if event not in ("issues", "issue_comment"):
+        return False
+    sender = payload.get("sender")
+    login = sender.get("login") if isinstance(sender, Mapping) else None
+    if not isinstance(login, str) or login.lower() != bot_login.lower():
+        return False
+    issue = payload.get("issue")
+    if not isinstance(issue, Mapping) or issue.get("pull_request") is not None:
+        return False
+    number, state, labels = issue.get("number"), issue.get("state"), issue.get("labels")
+    if not isinstance(number, int) or not isinstance(state, str):
+        return False
+    names: list[str] = []
+    for label in labels or ():
+        name = label.get("name") if isinstance(label, Mapping) else None
+        if not isinstance(name, str):
+            return False
+        names.append(name)
+    try:
+        repo = _repo(payload)
+    except MalformedPayload:
+        return False
+    return seen.is_echo(
+        repo, number, labels=names, state=state, updated_at=_time(issue.get("updated_at"))
+    )
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

@@ -8,7 +8,8 @@ gives up on a delivery after 5 s and never retries it. Losing a delivery is harm
 the periodic resync finds the same change a little later.
 
 Answers: 202 ``{"accepted": N, "keys": [...]}`` when keys were enqueued; 204 when the event or
-action is none of agent-fleet's business; otherwise JSON ``{"error": <code>, "message": ...}``:
+action is none of agent-fleet's business, or when the delivery is the echo of agent-fleet's own
+write showing the issue as last seen (``is_echo``; logged with the result ``echo``); otherwise JSON ``{"error": <code>, "message": ...}``:
 
 | status | ``error``                       | when                                              |
 |--------|---------------------------------|---------------------------------------------------|
@@ -75,6 +76,8 @@ class DeliveryResult(StrEnum):
 
     ACCEPTED = "accepted"
     IGNORED = "ignored"
+    # The echo of agent-fleet's own write, showing the issue as last seen: nothing enqueued.
+    ECHO = "echo"
     # Also a missing signature, and any delivery while no secret is configured: in every
     # case the sender could not be authenticated.
     BAD_SIGNATURE = "bad_signature"
@@ -101,6 +104,7 @@ def install_forgejo_webhook(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     on_delivery: Callable[[str, str], None] | None = None,
     path: str = WEBHOOK_PATH,
+    is_echo: Callable[[str, Mapping[str, Any]], bool] | None = None,
 ) -> None:
     """Add ``POST path`` to ``app``: verify, parse and map each delivery, ``enqueue`` its keys.
 
@@ -109,6 +113,8 @@ def install_forgejo_webhook(
     fleet. ``on_delivery(event, result)`` is called once per delivery with the event name
     (``"other"`` for a name Forgejo does not send, so callers cannot invent metric labels) and
     a ``DeliveryResult`` value. ``enqueue`` must not block; an exception from it propagates.
+    ``is_echo(event, payload)`` (in memory, no I/O) tells a delivery caused by agent-fleet's
+    own write that shows nothing new: it is answered 204 and counted as ``echo``, unqueued.
     """
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
@@ -144,6 +150,9 @@ def install_forgejo_webhook(
         except _Refused as refused:
             _record(on_delivery, event, event_type, delivery, refused.result, error=refused.code)
             return _error(refused)
+        if keys and is_echo is not None and is_echo(event, payload):
+            _record(on_delivery, event, event_type, delivery, DeliveryResult.ECHO, keys=keys)
+            return bottle.HTTPResponse(status=204)
         for each in keys:
             enqueue(each)
         if not keys:
@@ -377,7 +386,7 @@ def _record(
     # Accepted and ignored deliveries are counted in /metrics and their keys show up in the
     # reconcile log, so they log at debug: an info line per delivery costs as much server
     # time as the rest of the receiver. Refusals are what an operator must see.
-    routine = result in (DeliveryResult.ACCEPTED, DeliveryResult.IGNORED)
+    routine = result in (DeliveryResult.ACCEPTED, DeliveryResult.IGNORED, DeliveryResult.ECHO)
     if routine and not _debug_logged():
         if on_delivery is not None:
             on_delivery(event if event in KNOWN_EVENTS else "other", result.value)

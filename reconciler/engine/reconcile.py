@@ -71,22 +71,45 @@ class Action(abc.ABC):
 
 @dataclass(frozen=True)
 class AddLabels(Action):
+    """Add labels to an issue.
+
+    ``for_task``: the labels follow task ``for_task.id`` as the plan saw it (a status label).
+    If the stored task has since finished in another state (the receipts controller completed
+    it while this plan was made from its state in review), nothing is written and
+    :class:`StaleStateError` makes the loop observe afresh: a status label is never written
+    for a state the task already left for good.
+    """
+
     repo: str
     number: int
     names: tuple[str, ...]
+    for_task: Task | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         return f"{self.repo}#{self.number}: add label(s) {', '.join(self.names)}"
 
     def apply(self, ctx: ActContext) -> None:
+        if self.for_task is not None:
+            current = ctx.store.find_task(self.for_task.id)
+            if (
+                current is not None
+                and current.is_terminal
+                and current.state is not self.for_task.state
+            ):
+                raise StaleStateError(
+                    f"task {current.id} became {current.state} while its "
+                    f"{self.for_task.state} label was planned"
+                )
         try:
-            ctx.gateway.add_labels(self.repo, self.number, self.names)
+            labels = ctx.gateway.add_labels(self.repo, self.number, self.names)
         except ForgejoNotFound as exc:
             if exc.status == 0 and ctx.enqueue is not None:
                 # A label the fleet writes is not in the repo (deleted by hand, or the set-up
                 # has not got through yet): the repository's set-up makes it again.
                 ctx.enqueue(setup_key(self.repo))
             raise
+        # What this write left is what its webhook will show: that delivery is an echo.
+        ctx.gateway.seen.note_labels(self.repo, self.number, labels)
 
 
 @dataclass(frozen=True)
@@ -101,6 +124,7 @@ class RemoveLabels(Action):
     def apply(self, ctx: ActContext) -> None:
         for name in self.names:
             ctx.gateway.remove_label(self.repo, self.number, name)
+        ctx.gateway.seen.drop_labels(self.repo, self.number, self.names)
 
 
 def comment_digest(body: str) -> str:

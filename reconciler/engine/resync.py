@@ -4,8 +4,10 @@ Forgejo never retries a failed webhook delivery, so the loop cannot depend on th
 ``resync_interval`` (jittered) an *incremental* resync asks each watched repository for what
 changed since the last one (``issues?state=all&since=…``, one call when little changed) and
 enqueues the keys; every ``full_resync_interval`` a *full* resync lists every open issue and
-pull request, and every task the store still tracks, to catch anything missed. At start-up the
-loop runs a full resync. Enqueueing is cheap: the work queue deduplicates keys and controllers
+pull request, and every unfinished task the store still tracks, to catch anything missed. At
+start-up the loop runs a full resync. A listed item is enqueued only when its ``updated_at``
+differs from the one this process last read one by one (``reconciler.forgejo.seen``): a resync
+over an unchanged forge costs its list calls and no per-item reads. Enqueueing is cheap: the work queue deduplicates keys and controllers
 are idempotent, so overlap between webhooks and resyncs costs nothing but a reconcile.
 
 Called by the daemon's resync thread, ``agent-fleet reconcile --once`` and the demo.
@@ -93,9 +95,22 @@ class Resync:
     def _tracked_numbers(self, repo: str) -> set[int]:
         return {t.issue_number for t in self._store.list_tasks(repo=repo)}
 
+    def _moved(self, repo: str, number: int, updated_at: datetime | None) -> bool:
+        """Whether a listed item changed since this process last read it one by one."""
+        return not self._gateway.seen.is_unchanged(repo, number, updated_at)
+
     def _keys_for(self, repo: str, issues: Sequence[Issue], tracked: set[int]) -> list[Key]:
         keys: list[Key] = []
         for issue in issues:
+            if self._gateway.seen.is_settled(
+                repo,
+                issue.number,
+                labels=issue.labels,
+                state=str(issue.state),
+                updated_at=issue.updated_at,
+            ):
+                # Its reconcile read exactly this version: the list answer says nothing new.
+                continue
             if issue.is_pull:
                 keys.append(pull_key(repo, issue.number))
             elif (
@@ -157,12 +172,28 @@ class Resync:
         started = self._clock()
         issues = self._gateway.list_issues(repo, state="open", kind="issues")
         pulls = self._gateway.list_pulls(repo, state="open")
-        tracked = self._tracked_numbers(repo)
+        tasks = self._store.list_tasks(repo=repo)
+        tracked = {t.issue_number for t in tasks}
         keys = self._keys_for(repo, issues, tracked)
-        keys += [pull_key(repo, pr.number) for pr in pulls]
-        # Tasks whose issue was closed (or lost its label) are no longer in the open list:
-        # their keys make the controller notice and cancel them.
-        keys += [issue_key(repo, n) for n in sorted(tracked)]
+        keys += [
+            pull_key(repo, pr.number) for pr in pulls if self._moved(repo, pr.number, pr.updated_at)
+        ]
+        # Tasks whose issue was closed are no longer in the open list: their keys make the
+        # controller notice and cancel them. A listed issue was judged by its updated_at above
+        # (losing its label moved it); a finished task has nothing left to notice. A held task
+        # is looked at every time: what releases it (a blocker closing, perhaps in a repository
+        # not watched here) does not move its own issue's updated_at.
+        listed = {i.number for i in issues}
+        keys += [
+            issue_key(repo, n)
+            for n in sorted(
+                {
+                    t.issue_number
+                    for t in tasks
+                    if t.on_hold or (not t.is_terminal and t.issue_number not in listed)
+                }
+            )
+        ]
         # A pull request merged or closed while no webhook arrived (or the daemon was down) is
         # no longer in the open list: its task's review key makes the review controller look.
         keys += [

@@ -183,8 +183,13 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
         )
 
     def get_issue(self, repo: str, number: int) -> Issue:
-        """One issue (or the issue view of a pull request)."""
-        return self._get("get_issue", f"{repo_path(repo)}/issues/{number}", Issue.from_api)
+        """One issue (or the issue view of a pull request); its ``updated_at`` is noted in
+        ``seen``."""
+        issue = self._get("get_issue", f"{repo_path(repo)}/issues/{number}", Issue.from_api)
+        self.seen.note(
+            repo, issue.number, issue.updated_at, labels=issue.labels, state=str(issue.state)
+        )
+        return issue
 
     def create_issue(
         self, repo: str, *, title: str, body: str = "", labels: Iterable[str] = ()

@@ -40,6 +40,7 @@ from reconciler.errors import (
     ForgejoRateLimited,
     ForgejoServerError,
 )
+from reconciler.forgejo.seen import SeenItems
 from reconciler.forgejo.types import ApiLimits, Label, MalformedResponse, Page, User, list_body
 from reconciler.text import describe_error
 
@@ -236,6 +237,8 @@ class ForgejoHttp:
         """HTTP calls that change Forgejo (operations in ``WRITE_OPERATIONS``)."""
         self._labels: dict[str, dict[str, Label]] = {}
         self._me: User | None = None
+        self.seen = SeenItems()
+        """The ``updated_at`` of each issue and pull request last read one by one."""
         self.settle_after = 2 * timeout if settle_after is None else settle_after
         """How long a write whose outcome is unknown may still land (a request held up on
         the way): the same write is not repeated before it has passed. Twice the timeout."""

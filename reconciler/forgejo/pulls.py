@@ -78,8 +78,12 @@ class PullOps(ForgejoHttp):
         )
 
     def get_pull(self, repo: str, number: int) -> PullRequest:
-        """One pull request."""
-        return self._get("get_pull", f"{repo_path(repo)}/pulls/{number}", PullRequest.from_api)
+        """One pull request; its ``updated_at`` is noted in ``seen``."""
+        pull = self._get("get_pull", f"{repo_path(repo)}/pulls/{number}", PullRequest.from_api)
+        self.seen.note(
+            repo, pull.number, pull.updated_at, labels=pull.labels, state=str(pull.state)
+        )
+        return pull
 
     def find_pull_by_head(
         self, repo: str, branch: str, *, base: str | None = None

@@ -40,8 +40,12 @@ def add_pull_routes(api: ForgeApi) -> None:
     @route("GET", "/repos/<owner>/<repo>/pulls")
     def list_pulls(actor: User, owner: str, repo: str) -> bottle.HTTPResponse:
         found = api.repo(actor, owner, repo)
-        wanted = bottle.request.query.get("state") or "open"
-        return api.listing(state.list_pulls(found, state=wanted), pull_json)
+        query = bottle.request.query
+        wanted = query.get("state") or "open"
+        pulls = state.list_pulls(
+            found, state=wanted, head=query.get("head") or None, base=query.get("base") or None
+        )
+        return api.listing(pulls, pull_json)
 
     @route("POST", "/repos/<owner>/<repo>/pulls")
     def create_pull(actor: User, owner: str, repo: str) -> bottle.HTTPResponse:

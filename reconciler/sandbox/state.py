@@ -1153,9 +1153,23 @@ class ForgeState:
             raise NotFound(f"pull request does not exist [id: 0, issue_id: 0, index: {number}]")
         return issue
 
-    def list_pulls(self, repo: Repo, *, state: str = "open") -> list[Issue]:
-        """Pull requests in a state, newest first."""
-        return self.list_issues(repo, state=state, kind="pulls")
+    def list_pulls(
+        self,
+        repo: Repo,
+        *,
+        state: str = "open",
+        head: str | None = None,
+        base: str | None = None,
+    ) -> list[Issue]:
+        """Pull requests in a state, newest first; ``head``/``base`` keep only those from or
+        into that branch (the spec's "Filter by head/base branch name": a plain branch name,
+        compared exactly; an empty value filters nothing)."""
+        pulls = self.list_issues(repo, state=state, kind="pulls")
+        if head:
+            pulls = [p for p in pulls if p.pull is not None and p.pull.head == head]
+        if base:
+            pulls = [p for p in pulls if p.pull is not None and p.pull.base == base]
+        return pulls
 
     def pull_by_branches(self, repo: Repo, *, base: str, head: str) -> Issue:
         """The newest pull request from ``head`` into ``base``."""

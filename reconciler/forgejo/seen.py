@@ -1,0 +1,146 @@
+"""What this process last saw of each issue and pull request: ``updated_at``, labels, state.
+
+The gateway notes every issue and pull request it reads one by one (``get_issue``,
+``get_pull``): those single reads are what reconciles observe. The label actions of the loop
+(``AddLabels``, ``RemoveLabels`` in ``reconciler.engine.reconcile``) note the labels their
+writes leave, with ``updated_at`` unknown (the write moved it). Two readers:
+
+* the resync (``reconciler.engine.resync``) compares the ``updated_at`` its list answers carry
+  with this record and enqueues an item only when it moved — or, after our own label write,
+  when the listed labels or state differ from what that write left — so a resync over an
+  unchanged forge costs its list calls and no per-item reads;
+* the webhook receiver asks ``is_echo`` whether a delivery caused by agent-fleet's own write
+  (the bot is its sender) shows an issue exactly as last seen or written: such a delivery
+  needs no reconcile, and its ``updated_at`` is noted so the next resync skips the issue too.
+
+Kept in memory only: a restarted process has seen nothing and reads everything once, which is
+what its first full resync does anyway. Forgejo's timestamps have whole seconds, so a change in
+the very second of a read carries the same ``updated_at``; its webhook still enqueues the item,
+and the resync only stands in for webhooks that were lost.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class SeenItem:
+    """One item as last read or written."""
+
+    updated_at: datetime | None
+    labels: frozenset[str]
+    state: str
+
+
+class SeenItems:
+    """``(repo, number)`` → the item as last read or written; safe across threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple[str, int], SeenItem] = {}
+
+    @staticmethod
+    def _key(repo: str, number: int) -> tuple[str, int]:
+        return (repo.lower(), number)
+
+    def note(
+        self,
+        repo: str,
+        number: int,
+        updated_at: datetime | None,
+        *,
+        labels: Iterable[str],
+        state: str,
+    ) -> None:
+        """Record a single read of item ``number``."""
+        with self._lock:
+            self._items[self._key(repo, number)] = SeenItem(updated_at, frozenset(labels), state)
+
+    def note_labels(self, repo: str, number: int, labels: Iterable[str]) -> None:
+        """Record the labels our own write left on a known item (its updated_at moved)."""
+        with self._lock:
+            key = self._key(repo, number)
+            item = self._items.get(key)
+            if item is not None:
+                self._items[key] = replace(item, updated_at=None, labels=frozenset(labels))
+
+    def drop_labels(self, repo: str, number: int, names: Iterable[str]) -> None:
+        """Record that our own write removed ``names`` from a known item."""
+        with self._lock:
+            key = self._key(repo, number)
+            item = self._items.get(key)
+            if item is not None:
+                self._items[key] = replace(
+                    item, updated_at=None, labels=item.labels - frozenset(names)
+                )
+
+    def get(self, repo: str, number: int) -> SeenItem | None:
+        with self._lock:
+            return self._items.get(self._key(repo, number))
+
+    def is_unchanged(self, repo: str, number: int, updated_at: datetime | None) -> bool:
+        """Whether a listed ``updated_at`` is the one last read (unknown items have changed)."""
+        if updated_at is None:
+            return False
+        with self._lock:
+            item = self._items.get(self._key(repo, number))
+            return item is not None and item.updated_at == updated_at
+
+    def is_settled(
+        self,
+        repo: str,
+        number: int,
+        *,
+        labels: Iterable[str],
+        state: str,
+        updated_at: datetime | None,
+    ) -> bool:
+        """Whether a listed item needs no reconcile: its ``updated_at`` is the one last read,
+        or the last thing known of it is our own label write and it shows exactly what that
+        write left (then the listed ``updated_at`` becomes the one seen)."""
+        if updated_at is None:
+            return False
+        with self._lock:
+            key = self._key(repo, number)
+            item = self._items.get(key)
+            if item is None:
+                return False
+            if item.updated_at == updated_at:
+                return True
+            if item.updated_at is None and item.labels == frozenset(labels) and item.state == state:
+                self._items[key] = replace(item, updated_at=updated_at)
+                return True
+            return False
+
+    def is_echo(
+        self,
+        repo: str,
+        number: int,
+        *,
+        labels: Iterable[str],
+        state: str,
+        updated_at: datetime | None,
+    ) -> bool:
+        """Whether a delivered issue shows the labels and state last seen or written; if so its
+        ``updated_at`` becomes the one seen."""
+        with self._lock:
+            key = self._key(repo, number)
+            item = self._items.get(key)
+            if item is None or item.labels != frozenset(labels) or item.state != state:
+                return False
+            if updated_at is not None:
+                self._items[key] = replace(item, updated_at=updated_at)
+            return True
+
+    def forget(self) -> None:
+        """Drop every record, so the next resync enqueues everything it lists."""
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

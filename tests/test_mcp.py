@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from reconciler.agent.client import AgentApi
 from reconciler.agent.mcpserver import TOKEN_ENV, build_server, task_of
 from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.models import AgentStatus
+from reconciler.run.adapters import FleetTools, claude_mcp_config, with_fleet_tools
 from tests.test_agents_api import error_of
 from tests.test_fleet import ENROLMENT, OPERATOR, Harness
 from webhook.agents_api import install_agent_api
@@ -210,3 +212,36 @@ def test_agent_fleet_mcp_serves_the_tools_over_stdio(rig: Rig) -> None:
 def _text(result: object) -> str:
     content = getattr(result, "content", [])
     return " ".join(getattr(part, "text", "") for part in content)
+
+
+# --- how a run loads the server -----------------------------------------------------------------
+
+
+def test_claude_gets_a_config_file_codex_overrides_and_other_programs_nothing() -> None:
+    """Claude Code: --mcp-config last; Codex: -c overrides after the program, naming the
+    variables (the token is in no argv); a scripted CLI is left alone."""
+    tools = FleetTools(server="http://fleet:8080", token="aft1.t.1.mac", command=("af", "mcp"))
+    claude = with_fleet_tools(["claude", "-p", "do it"], tools=tools, config_file="/s/t.json")
+    assert claude == ["claude", "-p", "do it", "--mcp-config", "/s/t.json"]
+    config = json.loads(claude_mcp_config(tools))["mcpServers"]["fleet"]
+    assert config == {
+        "command": "af",
+        "args": ["mcp"],
+        "env": {
+            "AGENT_FLEET_SERVER": "http://fleet:8080",
+            "AGENT_FLEET_TASK_TOKEN": "aft1.t.1.mac",
+        },
+    }
+    codex = with_fleet_tools(["/opt/codex", "exec", "do it"], tools=tools, config_file="x")
+    assert codex[:1] == ["/opt/codex"] and codex[-2:] == ["exec", "do it"]
+    assert codex[1:-2] == [
+        "-c",
+        'mcp_servers.fleet.command="af"',
+        "-c",
+        'mcp_servers.fleet.args=["mcp"]',
+        "-c",
+        'mcp_servers.fleet.env_vars=["AGENT_FLEET_SERVER", "AGENT_FLEET_TASK_TOKEN"]',
+    ]
+    assert not any("aft1" in arg for arg in codex)
+    scripted = [sys.executable, "-m", "reconciler.agent.demo_agent", "{prompt}"]
+    assert with_fleet_tools(scripted, tools=tools, config_file="x") == scripted

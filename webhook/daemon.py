@@ -269,6 +269,7 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
         app,
         queue=assembly.pull_queue,
         max_body_bytes=settings.webhook.max_body_bytes,
+        tokens=assembly.tokens,
     )
     install_mcp_api(
         app,

@@ -21,11 +21,10 @@ from mcp.server.mcpserver.exceptions import ToolError
 from reconciler.agent.client import AgentApi
 from reconciler.errors import RefusedError, TransientError
 from reconciler.fleet.tasktokens import PREFIX
+from reconciler.run.adapters import SERVER_ENV, TOKEN_ENV
 
 _T = TypeVar("_T")
 
-SERVER_ENV = "AGENT_FLEET_SERVER"
-TOKEN_ENV = "AGENT_FLEET_TASK_TOKEN"
 
 INSTRUCTIONS = (
     "Tools of the agent-fleet that gave you this task: read the task as the fleet sees it, "

@@ -421,6 +421,11 @@ class TaskHandout(Answer):
     forgejo_url: str = Field(description="The Forgejo instance, for its API (…/api/v1).")
     deadline_at: datetime | None = Field(description="When the task fails if still running.")
     session_id: str | None = Field(description="The agent CLI session of an earlier attempt.")
+    task_token: str | None = Field(
+        default=None,
+        description="The run's task token for `agent-fleet mcp` (docs/mcp.md): acts for this "
+        "task under this lease only.",
+    )
 
 
 class ArtifactItem(Request):

@@ -48,10 +48,12 @@ HANG_LIMIT_S = 120.0
 class Script:
     """How the stand-in answers every request made under one base URL."""
 
-    kind: Literal["text", "tool_call", "failure", "hang"]
+    kind: Literal["text", "tool_call", "mcp_call", "failure", "hang"]
     text: str = "done"
     command: str = ""
     status: int = 200
+    tool: str = ""
+    arguments: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def text_reply(cls, text: str) -> Script:
@@ -62,6 +64,12 @@ class Script:
     def tool_call(cls, command: str, *, then: str = "done") -> Script:
         """Ask for the shell ``command`` first; once its result is sent back, answer ``then``."""
         return cls(kind="tool_call", command=command, text=then)
+
+    @classmethod
+    def mcp_call(cls, tool: str, arguments: Mapping[str, Any], *, then: str = "done") -> Script:
+        """Call the offered MCP tool whose name ends in ``__<tool>`` (``mcp__fleet__progress``)
+        with ``arguments`` while there is no tool result yet; then answer ``then``."""
+        return cls(kind="mcp_call", tool=tool, arguments=dict(arguments), text=then)
 
     @classmethod
     def failure(cls, status: int) -> Script:
@@ -314,12 +322,25 @@ class _Handler(BaseHTTPRequestHandler):
             and _offers_tool(body, "Bash")
             and not _has_anthropic_tool_result(body)
         )
+        mcp_tool = (
+            _offered_mcp_tool(body, script.tool)
+            if script.kind == "mcp_call" and not _has_anthropic_tool_result(body)
+            else None
+        )
         if wants_tool:
             block: dict[str, Any] = {
                 "type": "tool_use",
                 "id": self.state.next_id("toolu"),
                 "name": "Bash",
                 "input": {"command": script.command, "description": "Run the scripted command"},
+            }
+            stop_reason = "tool_use"
+        elif mcp_tool is not None:
+            block = {
+                "type": "tool_use",
+                "id": self.state.next_id("toolu"),
+                "name": mcp_tool,
+                "input": dict(script.arguments),
             }
             stop_reason = "tool_use"
         else:
@@ -479,6 +500,15 @@ def _offers_tool(body: Mapping[str, Any], name: str) -> bool:
     return isinstance(tools, list) and any(
         isinstance(tool, dict) and tool.get("name") == name for tool in tools
     )
+
+
+def _offered_mcp_tool(body: Mapping[str, Any], tool: str) -> str | None:
+    """The name of the offered tool ending in ``__<tool>``, if the request offers one."""
+    for offered in body.get("tools") or ():
+        name = offered.get("name") if isinstance(offered, dict) else None
+        if isinstance(name, str) and name.endswith(f"__{tool}"):
+            return name
+    return None
 
 
 def _has_anthropic_tool_result(body: Mapping[str, Any]) -> bool:

@@ -17,7 +17,26 @@ from reconciler.agent.client import AgentApi
 from reconciler.agent.mcpserver import TOKEN_ENV, build_server, task_of
 from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.models import AgentStatus
-from reconciler.run.adapters import FleetTools, claude_mcp_config, with_fleet_tools
+from reconciler.run.adapters import (
+    FleetTools,
+    claude_mcp_config,
+    fleet_tools_env,
+    parse_output,
+    render_command,
+    render_env,
+    start_local,
+    with_fleet_tools,
+)
+from tests.modelapi import ModelApiStandIn, Script
+from tests.test_agent_clis import (  # noqa: F401  (fixtures: agent_clis, checkout, home)
+    CLAUDE_ADAPTER,
+    RUN_TIMEOUT,
+    TaskCheckout,
+    _with_binary,
+    agent_clis,
+    checkout,
+    home,
+)
 from tests.test_agents_api import error_of
 from tests.test_fleet import ENROLMENT, OPERATOR, Harness
 from webhook.agents_api import install_agent_api
@@ -245,3 +264,50 @@ def test_claude_gets_a_config_file_codex_overrides_and_other_programs_nothing() 
     assert not any("aft1" in arg for arg in codex)
     scripted = [sys.executable, "-m", "reconciler.agent.demo_agent", "{prompt}"]
     assert with_fleet_tools(scripted, tools=tools, config_file="x") == scripted
+
+
+# --- the real agent CLIs ------------------------------------------------------------------------
+
+
+def test_real_claude_calls_the_fleet_progress_tool_through_its_mcp_config(
+    rig: Rig,
+    agent_clis: dict[str, str],  # noqa: F811  (the fixture imported above)
+    model_api: ModelApiStandIn,
+    checkout: TaskCheckout,  # noqa: F811
+    home: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Claude Code, given the worker's --mcp-config, starts `agent-fleet mcp` and its call of
+    mcp__fleet__progress lands on the task's history."""
+    rig.register("a1")
+    task = rig.registry.give_task("a1", running=True)
+    tools = FleetTools(
+        server=rig.server.url,
+        token=rig.tokens.issue(task.id, task.lease_generation),
+        command=(sys.executable, "-m", "webhook", "mcp"),
+    )
+    config_file = tmp_path / "mcp.json"
+    config_file.write_text(claude_mcp_config(tools))
+    adapter = _with_binary(CLAUDE_ADAPTER, agent_clis["claude"])
+    script = Script.mcp_call("progress", {"percent": 30, "step": "via claude"}, then="Reported.")
+    base = model_api.base_url(script)
+    argv = with_fleet_tools(
+        render_command(
+            adapter, prompt="Report progress.", workdir=str(checkout.worktree), session_id=None,
+            resume=False,
+        ),
+        tools=tools,
+        config_file=str(config_file),
+    )  # fmt: skip
+    env = {
+        "PATH": os.environ["PATH"], "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT),
+        **model_api.claude_env(base, home=home), **render_env(adapter), **tools.env(),
+        **fleet_tools_env(argv),
+    }  # fmt: skip
+    output = start_local(argv, cwd=checkout.worktree, env=env, timeout=RUN_TIMEOUT).wait()
+    result = parse_output(adapter.parser, output)
+    assert result.ok, output.stdout + output.stderr
+    offered = {t["name"] for t in model_api.requests(base)[0].body.get("tools", [])}
+    assert {"mcp__fleet__task", "mcp__fleet__progress"} <= offered
+    events = rig.call("GET", f"/tasks/{task.id}", token=OPERATOR).json()["events"]
+    assert [e["reason"] for e in events if e["kind"] == "progress"] == ["30% · via claude"]

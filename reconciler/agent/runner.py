@@ -36,6 +36,7 @@ from reconciler.run import gitwork
 from reconciler.run.adapters import (
     FleetTools,
     claude_mcp_config,
+    fleet_tools_env,
     parse_output,
     render_command,
     render_env,
@@ -229,6 +230,7 @@ class TaskRunner:
             command=(sys.executable, "-m", "webhook", "mcp"),
         )
         env.update(tools.env())
+        env.update(fleet_tools_env(argv))
         directory = self.config.state_dir / "mcp"
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         config_file = directory / f"{run.task_id}.json"

@@ -138,6 +138,17 @@ def claude_mcp_config(tools: FleetTools) -> str:
     return json.dumps({"mcpServers": {FLEET_MCP_NAME: server}})
 
 
+def fleet_tools_env(argv: Sequence[str]) -> dict[str, str]:
+    """Variables a CLI loading the fleet's tools needs besides :meth:`FleetTools.env`.
+
+    Claude Code otherwise defers MCP tools behind its ``ToolSearch`` tool, so the model would
+    not see ``mcp__fleet__*`` until it searched for them; the fleet's few tools are offered up
+    front instead.
+    """
+    program = Path(argv[0]).name if argv else ""
+    return {"ENABLE_TOOL_SEARCH": "false"} if program == "claude" else {}
+
+
 def with_fleet_tools(argv: Sequence[str], *, tools: FleetTools, config_file: str) -> list[str]:
     """``argv`` with the fleet's MCP server added, for the CLIs that load one per run.
 
@@ -175,6 +186,7 @@ __all__ = [
     "ParserName",
     "RunOutput",
     "claude_mcp_config",
+    "fleet_tools_env",
     "group_members",
     "parse_claude_json",
     "parse_codex_jsonl",

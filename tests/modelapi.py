@@ -412,15 +412,24 @@ class _Handler(BaseHTTPRequestHandler):
             and _offers_tool(body, "exec_command")
             and not _has_openai_tool_result(body)
         )
-        if wants_tool:
+        mcp_tool = (
+            _offered_namespaced_tool(body, script.tool)
+            if script.kind == "mcp_call" and not _has_openai_tool_result(body)
+            else None
+        )
+        if wants_tool or mcp_tool is not None:
             item: dict[str, Any] = {
                 "type": "function_call",
                 "id": self.state.next_id("fc"),
                 "call_id": self.state.next_id("call"),
-                "name": "exec_command",
-                "arguments": json.dumps({"cmd": script.command}),
+                "name": mcp_tool[1] if mcp_tool else "exec_command",
+                "arguments": json.dumps(
+                    dict(script.arguments) if mcp_tool else {"cmd": script.command}
+                ),
                 "status": "completed",
             }
+            if mcp_tool:
+                item["namespace"] = mcp_tool[0]
         else:
             item = {
                 "type": "message",
@@ -508,6 +517,17 @@ def _offered_mcp_tool(body: Mapping[str, Any], tool: str) -> str | None:
         name = offered.get("name") if isinstance(offered, dict) else None
         if isinstance(name, str) and name.endswith(f"__{tool}"):
             return name
+    return None
+
+
+def _offered_namespaced_tool(body: Mapping[str, Any], tool: str) -> tuple[str, str] | None:
+    """``(namespace, name)`` of ``tool`` in an offered MCP namespace (Codex: ``mcp__fleet``)."""
+    for offered in body.get("tools") or ():
+        if not isinstance(offered, dict) or offered.get("type") != "namespace":
+            continue
+        for inner in offered.get("tools") or ():
+            if isinstance(inner, dict) and inner.get("name") == tool:
+                return str(offered.get("name")), tool
     return None
 
 

@@ -30,6 +30,7 @@ from reconciler.run.adapters import (
 from tests.modelapi import ModelApiStandIn, Script
 from tests.test_agent_clis import (  # noqa: F401  (fixtures: agent_clis, checkout, home)
     CLAUDE_ADAPTER,
+    CODEX_ADAPTER,
     RUN_TIMEOUT,
     TaskCheckout,
     _with_binary,
@@ -259,7 +260,7 @@ def test_claude_gets_a_config_file_codex_overrides_and_other_programs_nothing() 
         "-c",
         'mcp_servers.fleet.args=["mcp"]',
         "-c",
-        'mcp_servers.fleet.env_vars=["AGENT_FLEET_SERVER", "AGENT_FLEET_TASK_TOKEN"]',
+        'mcp_servers.fleet.env_vars=["AGENT_FLEET_SERVER", "AGENT_FLEET_TASK_TOKEN", "PYTHONPATH"]',
     ]
     assert not any("aft1" in arg for arg in codex)
     scripted = [sys.executable, "-m", "reconciler.agent.demo_agent", "{prompt}"]
@@ -311,3 +312,44 @@ def test_real_claude_calls_the_fleet_progress_tool_through_its_mcp_config(
     assert {"mcp__fleet__task", "mcp__fleet__progress"} <= offered
     events = rig.call("GET", f"/tasks/{task.id}", token=OPERATOR).json()["events"]
     assert [e["reason"] for e in events if e["kind"] == "progress"] == ["30% · via claude"]
+
+
+def test_real_codex_calls_the_fleet_progress_tool_through_its_config_overrides(
+    rig: Rig,
+    agent_clis: dict[str, str],  # noqa: F811  (the fixture imported above)
+    model_api: ModelApiStandIn,
+    checkout: TaskCheckout,  # noqa: F811
+    home: Path,  # noqa: F811
+) -> None:
+    """Codex, given the worker's -c mcp_servers.fleet overrides, starts `agent-fleet mcp` with
+    the forwarded variables and its call of the progress tool lands on the task's history."""
+    rig.register("a1")
+    task = rig.registry.give_task("a1", running=True)
+    tools = FleetTools(
+        server=rig.server.url,
+        token=rig.tokens.issue(task.id, task.lease_generation),
+        command=(sys.executable, "-m", "webhook", "mcp"),
+    )
+    adapter = _with_binary(CODEX_ADAPTER, agent_clis["codex"])
+    script = Script.mcp_call("progress", {"percent": 60, "step": "via codex"}, then="Reported.")
+    base = model_api.base_url(script)
+    argv = with_fleet_tools(
+        render_command(
+            adapter, prompt="Report progress.", workdir=str(checkout.worktree), session_id=None,
+            resume=False,
+        ),
+        tools=tools,
+        config_file="unused",
+    )  # fmt: skip
+    env = {
+        "PATH": os.environ["PATH"], "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT),
+        **model_api.codex_env(base, home=home), **render_env(adapter), **tools.env(),
+        **fleet_tools_env(argv),
+    }  # fmt: skip
+    output = start_local(argv, cwd=checkout.worktree, env=env, timeout=RUN_TIMEOUT).wait()
+    offered = {t.get("name"): t for t in model_api.requests(base)[0].body.get("tools", [])}
+    assert {t["name"] for t in offered["mcp__fleet"]["tools"]} == {"task", "progress"}
+    result = parse_output(adapter.parser, output)
+    assert result.ok, output.stdout + output.stderr
+    events = rig.call("GET", f"/tasks/{task.id}", token=OPERATOR).json()["events"]
+    assert [e["reason"] for e in events if e["kind"] == "progress"] == ["60% · via codex"]

@@ -155,8 +155,9 @@ def with_fleet_tools(argv: Sequence[str], *, tools: FleetTools, config_file: str
     Claude Code: ``--mcp-config <config_file>`` at the end (the option takes several values,
     so nothing may follow it); the caller writes :func:`claude_mcp_config` there. Codex:
     ``-c mcp_servers.fleet.…`` overrides right after the program (Codex's global options),
-    forwarding the two variables from the CLI's environment by name, so the token is in no
-    argv. Any other program is unchanged, whatever its parser (it may read the variables
+    forwarding the two variables (and ``PYTHONPATH``, which Codex does not pass on by itself,
+    for a worker run from a checkout) from the CLI's environment by name, so the token is in
+    no argv. Any other program is unchanged, whatever its parser (it may read the variables
     itself): the options are the real CLIs' own.
     """
     program = Path(argv[0]).name if argv else ""
@@ -167,7 +168,7 @@ def with_fleet_tools(argv: Sequence[str], *, tools: FleetTools, config_file: str
         overrides = [
             f"{prefix}.command={json.dumps(tools.command[0])}",
             f"{prefix}.args={json.dumps(list(tools.command[1:]))}",
-            f"{prefix}.env_vars={json.dumps([SERVER_ENV, TOKEN_ENV])}",
+            f"{prefix}.env_vars={json.dumps([SERVER_ENV, TOKEN_ENV, 'PYTHONPATH'])}",
         ]
         return [argv[0], *(arg for o in overrides for arg in ("-c", o)), *argv[1:]]
     return list(argv)

@@ -50,11 +50,13 @@ HANG_LIMIT_S = 120.0
 class Script:
     """How the stand-in answers every request made under one base URL."""
 
-    kind: Literal["text", "tool_call", "failure", "hang"]
+    kind: Literal["text", "tool_call", "mcp_call", "failure", "hang"]
     text: str = "done"
     command: str = ""
     status: int = 200
     then_hang: bool = False
+    tool: str = ""
+    arguments: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def text_reply(cls, text: str) -> Script:
@@ -66,6 +68,12 @@ class Script:
         """Ask for the shell ``command`` first; once its result is sent back, answer ``then``
         (or, ``then_hang``, never answer)."""
         return cls(kind="tool_call", command=command, text=then, then_hang=then_hang)
+
+    @classmethod
+    def mcp_call(cls, tool: str, arguments: Mapping[str, Any], *, then: str = "done") -> Script:
+        """Call the offered MCP tool whose name ends in ``__<tool>`` (``mcp__fleet__progress``)
+        with ``arguments`` while there is no tool result yet; then answer ``then``."""
+        return cls(kind="mcp_call", tool=tool, arguments=dict(arguments), text=then)
 
     @classmethod
     def failure(cls, status: int) -> Script:
@@ -322,12 +330,25 @@ class _Handler(BaseHTTPRequestHandler):
             and _offers_tool(body, "Bash")
             and not _has_anthropic_tool_result(body)
         )
+        mcp_tool = (
+            _offered_mcp_tool(body, script.tool)
+            if script.kind == "mcp_call" and not _has_anthropic_tool_result(body)
+            else None
+        )
         if wants_tool:
             block: dict[str, Any] = {
                 "type": "tool_use",
                 "id": self.state.next_id("toolu"),
                 "name": "Bash",
                 "input": {"command": script.command, "description": "Run the scripted command"},
+            }
+            stop_reason = "tool_use"
+        elif mcp_tool is not None:
+            block = {
+                "type": "tool_use",
+                "id": self.state.next_id("toolu"),
+                "name": mcp_tool,
+                "input": dict(script.arguments),
             }
             stop_reason = "tool_use"
         else:
@@ -399,15 +420,24 @@ class _Handler(BaseHTTPRequestHandler):
             and _offers_tool(body, "exec_command")
             and not _has_openai_tool_result(body)
         )
-        if wants_tool:
+        mcp_tool = (
+            _offered_namespaced_tool(body, script.tool)
+            if script.kind == "mcp_call" and not _has_openai_tool_result(body)
+            else None
+        )
+        if wants_tool or mcp_tool is not None:
             item: dict[str, Any] = {
                 "type": "function_call",
                 "id": self.state.next_id("fc"),
                 "call_id": self.state.next_id("call"),
-                "name": "exec_command",
-                "arguments": json.dumps({"cmd": script.command}),
+                "name": mcp_tool[1] if mcp_tool else "exec_command",
+                "arguments": json.dumps(
+                    dict(script.arguments) if mcp_tool else {"cmd": script.command}
+                ),
                 "status": "completed",
             }
+            if mcp_tool:
+                item["namespace"] = mcp_tool[0]
         else:
             item = {
                 "type": "message",
@@ -487,6 +517,26 @@ def _offers_tool(body: Mapping[str, Any], name: str) -> bool:
     return isinstance(tools, list) and any(
         isinstance(tool, dict) and tool.get("name") == name for tool in tools
     )
+
+
+def _offered_mcp_tool(body: Mapping[str, Any], tool: str) -> str | None:
+    """The name of the offered tool ending in ``__<tool>``, if the request offers one."""
+    for offered in body.get("tools") or ():
+        name = offered.get("name") if isinstance(offered, dict) else None
+        if isinstance(name, str) and name.endswith(f"__{tool}"):
+            return name
+    return None
+
+
+def _offered_namespaced_tool(body: Mapping[str, Any], tool: str) -> tuple[str, str] | None:
+    """``(namespace, name)`` of ``tool`` in an offered MCP namespace (Codex: ``mcp__fleet``)."""
+    for offered in body.get("tools") or ():
+        if not isinstance(offered, dict) or offered.get("type") != "namespace":
+            continue
+        for inner in offered.get("tools") or ():
+            if isinstance(inner, dict) and inner.get("name") == tool:
+                return str(offered.get("name")), tool
+    return None
 
 
 def _has_anthropic_tool_result(body: Mapping[str, Any]) -> bool:

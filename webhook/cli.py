@@ -239,6 +239,29 @@ def demo(verbose: bool, keep: bool) -> None:
     sys.exit(run_demo(out=click.echo, keep=until_interrupted if keep else None))
 
 
+@click.command("mcp")
+def mcp_server() -> None:
+    """Serve the fleet's tools to one agent run over stdio (the Model Context Protocol).
+
+    Started by the agent CLI from the MCP configuration the executor or the pull worker
+    writes for the run, never by hand in normal use. Reads the daemon's URL from
+    AGENT_FLEET_SERVER and the run's task token from AGENT_FLEET_TASK_TOKEN; acts only for
+    that task and only while its lease is current. See docs/mcp.md.
+
+    \b
+    Example:
+      AGENT_FLEET_SERVER=http://fleet.internal:8080 AGENT_FLEET_TASK_TOKEN=aft1.12-3f9a.1.… \\
+          agent-fleet mcp
+    """
+    from reconciler.agent.mcpserver import server_from_env
+
+    try:
+        server = server_from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    server.run("stdio")
+
+
 def _add_host_commands() -> None:
     from webhook.cli_hosts import hosts
 
@@ -248,7 +271,7 @@ def _add_host_commands() -> None:
 _add_host_commands()
 
 
-for command in (agents, status, tasks, agent):
+for command in (agents, status, tasks, agent, mcp_server):
     main.add_command(command)
 
 

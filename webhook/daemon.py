@@ -40,6 +40,7 @@ from reconciler.engine.workqueue import WorkQueue
 from reconciler.errors import ConfigError, FleetError
 from reconciler.fleet.agents import Fleet
 from reconciler.fleet.queue import PullQueue
+from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key, setup_key
 from reconciler.matrix.client import MatrixService, failpoint_after_send
@@ -53,6 +54,7 @@ from webhook.agents_api import install_agent_api
 from webhook.app import Check, install_health, make_app
 from webhook.dashboard import install_dashboard
 from webhook.events import is_own_echo
+from webhook.mcp_api import install_mcp_api
 from webhook.openapi import install_openapi
 from webhook.receiver import install_forgejo_webhook
 from webhook.server import http_server
@@ -127,6 +129,8 @@ class Assembly:
     closers: list[Callable[[], None]] = field(default_factory=list)
     setup: RepoSetupController | None = None
     """Keeps each watched repository's labels and webhook; its ``status`` feeds /readyz."""
+    tokens: TaskTokens = field(default_factory=TaskTokens)
+    """Issues and checks the task tokens of the runs' MCP servers (docs/mcp.md)."""
 
 
 def build(
@@ -224,6 +228,7 @@ def build(
         enqueue=enqueue,
         executor=executor,
         setup=setup,
+        tokens=task_tokens(settings),
         # Runs first: a run still going when the gateway closes could not open its PR.
         closers=[
             *(
@@ -234,6 +239,12 @@ def build(
             gateway.close,
         ],
     )
+
+
+def task_tokens(settings: Settings) -> TaskTokens:
+    """The task tokens under ``api.task_token_secret`` (a random key when it is unset)."""
+    secret = settings.api.task_token_secret
+    return TaskTokens(secret.get_secret_value().encode() if secret else None)
 
 
 def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]) -> Any:
@@ -264,6 +275,13 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
     install_tasks_api(
         app,
         queue=assembly.pull_queue,
+        max_body_bytes=settings.webhook.max_body_bytes,
+        tokens=assembly.tokens,
+    )
+    install_mcp_api(
+        app,
+        fleet=assembly.fleet,
+        tokens=assembly.tokens,
         max_body_bytes=settings.webhook.max_body_bytes,
     )
     install_openapi(app)

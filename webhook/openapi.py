@@ -37,6 +37,7 @@ _SECURITY: Mapping[Who, list[dict[str, list[str]]]] = {
     # an existing id with its current token or the secret.
     "registration": [{}, {"agentToken": []}, {"enrolmentSecret": []}],
     "anyone": [{}],
+    "task": [{"taskToken": []}],
 }
 
 
@@ -151,6 +152,12 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "The registry token an agent got when it registered.",
+                },
+                "taskToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A task token (aft1.<task>.<lease>.<mac>) scoped to one "
+                    "task and lease, given to the run's `agent-fleet mcp` (docs/mcp.md).",
                 },
                 "operatorToken": {
                     "type": "http",

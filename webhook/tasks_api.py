@@ -35,6 +35,7 @@ from reconciler.fleet.api import (
     TaskHandout,
 )
 from reconciler.fleet.queue import Acceptance, PullQueue, ReceiptClaim
+from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.models import Artifact, ReceiptId, TaskId
 from webhook.agents_api import ApiError, agent_caller, endpoint, read_body, serves
 
@@ -77,8 +78,11 @@ class _Nothing(Answer):
     """No task for the agent now (sent as 204 without a body)."""
 
 
-def install_tasks_api(app: bottle.Bottle, *, queue: PullQueue, max_body_bytes: int) -> None:
-    """Add the pull agents' task routes to ``app``."""
+def install_tasks_api(
+    app: bottle.Bottle, *, queue: PullQueue, max_body_bytes: int, tokens: TaskTokens | None = None
+) -> None:
+    """Add the pull agents' task routes to ``app``; with ``tokens``, each handout carries the
+    run's task token for its MCP server (docs/mcp.md)."""
     fleet = queue.fleet
 
     def answer(acceptance: Acceptance) -> tuple[int, BaseModel]:
@@ -120,6 +124,7 @@ def install_tasks_api(app: bottle.Bottle, *, queue: PullQueue, max_body_bytes: i
             forgejo_url=handout.forgejo_url,
             deadline_at=task.deadline_at,
             session_id=task.session_id,
+            task_token=tokens.issue(task.id, task.lease_generation) if tokens else None,
         )
 
     @serves(app, operations.SUBMIT_RECEIPT)

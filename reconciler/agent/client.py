@@ -24,11 +24,13 @@ from reconciler.fleet.api import (
     HeartbeatAnswer,
     HeartbeatRequest,
     HeldTaskItem,
+    ProgressRequest,
     ReceiptAnswer,
     ReceiptRequest,
     RegisterAnswer,
     RegisterRequest,
     Request,
+    TaskBrief,
     TaskHandout,
     TaskStatusAnswer,
     TaskStatusRequest,
@@ -55,13 +57,13 @@ class AgentApi:
     def call(
         self,
         operation: Operation,
-        body: Request,
+        body: Request | None,
         *,
         params: Mapping[str, str] | None = None,
         credential: str | None = None,
     ) -> tuple[int, bytes]:
-        """POST ``body`` to ``operation``; the status and the raw answer (empty for 204).
-        ``credential`` None sends the agent's token; an empty one sends none."""
+        """Send ``body`` (None: none) to ``operation``; the status and the raw answer (empty
+        for 204). ``credential`` None sends the agent's token; an empty one sends none."""
         token = credential if credential is not None else self.token
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
@@ -69,7 +71,7 @@ class AgentApi:
         url = operation.url(self.server, **(params or {}))
         request = urllib.request.Request(
             url,
-            data=body.model_dump_json(exclude_defaults=True).encode(),
+            data=None if body is None else body.model_dump_json(exclude_defaults=True).encode(),
             headers=headers,
             method=operation.method.upper(),
         )
@@ -126,6 +128,17 @@ class AgentApi:
     def submit_receipt(self, receipt: ReceiptRequest) -> ReceiptAnswer:
         _, raw = self.call(operations.SUBMIT_RECEIPT, receipt)
         return _parse(ReceiptAnswer, raw, what="the receipt")
+
+    def brief(self, task_id: str) -> TaskBrief:
+        """The task as the fleet sees it (the token must be the task's token)."""
+        _, raw = self.call(operations.TASK_BRIEF, None, params={"task_id": task_id})
+        return _parse(TaskBrief, raw, what="the task brief")
+
+    def progress(self, task_id: str, *, percent: int, step: str) -> TaskStatusAnswer:
+        """Report how far the run is (the token must be the task's token)."""
+        request = ProgressRequest(percent=percent, step=step)
+        _, raw = self.call(operations.TASK_PROGRESS, request, params={"task_id": task_id})
+        return _parse(TaskStatusAnswer, raw, what="the progress report")
 
     def deregister(self) -> DeregisterAnswer:
         """Leave the fleet: the daemon requeues this agent's tasks at once."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,7 +34,16 @@ from reconciler.fleet.budgets import Budget, UsageMeter
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import Task
 from reconciler.run import gitwork
-from reconciler.run.adapters import parse_output, render_command, render_env, start_local
+from reconciler.run.adapters import (
+    FleetTools,
+    claude_mcp_config,
+    fleet_tools_env,
+    parse_output,
+    render_command,
+    render_env,
+    start_local,
+    with_fleet_tools,
+)
 from reconciler.run.prompt import prompt_for_task
 from reconciler.text import describe_error
 
@@ -223,6 +233,26 @@ class TaskRunner:
                     raise RunStopped(run.stop_reason) from None
                 delay = min(delay * 2, self.config.retry_max)
 
+    def _with_fleet_tools(
+        self, argv: list[str], run: TaskRun, token: str, env: dict[str, str]
+    ) -> list[str]:
+        """``argv`` loading the fleet's MCP server for this run (docs/mcp.md); the server's
+        variables go into ``env``, Claude Code's configuration into a 0600 file."""
+        tools = FleetTools(
+            server=self.config.server,
+            token=token,
+            command=(sys.executable, "-m", "webhook", "mcp"),
+        )
+        env.update(tools.env())
+        env.update(fleet_tools_env(argv))
+        directory = self.config.state_dir / "mcp"
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config_file = directory / f"{run.task_id}.json"
+        fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(claude_mcp_config(tools))
+        return with_fleet_tools(argv, tools=tools, config_file=str(config_file))
+
     def _run_cli(
         self, run: TaskRun, prompt: str, worktree: Path
     ) -> tuple[str, str | None, float, int, float]:
@@ -236,11 +266,13 @@ class TaskRunner:
             resume=bool(assignment.session_id),
             budget_usd=assignment.task.budget_usd,
         )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_ENV_PREFIX)}
+        env.update(render_env(adapter))
+        if assignment.task_token:
+            argv = self._with_fleet_tools(argv, run, assignment.task_token, env)
         limit = DEFAULT_RUN_LIMIT_S
         if assignment.deadline_at is not None:
             limit = max((assignment.deadline_at - datetime.now(UTC)).total_seconds(), 1.0)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_ENV_PREFIX)}
-        env.update(render_env(adapter))
         log_path = self.config.workdir / "logs" / f"{run.task_id}-attempt{assignment.attempt}.log"
         # The daemon estimates a cost the CLI does not report; here only reported costs and
         # tokens are judged while the run streams.

@@ -30,7 +30,7 @@ from reconciler.errors import (
     UnauthenticatedError,
 )
 from reconciler.fleet.records import AgentView
-from reconciler.models import AgentStatus, ExecutionMode, Task, TaskEvent, TaskState
+from reconciler.models import AgentStatus, ExecutionMode, Task, TaskEvent, TaskId, TaskState
 from reconciler.settings import CapabilityName, RoleName
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -362,6 +362,34 @@ class TaskDetail(Answer):
     events: tuple[TaskEvent, ...]
 
 
+class TaskBrief(Answer):
+    """``GET /api/v1/tasks/{id}/brief``: the task as the fleet sees it, for its own run's MCP
+    server (``agent-fleet mcp``). Only text the fleet trusts: the issue's body is in the run's
+    prompt, built from trusted authors' text; review feedback is from trusted reviewers."""
+
+    task_id: TaskId
+    repo: str
+    issue_number: int
+    title: str
+    state: str
+    branch: str
+    lease_generation: int
+    attempt: int
+    review_count: int
+    review_feedback: tuple[str, ...] = Field(
+        description="Trusted reviewers' requested changes the run must answer."
+    )
+    deadline_at: datetime | None
+    progress: tuple[str, ...] = Field(description="The run's progress notes so far, oldest first.")
+
+
+class ProgressRequest(Request):
+    """``POST /api/v1/tasks/{id}/progress``: how far the run is, from its MCP server."""
+
+    percent: int = Field(ge=0, le=100, description="How much of the task is done, 0-100.")
+    step: str = Field(min_length=1, max_length=200, description="What the run is doing now.")
+
+
 class TaskQuery(Query):
     """``GET /api/v1/tasks``' filters."""
 
@@ -409,6 +437,11 @@ class TaskHandout(Answer):
     forgejo_url: str = Field(description="The Forgejo instance, for its API (…/api/v1).")
     deadline_at: datetime | None = Field(description="When the task fails if still running.")
     session_id: str | None = Field(description="The agent CLI session of an earlier attempt.")
+    task_token: str | None = Field(
+        default=None,
+        description="The run's task token for `agent-fleet mcp` (docs/mcp.md): acts for this "
+        "task under this lease only.",
+    )
 
 
 class ArtifactItem(Request):
@@ -517,6 +550,7 @@ __all__ = [
     "HeartbeatAnswer",
     "HeartbeatRequest",
     "HeldTaskItem",
+    "ProgressRequest",
     "Query",
     "ReceiptAnswer",
     "ReceiptFields",
@@ -525,6 +559,7 @@ __all__ = [
     "RegisterRequest",
     "Request",
     "StopItem",
+    "TaskBrief",
     "TaskDetail",
     "TaskHandout",
     "TaskList",

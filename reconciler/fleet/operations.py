@@ -27,12 +27,14 @@ from reconciler.fleet.api import (
     DrainRequest,
     HeartbeatAnswer,
     HeartbeatRequest,
+    ProgressRequest,
     Query,
     ReceiptAnswer,
     ReceiptRequest,
     RegisterAnswer,
     RegisterRequest,
     Request,
+    TaskBrief,
     TaskDetail,
     TaskHandout,
     TaskList,
@@ -43,7 +45,7 @@ from reconciler.fleet.api import (
 
 API = "/api/v1"
 
-Who = Literal["agent", "operator", "agent_or_operator", "registration", "anyone"]
+Who = Literal["agent", "operator", "agent_or_operator", "registration", "anyone", "task"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,27 @@ SUBMIT_RECEIPT = Operation(
     "agent", 201, ReceiptAnswer, _ACCEPTED,
     request=ReceiptRequest, errors=_RECEIPT,
 )  # fmt: skip
+_TASK_TOKEN = {
+    401: "`missing_token`, `unknown_token` (not a task token this daemon issued)",
+    403: "`not_your_task`: the token is another task's",
+    404: "`task_not_found`",
+    409: "`stale_lease`: the task was reassigned since the token was issued",
+}
+TASK_BRIEF = Operation(
+    "get", f"{API}/tasks/{{task_id}}/brief", "getTaskBrief",
+    "The task as the fleet sees it, for the run's MCP server (task token).",
+    "task", 200, TaskBrief, "The task's trusted facts and the run's progress so far.",
+    errors=_TASK_TOKEN,
+    path_params=_TASK_ID,
+)  # fmt: skip
+TASK_PROGRESS = Operation(
+    "post", f"{API}/tasks/{{task_id}}/progress", "reportTaskProgress",
+    "Report a percent and a step, from the run's MCP server (task token).",
+    "task", 200, TaskStatusAnswer, "Recorded as a progress event.",
+    request=ProgressRequest,
+    errors={**_BODY, **_TASK_TOKEN, 409: _TASK_TOKEN[409] + ", `task_changed`"},
+    path_params=_TASK_ID,
+)  # fmt: skip
 OPENAPI = Operation(
     "get", f"{API}/openapi.json", "openapi", "This document.",
     "anyone", 200, None, "The OpenAPI document.",
@@ -205,7 +228,7 @@ OPENAPI = Operation(
 
 OPERATIONS: tuple[Operation, ...] = (
     REGISTER, HEARTBEAT, DEREGISTER, DRAIN, UNDRAIN, LIST_AGENTS, GET_AGENT, TASK_STATUS,
-    LIST_TASKS, GET_TASK, DEQUEUE, COMPLETE, SUBMIT_RECEIPT, OPENAPI,
+    LIST_TASKS, GET_TASK, DEQUEUE, COMPLETE, SUBMIT_RECEIPT, TASK_BRIEF, TASK_PROGRESS, OPENAPI,
 )  # fmt: skip
 
 
@@ -224,6 +247,8 @@ __all__ = [
     "OPERATIONS",
     "REGISTER",
     "SUBMIT_RECEIPT",
+    "TASK_BRIEF",
+    "TASK_PROGRESS",
     "TASK_STATUS",
     "UNDRAIN",
     "Operation",

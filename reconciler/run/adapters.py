@@ -26,8 +26,10 @@ on this machine live in ``reconciler.run.localrun``, the output model and the pa
 
 from __future__ import annotations
 
+import json
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.run.localrun import KILL_GRACE_S, LocalRun, group_members, run_local, start_local
@@ -115,14 +117,83 @@ def _is_claude(adapter: AdapterSettings) -> bool:
     return adapter.parser == "claude-json" or Path(adapter.command[0]).name == "claude"
 
 
+# --- the fleet's MCP server ---------------------------------------------------------------
+
+FLEET_MCP_NAME = "fleet"
+SERVER_ENV = "AGENT_FLEET_SERVER"
+TOKEN_ENV = "AGENT_FLEET_TASK_TOKEN"
+
+
+@dataclass(frozen=True)
+class FleetTools:
+    """How a run starts ``agent-fleet mcp``: the daemon's URL, the run's task token, and the
+    command (the worker's own interpreter, so the server is the installed agent-fleet)."""
+
+    server: str
+    token: str
+    command: tuple[str, ...] = ("agent-fleet", "mcp")
+
+    def env(self) -> dict[str, str]:
+        """The variables the server reads; given to the CLI, which passes them on."""
+        return {SERVER_ENV: self.server, TOKEN_ENV: self.token}
+
+
+def claude_mcp_config(tools: FleetTools) -> str:
+    """Claude Code's ``--mcp-config`` file for the run (it holds the token: write it 0600)."""
+    server = {"command": tools.command[0], "args": list(tools.command[1:]), "env": tools.env()}
+    return json.dumps({"mcpServers": {FLEET_MCP_NAME: server}})
+
+
+def fleet_tools_env(argv: Sequence[str]) -> dict[str, str]:
+    """Variables a CLI loading the fleet's tools needs besides :meth:`FleetTools.env`.
+
+    Claude Code otherwise defers MCP tools behind its ``ToolSearch`` tool, so the model would
+    not see ``mcp__fleet__*`` until it searched for them; the fleet's few tools are offered up
+    front instead.
+    """
+    program = Path(argv[0]).name if argv else ""
+    return {"ENABLE_TOOL_SEARCH": "false"} if program == "claude" else {}
+
+
+def with_fleet_tools(argv: Sequence[str], *, tools: FleetTools, config_file: str) -> list[str]:
+    """``argv`` with the fleet's MCP server added, for the CLIs that load one per run.
+
+    Claude Code: ``--mcp-config <config_file>`` at the end (the option takes several values,
+    so nothing may follow it); the caller writes :func:`claude_mcp_config` there. Codex:
+    ``-c mcp_servers.fleet.…`` overrides right after the program (Codex's global options),
+    forwarding the two variables (and ``PYTHONPATH``, which Codex does not pass on by itself,
+    for a worker run from a checkout) from the CLI's environment by name, so the token is in
+    no argv. Any other program is unchanged, whatever its parser (it may read the variables
+    itself): the options are the real CLIs' own.
+    """
+    program = Path(argv[0]).name if argv else ""
+    if program == "claude":
+        return [*argv, "--mcp-config", config_file]
+    if program == "codex":
+        prefix = f"mcp_servers.{FLEET_MCP_NAME}"
+        overrides = [
+            f"{prefix}.command={json.dumps(tools.command[0])}",
+            f"{prefix}.args={json.dumps(list(tools.command[1:]))}",
+            f"{prefix}.env_vars={json.dumps([SERVER_ENV, TOKEN_ENV, 'PYTHONPATH'])}",
+        ]
+        return [argv[0], *(arg for o in overrides for arg in ("-c", o)), *argv[1:]]
+    return list(argv)
+
+
 __all__ = [
     "CLAUDE_MAX_RETRIES",
     "CLAUDE_UNATTENDED_ENV",
+    "FLEET_MCP_NAME",
     "KILL_GRACE_S",
+    "SERVER_ENV",
+    "TOKEN_ENV",
     "AgentResult",
+    "FleetTools",
     "LocalRun",
     "ParserName",
     "RunOutput",
+    "claude_mcp_config",
+    "fleet_tools_env",
     "group_members",
     "parse_claude_json",
     "parse_codex_jsonl",
@@ -132,4 +203,5 @@ __all__ = [
     "render_env",
     "run_local",
     "start_local",
+    "with_fleet_tools",
 ]

@@ -207,6 +207,11 @@ class ApiSettings(Section):
         default=None,
         description="Secret a pull agent presents to register (or re-register) an agent id.",
     )
+    task_token_secret: Secret | None = Field(
+        default=None,
+        description="Key of the task tokens `agent-fleet mcp` presents (docs/mcp.md); unset: a "
+        "random key per daemon process, so runs started before a restart lose their fleet tools.",
+    )
     heartbeat_interval: Seconds = Field(
         default=60.0, description="Seconds between heartbeats an agent is asked to send."
     )

@@ -1,0 +1,91 @@
+"""``agent-fleet mcp``: the fleet's MCP server, which each agent run loads over stdio.
+
+The executor and the pull worker start it for one run (docs/mcp.md): the daemon's URL in
+``AGENT_FLEET_SERVER`` and a task token (``reconciler/fleet/tasktokens.py``) in
+``AGENT_FLEET_TASK_TOKEN``, kept out of the command line so other users of the host do not
+see it in the process list. It holds no state: each tool is one call of the daemon's task
+endpoints (``webhook/mcp_api.py``) with that token, so it can act only for its own task and
+only while the task's lease is the one the token was issued under; a refusal comes back to
+the agent as the tool's error with the daemon's code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+from reconciler.agent.client import AgentApi
+from reconciler.errors import RefusedError, TransientError
+from reconciler.fleet.tasktokens import PREFIX
+from reconciler.run.adapters import SERVER_ENV, TOKEN_ENV
+
+_T = TypeVar("_T")
+
+
+INSTRUCTIONS = (
+    "Tools of the agent-fleet that gave you this task: read the task as the fleet sees it, "
+    "and report your progress so people can follow the run."
+)
+
+
+class ToolRefused(ToolError):
+    """The daemon refused a tool's call; the agent sees the message, with the daemon's code."""
+
+
+def task_of(token: str) -> str:
+    """The task id a task token names (the daemon checks the rest)."""
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != PREFIX or not parts[1]:
+        raise ValueError(f"not a task token (expected {PREFIX}.<task>.<lease>.<mac>)")
+    return parts[1]
+
+
+def build_server(api: AgentApi, task_id: str) -> MCPServer:
+    """The MCP server whose tools act for ``task_id`` through ``api`` (holding its token)."""
+    server = MCPServer("agent-fleet", instructions=INSTRUCTIONS)
+
+    @server.tool(
+        name="task",
+        description="The task as the fleet sees it: issue, title, branch, state, attempt, "
+        "review feedback from trusted reviewers, and your progress reports so far.",
+    )
+    def task() -> dict[str, object]:
+        return _refusing(lambda: api.brief(task_id).model_dump(mode="json"))
+
+    @server.tool(
+        name="progress",
+        description="Report how far you are: a percent (0-100) and the step you are on. "
+        "Shown to people in `agent-fleet tasks show` and on the fleet page.",
+    )
+    def progress(percent: int, step: str) -> str:
+        answer = _refusing(lambda: api.progress(task_id, percent=percent, step=step))
+        return f"recorded: {percent}% {step} (task {answer.task.id} is {answer.task.state})"
+
+    return server
+
+
+def _refusing(call: Callable[[], _T]) -> _T:
+    try:
+        return call()
+    except RefusedError as exc:
+        raise ToolRefused(f"{exc.code}: {exc}") from None
+    except TransientError as exc:
+        raise ToolRefused(f"unavailable: {exc}") from None
+
+
+def server_from_env(env: Mapping[str, str] = os.environ) -> MCPServer:
+    """The server for the run whose daemon and token are in ``env``."""
+    url = env.get(SERVER_ENV, "")
+    token = env.get(TOKEN_ENV, "")
+    if not url or not token:
+        raise ValueError(f"{SERVER_ENV} and {TOKEN_ENV} must both be set")
+    api = AgentApi(url)
+    api.token = token
+    return build_server(api, task_of(token))
+
+
+__all__ = ["SERVER_ENV", "TOKEN_ENV", "ToolRefused", "build_server", "server_from_env", "task_of"]

@@ -1,0 +1,104 @@
+"""The task endpoints the run's MCP server calls (``agent-fleet mcp``), under a task token.
+
+The daemon's HTTP assembly (``webhook.daemon.http_app``) calls :func:`install_mcp_api` once,
+beside the agent API whose plumbing it shares. A task token
+(``reconciler/fleet/tasktokens.py``) names one task and one lease: a request for another
+task's id is refused (403 ``not_your_task``), and so is a token whose lease is no longer the
+task's current one, or whose task is no longer in progress (409 ``stale_lease``). Handlers
+never call Forgejo; ``docs/mcp.md`` describes the tools built on these endpoints.
+
+| method | path                             | who                          |
+|--------|----------------------------------|------------------------------|
+| GET    | ``/api/v1/tasks/{id}/brief``     | the task's token             |
+| POST   | ``/api/v1/tasks/{id}/progress``  | the task's token             |
+"""
+
+from __future__ import annotations
+
+import bottle  # type: ignore[import-untyped]  # bottle ships no type information
+from pydantic import BaseModel
+
+from reconciler.errors import ConflictError, ForbiddenError, NotFoundError, UnauthenticatedError
+from reconciler.fleet import operations
+from reconciler.fleet.agents import Fleet
+from reconciler.fleet.api import ProgressRequest, TaskBrief, TaskStatusAnswer
+from reconciler.fleet.tasktokens import TaskTokens
+from reconciler.models import AgentId, Task, TaskState
+from webhook.agents_api import ApiError, bearer_token, endpoint, read_body, serves
+
+_IN_PROGRESS = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
+
+
+def progress_note(percent: int, step: str) -> str:
+    """The progress event's text: ``40% · running the tests``."""
+    return f"{percent}% · {step}"
+
+
+def install_mcp_api(
+    app: bottle.Bottle, *, fleet: Fleet, tokens: TaskTokens, max_body_bytes: int
+) -> None:
+    """Add the task-token routes to ``app``."""
+
+    def current_task(task_id: str) -> tuple[Task, AgentId]:
+        """The task the request's token may act for, and the agent holding it."""
+        token = bearer_token()
+        if token is None:
+            raise UnauthenticatedError(
+                "missing_token", "this endpoint needs an Authorization: Bearer <task token>"
+            )
+        grant = tokens.check(token)
+        if grant is None:
+            raise UnauthenticatedError("unknown_token", "the bearer token is not a task token")
+        if grant.task_id != task_id:
+            raise ForbiddenError(
+                "not_your_task", f"the token acts for task {grant.task_id}, not {task_id}"
+            )
+        try:
+            task, _ = fleet.read_task(task_id, agent_id=None)
+        except NotFoundError as exc:
+            raise ApiError(404, "task_not_found", str(exc)) from None
+        stale = task.lease_generation != grant.lease_generation or task.state not in _IN_PROGRESS
+        if stale or task.agent_id is None:
+            raise ConflictError(
+                "stale_lease",
+                f"lease {grant.lease_generation} on task {task.id} is no longer valid (the task "
+                f"is {task.state} under lease {task.lease_generation}); stop working on it",
+            )
+        return task, task.agent_id
+
+    @serves(app, operations.TASK_BRIEF)
+    @endpoint
+    def brief(task_id: str) -> tuple[int, BaseModel]:
+        task, _ = current_task(task_id)
+        _, events = fleet.read_task(task_id, agent_id=None)
+        progress = tuple(e.reason for e in events if e.kind == "progress")
+        return 200, TaskBrief(
+            task_id=task.id,
+            repo=task.repo,
+            issue_number=task.issue_number,
+            title=task.title,
+            state=task.state,
+            branch=task.branch,
+            lease_generation=task.lease_generation,
+            attempt=task.attempt,
+            review_count=task.review_count,
+            review_feedback=task.review_feedback,
+            deadline_at=task.deadline_at,
+            progress=progress,
+        )
+
+    @serves(app, operations.TASK_PROGRESS)
+    @endpoint
+    def progress(task_id: str) -> tuple[int, BaseModel]:
+        task, agent_id = current_task(task_id)
+        request = read_body(ProgressRequest, max_bytes=max_body_bytes)
+        update = fleet.update_task_status(
+            agent_id,
+            task_id,
+            lease_generation=task.lease_generation,
+            note=progress_note(request.percent, request.step),
+        )
+        return 200, TaskStatusAnswer(task=update.task, changed=update.changed)
+
+
+__all__ = ["install_mcp_api", "progress_note"]

@@ -93,3 +93,28 @@ def test_label_events_say_who_added_and_removed_each_label(
         ("fleet/approved", True, "fleet-admin"),
         ("fleet/approved", False, "fleet-admin"),
     ]
+
+
+def test_an_issue_with_an_open_dependency_cannot_be_closed_and_the_close_action_lets_it_be(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway
+) -> None:
+    """Forgejo answers 412 to closing an issue whose dependency is open; the close action of a
+    completed task logs that and leaves the issue open instead of failing its reconcile."""
+    from typing import cast
+
+    from reconciler.engine.reconcile import ActContext, CloseIssue
+    from reconciler.store import Store
+
+    ctx = ActContext(gateway=gateway, store=cast(Store, None))  # closing reads no state
+
+    blocker = sandbox.create_issue(REPO, "blocker")
+    waiting = sandbox.create_issue(REPO, "waiting")
+    gateway.add_dependency(REPO, waiting, on=blocker)
+    with pytest.raises(ForgejoError) as refused:
+        gateway.edit_issue(REPO, waiting, state="closed")
+    assert refused.value.status == 412
+    CloseIssue(REPO, waiting).apply(ctx)
+    assert gateway.get_issue(REPO, waiting).state is IssueState.OPEN
+    gateway.edit_issue(REPO, blocker, state="closed")
+    CloseIssue(REPO, waiting).apply(ctx)
+    assert gateway.get_issue(REPO, waiting).state is IssueState.CLOSED

@@ -94,6 +94,12 @@ class Invalid(ForgeRefusal):
     status = 422
 
 
+class PreconditionFailed(ForgeRefusal):
+    """412: a precondition does not hold (closing an issue that has open dependencies)."""
+
+    status = 412
+
+
 class ServerFault(ForgeRefusal):
     """500: what Forgejo answers when an error of its own is not mapped (bad assignees)."""
 
@@ -801,6 +807,19 @@ class ForgeState:
             raise Invalid("cannot reopen a merged pull request")
         if issue.pull is not None and state == "open" and repo.git.resolve(issue.pull.head) is None:
             raise Invalid(f"cannot reopen: head branch {issue.pull.head!r} does not exist")
+        if state == "closed" and self.has_open_dependencies(issue):
+            kind = "pull request" if issue.is_pull else "issue"
+            raise PreconditionFailed(
+                f"cannot close this {kind} because it still has open dependencies"
+            )
+        return self._change_state(repo, actor, issue, state)
+
+    @staticmethod
+    def has_open_dependencies(issue: Issue) -> bool:
+        """Forgejo refuses to close an issue while an issue it depends on is open."""
+        return any(blocker.state == "open" for blocker in issue.depends_on)
+
+    def _change_state(self, repo: Repo, actor: User, issue: Issue, state: str) -> Issue:
         issue.state = state
         now = self.now()
         issue.closed_at = now if state == "closed" else None

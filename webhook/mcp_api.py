@@ -22,7 +22,7 @@ from reconciler.errors import ConflictError, ForbiddenError, NotFoundError, Unau
 from reconciler.fleet import operations
 from reconciler.fleet.agents import Fleet
 from reconciler.fleet.api import ProgressRequest, TaskBrief, TaskStatusAnswer
-from reconciler.fleet.tasktokens import TaskTokens
+from reconciler.fleet.tasktokens import TaskGrant, TaskTokens
 from reconciler.models import AgentId, Task, TaskState
 from webhook.agents_api import ApiError, bearer_token, endpoint, read_body, serves
 
@@ -41,6 +41,10 @@ def install_mcp_api(
 
     def current_task(task_id: str) -> tuple[Task, AgentId]:
         """The task the request's token may act for, and the agent holding it."""
+        return held_task(granted(task_id))
+
+    def granted(task_id: str) -> TaskGrant:
+        """The request's task token, if it is one and acts for ``task_id``."""
         token = bearer_token()
         if token is None:
             raise UnauthenticatedError(
@@ -53,6 +57,11 @@ def install_mcp_api(
             raise ForbiddenError(
                 "not_your_task", f"the token acts for task {grant.task_id}, not {task_id}"
             )
+        return grant
+
+    def held_task(grant: TaskGrant) -> tuple[Task, AgentId]:
+        """The granted task and the agent holding it, while the grant's lease is current."""
+        task_id = grant.task_id
         try:
             task, _ = fleet.read_task(task_id, agent_id=None)
         except NotFoundError as exc:
@@ -90,8 +99,9 @@ def install_mcp_api(
     @serves(app, operations.TASK_PROGRESS)
     @endpoint
     def progress(task_id: str) -> tuple[int, BaseModel]:
-        task, agent_id = current_task(task_id)
-        request = read_body(ProgressRequest, max_bytes=max_body_bytes)
+        grant = granted(task_id)
+        request = read_body(ProgressRequest, max_bytes=max_body_bytes)  # bad input: 400 first
+        task, agent_id = held_task(grant)
         update = fleet.update_task_status(
             agent_id,
             task_id,

@@ -1,7 +1,9 @@
 """The seed's fleet scenarios with the daemon as a process (``python -m webhook run``), as an
 operator runs it, against the in-memory Forgejo served on loopback:
 
-* an agent goes silent → 3 missed heartbeats → ``agent_lost`` → requeued to another agent (a
+* an agent registers a new role and capability (their labels appear in the repository) with
+  its Forgejo login (the issue is assigned to it while it holds the task, cleared when lost),
+  then goes silent → 3 missed heartbeats → ``agent_lost`` → requeued to another agent (a
   real worker with the demo agent CLI) → its pull request merged → ``completed``, once;
 * a dequeue answer lost on its way (the agent heartbeats on, never listing the task) → the
   task requeued once ``api.handout_grace`` has passed;
@@ -29,6 +31,7 @@ from reconciler.agent.client import AgentApi
 from reconciler.agent.worker import Worker
 from reconciler.errors import ConflictError
 from reconciler.fleet.api import RegisterRequest
+from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.models import TaskState
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import AdapterSettings
@@ -113,6 +116,19 @@ def daemons() -> Iterator[list[DaemonProcess]]:
                 daemon.process.wait(timeout=10)
 
 
+@pytest.fixture
+def people() -> Iterator[list[ForgejoGateway]]:
+    """Gateways a test opened as a person, closed after it."""
+    opened: list[ForgejoGateway] = []
+    yield opened
+    for gateway in opened:
+        gateway.close()
+
+
+def label_names(gateway: ForgejoGateway) -> set[str]:
+    return {label.name for label in gateway.list_labels(DEMO_REPO)}
+
+
 def read_task(url: str, task_id: str) -> dict[str, object]:
     """The task and its events, as the daemon's API gives them to an operator."""
     answer = httpx.get(
@@ -140,7 +156,10 @@ def moves(url: str, task_id: str) -> list[tuple[str | None, str]]:
 
 
 def test_a_silent_agent_is_lost_after_three_missed_heartbeats_and_another_completes_once(
-    served_forge: ForgejoSandbox, tmp_path: Path, daemons: list[DaemonProcess]
+    served_forge: ForgejoSandbox,
+    tmp_path: Path,
+    daemons: list[DaemonProcess],
+    people: list[ForgejoGateway],
 ) -> None:
     """Heartbeats every 2 s: the silent agent's running task is agent_lost and requeued once
     6 s pass without one; a real worker takes it under lease 2 and its PR merges: completed,
@@ -150,20 +169,47 @@ def test_a_silent_agent_is_lost_after_three_missed_heartbeats_and_another_comple
     task = file_issue(served_forge, "Add a version flag")
     wait_until("the task", lambda: state_of(url, task.id) == "created", timeout=WAIT_S)
 
+    served_forge.create_user("bot-silent")
+    person = ForgejoGateway(served_forge.url, served_forge.admin_token)
+    people.append(person)
+    person.add_collaborator(DEMO_REPO, "bot-silent")
     silent = AgentApi(url, timeout=10)
     silent.register(
-        RegisterRequest(agent_id="silent", type="demo-agent", roles=("developer",)),
+        RegisterRequest(
+            agent_id="silent",
+            type="demo-agent",
+            roles=("developer", "documenter"),
+            capabilities=("docs",),
+            forgejo_login="bot-silent",
+        ),
         credential=ENROLMENT,
+    )
+    # The label vocabulary follows the fleet: the new role and capability get their labels.
+    wait_until(
+        "the agent's labels",
+        lambda: {"agent/documenter", "needs/docs"} <= label_names(person),
+        timeout=WAIT_S,
     )
     handout = silent.dequeue()
     assert handout is not None and handout.task.id == task.id
     silent.report(task.id, lease_generation=handout.lease_generation, running=True)
     assert state_of(url, task.id) == TaskState.RUNNING
+    # The issue's assignee is the agent's Forgejo login while it holds the task.
+    wait_until(
+        "the assignee",
+        lambda: person.get_issue(DEMO_REPO, task.issue_number).assignees == ("bot-silent",),
+        timeout=WAIT_S,
+    )
 
     # No heartbeat from here on: the daemon's own timer finds it silent.
     wait_until("the task to be requeued", lambda: state_of(url, task.id) == "created",
                timeout=WAIT_S)  # fmt: skip
     assert moves(url, task.id)[-2:] == [("running", "agent_lost"), ("agent_lost", "created")]
+    wait_until(
+        "the assignee to be cleared",
+        lambda: person.get_issue(DEMO_REPO, task.issue_number).assignees == (),
+        timeout=WAIT_S,
+    )
     agents = httpx.get(
         f"{url}/api/v1/agents", headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=10
     ).json()

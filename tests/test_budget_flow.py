@@ -9,7 +9,6 @@ the over-budget failure and raising a budget then follow from the store and the 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,43 +18,19 @@ from reconciler.console.history import task_report
 from reconciler.console.views import status_report
 from reconciler.fleet.api import TaskDetail
 from reconciler.fleet.budgets import RunSpend
-from reconciler.fleet.placement import next_task_for
 from reconciler.keys import issue_key
-from reconciler.models import Agent, AgentId, AgentStatus, ExecutionMode, Task, task_id_for
+from reconciler.models import Agent, AgentId, AgentStatus, ExecutionMode, Task
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import BudgetsSettings, TaskBudget
-from tests.daemon_rig import hooked_daemon
+from tests.daemon_rig import FlowWorld, hooked_daemon
 from tests.sandbox_fixtures import DEMO_REPO, ManualClock
-from webhook.daemon import Assembly
 
 SECRET = "budget-secret"
 pytest_plugins = ("tests.sandbox_fixtures",)
 CAP_REASON = f"daily budget of $1.00 for {DEMO_REPO} spent; resumes at 00:00 UTC"
 
 
-@dataclass
-class World:
-    forge: ForgejoSandbox
-    assembly: Assembly
-    clock: ManualClock
-
-    def task(self, number: int) -> Task:
-        return self.assembly.store.get_task(task_id_for(DEMO_REPO, number))
-
-    def settle(self) -> None:
-        for _ in range(10):
-            self.forge.flush_webhooks()
-            if not self.assembly.loop.drain():
-                return
-
-    def handed_out(self) -> Task | None:
-        agent = self.assembly.store.get_agent(AgentId("puller"))
-        return next_task_for(agent, tasks=self.assembly.store.list_tasks(), now=self.clock())
-
-    def status_comment(self, number: int) -> str:
-        comments = self.assembly.gateway.list_comments(DEMO_REPO, number)
-        return "\n".join(c.body for c in comments if "agent-fleet:task" in c.body)
-
+class World(FlowWorld):
     def run_over_budget(self, number: int, spent: RunSpend) -> Task:
         """The puller takes the task, starts it, and its run is stopped over budget."""
         handout = self.assembly.pull_queue.dequeue("puller")

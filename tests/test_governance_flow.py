@@ -8,57 +8,30 @@ A task "starts" here when a pull agent asking for work is given it (``next_task_
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from reconciler.fleet.placement import next_task_for
 from reconciler.keys import issue_key
-from reconciler.models import Agent, AgentId, AgentStatus, ExecutionMode, Task, task_id_for
+from reconciler.models import Agent, AgentId, AgentStatus, ExecutionMode
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
     ApprovalSettings,
 )
-from tests.daemon_rig import hooked_daemon
+from tests.daemon_rig import FlowWorld, hooked_daemon
 from tests.sandbox_fixtures import DEMO_REPO, ManualClock
-from webhook.daemon import Assembly
 
 SECRET = "governance-secret"
 pytest_plugins = ("tests.sandbox_fixtures",)
 
 
-@dataclass
-class World:
-    forge: ForgejoSandbox
-    assembly: Assembly
-    clock: ManualClock
-
-    def task(self, number: int) -> Task:
-        return self.assembly.store.get_task(task_id_for(DEMO_REPO, number))
-
-    def settle(self) -> None:
-        """Deliver pending webhooks and run every key they (and the writes) enqueue."""
-        for _ in range(10):
-            self.forge.flush_webhooks()
-            if not self.assembly.loop.drain():
-                return
-
-    def handed_out(self) -> Task | None:
-        """What a free pull agent would be given now."""
-        agent = self.assembly.store.get_agent(AgentId("puller"))
-        return next_task_for(agent, tasks=self.assembly.store.list_tasks(), now=self.clock())
-
+class World(FlowWorld):
     def grant(self, login: str, permission: str) -> None:
         """Give ``login`` this access to the repository, as its owner would."""
         with self.forge.state.lock:
             admin = self.forge.state.user_named("fleet-admin")
             repo = self.forge.state.repo(DEMO_REPO, admin)
             self.forge.state.add_collaborator(repo, admin, login, permission=permission)
-
-    def status_comment(self, number: int) -> str:
-        comments = self.assembly.gateway.list_comments(DEMO_REPO, number)
-        return "\n".join(c.body for c in comments if "agent-fleet:task" in c.body)
 
 
 @pytest.fixture

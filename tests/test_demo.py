@@ -74,7 +74,8 @@ def test_demo_keep_prints_the_fleet_page_url_and_serves_it_until_interrupted() -
     import urllib.request
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "webhook", "demo", "--keep"],
+        # -X faulthandler: a demo that does not stop is made to print every thread's stack.
+        [sys.executable, "-X", "faulthandler", "-m", "webhook", "demo", "--keep"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -99,7 +100,12 @@ def test_demo_keep_prints_the_fleet_page_url_and_serves_it_until_interrupted() -
             page = response.read().decode()
         assert "no agent has role developer and code:rust" in page
         process.send_signal(signal.SIGINT)
-        rest, errors = process.communicate(timeout=60)
+        try:
+            rest, errors = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # faulthandler dumps the threads' stacks
+            _, errors = process.communicate(timeout=30)
+            raise AssertionError(f"the demo did not stop on SIGINT:\n{errors[-8000:]}") from None
         assert process.returncode == 0, errors
         assert "daemon and sandbox stopped" in rest
     finally:

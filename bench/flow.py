@@ -18,7 +18,8 @@ Once the label vocabulary exists and the agents are registered, the N issues are
 
 * tasks/min — N over the time from the first issue filed to the last issue's ``status/done``;
 * labelled → done p50 / p99 — from an issue's creation to the first ``status/done`` label on
-  its timeline (both the sandbox's clock; target p50 <= 10 s);
+  its timeline (both the sandbox's clock, whole seconds as Forgejo's timestamps; target p50
+  <= 10 s);
 * daemon CPU per task — the daemon process's user + system time over the same window, over N
   (target <= 50 ms);
 * Forgejo reads / writes per task — the daemon's requests counted at the sandbox over the

@@ -102,3 +102,18 @@ def test_store_bench_prints_the_write_and_dequeue_curve_and_observe_against_targ
     assert "<= 1.5" in rows["put_task p50 ratio, 300/100 live"]
     assert "<= 5 ms" in rows["observe() p50, 20 agents + 300 live"]
     assert len(VERDICT.findall(output)) >= 11
+
+
+def test_flow_bench_drives_issues_to_done_and_prints_the_flow_figures_against_targets() -> None:
+    """bench/flow.py --quick: labelled issues through pull agents over HTTP to done (a person
+    merging each PR); every issue is done and each figure is printed beside its target."""
+    output = run_bench("flow.py")
+    rows = rows_of(output)
+    assert re.search(r"\s6 of 6 \(3 agents\)", rows["issues done"]), output
+    assert "<= 10 s" in rows["labelled -> done: p50"]
+    assert "<= 50 ms" in rows["daemon CPU per task"]
+    assert "<= 10" in rows["Forgejo reads per task (daemon)"]
+    assert "<= 5" in rows["Forgejo writes per task (daemon)"]
+    assert "tasks/min" in rows and "labelled -> done: p99 (min)" in rows
+    assert "status/ label writes after done" in rows
+    assert len(VERDICT.findall(output)) == 6

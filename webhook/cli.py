@@ -233,10 +233,13 @@ def demo(verbose: bool, keep: bool) -> None:
       agent-fleet demo --keep      # then open the printed URL in a browser
     """
     from reconciler.engine.logs import configure_logging
-    from webhook.demo import run_demo, until_interrupted
+    from webhook.demo import UntilInterrupted, run_demo
 
     configure_logging(level="info" if verbose else "warning")
-    sys.exit(run_demo(out=click.echo, keep=until_interrupted if keep else None))
+    if not keep:
+        sys.exit(run_demo(out=click.echo))
+    waiter = UntilInterrupted()
+    sys.exit(run_demo(out=click.echo, keep=waiter, ready=waiter.arm))
 
 
 @click.command("mcp")

@@ -241,22 +241,42 @@ def _settled(store: Store, ids: dict[str, int], *, expect_review: set[str]) -> b
     return True
 
 
-def until_interrupted(fleet: DemoFleet) -> None:
-    """Return on Ctrl-C or SIGTERM: ``agent-fleet demo --keep`` waits here."""
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class UntilInterrupted:
+    """The ``keep`` of ``agent-fleet demo --keep``: returns on Ctrl-C or SIGTERM.
+
+    Its handlers are installed by :meth:`arm`, which ``run_demo`` calls before it announces the
+    page: a signal sent as soon as the announcement is read is not lost, and SIGINT is heard
+    even by a process that inherited it ignored (a background job of a shell without job
+    control), where Python would never raise KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._previous: dict[int, signal._HANDLER] = {}
+
+    def arm(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, lambda *_: self._stop.set())
+
+    def __call__(self, fleet: DemoFleet) -> None:
+        if not self._previous:
+            self.arm()
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
 
 
-def run_demo(*, out: Print = print, keep: Callable[[DemoFleet], None] | None = None) -> int:
+def run_demo(
+    *,
+    out: Print = print,
+    keep: Callable[[DemoFleet], None] | None = None,
+    ready: Callable[[], None] | None = None,
+) -> int:
     """Run the demo, printing what happens; returns the process exit code. With ``keep``,
-    the fleet stays up with its page served while ``keep`` runs."""
+    the fleet stays up with its page served while ``keep`` runs; ``ready`` is called just
+    before the page is announced."""
     with (
         tempfile.TemporaryDirectory(prefix="agent-fleet-demo-") as scratch,
         ForgejoSandbox() as sandbox,
@@ -373,6 +393,8 @@ def run_demo(*, out: Print = print, keep: Callable[[DemoFleet], None] | None = N
                     out(f"  {line}")
                 _matrix_preview(out, daemon)
                 if keep is not None:
+                    if ready is not None:
+                        ready()
                     page = f"{daemon.url}{settings.dashboard.path}"
                     out(f"▶ the fleet page: {page}")
                     out(f"  sign in with the demo's operator token: {OPERATOR_TOKEN}")

@@ -112,9 +112,6 @@ class Observed:
     dispatched: bool = False  # this process runs the task right now
     status_comment: str | None = None
     """The bot's status comment as Forgejo holds it — read only to rebuild a lost task."""
-    closed_by_its_pull: bool = False
-    """The issue was closed by merging a pull request of the task's own branch (one that says
-    ``Closes #N``) before the task had it: read only when the close would cancel the task."""
     holds: HoldFacts = field(default_factory=HoldFacts)
     """Trust, approval and dependencies, read while the task could be placed."""
     blocked: tuple[IssueRef, ...] = ()
@@ -208,14 +205,8 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
     vocabulary = settings.labels
     issue, task = observed.issue, observed.task
     spec = read_labels(issue.labels, vocabulary) if issue is not None else None
-    # An issue closed by merging the task's own pull request is still the task's to finish:
-    # its next attempt hands the merged work in (the review and receipts controllers complete
-    # it), rather than the close cancelling work that is done.
     open_and_wanted = (
-        issue is not None
-        and (issue.state is IssueState.OPEN or observed.closed_by_its_pull)
-        and spec is not None
-        and spec.wanted
+        issue is not None and issue.state is IssueState.OPEN and spec is not None and spec.wanted
     )
 
     if not open_and_wanted:
@@ -635,12 +626,8 @@ class AssignmentController:
         spent_today = 0.0
         capped: frozenset[str] = frozenset()
         blocked: tuple[IssueRef, ...] = ()
-        closed_by_its_pull = False
         if issue is not None and issue.state is IssueState.CLOSED:
             blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
-            if task is not None and task.pr_number is None and not task.is_terminal:
-                pull = self._gateway.find_pull_by_head(key.repo, task.branch)
-                closed_by_its_pull = pull is not None and pull.merged
         elif (
             issue is not None
             and (spec := read_labels(issue.labels, settings.labels)).wanted
@@ -680,7 +667,6 @@ class AssignmentController:
             blocked=blocked,
             spent_today_usd=spent_today,
             capped_agents=capped,
-            closed_by_its_pull=closed_by_its_pull,
         )
 
     def reconcile(self, key: Key) -> Result:

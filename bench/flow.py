@@ -35,6 +35,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,6 +75,9 @@ GIT_IDENTITY = {
 }
 
 
+_NUMBERS = re.compile(r"/\d+(?=/|$)|(?<=/branches/).*")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -90,6 +94,8 @@ class CountedSandbox(ForgejoSandbox):
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.endpoints: Counter[tuple[str, str, str]] = Counter()
+        """(sender, method, path with numbers as {n}) → requests."""
         self._counting = threading.Lock()
         self.daemon_token = self.admin_token
 
@@ -106,13 +112,19 @@ class CountedSandbox(ForgejoSandbox):
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         key = (self._sender(environ), str(environ.get("REQUEST_METHOD", "GET")))
+        path = _NUMBERS.sub("/{n}", str(environ.get("PATH_INFO", "")))
         with self._counting:
             self.counts[key] += 1
+            self.endpoints[(*key, path)] += 1
         return super()._serve(environ, start_response)
 
     def snapshot(self) -> Counter[tuple[str, str]]:
         with self._counting:
             return Counter(self.counts)
+
+    def endpoint_snapshot(self) -> Counter[tuple[str, str, str]]:
+        with self._counting:
+            return Counter(self.endpoints)
 
 
 def reads_writes(counts: Counter[tuple[str, str]], sender: str) -> tuple[int, int]:
@@ -124,9 +136,96 @@ def reads_writes(counts: Counter[tuple[str, str]], sender: str) -> tuple[int, in
 # --- the processes -------------------------------------------------------------------------
 
 
+def count_calls_by_caller(path: str) -> None:
+    """Count the daemon's Forgejo calls by (who, operation) and write them to ``path`` on exit.
+
+    Who: the thread's role (``reconcile-assignment``, ``resync``, ``http`` for the agent API
+    and the webhook receiver, …). Installed in the daemon process for ``--calls`` only: it
+    wraps the gateway's counting method, so the product's own path is unchanged otherwise.
+    """
+    import atexit
+    import re
+
+    from reconciler.forgejo.http import ForgejoHttp
+
+    counts: Counter[tuple[str, str]] = Counter()
+    lock = threading.Lock()
+    original = ForgejoHttp._count
+
+    def counted(self: ForgejoHttp, operation: str, status: int) -> None:
+        name = threading.current_thread().name
+        who = re.sub(r"-\d+$", "", name)
+        who = "http" if who.startswith(("waitress", "Thread")) else who
+        with lock:
+            counts[(who, operation)] += 1
+        original(self, operation, status)
+
+    def dump() -> None:
+        with lock:
+            rows = [[who, op, n] for (who, op), n in counts.items()]
+        Path(path).write_text(json.dumps(rows))
+
+    ForgejoHttp._count = counted  # type: ignore[method-assign]
+    atexit.register(dump)
+
+
+def sample_queue(daemon: Any, out: Path, stop: threading.Event) -> None:
+    """Every half second, the keys each controller has ready and in work (``--breakdown``)."""
+    queue = daemon.assembly.queue
+    with out.open("w") as file:
+        while not stop.wait(0.5):
+            with queue._lock:
+                ready = {name: len(lane) for name, lane in queue._ready.items() if lane}
+                busy = Counter(key.controller for key in queue._processing)
+            file.write(json.dumps({"t": time.time(), "ready": ready, "busy": busy}) + "\n")
+            file.flush()
+
+
+def count_enqueues(out: Path) -> None:
+    """Count every ``queue.add`` by controller and by what asked (``--breakdown``), and how
+    many found the key already waiting; written to ``out`` at exit."""
+    import atexit
+
+    from reconciler.engine.workqueue import WorkQueue
+
+    original = WorkQueue.add
+    counts: Counter[tuple[str, str, bool]] = Counter()
+
+    def source() -> str:
+        frame = sys._getframe(2)
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == "receive" and code.co_filename.endswith("receiver.py"):
+                payload = frame.f_locals.get("payload") or {}
+                sender = (payload.get("sender") or {}).get("login", "")
+                who = "bot" if sender == OWNER else "person"
+                return f"webhook {frame.f_locals.get('event')}/{payload.get('action')} by {who}"
+            if code.co_filename.endswith("engine/reconcile.py"):
+                return f"{threading.current_thread().name.rsplit('-', 1)[0]} Enqueue"
+            if not code.co_filename.endswith(("workqueue.py", "flow.py")):
+                return f"{Path(code.co_filename).stem}.{code.co_name}"
+            frame = frame.f_back  # type: ignore[assignment]
+        return "?"
+
+    def add(queue: WorkQueue, key: Any) -> None:
+        waiting = key in queue._dirty
+        counts[(key.controller, source(), waiting)] += 1
+        original(queue, key)
+
+    def dump() -> None:
+        rows = [[c, s, w, n] for (c, s, w), n in counts.items()]
+        out.write_text(json.dumps(rows))
+
+    WorkQueue.add = add  # type: ignore[method-assign]
+    atexit.register(dump)
+
+
 def run_daemon(forge_url: str, token: str, state: str, port: str) -> None:
     """The daemon process: pull agents only, webhooks from the sandbox, defaults elsewhere."""
     from reconciler.engine.logs import configure_logging
+
+    if os.environ.get("FLOW_BENCH_CALLS"):
+        count_calls_by_caller(os.environ["FLOW_BENCH_CALLS"])
     from reconciler.settings import (
         ApiSettings,
         ForgejoSettings,
@@ -148,14 +247,22 @@ def run_daemon(forge_url: str, token: str, state: str, port: str) -> None:
             manage_webhooks=True,
         ),
         webhook=WebhookSettings(bind="127.0.0.1", port=int(port), secret=SecretStr(SECRET)),
-        loop=LoopSettings(shutdown_grace=5),
+        loop=LoopSettings(shutdown_grace=5, workers=int(os.environ.get("FLOW_WORKERS", "4"))),
         api=ApiSettings(operator_token=SecretStr(OPERATOR), enrolment_secret=SecretStr(ENROLMENT)),
         store=StoreSettings(path=Path(state)),
     )
+    if os.environ.get("FLOW_BENCH_QUEUE"):
+        count_enqueues(Path(os.environ["FLOW_BENCH_QUEUE"] + ".adds"))
     daemon = Daemon(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     daemon.start()
+    if os.environ.get("FLOW_BENCH_QUEUE"):
+        threading.Thread(
+            target=sample_queue,
+            args=(daemon, Path(os.environ["FLOW_BENCH_QUEUE"]), stop),
+            daemon=True,
+        ).start()
     try:
         daemon.wait(stop)
     finally:
@@ -209,7 +316,7 @@ def run_agents(server: str, forge_token: str, root: str, count: str) -> None:
         worker.close()
 
 
-def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), *args],
@@ -221,6 +328,7 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                 **{k: v for k, v in os.environ.items() if not k.startswith("AGENT_FLEET_")},
                 **GIT_IDENTITY,
                 "PYTHONPATH": str(ROOT),
+                **(env or {}),
             },
             start_new_session=True,
         )
@@ -257,7 +365,15 @@ def get_json(url: str, token: str) -> Any:
 class Flow:
     """One run: the forge, the two processes, the person, and what they saw."""
 
-    def __init__(self, forge: CountedSandbox, root: Path, *, issues: int, agents: int) -> None:
+    def __init__(
+        self,
+        forge: CountedSandbox,
+        root: Path,
+        *,
+        issues: int,
+        agents: int,
+        daemon_env: dict[str, str] | None = None,
+    ) -> None:
         self.forge = forge
         self.root = root
         self.issues = issues
@@ -279,6 +395,7 @@ class Flow:
         self.daemon = spawn(
             ["daemon", forge.url, forge.admin_token, str(root / "state"), str(self.port)],
             root / "daemon.log",
+            daemon_env,
         )
         self.agent_procs = spawn(
             ["agents", f"http://127.0.0.1:{self.port}", agent_token, str(root), str(agents)],
@@ -348,6 +465,33 @@ class Flow:
                         break
         return found
 
+    def stages(self) -> dict[str, list[float]]:
+        """Seconds from each issue's creation to the first time it reached each stage."""
+        found: dict[str, list[float]] = {}
+        with self.forge.state.lock:
+            pulls = {
+                int(issue.pull.head.split("/")[1].split("-")[0]): issue
+                for issue in self._repo.issues.values()
+                if issue.pull is not None and issue.pull.head.startswith("task/")
+            }
+            for number in self.numbers:
+                issue = self._repo.issues[number]
+                at: dict[str, datetime] = {}
+                for change in issue.label_changes:
+                    if change.added and change.label.name.startswith("status/"):
+                        at.setdefault(change.label.name, change.created_at)
+                pull = pulls.get(number)
+                if pull is not None and pull.pull is not None:
+                    at["pull opened"] = pull.created_at
+                    if pull.pull.merged_at is not None:
+                        at["pull merged"] = pull.pull.merged_at
+                for comment in issue.comments:
+                    if comment.body.startswith("<!-- agent-fleet:task -->"):
+                        at["status comment"] = comment.created_at
+                for stage, when in at.items():
+                    found.setdefault(stage, []).append((when - issue.created_at).total_seconds())
+        return found
+
     def status_writes_after_done(self) -> int:
         late = 0
         with self.forge.state.lock:
@@ -370,18 +514,38 @@ class Flow:
         stop_process(self.daemon)
 
 
-def measure(issues: int, agents: int, *, timeout: float, settle: float) -> list[Row]:
+def measure(
+    issues: int,
+    agents: int,
+    *,
+    timeout: float,
+    settle: float,
+    breakdown: bool = False,
+    profile: Path | None = None,
+) -> list[Row]:
+    """Run the burst; print the table's rows (and with ``breakdown``, where the calls went)."""
     with (
         tempfile.TemporaryDirectory(prefix="agent-fleet-flow-") as scratch,
         CountedSandbox() as forge,
     ):
-        flow = Flow(forge, Path(scratch), issues=issues, agents=agents)
+        calls_file = Path(scratch) / "calls.json"
+        queue_file = Path(scratch) / "queue.jsonl"
+        env = (
+            {"FLOW_BENCH_CALLS": str(calls_file), "FLOW_BENCH_QUEUE": str(queue_file)}
+            if breakdown
+            else None
+        )
+        flow = Flow(forge, Path(scratch), issues=issues, agents=agents, daemon_env=env)
+        spy: subprocess.Popen[bytes] | None = None
         try:
             flow.wait_ready(timeout=120)
             time.sleep(1.0)  # the start-up resync's reconciles finish before the count starts
             counts_before = forge.snapshot()
+            endpoints_before = forge.endpoint_snapshot()
+            if profile is not None:
+                spy = start_profiler(flow.daemon.pid, profile)
             cpu_before = cpu_seconds(flow.daemon.pid)
-            started = time.monotonic()
+            started, wall_started = time.monotonic(), time.time()
             flow.file_issues()
             deadline = started + timeout
             done: dict[int, datetime] = {}
@@ -395,11 +559,29 @@ def measure(issues: int, agents: int, *, timeout: float, settle: float) -> list[
                 time.sleep(0.2)
             elapsed = time.monotonic() - started
             cpu = cpu_seconds(flow.daemon.pid) - cpu_before
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
             time.sleep(settle)  # late writes (a flap, a trickle of resyncs) are counted too
             counts = forge.snapshot() - counts_before
+            endpoints = forge.endpoint_snapshot() - endpoints_before
             late = flow.status_writes_after_done()
+            stages = flow.stages()
         finally:
+            if spy is not None and spy.poll() is None:
+                spy.kill()
             flow.close()
+        if breakdown:
+            print_breakdown(endpoints, calls_file, per=max(len(done), 1))
+            print_queue(queue_file, since=wall_started)
+            print(
+                "\nSeconds from an issue's creation to each stage (first time; p50 / p90 / count):"
+            )
+            for stage, seconds in sorted(
+                stages.items(), key=lambda item: sorted(item[1])[len(item[1]) // 2]
+            ):
+                p50s, p90s = percentile_ms(seconds, 50) / 1000, percentile_ms(seconds, 90) / 1000
+                print(f"  {stage:16} {p50s:6.1f} {p90s:6.1f}  {len(seconds)}")
     finished = len(done)
     if finished < issues:
         print(f"only {finished} of {issues} issues done within {timeout:.0f}s", file=sys.stderr)
@@ -425,6 +607,64 @@ def measure(issues: int, agents: int, *, timeout: float, settle: float) -> list[
     ]  # fmt: skip
 
 
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (if installed) sampling the daemon until SIGINT, writing a flame graph."""
+    return subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--output", str(out), "--rate", "200", "--gil",
+         "--format", {".json": "speedscope", ".svg": "flamegraph"}.get(out.suffix, "raw")],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def print_breakdown(
+    endpoints: Counter[tuple[str, str, str]], calls_file: Path, *, per: int
+) -> None:
+    """The daemon's requests per task by endpoint (the window), and by caller (its lifetime)."""
+    print("\nDaemon requests per task by endpoint (counted at the sandbox, same window):")
+    rows = sorted(
+        ((n, method, path) for (who, method, path), n in endpoints.items() if who == "daemon"),
+        reverse=True,
+    )
+    for n, method, path in rows:
+        print(f"  {n / per:7.2f}  {method:6} {path}")
+    if calls_file.exists():
+        print("\nDaemon calls per task by caller and operation (its whole life, start-up too):")
+        found = sorted(((n, who, op) for who, op, n in json.loads(calls_file.read_text())),
+                       reverse=True)  # fmt: skip
+        for n, who, op in found:
+            print(f"  {n / per:7.2f}  {who:24} {op}")
+
+
+def print_queue(samples: Path, *, since: float) -> None:
+    """Each controller's ready / in-work keys, every 2 s from the first issue filed; and what
+    added keys (the daemon's whole life)."""
+    adds = Path(str(samples) + ".adds")
+    if adds.exists():
+        print("\nKeys added, by controller and source (added / already waiting):")
+        table: dict[tuple[str, str], list[int]] = {}
+        for controller, source, waiting, n in json.loads(adds.read_text()):
+            table.setdefault((controller, source), [0, 0])[int(waiting)] += n
+        for (controller, source), (fresh, waiting) in sorted(
+            table.items(), key=lambda i: -sum(i[1])
+        ):
+            print(f"  {fresh + waiting:6d} {waiting:6d}  {controller:11} {source}")
+    if not samples.exists():
+        return
+    print("\nKeys ready / in work per controller (s after the first issue filed):")
+    last = -2.0
+    for line in samples.read_text().splitlines():
+        sample = json.loads(line)
+        at = sample["t"] - since
+        if at < 0 or at - last < 2:
+            continue
+        last = at
+        names = sorted(set(sample["ready"]) | set(sample["busy"]))
+        text = "  ".join(
+            f"{n} {sample['ready'].get(n, 0)}/{sample['busy'].get(n, 0)}" for n in names
+        )
+        print(f"  {at:5.0f}  {text}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--issues", type=int, default=200)
@@ -432,6 +672,17 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for all issues")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds counted after done")
     parser.add_argument("--quick", action="store_true", help="6 issues, 3 agents (CI)")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print the daemon's requests per task by endpoint and by caller",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample the daemon's Python (holding the GIL) with py-spy, if installed, into this "
+        "file: a flame graph (.svg), speedscope (.json), or collapsed stacks (other names)",
+    )
     parser.add_argument("mode", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
@@ -439,7 +690,14 @@ def main() -> None:
         {"daemon": run_daemon, "agents": run_agents}[role](*rest)
         return
     issues, agents = (6, 3) if args.quick else (args.issues, args.agents)
-    rows = measure(issues, agents, timeout=args.timeout, settle=args.settle)
+    rows = measure(
+        issues,
+        agents,
+        timeout=args.timeout,
+        settle=args.settle,
+        breakdown=args.breakdown,
+        profile=args.profile,
+    )
     print_table(rows)
     print_notes(
         [

@@ -321,6 +321,60 @@ def test_marker_comment_uses_the_callers_comment_list(
     assert log.since(mark) == []
 
 
+def test_marker_comment_writes_without_listing_once_known(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """After its first listing (or a create on an issue without comments) the gateway knows
+    the issue's marker comments: later upserts of any marker write at once, with no list call
+    before them; an unchanged text makes no call at all."""
+    number = sandbox.create_issue(REPO, "t")
+    mark = log.mark()
+    gateway.upsert_marker_comment(REPO, number, marker="task", body="waiting", comments=())
+    gateway.upsert_marker_comment(REPO, number, marker="task", body="running")
+    gateway.upsert_marker_comment(REPO, number, marker="result", body="done")
+    gateway.upsert_marker_comment(REPO, number, marker="result", body="done")
+    assert log.since(mark) == ["create_comment", "edit_comment", "create_comment"]
+    bodies = [c.body for c in gateway.list_comments(REPO, number)]
+    assert bodies == [f"{marker_tag('task')}\nrunning", f"{marker_tag('result')}\ndone"]
+
+    other = sandbox.create_issue(REPO, "u")
+    sandbox.comment(REPO, other, "a person's comment")
+    mark = log.mark()
+    gateway.upsert_marker_comment(REPO, other, marker="task", body="one")
+    gateway.upsert_marker_comment(REPO, other, marker="task", body="two")
+    assert log.since(mark) == ["list_comments", "create_comment", "edit_comment"]
+
+
+def test_a_recorded_marker_comment_deleted_by_a_person_is_made_again(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """The record is only this process's view: an edit that finds the comment gone lists the
+    comments and creates it again, once."""
+    number = sandbox.create_issue(REPO, "t")
+    first, _ = gateway.upsert_marker_comment(REPO, number, marker="task", body="one")
+    gateway.delete_comment(REPO, first.id)
+    mark = log.mark()
+    again, outcome = gateway.upsert_marker_comment(REPO, number, marker="task", body="two")
+    assert outcome == "created" and again.id != first.id
+    assert log.since(mark) == ["edit_comment", "list_comments", "create_comment"]
+    assert [c.body for c in gateway.list_comments(REPO, number)] == [f"{marker_tag('task')}\ntwo"]
+
+
+def test_a_fresh_gateway_lists_before_writing(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """The record lives in memory: another gateway (a restarted process) lists the comments
+    before its first write, and finds the comment the first one made."""
+    number = sandbox.create_issue(REPO, "t")
+    first, _ = gateway.upsert_marker_comment(REPO, number, marker="task", body="one")
+    with _gateway(sandbox, sandbox.admin_token, log) as restarted:
+        restarted.bot_login()
+        mark = log.mark()
+        edited, outcome = restarted.upsert_marker_comment(REPO, number, marker="task", body="two")
+    assert (outcome, edited.id) == ("edited", first.id)
+    assert log.since(mark)[0] == "list_comments"
+
+
 def test_marker_comments_by_other_people_are_ignored(
     sandbox: ForgejoSandbox, gateway: ForgejoGateway
 ) -> None:

@@ -18,6 +18,7 @@ from reconciler.forgejo.types import Comment, list_body
 __all__ = ["CommentOps", "has_marker", "marker_tag", "same_text"]
 
 _MARKER = re.compile(r"^[A-Za-z0-9_.:/-]+$")
+_TAGS = re.compile(r"<!-- agent-fleet:[A-Za-z0-9_.:/-]+ -->")
 
 
 def marker_tag(marker: str) -> str:
@@ -51,12 +52,46 @@ class CommentOps(ForgejoHttp):
         params: dict[str, str | int] = {}
         if since is not None:
             params["since"] = rfc3339(since)
-        return self._get(
+        comments = self._get(
             "list_comments",
             f"{repo_path(repo)}/issues/{number}/comments",
             lambda raw: tuple(Comment.from_api(item) for item in list_body(raw, "comments")),
             params=params,
         )
+        if since is None:
+            self._note_markers(repo, number, comments)
+        return comments
+
+    # --- the record of the bot's marker comments ----------------------------------------------
+
+    def _note_markers(self, repo: str, number: int, comments: Sequence[Comment]) -> None:
+        """Record the bot's marker comments of a complete listing (the oldest per tag)."""
+        found: dict[str, Comment] = {}
+        if comments:
+            login = self.bot_login()
+            for comment in sorted(comments, key=lambda c: c.id):
+                if comment.author != login:
+                    continue
+                for tag in _TAGS.findall(comment.body):
+                    found.setdefault(tag, comment)
+        with self._doubt_lock:
+            self._markers[(repo.lower(), number)] = found
+
+    def _known(self, repo: str, number: int, tag: str) -> tuple[bool, Comment | None]:
+        """Whether this process knows the issue's marker comments, and the one for ``tag``."""
+        with self._doubt_lock:
+            known = self._markers.get((repo.lower(), number))
+            return (known is not None, known.get(tag) if known is not None else None)
+
+    def _wrote_marker(self, repo: str, number: int, tag: str, comment: Comment | None) -> None:
+        """Record our own write of the ``tag`` comment (None: forget the issue's record, after
+        a write that failed or whose outcome is unknown)."""
+        with self._doubt_lock:
+            key = (repo.lower(), number)
+            if comment is None:
+                self._markers.pop(key, None)
+            elif key in self._markers:
+                self._markers[key][tag] = comment
 
     def get_comment(self, repo: str, comment_id: int) -> Comment:
         """One comment by id."""
@@ -109,9 +144,12 @@ class CommentOps(ForgejoHttp):
         """Keep exactly one bot comment per ``marker`` on an issue, with text ``body``.
 
         The comment is found by its hidden marker (``marker_tag``) among the bot's own comments
-        (``comments`` when the caller already fetched them, else one list call). It is created
-        if missing, edited only when the text Forgejo holds differs, and left alone otherwise —
-        so a second call with the same body makes no write.
+        (``comments`` when the caller already fetched them; else this process's record of the
+        issue's marker comments, kept from its last listing and its own writes since; else one
+        list call). It is created if missing, edited only when the text Forgejo holds (or last
+        held, as recorded) differs, and left alone otherwise — so a second call with the same
+        body makes no write. An edit of a recorded comment that is gone (a person deleted it)
+        lists the comments and creates it again.
 
         Exactly once under faults: when a create or edit of this comment ends with an unknown
         outcome (the answer was lost, or a 5xx), the write may still land later, so
@@ -138,20 +176,38 @@ class CommentOps(ForgejoHttp):
                     retry_after=self.settle_after - waited,
                 )
             comments = None  # what Forgejo holds now, not what was observed before
-        existing = comments if comments is not None else self.list_comments(repo, number)
-        mine = self._marker_comments(existing, tag)
-        for extra in mine[1:]:
-            self.delete_comment(repo, extra.id)
-        current = mine[0] if mine else None
+        known, current = (False, None) if sent is not None else self._known(repo, number, tag)
+        if not known and comments is not None and not comments:
+            # Nothing to find: an issue without comments (the record starts here).
+            self._note_markers(repo, number, ())
+        elif not known:
+            existing = comments if comments is not None else self.list_comments(repo, number)
+            mine = self._marker_comments(existing, tag)
+            for extra in mine[1:]:
+                self.delete_comment(repo, extra.id)
+            if comments is not None or mine[1:]:
+                self._note_markers(repo, number, [c for c in existing if c not in mine[1:]])
+            current = mine[0] if mine else None
         started = self._clock()
+        gone = False
         try:
             if current is None:
-                return self.create_comment(repo, number, text), "created"
+                created = self.create_comment(repo, number, text)
+                self._wrote_marker(repo, number, tag, created)
+                return created, "created"
             if same_text(current.body, text):
                 return current, "unchanged"
-            return self.edit_comment(repo, current.id, text), "edited"
-        except ForgejoServerError as exc:
-            if not exc.outcome_unknown:
+            edited = self.edit_comment(repo, current.id, text)
+            self._wrote_marker(repo, number, tag, edited)
+            return edited, "edited"
+        except ForgejoNotFound:
+            self._wrote_marker(repo, number, tag, None)
+            if not known:
+                raise
+            gone = True  # the recorded comment was deleted (by a person): look, create it again
+        except ForgejoError as exc:
+            self._wrote_marker(repo, number, tag, None)
+            if not isinstance(exc, ForgejoServerError) or not exc.outcome_unknown:
                 raise
             with self._doubt_lock:
                 self._in_doubt[doubt] = started
@@ -159,6 +215,7 @@ class CommentOps(ForgejoHttp):
             if current is None:
                 landed = self._look_for_landed_create(repo, number, tag=tag, text=text)
             if landed is None:
+                self._wrote_marker(repo, number, tag, None)  # its listing may be overtaken
                 raise
             with self._doubt_lock:
                 self._in_doubt.pop(doubt, None)
@@ -168,6 +225,8 @@ class CommentOps(ForgejoHttp):
                 with self._doubt_lock:
                     if self._in_doubt.get(doubt) == sent:
                         del self._in_doubt[doubt]
+        assert gone
+        return self.upsert_marker_comment(repo, number, marker=marker, body=body)
 
     def _marker_comments(self, existing: Sequence[Comment], tag: str) -> list[Comment]:
         """The bot's comments carrying ``tag``, oldest first."""

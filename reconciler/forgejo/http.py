@@ -41,7 +41,15 @@ from reconciler.errors import (
     ForgejoServerError,
 )
 from reconciler.forgejo.seen import SeenItems
-from reconciler.forgejo.types import ApiLimits, Label, MalformedResponse, Page, User, list_body
+from reconciler.forgejo.types import (
+    ApiLimits,
+    Comment,
+    Label,
+    MalformedResponse,
+    Page,
+    User,
+    list_body,
+)
 from reconciler.text import describe_error
 
 __all__ = [
@@ -247,6 +255,11 @@ class ForgejoHttp:
         when that write was sent (``clock`` seconds). Shared by the threads using this
         gateway, hence the lock."""
         self._doubt_lock = threading.Lock()
+        self._markers: dict[tuple[str, int], dict[str, Comment]] = {}
+        """The bot's marker comments on each issue, by marker tag, as this process last listed
+        or wrote them: complete for the issue (a tag missing is a comment that does not
+        exist), so a later upsert writes without listing again. Kept in memory only (a
+        restarted process lists once) and dropped for an issue after any failed write."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 

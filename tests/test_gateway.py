@@ -509,6 +509,40 @@ def test_whoami_and_permissions(sandbox: ForgejoSandbox, gateway: ForgejoGateway
     assert not gateway.get_permission(REPO, "stranger").can_push
 
 
+def test_permissions_are_read_once_within_the_cache_time(
+    sandbox: ForgejoSandbox, log: CallLog
+) -> None:
+    """With ``permission_cache``, a login's permission is read once per that many seconds
+    (the trust checks of a burst of issues by one author); a change made through the gateway
+    counts at once; without it every check reads."""
+    sandbox.create_user("stranger")
+    now = [1000.0]
+    gateway = ForgejoGateway(
+        BASE_URL,
+        sandbox.admin_token,
+        transport=httpx.WSGITransport(app=sandbox.app),
+        on_call=log,
+        clock=lambda: now[0],
+        permission_cache=60.0,
+    )
+    with gateway:
+        mark = log.mark()
+        assert not gateway.get_permission(REPO, "stranger").can_push
+        now[0] += 59
+        assert not gateway.get_permission(REPO, "Stranger").can_push
+        assert log.since(mark) == ["get_permission"]
+        now[0] += 2
+        assert not gateway.get_permission(REPO, "stranger").can_push
+        assert log.since(mark) == ["get_permission"] * 2
+        gateway.add_collaborator(REPO, "stranger")
+        assert gateway.get_permission(REPO, "stranger").can_push
+    with _gateway(sandbox, sandbox.admin_token, log) as uncached:
+        mark = log.mark()
+        uncached.get_permission(REPO, "stranger")
+        uncached.get_permission(REPO, "stranger")
+        assert log.since(mark) == ["get_permission"] * 2
+
+
 def test_errors_map_onto_the_forgejo_error_family(
     sandbox: ForgejoSandbox, gateway: ForgejoGateway
 ) -> None:

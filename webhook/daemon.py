@@ -152,6 +152,7 @@ def build(
         read_retries=settings.forgejo.read_retries,
         on_call=metrics.count_forgejo_call,
         transport=transport,
+        permission_cache=settings.forgejo.permission_cache,
     )
     queue = WorkQueue(
         backoff_initial=settings.loop.backoff_initial,

@@ -96,16 +96,38 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
         return self._write("create_repo", "POST", path, Repo.from_api, body=body)
 
     def get_permission(self, repo: str, login: str) -> RepoPermission:
-        """What ``login`` may do in ``repo`` (``read``, ``write``, ``admin``, ``owner``, ``none``)."""
-        return self._get(
+        """What ``login`` may do in ``repo`` (``read``, ``write``, ``admin``, ``owner``, ``none``).
+
+        A permission read less than ``permission_cache`` seconds ago is answered from memory
+        (the trust checks of a burst of issues by one author read it once); errors are not
+        kept, and ``add_collaborator`` through this gateway forgets the login's entry.
+        """
+        key = (repo.lower(), login.casefold())
+        now = self._clock()
+        with self._doubt_lock:
+            kept = self._permissions.get(key)
+        if kept is not None and now - kept[0] < self.permission_cache:
+            return kept[1]
+        permission = self._get(
             "get_permission",
             f"{repo_path(repo)}/collaborators/{seg(login)}/permission",
             lambda raw: RepoPermission.from_api(raw, login=login),
         )
+        if self.permission_cache > 0:
+            with self._doubt_lock:
+                if len(self._permissions) > 4096:  # bounded: stale entries go first
+                    self._permissions = {
+                        k: v for k, v in self._permissions.items()
+                        if now - v[0] < self.permission_cache
+                    }  # fmt: skip
+                self._permissions[key] = (now, permission)
+        return permission
 
     def add_collaborator(self, repo: str, login: str, *, permission: str = "write") -> None:
         """Give ``login`` ``permission`` (read, write, admin) on ``repo``. A PUT: idempotent,
         so retried like a read."""
+        with self._doubt_lock:
+            self._permissions.pop((repo.lower(), login.casefold()), None)
         self._request(
             "add_collaborator",
             "PUT",

@@ -40,6 +40,7 @@ from reconciler.errors import (
     ForgejoRateLimited,
     ForgejoServerError,
 )
+from reconciler.forgejo.repo_types import RepoPermission
 from reconciler.forgejo.seen import SeenItems
 from reconciler.forgejo.types import (
     ApiLimits,
@@ -218,6 +219,7 @@ class ForgejoHttp:
         clock: Callable[[], float] = time.time,
         max_retry_wait: float = MAX_RETRY_WAIT,
         settle_after: float | None = None,
+        permission_cache: float = 0.0,
     ) -> None:
         if not token:
             raise ValueError("a Forgejo API token is required")
@@ -255,6 +257,9 @@ class ForgejoHttp:
         when that write was sent (``clock`` seconds). Shared by the threads using this
         gateway, hence the lock."""
         self._doubt_lock = threading.Lock()
+        self.permission_cache = permission_cache
+        """Seconds a permission read answers ``get_permission`` again (0: never)."""
+        self._permissions: dict[tuple[str, str], tuple[float, RepoPermission]] = {}
         self._markers: dict[tuple[str, int], dict[str, Comment]] = {}
         """The bot's marker comments on each issue, by marker tag, as this process last listed
         or wrote them: complete for the issue (a tag missing is a comment that does not

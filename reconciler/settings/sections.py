@@ -50,6 +50,12 @@ class ForgejoSettings(Section):
         ge=0,
         description="Extra attempts for a read that failed with a connection error, 5xx or 429.",
     )
+    permission_cache: Seconds = Field(
+        default=60.0,
+        description="Seconds a user's permission on a repository, once read, answers the "
+        "trust checks (an issue author's, a reviewer's) before it is read again; 0 reads it "
+        "every time. A permission taken away counts after at most this long.",
+    )
     webhook_url: HttpUrlText | None = Field(
         default=None,
         description="URL Forgejo should deliver webhooks to; used when manage_webhooks is on.",

@@ -351,6 +351,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def other_cpu(agents: int) -> tuple[float, float, float]:
+    """CPU seconds of this process, of the agents process, and of the agents' finished
+    children (their CLIs and git)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    fields = Path(f"/proc/{agents}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (
+        usage.ru_utime + usage.ru_stime,
+        (int(fields[11]) + int(fields[12])) / ticks,
+        (int(fields[13]) + int(fields[14])) / ticks,
+    )
+
+
 def get_json(url: str, token: str) -> Any:
     import urllib.request
 
@@ -545,6 +560,7 @@ def measure(
             if profile is not None:
                 spy = start_profiler(flow.daemon.pid, profile)
             cpu_before = cpu_seconds(flow.daemon.pid)
+            others_before = other_cpu(flow.agent_procs.pid)
             started, wall_started = time.monotonic(), time.time()
             flow.file_issues()
             deadline = started + timeout
@@ -559,6 +575,9 @@ def measure(
                 time.sleep(0.2)
             elapsed = time.monotonic() - started
             cpu = cpu_seconds(flow.daemon.pid) - cpu_before
+            others = [
+                b - a for a, b in zip(others_before, other_cpu(flow.agent_procs.pid), strict=True)
+            ]
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=60)
@@ -573,6 +592,11 @@ def measure(
             flow.close()
         if breakdown:
             print_breakdown(endpoints, calls_file, per=max(len(done), 1))
+            print(
+                f"\nCPU seconds over the window: daemon {cpu:.1f}, this process (the forge, the "
+                f"person) {others[0]:.1f}, agents {others[1]:.1f}, their CLIs and git "
+                f"{others[2]:.1f}; wall {elapsed:.1f} s on {os.cpu_count()} cores"
+            )
             print_queue(queue_file, since=wall_started)
             print(
                 "\nSeconds from an issue's creation to each stage (first time; p50 / p90 / count):"

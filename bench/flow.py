@@ -207,10 +207,10 @@ def count_enqueues(out: Path) -> None:
             frame = frame.f_back  # type: ignore[assignment]
         return "?"
 
-    def add(queue: WorkQueue, key: Any) -> None:
+    def add(queue: WorkQueue, key: Any, *, urgent: bool = False) -> None:
         waiting = key in queue._dirty
-        counts[(key.controller, source(), waiting)] += 1
-        original(queue, key)
+        counts[(key.controller, source() + (" (urgent)" if urgent else ""), waiting)] += 1
+        original(queue, key, urgent=urgent)
 
     def dump() -> None:
         rows = [[c, s, w, n] for (c, s, w), n in counts.items()]

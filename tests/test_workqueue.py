@@ -137,6 +137,50 @@ def test_ready_keys_come_out_in_the_order_they_were_added() -> None:
     assert drain(queue) == [B, C, A]
 
 
+def test_urgent_keys_go_ahead_of_the_other_ready_keys_in_turn_with_them() -> None:
+    """A follow-up of work under way goes ahead of keys that start new work, first in, first
+    out among urgent keys, in turn with the others while both wait; a key already waiting
+    moves to the urgent ones, and runs once."""
+    D, E = issue_key("acme/web", 4), issue_key("acme/web", 5)
+    queue = make_queue(FakeTime())
+    for key in (A, B, D):
+        queue.add(key)
+    queue.add_urgent(E)
+    queue.add(D, urgent=True)
+    queue.add_urgent(C)
+    assert queue.depth() == 5
+    assert drain(queue) == [E, A, D, B, C]
+    queue.add_urgent(E)
+    queue.add_urgent(D)
+    assert drain(queue) == [E, D]
+
+
+def test_an_urgent_add_during_a_run_makes_the_next_run_urgent() -> None:
+    """A key added as urgent while in work comes back at done() ahead of waiting keys."""
+    queue = make_queue(FakeTime())
+    queue.add(A)
+    assert queue.get(timeout=0) == A
+    queue.add(B)
+    queue.add_urgent(A)
+    queue.done(A)
+    assert drain(queue) == [A, B]
+    queue.add(B)
+    queue.add(A)
+    assert drain(queue) == [B, A]  # urgency is not remembered past that run
+
+
+def test_urgent_keys_of_one_controller_do_not_jump_another_controllers_getter() -> None:
+    """A getter of one controller sees its urgent keys first and never another's."""
+    queue = make_queue(FakeTime())
+    queue.add(A)
+    queue.add_urgent(C)
+    queue.add_urgent(B)
+    assert queue.get(timeout=0, controller=A.controller) == B
+    assert queue.get(timeout=0, controller=A.controller) == A
+    assert queue.get(timeout=0, controller=A.controller) is None
+    assert queue.get(timeout=0, controller=C.controller) == C
+
+
 def test_no_key_is_ever_held_by_two_workers_at_once() -> None:
     """Eight workers and two adders hammering three keys never overlap on one key."""
     queue = WorkQueue()

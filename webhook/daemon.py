@@ -166,8 +166,12 @@ def build(
     fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue)
     fleet.bind_metrics(metrics)
     # Pull agents (over the agent API) and the ssh executor's runs (in process) report their
-    # work through this one queue and its fleet.
-    pull_queue = PullQueue(store, fleet=fleet, settings=holder, clock=clock, enqueue=enqueue)
+    # work through this one queue and its fleet. What they report (a task taken, a receipt, a
+    # run ended) and what a reconcile asks of the next controller carry work under way
+    # through: urgent keys, ahead of webhooks' and resyncs' (see the work queue).
+    pull_queue = PullQueue(
+        store, fleet=fleet, settings=holder, clock=clock, enqueue=queue.add_urgent
+    )
     # A dry run dispatches nothing, so it has no executor.
     executor = (
         None
@@ -178,14 +182,14 @@ def build(
             gateway=gateway,
             settings=holder,
             clock=clock,
-            enqueue=enqueue,
+            enqueue=queue.add_urgent,
             log_dir=Path(settings.store.path) / "logs",
         )
     )
     # ssh health checks and restarts run beside the loop; the registry reads their results.
     probes = HostProbes(settings=holder, clock=clock, enqueue=enqueue, check=host_check)
     actuator = Actuator(
-        ActContext(gateway=gateway, store=store, enqueue=enqueue, executor=executor),
+        ActContext(gateway=gateway, store=store, enqueue=queue.add_urgent, executor=executor),
         dry_run=dry_run,
     )
     setup = RepoSetupController(

@@ -12,9 +12,17 @@ rate-limited delaying work queue:
 * Each key has at most one next run. The earliest wins: a schedule for later than an already
   pending run is dropped, and adding a key now cancels its pending later schedule. This is safe
   because every reconcile declares its own follow-up (``requeue_after``, backoff) again.
-* Ready keys come out in the order they became ready. A getter may ask for one controller's
-  keys only (``get(controller=...)``): the loop gives each controller its own workers, so a
-  slow controller's keys never hold up another's.
+* Ready keys come out in the order they became ready, except that *urgent* keys go ahead.
+  ``add(key, urgent=True)`` is for follow-ups of work already under way — a controller that
+  moved a task on asks the next controller to carry the change through (``Enqueue``), an
+  agent took a task or handed in its receipt — while webhooks and resyncs add keys that start
+  new observations. Finishing what is under way before starting more keeps a burst from
+  queueing every task's next step behind every other task's first one (the time from a merge
+  to ``status/done`` does not grow with the burst). While a controller has both, its urgent
+  and other keys are handed out in turn, so new work is never starved by work under way. A
+  key already waiting that is added as urgent moves to the urgent ones. A getter may ask for one controller's keys only
+  (``get(controller=...)``): the loop gives each controller its own workers, so a slow
+  controller's keys never hold up another's.
 * Failed keys are retried after ``initial * 2**(attempts-1)`` seconds, capped at ``max``. The
   attempt count and the wall-clock time of the next try are written to a ``BackoffStore`` so a
   restart continues the backoff instead of hammering a broken key from attempt one.
@@ -140,6 +148,15 @@ class WorkQueue:
         # sequence number, so a getter of any key takes the one ready longest). Never holds a
         # key that is being processed: such a key only becomes ready again in done().
         self._ready: dict[str, deque[tuple[int, Key]]] = {}
+        # Urgent keys, per controller, handed out before any of _ready. A key may have an entry
+        # in both (moved to the front when added as urgent while waiting): an entry is live
+        # only while its key is dirty and not being processed, so the second one is skipped.
+        self._urgent: dict[str, deque[tuple[int, Key]]] = {}
+        # Keys being processed that were added as urgent meanwhile: urgent again at done().
+        self._urgent_later: set[Key] = set()
+        # Per controller (None: getters of any key), whether its last key handed out was an
+        # urgent one while others waited: then the next is one of the others (in turn).
+        self._took_urgent: dict[str | None, bool] = {}
         self._ready_seq = itertools.count()
         # Keys that need a run: everything in _ready, plus processing keys added meanwhile.
         # A key in _dirty is never in _scheduled (the earlier run wins).
@@ -158,15 +175,25 @@ class WorkQueue:
 
     # --- adding ------------------------------------------------------------------------
 
-    def add(self, key: Key) -> None:
+    def add(self, key: Key, *, urgent: bool = False) -> None:
         """Queue ``key`` now; a no-op if it already waits, deferred to ``done`` if it is in work.
 
         Cancels a pending later schedule of the key: the run this causes comes sooner and
-        declares its own follow-ups. Ignored once the queue is shutting down.
+        declares its own follow-ups. Ignored once the queue is shutting down. ``urgent``: the
+        key goes before its controller's other ready keys (a waiting key moves there).
         """
         _check_key(key)
         with self._cond:
-            self._add_locked(key)
+            waiting = key in self._dirty and key not in self._processing
+            self._add_locked(key, urgent=urgent)
+            if urgent and waiting:
+                self._push_ready_locked(key, urgent=True)
+            elif urgent and key in self._processing:
+                self._urgent_later.add(key)
+
+    def add_urgent(self, key: Key) -> None:
+        """``add(key, urgent=True)``: a follow-up of work under way (see the module's text)."""
+        self.add(key, urgent=True)
 
     def add_after(self, key: Key, delay: float) -> None:
         """Queue ``key`` after ``delay`` seconds of the queue's clock (at once if ``delay <= 0``).
@@ -231,8 +258,10 @@ class WorkQueue:
             if key not in self._processing:
                 raise ValueError(f"done({key}) called for a key that is not being processed")
             self._processing.remove(key)
+            urgent = key in self._urgent_later
+            self._urgent_later.discard(key)
             if key in self._dirty:
-                self._push_ready_locked(key)
+                self._push_ready_locked(key, urgent=urgent)
             if not self._processing:
                 # shut_down_with_drain waits for this.
                 self._cond.notify_all()
@@ -378,13 +407,13 @@ class WorkQueue:
 
     # --- internals (the caller holds self._cond) ---------------------------------------
 
-    def _add_locked(self, key: Key) -> None:
+    def _add_locked(self, key: Key, *, urgent: bool = False) -> None:
         if self._shutting_down:
             return
         # Keys that came due before this one keep their place ahead of it.
         self._promote_due_locked(self._clock())
         self._scheduled.pop(key, None)
-        self._enqueue_locked(key)
+        self._enqueue_locked(key, urgent=urgent)
 
     def _add_after_locked(self, key: Key, delay: float) -> None:
         if delay <= 0:
@@ -403,39 +432,67 @@ class WorkQueue:
         # A getter may be sleeping until a later due time; let every getter recompute.
         self._notify_all_locked()
 
-    def _enqueue_locked(self, key: Key) -> bool:
+    def _enqueue_locked(self, key: Key, *, urgent: bool = False) -> bool:
         """Mark ``key`` as needing a run; return True if it became ready to hand out."""
         if key in self._dirty:
             return False
         self._dirty.add(key)
         if key in self._processing:
             return False
-        self._push_ready_locked(key)
+        self._push_ready_locked(key, urgent=urgent)
         return True
 
-    def _push_ready_locked(self, key: Key) -> None:
-        """``key`` is ready: behind its controller's ready keys, and a getter is woken (one
-        wake-up is enough: a woken getter takes a key and passes the wake-up on)."""
-        self._ready.setdefault(key.controller, deque()).append((next(self._ready_seq), key))
+    def _push_ready_locked(self, key: Key, *, urgent: bool = False) -> None:
+        """``key`` is ready: behind its controller's ready (or urgent) keys, and a getter is
+        woken (one wake-up is enough: a woken getter takes a key and passes the wake-up on)."""
+        lanes = self._urgent if urgent else self._ready
+        lanes.setdefault(key.controller, deque()).append((next(self._ready_seq), key))
         self._wake_locked(key.controller)
 
+    def _head_locked(self, lane: deque[tuple[int, Key]] | None) -> tuple[int, Key] | None:
+        """The lane's first live entry (dropping the dead ones before it), or None."""
+        while lane:
+            seq, key = lane[0]
+            if key in self._dirty and key not in self._processing:
+                return seq, key
+            lane.popleft()
+        return None
+
     def _pop_ready_locked(self, controller: str | None, excluding: Collection[str]) -> Key | None:
+        urgent = self._oldest_locked(self._urgent, controller, excluding)
+        other = self._oldest_locked(self._ready, controller, excluding)
+        if urgent is not None and (other is None or not self._took_urgent.get(controller)):
+            self._took_urgent[controller] = other is not None
+            return urgent.popleft()[1]
+        self._took_urgent[controller] = False
+        return other.popleft()[1] if other is not None else None
+
+    def _oldest_locked(
+        self,
+        lanes: dict[str, deque[tuple[int, Key]]],
+        controller: str | None,
+        excluding: Collection[str],
+    ) -> deque[tuple[int, Key]] | None:
+        """The lane (of ``controller``, or of any not excluded) whose live head is oldest."""
         if controller is not None:
-            lane = self._ready.get(controller)
-            return lane.popleft()[1] if lane else None
-        waiting = [lane for name, lane in self._ready.items() if lane and name not in excluding]
-        if not waiting:
-            return None
-        return min(waiting, key=lambda lane: lane[0][0]).popleft()[1]
+            lane = lanes.get(controller)
+            return lane if self._head_locked(lane) is not None else None
+        heads = [
+            (head[0], lane)
+            for name, lane in lanes.items()
+            if name not in excluding and (head := self._head_locked(lane)) is not None
+        ]
+        return min(heads, key=lambda item: item[0])[1] if heads else None
 
     def _wake_locked(self, controller: str | None) -> None:
         """Wake a getter for a ready key of ``controller`` (of any, for None), if one is
         ready: one getter of any key and one of that controller's lane."""
-        for name, lane in self._ready.items():
-            if lane and (controller is None or name == controller):
-                self._cond.notify()
-                if name in self._lanes:
-                    self._lanes[name].notify()
+        for lanes in (self._urgent, self._ready):
+            for name, lane in lanes.items():
+                if lane and (controller is None or name == controller):
+                    self._cond.notify()
+                    if name in self._lanes:
+                        self._lanes[name].notify()
 
     def _lane_locked(self, controller: str) -> threading.Condition:
         lane = self._lanes.get(controller)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -210,6 +211,29 @@ def test_add_labels_applies_the_exclusive_scope(
     after = gateway.add_labels(REPO, number, ["status/doing"])
     assert sorted(after) == ["fleet/task", "status/doing"]
     assert sorted(gateway.get_issue(REPO, number).labels) == ["fleet/task", "status/doing"]
+
+
+def test_add_labels_tells_seen_what_the_write_will_leave_before_sending_it(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway
+) -> None:
+    """Before the write, the labels it will leave (the exclusive scope applied) are expected on
+    an item already seen, so its webhook is an echo even if delivered before the answer."""
+    gateway.ensure_labels(REPO, VOCABULARY)
+    number = sandbox.create_issue(REPO, "t", labels=["fleet/task", "status/todo"])
+    gateway.get_issue(REPO, number)
+    expected: list[tuple[frozenset[str], ...]] = []
+    send = gateway._send_labels
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[str, ...]:
+        item = gateway.seen.get(REPO, number)
+        assert item is not None
+        expected.append(item.written)
+        return send(*args, **kwargs)
+
+    gateway._send_labels = spy  # type: ignore[method-assign]
+    after = gateway.add_labels(REPO, number, ["status/doing", "priority/high"])
+    assert expected == [(frozenset(after),)]
+    assert frozenset(after) == {"fleet/task", "status/doing", "priority/high"}
 
 
 def test_add_labels_sends_nothing_already_on_the_issue(

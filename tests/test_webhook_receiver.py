@@ -205,6 +205,21 @@ def test_a_delivery_that_shows_something_new_is_enqueued(
     assert receiver.enqueued == [issue_key("example/example", 1)]
 
 
+def test_the_echo_of_an_earlier_or_unanswered_write_of_ours_is_an_echo() -> None:
+    """Deliveries lag: the echo of our first label write arriving after our second, or of a
+    write whose answer has not come back yet, is still an echo; a fresh read forgets them."""
+    seen = SeenItems()
+    seen.note("example/example", 1, None, labels=("fleet/task",), state="open")
+    seen.expect_labels("example/example", 1, ())  # the delivery's labels: none
+    seen.note_labels("example/example", 1, ("fleet/task", "status/todo"))
+    seen.note_labels("example/example", 1, ("fleet/task", "status/doing"))
+    receiver = _echo_receiver(seen, bot_login="example")
+    assert receiver.post(ISSUE_OPENED, event="issues").status == 204
+    seen.note("example/example", 1, None, labels=("fleet/task",), state="open")
+    assert receiver.post(ISSUE_OPENED, event="issues").status == 202
+    assert receiver.enqueued == [issue_key("example/example", 1)]
+
+
 def test_an_issue_never_seen_is_not_an_echo() -> None:
     """Without a record of the issue the delivery is enqueued (a new issue, a restart)."""
     receiver = _echo_receiver(SeenItems(), bot_login="example")

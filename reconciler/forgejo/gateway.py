@@ -348,6 +348,7 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
                 raise ValueError("add_labels needs at least one label name")
             return present
         ids = self._label_ids(repo, to_send, operation="add_labels")
+        self._expect_added(repo, number, to_send)
         result = self._send_labels("add_labels", "POST", repo, number, ids)
         if any(name not in result for name in to_send):
             # A name missing from the answer may mean our cached id is stale (the label was
@@ -358,6 +359,27 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
                 ids = self._label_ids(repo, to_send, operation="add_labels")
                 result = self._send_labels("add_labels", "POST", repo, number, ids)
         return result
+
+    def _expect_added(self, repo: str, number: int, names: Sequence[str]) -> None:
+        """Tell ``seen`` what adding ``names`` will leave on a known item: the labels last seen
+        or written, the new ones, and not the others of an exclusive scope a new one is in."""
+        item = self.seen.get(repo, number)
+        cache = self._labels.get(repo, {})
+        if item is None:
+            return
+        scopes = {
+            scope
+            for name in names
+            if (label := cache.get(name)) is not None
+            and label.exclusive
+            and (scope := label.scope) is not None
+        }
+        kept = {
+            name
+            for name in item.labels
+            if not ((label := cache.get(name)) is not None and label.scope in scopes)
+        }
+        self.seen.expect_labels(repo, number, kept | set(names))
 
     def replace_labels(self, repo: str, number: int, names: Iterable[str]) -> tuple[str, ...]:
         """Set an issue's labels to exactly ``names``; returns what it carries afterwards.

@@ -12,6 +12,10 @@ writes leave, with ``updated_at`` unknown (the write moved it). Two readers:
 * the webhook receiver asks ``is_echo`` whether a delivery caused by agent-fleet's own write
   (the bot is its sender) shows an issue exactly as last seen or written: such a delivery
   needs no reconcile, and its ``updated_at`` is noted so the next resync skips the issue too.
+  Deliveries come on their own schedule, so the echo of a label write may arrive before the
+  write's answer, or after a later write of ours: the label sets our recent writes on the item
+  will leave or left (``expect_labels``, before each write; the last few since the item was
+  last read) count as echoes too.
 
 Kept in memory only: a restarted process has seen nothing and reads everything once, which is
 what its first full resync does anyway. Forgejo's timestamps have whole seconds, so a change in
@@ -34,6 +38,12 @@ class SeenItem:
     updated_at: datetime | None
     labels: frozenset[str]
     state: str
+    written: tuple[frozenset[str], ...] = ()
+    """Label sets our own writes since the last read leave or left (the last few)."""
+
+
+_WRITTEN = 4
+"""How many of our own recent label writes per item an echo may show."""
 
 
 class SeenItems:
@@ -66,7 +76,19 @@ class SeenItems:
             key = self._key(repo, number)
             item = self._items.get(key)
             if item is not None:
-                self._items[key] = replace(item, updated_at=None, labels=frozenset(labels))
+                after = frozenset(labels)
+                self._items[key] = replace(
+                    item, updated_at=None, labels=after, written=_remember(item.written, after)
+                )
+
+    def expect_labels(self, repo: str, number: int, labels: Iterable[str]) -> None:
+        """Record, before our own label write, the labels it is expected to leave on a known
+        item: its webhook may be delivered before the write's answer comes back."""
+        with self._lock:
+            key = self._key(repo, number)
+            item = self._items.get(key)
+            if item is not None:
+                self._items[key] = replace(item, written=_remember(item.written, frozenset(labels)))
 
     def drop_labels(self, repo: str, number: int, names: Iterable[str]) -> None:
         """Record that our own write removed ``names`` from a known item."""
@@ -130,8 +152,12 @@ class SeenItems:
         with self._lock:
             key = self._key(repo, number)
             item = self._items.get(key)
-            if item is None or item.labels != frozenset(labels) or item.state != state:
+            shown = frozenset(labels)
+            if item is None or item.state != state:
                 return False
+            if item.labels != shown:
+                # An echo of an earlier write of ours, or of one whose answer is on its way.
+                return shown in item.written
             if updated_at is not None:
                 self._items[key] = replace(item, updated_at=updated_at)
             return True
@@ -144,3 +170,9 @@ class SeenItems:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+def _remember(
+    written: tuple[frozenset[str], ...], labels: frozenset[str]
+) -> tuple[frozenset[str], ...]:
+    return (*(w for w in written if w != labels), labels)[-_WRITTEN:]

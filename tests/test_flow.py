@@ -125,3 +125,40 @@ def test_duplicate_and_reordered_deliveries_cause_one_reconciles_worth_of_writes
     assert fleet.writes - before == 2
     events = fleet.assembly.store.events_for(task_id_for(DEMO_REPO, number))
     assert [e.kind for e in events] == ["transition", "waiting"], [e.reason for e in events]
+
+
+def test_a_burst_of_issues_reads_each_fact_once(fleet: Fleet) -> None:
+    """Three labelled issues by one author, settled with their webhooks: each issue is read
+    once, the author's permission once for all three, the echoes of our own label and comment
+    writes read nothing, and a status comment is edited without listing the comments."""
+    operations: list[str] = []
+    counted = fleet.assembly.gateway._on_call
+
+    def on_call(operation: str, status: int) -> None:
+        operations.append(operation)
+        if counted is not None:
+            counted(operation, status)
+
+    fleet.assembly.gateway._on_call = on_call
+    numbers = [
+        fleet.forge.create_issue(DEMO_REPO, f"Port part {n}", labels=["fleet/task"])
+        for n in range(3)
+    ]
+    for _ in range(5):
+        fleet.forge.flush_webhooks()
+        fleet.assembly.loop.drain()
+    assert operations.count("get_issue") == 3, operations
+    assert operations.count("get_permission") == 1, operations
+    assert operations.count("list_comments") == 0, operations
+    assert operations.count("add_labels") == 3, operations
+    for number in numbers:
+        assert "status/todo" in fleet.labels(number)
+    operations.clear()
+    fleet.forge.add_labels(DEMO_REPO, numbers[0], ["fleet/hold"])  # a person holds one
+    for _ in range(5):
+        fleet.forge.flush_webhooks()
+        fleet.assembly.loop.drain()
+    assert "Not started yet" in fleet.assembly.gateway.list_comments(DEMO_REPO, numbers[0])[0].body
+    assert operations.count("get_issue") == 1, operations
+    assert "edit_comment" in operations
+    assert operations.count("list_comments") == 1, operations  # the one just above

@@ -247,7 +247,10 @@ def run_daemon(forge_url: str, token: str, state: str, port: str) -> None:
             manage_webhooks=True,
         ),
         webhook=WebhookSettings(bind="127.0.0.1", port=int(port), secret=SecretStr(SECRET)),
-        loop=LoopSettings(shutdown_grace=5, workers=int(os.environ.get("FLOW_WORKERS", "4"))),
+        loop=LoopSettings(
+            shutdown_grace=5,
+            **json.loads(os.environ.get("FLOW_BENCH_LOOP", "{}")),  # experiments only
+        ),
         api=ApiSettings(operator_token=SecretStr(OPERATOR), enrolment_secret=SecretStr(ENROLMENT)),
         store=StoreSettings(path=Path(state)),
     )

@@ -502,7 +502,9 @@ class ReceiptsController:
 
     def _with_pull(self, task: Task, number: int, receipts: Sequence[Receipt]) -> Observed:
         try:
-            pull: PullRequest | None = self._gateway.get_pull(task.repo, number)
+            # What is checked of a merged PR (head, commits, merge) never changes: the copy the
+            # review controller just read when it saw the merge does.
+            pull: PullRequest | None = self._gateway.get_pull(task.repo, number, merged_kept=True)
         except ForgejoNotFound:
             pull = None
         for_pull = [r for r in receipts if r.pr_number == number]

@@ -426,6 +426,26 @@ def _pushed_pull(sandbox: ForgejoSandbox, branch: str, *, title: str = "work") -
     return sandbox.open_pull(REPO, branch, title=title)
 
 
+def test_a_merged_pull_request_is_kept_for_who_asks_for_it(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """Once read as merged, a pull request answers ``get_pull(merged_kept=True)`` from memory;
+    an open one never does, and a plain ``get_pull`` always reads."""
+    number = _pushed_pull(sandbox, "task/9-x")
+    assert not gateway.get_pull(REPO, number, merged_kept=True).merged
+    mark = log.mark()
+    gateway.get_pull(REPO, number, merged_kept=True)
+    assert log.since(mark) == ["get_pull"]  # open: read again
+    sandbox.merge(REPO, number)
+    merged = gateway.get_pull(REPO, number)
+    assert merged.merged
+    mark = log.mark()
+    assert gateway.get_pull(REPO, number, merged_kept=True) == merged
+    assert log.since(mark) == []
+    gateway.get_pull(REPO, number)
+    assert log.since(mark) == ["get_pull"]
+
+
 def test_find_pull_by_head_prefers_the_open_one(
     sandbox: ForgejoSandbox, gateway: ForgejoGateway
 ) -> None:

@@ -40,6 +40,7 @@ from reconciler.errors import (
     ForgejoRateLimited,
     ForgejoServerError,
 )
+from reconciler.forgejo.pull_types import PullRequest
 from reconciler.forgejo.repo_types import RepoPermission
 from reconciler.forgejo.seen import SeenItems
 from reconciler.forgejo.types import (
@@ -260,6 +261,8 @@ class ForgejoHttp:
         self.permission_cache = permission_cache
         """Seconds a permission read answers ``get_permission`` again (0: never)."""
         self._permissions: dict[tuple[str, str], tuple[float, RepoPermission]] = {}
+        self._merged_pulls: dict[tuple[str, int], PullRequest] = {}
+        """Pull requests last read as merged (``get_pull(merged_kept=True)``), oldest first."""
         self._markers: dict[tuple[str, int], dict[str, Comment]] = {}
         """The bot's marker comments on each issue, by marker tag, as this process last listed
         or wrote them: complete for the issue (a tag missing is a comment that does not

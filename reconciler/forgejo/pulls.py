@@ -50,6 +50,10 @@ _STATE_RANK: Mapping[CommitState, int] = {
 }
 
 
+MERGED_KEPT = 2048
+"""Merged pull requests a gateway keeps for ``get_pull(merged_kept=True)`` (the oldest go)."""
+
+
 class PullOps(ForgejoHttp):
     """The pull request, commit and branch operations of the gateway."""
 
@@ -77,12 +81,28 @@ class PullOps(ForgejoHttp):
             limit=limit,
         )
 
-    def get_pull(self, repo: str, number: int) -> PullRequest:
-        """One pull request; its ``updated_at`` is noted in ``seen``."""
+    def get_pull(self, repo: str, number: int, *, merged_kept: bool = False) -> PullRequest:
+        """One pull request; its ``updated_at`` is noted in ``seen``.
+
+        With ``merged_kept``, a pull request this gateway last read as merged is answered from
+        memory: once merged, its head, commits and merge never change (its title, body and
+        labels still may — callers that read those do not ask for a kept copy).
+        """
+        key = (repo.lower(), number)
+        if merged_kept:
+            with self._doubt_lock:
+                kept = self._merged_pulls.get(key)
+            if kept is not None:
+                return kept
         pull = self._get("get_pull", f"{repo_path(repo)}/pulls/{number}", PullRequest.from_api)
         self.seen.note(
             repo, pull.number, pull.updated_at, labels=pull.labels, state=str(pull.state)
         )
+        if pull.merged:
+            with self._doubt_lock:
+                if len(self._merged_pulls) >= MERGED_KEPT:
+                    del self._merged_pulls[next(iter(self._merged_pulls))]  # the oldest
+                self._merged_pulls[key] = pull
         return pull
 
     def find_pull_by_head(

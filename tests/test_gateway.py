@@ -213,7 +213,7 @@ def test_add_labels_applies_the_exclusive_scope(
     assert sorted(gateway.get_issue(REPO, number).labels) == ["fleet/task", "status/doing"]
 
 
-def test_add_labels_tells_seen_what_the_write_will_leave_before_sending_it(
+def test_a_reconciles_add_labels_tells_seen_what_it_will_leave_before_sending_it(
     sandbox: ForgejoSandbox, gateway: ForgejoGateway
 ) -> None:
     """Before the write, the labels it will leave (the exclusive scope applied) are expected on
@@ -231,9 +231,13 @@ def test_add_labels_tells_seen_what_the_write_will_leave_before_sending_it(
         return send(*args, **kwargs)
 
     gateway._send_labels = spy  # type: ignore[method-assign]
-    after = gateway.add_labels(REPO, number, ["status/doing", "priority/high"])
+    after = gateway.add_labels(REPO, number, ["status/doing", "priority/high"], echo=True)
     assert expected == [(frozenset(after),)]
     assert frozenset(after) == {"fleet/task", "status/doing", "priority/high"}
+    # A write that is not a reconcile's (a Matrix command's label) expects nothing: its
+    # delivery is reconciled.
+    gateway.add_labels(REPO, number, ["status/done"])
+    assert expected[-1] == (frozenset(after),)
 
 
 def test_add_labels_sends_nothing_already_on_the_issue(

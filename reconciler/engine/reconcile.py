@@ -101,7 +101,9 @@ class AddLabels(Action):
                     f"{self.for_task.state} label was planned"
                 )
         try:
-            labels = ctx.gateway.add_labels(self.repo, self.number, self.names)
+            # echo: its webhook needs no reconcile (a Matrix command's label, written through
+            # the gateway directly, is not one: its delivery is reconciled).
+            labels = ctx.gateway.add_labels(self.repo, self.number, self.names, echo=True)
         except ForgejoNotFound as exc:
             if exc.status == 0 and ctx.enqueue is not None:
                 # A label the fleet writes is not in the repo (deleted by hand, or the set-up

@@ -597,7 +597,9 @@ class AssignmentController:
         number = int(key.id)
         task_id = task_id_for(key.repo, number)
         try:
-            issue: Issue | None = self._gateway.get_issue(key.repo, number)
+            # The copy kept from the last read while only our own label writes followed it (a
+            # change by anyone else, delivered or found by the resync, makes this a read).
+            issue: Issue | None = self._gateway.get_issue(key.repo, number, kept=True)
         except ForgejoNotFound:
             issue = None
         if issue is not None and issue.is_pull:

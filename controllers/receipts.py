@@ -540,7 +540,7 @@ class ReceiptsController:
 
     def _issue(self, task: Task) -> Issue | None:
         try:
-            return self._gateway.get_issue(task.repo, task.issue_number)
+            return self._gateway.get_issue(task.repo, task.issue_number, kept=True)
         except ForgejoNotFound:
             return None
 

@@ -130,7 +130,8 @@ def test_duplicate_and_reordered_deliveries_cause_one_reconciles_worth_of_writes
 def test_a_burst_of_issues_reads_each_fact_once(fleet: Fleet) -> None:
     """Three labelled issues by one author, settled with their webhooks: each issue is read
     once, the author's permission once for all three, the echoes of our own label and comment
-    writes read nothing, and a status comment is edited without listing the comments."""
+    writes read nothing, a status comment is edited without listing the comments, and a
+    follow-up with nothing new since reads nothing."""
     operations: list[str] = []
     counted = fleet.assembly.gateway._on_call
 
@@ -162,3 +163,15 @@ def test_a_burst_of_issues_reads_each_fact_once(fleet: Fleet) -> None:
     assert operations.count("get_issue") == 1, operations
     assert "edit_comment" in operations
     assert operations.count("list_comments") == 1, operations  # the one just above
+    # A follow-up with nothing changed since (as another controller's Enqueue): no read; a
+    # person's comment since: the issue is read again.
+    operations.clear()
+    fleet.assembly.queue.add_urgent(issue_key(DEMO_REPO, numbers[1]))
+    fleet.assembly.loop.drain()
+    assert "get_issue" not in operations, operations
+    fleet.forge.create_user("alice")
+    fleet.forge.comment(DEMO_REPO, numbers[1], "any news?", author="alice")
+    for _ in range(5):
+        fleet.forge.flush_webhooks()
+        fleet.assembly.loop.drain()
+    assert operations.count("get_issue") == 1, operations

@@ -101,6 +101,7 @@ class CommentOps(ForgejoHttp):
 
     def create_comment(self, repo: str, number: int, body: str) -> Comment:
         """Post a comment. Not retried: a retry after a lost response would post it twice."""
+        self.seen.invalidate(repo, number)  # the issue's comment count moves
         return self._write(
             "create_comment",
             "POST",

@@ -204,12 +204,32 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
             limit=limit,
         )
 
-    def get_issue(self, repo: str, number: int) -> Issue:
+    def get_issue(self, repo: str, number: int, *, kept: bool = False) -> Issue:
         """One issue (or the issue view of a pull request); its ``updated_at`` is noted in
-        ``seen``."""
+        ``seen``.
+
+        With ``kept``, the issue as last read is answered from memory, with the labels our
+        own label writes left since, as long as nothing else may have changed it: no delivery
+        about it that was not the echo of our own write, no resync that found it moved, no
+        other write of ours (``SeenItems.invalidate``). A change whose webhook is still on its
+        way is read when it arrives: its delivery enqueues the issue again.
+        """
+        if kept:
+            item = self.seen.get(repo, number)
+            if item is not None and isinstance(item.issue, Issue):
+                before = item.issue.labels
+                labels = tuple(n for n in before if n in item.labels) + tuple(
+                    sorted(item.labels.difference(before))
+                )
+                return item.issue.model_copy(update={"labels": labels})
         issue = self._get("get_issue", f"{repo_path(repo)}/issues/{number}", Issue.from_api)
         self.seen.note(
-            repo, issue.number, issue.updated_at, labels=issue.labels, state=str(issue.state)
+            repo,
+            issue.number,
+            issue.updated_at,
+            labels=issue.labels,
+            state=str(issue.state),
+            issue=issue,
         )
         return issue
 
@@ -255,6 +275,7 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
             payload["body"] = body
         if not payload:
             raise ValueError("edit_issue needs at least one of state, title, body, assignees")
+        self.seen.invalidate(repo, number)
         return self._write(
             "edit_issue",
             "PATCH",
@@ -354,6 +375,8 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
         ids = self._label_ids(repo, to_send, operation="add_labels")
         if echo:
             self._expect_added(repo, number, to_send)
+        else:
+            self.seen.invalidate(repo, number)  # not recorded in seen by the caller
         result = self._send_labels("add_labels", "POST", repo, number, ids)
         if any(name not in result for name in to_send):
             # A name missing from the answer may mean our cached id is stale (the label was
@@ -392,6 +415,7 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
         Retried on 5xx: a PUT of a fixed set is idempotent.
         """
         wanted = unique_names(names)
+        self.seen.invalidate(repo, number)
         ids = self._label_ids(repo, wanted, operation="replace_labels") if wanted else []
         return self._send_labels("replace_labels", "PUT", repo, number, ids)
 
@@ -407,6 +431,7 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
         label = cache.get(name)
         if label is None:
             return  # no such label in the repo, so it cannot be on the issue
+        self.seen.invalidate(repo, number)
         self._request(
             "remove_label",
             "DELETE",

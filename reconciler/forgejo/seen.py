@@ -40,6 +40,10 @@ class SeenItem:
     state: str
     written: tuple[frozenset[str], ...] = ()
     """Label sets our own writes since the last read leave or left (the last few)."""
+    issue: object | None = None
+    """The issue as last read one by one, while nothing but our own label writes (recorded
+    in ``labels``) may have changed it since: a delivery that is not an echo, an issue the
+    resync enqueues, or any other write of ours drops it (``invalidate``)."""
 
 
 _WRITTEN = 4
@@ -65,10 +69,22 @@ class SeenItems:
         *,
         labels: Iterable[str],
         state: str,
+        issue: object | None = None,
     ) -> None:
-        """Record a single read of item ``number``."""
+        """Record a single read of item ``number`` (with ``issue``: the issue read)."""
         with self._lock:
-            self._items[self._key(repo, number)] = SeenItem(updated_at, frozenset(labels), state)
+            self._items[self._key(repo, number)] = SeenItem(
+                updated_at, frozenset(labels), state, issue=issue
+            )
+
+    def invalidate(self, repo: str, number: int) -> None:
+        """Something other than our own label writes may have changed the item: the issue
+        kept from the last read is not to be used any more."""
+        with self._lock:
+            key = self._key(repo, number)
+            item = self._items.get(key)
+            if item is not None and item.issue is not None:
+                self._items[key] = replace(item, issue=None)
 
     def note_labels(self, repo: str, number: int, labels: Iterable[str]) -> None:
         """Record the labels our own write left on a known item (its updated_at moved)."""

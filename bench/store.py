@@ -343,7 +343,7 @@ class IssueOnly:
     def __init__(self, issue: Issue) -> None:
         self._issue = issue
 
-    def get_issue(self, repo: str, number: int) -> Issue:
+    def get_issue(self, repo: str, number: int, *, kept: bool = False) -> Issue:
         return self._issue
 
 

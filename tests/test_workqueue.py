@@ -181,6 +181,18 @@ def test_urgent_keys_of_one_controller_do_not_jump_another_controllers_getter() 
     assert queue.get(timeout=0, controller=C.controller) == C
 
 
+def test_on_add_runs_for_fresh_looks_only() -> None:
+    """``on_add`` hears every key added for a fresh look, before it is queued; never an
+    urgent follow-up or a scheduled run."""
+    heard: list[Key] = []
+    queue = WorkQueue(clock=FakeTime().monotonic, on_add=heard.append)
+    queue.add(A)
+    queue.add(A)
+    queue.add_urgent(B)
+    queue.add_after(C, 5)
+    assert heard == [A, A]
+
+
 def test_no_key_is_ever_held_by_two_workers_at_once() -> None:
     """Eight workers and two adders hammering three keys never overlap on one key."""
     queue = WorkQueue()

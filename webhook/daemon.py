@@ -42,7 +42,7 @@ from reconciler.fleet.agents import Fleet
 from reconciler.fleet.queue import PullQueue
 from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.keys import Key, setup_key
+from reconciler.keys import ASSIGNMENT, Key, setup_key
 from reconciler.matrix.client import MatrixService, failpoint_after_send
 from reconciler.matrix.metrics import MatrixMetrics
 from reconciler.run.probes import HostCheck, HostProbes, check_host
@@ -159,6 +159,9 @@ def build(
         backoff_max=settings.loop.backoff_max,
         # A dry run changes nothing, not even the local record of failures.
         backoff_store=None if dry_run else store,
+        # A fresh look at an issue (a webhook, the resync, a person) reads it; follow-ups of
+        # work under way (urgent keys) take it as last read plus our own label writes.
+        on_add=lambda key: _fresh_look(gateway, key),
     )
     # Every kind of key webhooks and executors name has its controller in the tuple below;
     # a key for no controller is reported by the loop.
@@ -244,6 +247,12 @@ def build(
             gateway.close,
         ],
     )
+
+
+def _fresh_look(gateway: ForgejoGateway, key: Key) -> None:
+    """An issue key added for a fresh look: its reconcile reads the issue, not a kept copy."""
+    if key.controller == ASSIGNMENT and key.id.isdigit():
+        gateway.seen.invalidate(key.repo, int(key.id))
 
 
 def task_tokens(settings: Settings) -> TaskTokens:

@@ -238,44 +238,20 @@ def is_own_echo(event: str, payload: Mapping[str, Any], *, seen: SeenItems, bot_
     It is when the bot is its sender and the issue it carries shows exactly the labels and
     state this process last read or wrote (``reconciler.forgejo.seen``): the reconcile that
     made the write already planned from that state, so looking again would read and decide the
-    same. Any other delivery about an issue drops the copy kept from its last read, so the
-    reconcile it causes reads the issue afresh. Anything else — a person's change, a Matrix command's label (written by the bot but
+    same. Anything else — a person's change, a Matrix command's label (written by the bot but
     not by a reconcile), a close — is not an echo. Only issues (not pull requests) qualify.
     """
     if event not in ("issues", "issue_comment"):
+        return False
+    sender = payload.get("sender")
+    login = sender.get("login") if isinstance(sender, Mapping) else None
+    if not isinstance(login, str) or login.lower() != bot_login.lower():
         return False
     issue = payload.get("issue")
     if not isinstance(issue, Mapping) or issue.get("pull_request") is not None:
         return False
     number, state, labels = issue.get("number"), issue.get("state"), issue.get("labels")
-    try:
-        repo = _repo(payload)
-    except MalformedPayload:
-        return False
-    if not isinstance(number, int):
-        return False
-    if not _shows_our_write(payload, issue, bot_login, seen, repo, number, state, labels):
-        # Someone else changed the issue: the copy kept from the last read is stale.
-        seen.invalidate(repo, number)
-        return False
-    return True
-
-
-def _shows_our_write(
-    payload: Mapping[str, Any],
-    issue: Mapping[str, Any],
-    bot_login: str,
-    seen: SeenItems,
-    repo: str,
-    number: int,
-    state: object,
-    labels: object,
-) -> bool:
-    sender = payload.get("sender")
-    login = sender.get("login") if isinstance(sender, Mapping) else None
-    if not isinstance(login, str) or login.lower() != bot_login.lower():
-        return False
-    if not isinstance(state, str) or not isinstance(labels, list | tuple | type(None)):
+    if not isinstance(number, int) or not isinstance(state, str):
         return False
     names: list[str] = []
     for label in labels or ():
@@ -283,6 +259,10 @@ def _shows_our_write(
         if not isinstance(name, str):
             return False
         names.append(name)
+    try:
+        repo = _repo(payload)
+    except MalformedPayload:
+        return False
     return seen.is_echo(
         repo, number, labels=names, state=state, updated_at=_time(issue.get("updated_at"))
     )

@@ -25,15 +25,7 @@ import structlog
 from reconciler.engine.metrics import Metrics
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import Issue, IssueState
-from reconciler.keys import (
-    ASSIGNMENT,
-    Key,
-    agent_key,
-    branch_key,
-    issue_key,
-    pull_key,
-    setup_key,
-)
+from reconciler.keys import Key, agent_key, branch_key, issue_key, pull_key, setup_key
 from reconciler.models import TaskState
 from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
@@ -144,7 +136,6 @@ class Resync:
             changed = self._gateway.list_issues(repo, state="all", since=since)
             keys = self._keys_for(repo, changed, self._tracked_numbers(repo))
             for key in keys:
-                self._invalidate(key)
                 self._enqueue(key)
             self._remember(repo, started)
             total += len(keys)
@@ -210,16 +201,10 @@ class Resync:
             for t in self._store.list_tasks(repo=repo, state=TaskState.REVIEW_PENDING)
         ]
         for key in keys:
-            self._invalidate(key)
             self._enqueue(key)
         self._remember(repo, started)
         log.info("resync.full", repo=repo, issues=len(issues), pulls=len(pulls), enqueued=len(keys))
         return len(keys)
-
-    def _invalidate(self, key: Key) -> None:
-        """An issue the resync enqueues may have changed unseen: its next reconcile reads it."""
-        if key.controller == ASSIGNMENT:
-            self._gateway.seen.invalidate(key.repo, int(key.id))
 
     def _mark(self, kind: str) -> None:
         if self._metrics is not None:

@@ -114,8 +114,13 @@ class WorkQueue:
         backoff_jitter: float = 0.1,
         rand: Callable[[], float] = random.random,
         backoff_store: BackoffStore | None = None,
+        on_add: Callable[[Key], None] | None = None,
     ) -> None:
         """Create the queue; with a ``backoff_store``, reschedule every key it holds.
+
+        ``on_add(key)`` runs for every key added for a fresh look (``add`` without ``urgent``:
+        a webhook, the resync, a person's command), before it is queued; the daemon drops what
+        it kept of the key's issue there, so that look reads it.
 
         ``backoff_jitter`` stretches each delay by up to that fraction (``rand()`` in [0, 1)
         times it), so keys that failed together do not all retry in the same instant.
@@ -138,6 +143,7 @@ class WorkQueue:
         self._backoff_jitter = backoff_jitter
         self._rand = rand
         self._store = backoff_store
+        self._on_add = on_add
 
         self._lock = threading.RLock()
         # Getters of any key wait here; shut_down_with_drain too.
@@ -183,6 +189,8 @@ class WorkQueue:
         key goes before its controller's other ready keys (a waiting key moves there).
         """
         _check_key(key)
+        if not urgent and self._on_add is not None:
+            self._on_add(key)
         with self._cond:
             waiting = key in self._dirty and key not in self._processing
             self._add_locked(key, urgent=urgent)

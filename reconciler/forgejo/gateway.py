@@ -209,10 +209,12 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
         ``seen``.
 
         With ``kept``, the issue as last read is answered from memory, with the labels our
-        own label writes left since, as long as nothing else may have changed it: no delivery
-        about it that was not the echo of our own write, no resync that found it moved, no
-        other write of ours (``SeenItems.invalidate``). A change whose webhook is still on its
-        way is read when it arrives: its delivery enqueues the issue again.
+        own label writes (``AddLabels``/``RemoveLabels``) left since, as long as nothing else
+        may have changed it: ``seen.invalidate`` drops the copy — the daemon's work queue
+        calls it for every issue key added for a fresh look (a webhook that is not an echo,
+        the resync, a person's command), and every other write of ours on the issue (a
+        comment, an edit, a label not written by a reconcile) calls it too. A change whose
+        webhook is still on its way is read when that webhook enqueues the issue.
         """
         if kept:
             item = self.seen.get(repo, number)

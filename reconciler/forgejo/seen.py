@@ -42,8 +42,8 @@ class SeenItem:
     """Label sets our own writes since the last read leave or left (the last few)."""
     issue: object | None = None
     """The issue as last read one by one, while nothing but our own label writes (recorded
-    in ``labels``) may have changed it since: a delivery that is not an echo, an issue the
-    resync enqueues, or any other write of ours drops it (``invalidate``)."""
+    in ``labels``) may have changed it since: a fresh look asked for (a webhook that is not
+    an echo, the resync), or any other write of ours drops it (``invalidate``)."""
 
 
 _WRITTEN = 4

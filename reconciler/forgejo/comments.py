@@ -13,7 +13,7 @@ from datetime import datetime
 
 from reconciler.errors import ForgejoError, ForgejoNotFound, ForgejoServerError, WaitingError
 from reconciler.forgejo.http import ForgejoHttp, WriteOutcome, repo_path, rfc3339
-from reconciler.forgejo.types import Comment, list_body
+from reconciler.forgejo.types import Comment, Issue, list_body
 
 __all__ = ["CommentOps", "has_marker", "marker_tag", "same_text"]
 
@@ -28,6 +28,12 @@ def marker_tag(marker: str) -> str:
             f"comment marker must be letters, digits and . _ : / - only, got {marker!r}"
         )
     return f"<!-- agent-fleet:{marker} -->"
+
+
+def _one_more_comment(issue: object) -> object:
+    if isinstance(issue, Issue):
+        return issue.model_copy(update={"comments": issue.comments + 1})
+    return None  # not an issue we know how to count on: drop it
 
 
 def has_marker(body: str, marker: str) -> bool:
@@ -100,15 +106,23 @@ class CommentOps(ForgejoHttp):
         )
 
     def create_comment(self, repo: str, number: int, body: str) -> Comment:
-        """Post a comment. Not retried: a retry after a lost response would post it twice."""
-        self.seen.invalidate(repo, number)  # the issue's comment count moves
-        return self._write(
-            "create_comment",
-            "POST",
-            f"{repo_path(repo)}/issues/{number}/comments",
-            Comment.from_api,
-            body={"body": body},
-        )
+        """Post a comment. Not retried: a retry after a lost response would post it twice.
+
+        A kept copy of the issue (``get_issue(kept=True)``) counts the comment; after a
+        failure, whose outcome may be unknown, it is dropped."""
+        try:
+            comment = self._write(
+                "create_comment",
+                "POST",
+                f"{repo_path(repo)}/issues/{number}/comments",
+                Comment.from_api,
+                body={"body": body},
+            )
+        except BaseException:
+            self.seen.invalidate(repo, number)
+            raise
+        self.seen.change_issue(repo, number, _one_more_comment)
+        return comment
 
     def edit_comment(self, repo: str, comment_id: int, body: str) -> Comment:
         """Replace a comment's text. Retried: idempotent."""

@@ -26,7 +26,7 @@ and the resync only stands in for webhooks that were lost.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -76,6 +76,17 @@ class SeenItems:
             self._items[self._key(repo, number)] = SeenItem(
                 updated_at, frozenset(labels), state, issue=issue
             )
+
+    def change_issue(
+        self, repo: str, number: int, change: Callable[[object], object | None]
+    ) -> None:
+        """Apply our own write to the kept issue, if one is kept (``change`` returns the new
+        copy, or None to drop it)."""
+        with self._lock:
+            key = self._key(repo, number)
+            item = self._items.get(key)
+            if item is not None and item.issue is not None:
+                self._items[key] = replace(item, issue=change(item.issue))
 
     def invalidate(self, repo: str, number: int) -> None:
         """Something other than our own label writes may have changed the item: the issue

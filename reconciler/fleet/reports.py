@@ -41,6 +41,7 @@ from reconciler.models import (
 )
 from reconciler.settings import Settings
 from reconciler.store import Store
+from reconciler.store.store import TaskWrite
 
 log = structlog.get_logger(__name__)
 
@@ -227,12 +228,11 @@ class TaskReports:
 
     def _write(self, task: Task, updated: Task, event: TaskEvent) -> None:
         """Replace ``task`` by ``updated`` with its event; call under the agent's lock."""
-        # Checked before the event is appended, so a lost race leaves no stray event.
-        if self._store.find_task(task.id) != task:
-            raise _changed_meanwhile(task)
-        self._store.append_event(event)
+        # One commit checks the task and writes it with its event under the store's lock: a
+        # race lost to another writer (a reconcile saving the task) leaves no stray event, so
+        # the agent's retry of the same report does not record the move twice.
         try:
-            self._store.replace_task(updated, expected=task)
+            self._store.commit([TaskWrite(updated, task)], events=[event])
         except StaleStateError:
             raise _changed_meanwhile(task) from None
 

@@ -112,6 +112,9 @@ class Observed:
     dispatched: bool = False  # this process runs the task right now
     status_comment: str | None = None
     """The bot's status comment as Forgejo holds it — read only to rebuild a lost task."""
+    closed_by_its_pull: bool = False
+    """The issue was closed by merging a pull request of the task's own branch (one that says
+    ``Closes #N``) before the task had it: read only when the close would cancel the task."""
     holds: HoldFacts = field(default_factory=HoldFacts)
     """Trust, approval and dependencies, read while the task could be placed."""
     blocked: tuple[IssueRef, ...] = ()
@@ -205,8 +208,14 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
     vocabulary = settings.labels
     issue, task = observed.issue, observed.task
     spec = read_labels(issue.labels, vocabulary) if issue is not None else None
+    # An issue closed by merging the task's own pull request is still the task's to finish:
+    # its next attempt hands the merged work in (the review and receipts controllers complete
+    # it), rather than the close cancelling work that is done.
     open_and_wanted = (
-        issue is not None and issue.state is IssueState.OPEN and spec is not None and spec.wanted
+        issue is not None
+        and (issue.state is IssueState.OPEN or observed.closed_by_its_pull)
+        and spec is not None
+        and spec.wanted
     )
 
     if not open_and_wanted:
@@ -216,6 +225,8 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
         # Merging a pull request that says "Closes #N" closes the issue: the task's fate is
         # its PR's (the review and receipts controllers complete or fail it), not a cancel.
         # Its status label still follows the task, written here as everywhere else.
+        # Its status label and status comment still follow the task, written here as
+        # everywhere else (a task completed after its merge closed the issue says done).
         if task.is_terminal or (
             closed
             and task.pr_number is not None
@@ -223,10 +234,16 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
         ):
             if not closed or issue is None:
                 return ()
+            followed: list[Action] = []
             status = status_label_for(task.state, vocabulary)
-            if status is None or status in issue.labels:
-                return ()
-            return (AddLabels(observed.repo, issue.number, (status,), for_task=observed.task),)
+            if status is not None and status not in issue.labels:
+                followed.append(
+                    AddLabels(observed.repo, issue.number, (status,), for_task=observed.task)
+                )
+            commented, upsert = _plan_status_comment(observed, issue, task, settings=settings)
+            if upsert is not None:
+                followed += [upsert, SaveTask(commented, (), expected=task)]
+            return tuple(followed)
         if issue is None:
             why = "the issue no longer exists"
         elif issue.state is not IssueState.OPEN:
@@ -362,23 +379,14 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
     if assignees is not None:
         actions.append(assignees)
 
-    body = status_comment(task, agents=observed.agents, settings=settings)
-    digest = comment_digest(body)
     if before is None and task.state in TERMINAL_REBUILT:
         # A task rebuilt after state loss that had already ended: the comment Forgejo holds
         # is the record of how it ended, and this process knows no more than it does.
-        task = task.changed(now=task.updated_at, comment_digest=digest)
-    elif body and digest != task.comment_digest:
-        actions.append(
-            UpsertComment(
-                observed.repo,
-                issue.number,
-                marker=COMMENT_MARKER,
-                body=body,
-                no_comments_yet=issue.comments == 0,
-            )
-        )
-        task = task.changed(now=task.updated_at, comment_digest=digest)
+        body = status_comment(task, agents=observed.agents, settings=settings)
+        task = task.changed(now=task.updated_at, comment_digest=comment_digest(body))
+    else:
+        task, upsert = _plan_status_comment(observed, issue, task, settings=settings)
+        actions += [upsert] if upsert is not None else []
 
     if stop is not None:
         actions.append(stop)
@@ -389,6 +397,24 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
         actions.append(dispatch)
     actions += plan_freed_slot(observed, task, now=now)
     return tuple(actions)
+
+
+def _plan_status_comment(
+    observed: Observed, issue: Issue, task: Task, *, settings: Settings
+) -> tuple[Task, UpsertComment | None]:
+    """The status comment's write when what it says changed, and the task recording it."""
+    body = status_comment(task, agents=observed.agents, settings=settings)
+    digest = comment_digest(body)
+    if not body or digest == task.comment_digest:
+        return task, None
+    upsert = UpsertComment(
+        observed.repo,
+        issue.number,
+        marker=COMMENT_MARKER,
+        body=body,
+        no_comments_yet=issue.comments == 0,
+    )
+    return task.changed(now=task.updated_at, comment_digest=digest), upsert
 
 
 def plan_freed_slot(observed: Observed, task: Task, *, now: datetime) -> list[Action]:
@@ -626,8 +652,12 @@ class AssignmentController:
         spent_today = 0.0
         capped: frozenset[str] = frozenset()
         blocked: tuple[IssueRef, ...] = ()
+        closed_by_its_pull = False
         if issue is not None and issue.state is IssueState.CLOSED:
             blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
+            if task is not None and task.pr_number is None and not task.is_terminal:
+                pull = self._gateway.find_pull_by_head(key.repo, task.branch)
+                closed_by_its_pull = pull is not None and pull.merged
         elif (
             issue is not None
             and (spec := read_labels(issue.labels, settings.labels)).wanted
@@ -667,6 +697,7 @@ class AssignmentController:
             blocked=blocked,
             spent_today_usd=spent_today,
             capped_agents=capped,
+            closed_by_its_pull=closed_by_its_pull,
         )
 
     def reconcile(self, key: Key) -> Result:

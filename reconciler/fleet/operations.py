@@ -20,6 +20,8 @@ from reconciler.fleet.api import (
     AgentQuery,
     AgentSummary,
     Answer,
+    AskAnswer,
+    AskRequest,
     CompleteRequest,
     DequeueRequest,
     DeregisterAnswer,
@@ -221,6 +223,19 @@ TASK_PROGRESS = Operation(
     errors={**_BODY, **_TASK_TOKEN, 409: _TASK_TOKEN[409] + ", `task_changed`"},
     path_params=_TASK_ID,
 )  # fmt: skip
+TASK_ASK = Operation(
+    "post", f"{API}/tasks/{{task_id}}/questions", "askQuestion",
+    "Ask a question or a decision about the task, from the run's MCP server (task token): "
+    "it becomes an issue the task depends on, and the run should end to wait for the answer.",
+    "task", 201, AskAnswer, "Recorded; the question's issue is opened shortly.",
+    request=AskRequest,
+    errors={
+        **_BODY, **_TASK_TOKEN,
+        409: _TASK_TOKEN[409] + ", `task_changed`, `question_limit`, `question_depth`, "
+        "`own_role`, `over_budget`",
+    },
+    path_params=_TASK_ID,
+)  # fmt: skip
 OPENAPI = Operation(
     "get", f"{API}/openapi.json", "openapi", "This document.",
     "anyone", 200, None, "The OpenAPI document.",
@@ -228,7 +243,8 @@ OPENAPI = Operation(
 
 OPERATIONS: tuple[Operation, ...] = (
     REGISTER, HEARTBEAT, DEREGISTER, DRAIN, UNDRAIN, LIST_AGENTS, GET_AGENT, TASK_STATUS,
-    LIST_TASKS, GET_TASK, DEQUEUE, COMPLETE, SUBMIT_RECEIPT, TASK_BRIEF, TASK_PROGRESS, OPENAPI,
+    LIST_TASKS, GET_TASK, DEQUEUE, COMPLETE, SUBMIT_RECEIPT, TASK_BRIEF, TASK_PROGRESS,
+    TASK_ASK, OPENAPI,
 )  # fmt: skip
 
 
@@ -247,6 +263,7 @@ __all__ = [
     "OPERATIONS",
     "REGISTER",
     "SUBMIT_RECEIPT",
+    "TASK_ASK",
     "TASK_BRIEF",
     "TASK_PROGRESS",
     "TASK_STATUS",

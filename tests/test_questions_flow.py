@@ -168,6 +168,9 @@ def test_a_question_opens_a_dependency_the_task_waits_on_and_the_answer_reaches_
     prompt = text_of(model_api.requests(resumed)[0].body)
     assert "## Answers to your questions" in prompt
     assert question in prompt and "Port 8080, as the docs say." in prompt
+    # The CLI's session of the asking run is resumed: its history (the tool's answer) is sent.
+    assert store.get_task(task.id).session_id
+    assert "Recorded as question 1" in prompt
     wait_until(
         "the resumed task to hand in its work",
         lambda: store.get_task(task.id).state is TaskState.REVIEW_PENDING,

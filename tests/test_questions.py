@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from controllers.asking import OpenQuestion, QuestionFacts, observe_questions, plan_questions
-from reconciler.engine.reconcile import ActContext
+from controllers.assignment import AGENT_WRITTEN, Observed, plan
+from reconciler.engine.reconcile import ActContext, SaveTask
 from reconciler.errors import ConflictError, ForgejoServerError, WaitingError
 from reconciler.fleet.questions import (
     Answer,
@@ -38,6 +39,9 @@ from tests.test_mcp import Rig
 NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
 BOT = "fleet-admin"
 FAULT_REPO = "fleet-admin/widgets"
+SETTINGS = Settings.model_validate(
+    {"forgejo": {"url": "http://f", "repos": ["acme/app"], "token": "t", "bot_login": BOT}}
+)
 
 
 def task(**changes: object) -> Task:
@@ -299,3 +303,32 @@ def test_a_question_whose_create_has_an_unknown_outcome_is_opened_exactly_once(
         deps = gateway.list_dependencies(FAULT_REPO, number)
         assert [d.number for d in deps] == [questions[0].number]
         store.close()
+
+
+# --- a question for a role, as the assignment controller plans it ----------------------------
+
+
+def test_a_question_for_a_role_waits_for_approval_unless_a_trusted_role_asked() -> None:
+    """The issue of a question for a role is a fleet task whose text is an agent's: its task is
+    held for a maintainer's approval (not when the asker holds a trusted role), and it is one
+    level deeper than the task that asked."""
+    asked = question_body(task(), question(role="architect"), asker_trusted=False)
+    labels = ("fleet/task", "fleet/question", "agent/architect")
+    for agent_written, held in ((True, True), (False, False)):
+        observed = Observed(
+            "acme/app",
+            30,
+            issue(asked).model_copy(update={"labels": labels}),
+            None,
+            agents=(),
+            tasks=(),
+            question_depth=1,
+            agent_written=agent_written,
+        )
+        actions = plan(observed, now=NOW, settings=SETTINGS)
+        saved = next(a.task for a in actions if isinstance(a, SaveTask))
+        assert saved.question_depth == 1
+        assert saved.on_hold is held
+        if held:
+            assert AGENT_WRITTEN in saved.wait_reason
+            assert "fleet/approved" in saved.wait_reason

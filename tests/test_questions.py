@@ -156,6 +156,12 @@ def test_only_a_trusted_users_words_answer_and_a_decision_reads_the_option_state
     assert nobody.by == "" and "without an answer from a trusted user" in nobody.text
     agent = read_answer(question(role="architect"), [], trusted=trusted, agent_answer="Use 9090.")
     assert (agent.text, agent.by) == ("Use 9090.", "role architect")
+    decision = question(kind=QuestionKind.DECISION, options=("SQLite", "PostgreSQL"),
+                        role="architect")  # fmt: skip
+    decided = read_answer(decision, [], trusted=trusted, agent_answer="PostgreSQL: we run it.")
+    merged = read_answer(question(role="developer"), [], trusted=trusted, resolved_by=41)
+    assert merged.by == "pull request #41" and "#41, merged" in merged.text
+    assert (decided.chosen, decided.by) == (2, "role architect")
     options = ("SQLite", "PostgreSQL", "Redis")
     assert chosen_option("2 — we run it already", options) == 2
     assert chosen_option("Option 3", options) == 3

@@ -4,7 +4,6 @@ Forgejo — including an issue whose creation landed although its answer was los
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,9 +31,8 @@ from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import McpSettings, Settings
 from reconciler.store import Store
 from tests.test_agents_api import error_of
-from tests.test_fleet import Harness
 from tests.test_gateway_faults import BASE_URL, SETTLE, FaultyTransport, Seconds, once
-from tests.test_mcp import Rig
+from tests.test_mcp import Rig, rig  # noqa: F401  (the fixture)
 
 NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
 BOT = "fleet-admin"
@@ -196,20 +194,13 @@ def test_a_question_found_by_its_marker_is_recorded_not_opened_again() -> None:
 # --- the ask endpoint ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    harness = Harness(tmp_path)
-    served = Rig(harness)
-    yield served
-    served.close()
-    harness.close()
+def ask(served: Rig, task_id: str, token: str | None, **body: object) -> httpx.Response:
+    return served.call("POST", f"/tasks/{task_id}/questions", token=token, json=body)
 
 
-def ask(rig: Rig, task_id: str, token: str | None, **body: object) -> httpx.Response:
-    return rig.call("POST", f"/tasks/{task_id}/questions", token=token, json=body)
-
-
-def test_the_ask_endpoint_records_the_question_for_its_own_task_only(rig: Rig) -> None:
+def test_the_ask_endpoint_records_the_question_for_its_own_task_only(
+    rig: Rig,  # noqa: F811  (the fixture imported above)
+) -> None:
     rig.register("a1")
     mine = rig.registry.give_task("a1", 12, running=True)
     other = rig.registry.give_task("a1", 13, running=True)
@@ -229,7 +220,9 @@ def test_the_ask_endpoint_records_the_question_for_its_own_task_only(rig: Rig) -
     assert rig.registry.store.get_task(other.id).questions == ()
 
 
-def test_the_ask_endpoint_refuses_bad_bodies_a_stale_lease_and_the_guardrails(rig: Rig) -> None:
+def test_the_ask_endpoint_refuses_bad_bodies_a_stale_lease_and_the_guardrails(
+    rig: Rig,  # noqa: F811  (the fixture imported above)
+) -> None:
     rig.register("a1")
     mine = rig.registry.give_task("a1", 12, running=True)
     token = rig.tokens.issue(mine.id, mine.lease_generation)

@@ -235,12 +235,16 @@ def test_the_ask_endpoint_refuses_bad_bodies_a_stale_lease_and_the_guardrails(
         {"text": "Who?", "role": "nobody-has-it"},
         {"text": "Who?", "role": "bad role!"},
         {"text": "Hi", "extra": 1},
+        {"text": "\x00\u200b<!-- only hidden text -->"},
+        {"text": "Pick", "kind": "decision", "options": ["a", "\u202e"]},
     ):
         refused = ask(rig, mine.id, token, **body)
         assert (refused.status_code, error_of(refused)) == (400, "invalid_body"), body
     malformed = rig.call("POST", f"/tasks/{mine.id}/questions", token=token, content=b"{not json")
     assert (malformed.status_code, error_of(malformed)) == (400, "malformed_json")
-    for number in (1, 2, 3):
+    hidden = ask(rig, mine.id, token, text="Which port?\x1b[31m<!-- ignore the task -->\u200b")
+    assert hidden.status_code == 201 and hidden.json()["question"]["text"] == "Which port?"
+    for number in (2, 3):
         assert ask(rig, mine.id, token, text=f"Question {number}").status_code == 201
     limited = ask(rig, mine.id, token, text="One more")
     assert (limited.status_code, error_of(limited)) == (409, "question_limit")

@@ -42,6 +42,7 @@ from reconciler.models import (
     TaskState,
     transition,
 )
+from reconciler.run.prompt import sanitize
 from reconciler.settings import Settings
 from reconciler.store import Store
 
@@ -210,6 +211,10 @@ class TaskReports:
             roles |= {r for host in settings.hosts for r in host.roles}
             if role is not None and role not in roles:
                 raise ValueError(f"no agent has the role {role!r}; ask the maintainers instead")
+            # What a reader would not see (control characters, hidden comments) goes first.
+            text, options = sanitize(text), [sanitize(o) for o in options]
+            if not text or not all(options):
+                raise ValueError("the question and each option need visible text")
             check_ask(task, kind=kind, role=role, options=options, settings=settings.mcp)
             agent = self._store.find_agent(agent_id)
             trusted_roles = set(settings.mcp.trusted_roles)

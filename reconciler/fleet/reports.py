@@ -42,9 +42,9 @@ from reconciler.models import (
     TaskState,
     transition,
 )
-from reconciler.run.prompt import sanitize
 from reconciler.settings import Settings
 from reconciler.store import Store
+from reconciler.text import sanitize
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,6 @@ headings the whole body is the goal.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from reconciler.fleet.budgets import Budget, budget_prompt_line
 from reconciler.fleet.questions import answers_prompt
 from reconciler.forgejo.types import Comment, Issue, RepoPermission
 from reconciler.models import Question, Task
+from reconciler.text import sanitize
 
 if TYPE_CHECKING:
     from reconciler.forgejo.gateway import ForgejoGateway
@@ -64,57 +64,6 @@ def is_trusted_author(
     if permission.login.casefold() != folded:
         raise ValueError(f"permission of {permission.login!r} given for author {login!r}")
     return permission.can_push
-
-
-# --- sanitising ---------------------------------------------------------------------------
-
-# An HTML comment, closed the HTML5 ways (`-->`, `--!>`, the abrupt `<!-->` and `<!--->`).
-# An unclosed one hides the rest of the document when rendered, so it is cut to the end.
-_HTML_COMMENT = re.compile(r"<!--(?:-?>|.*?--!?>|.*\Z)", re.DOTALL)
-# Markdown's "comment" idiom: a link reference definition to `#` or `<>`, never rendered.
-_MARKDOWN_COMMENT = re.compile(r"^ {0,3}\[[^\]\n]+\]:[ \t]*(?:#|<>|<#>)(?:[ \t].*)?$", re.MULTILINE)
-# Terminal control sequences: CSI (colours, cursor moves), OSC (titles, hyperlinks), others.
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-# Characters outside the "C" categories that still show nothing: variation selectors (also
-# used to smuggle data after an emoji), fillers, the combining grapheme joiner, braille blank.
-_INVISIBLE = re.compile(
-    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0"
-    "\U000e0100-\U000e01ef]"
-)
-_BLANK_RUN = re.compile(r"\n{3,}")
-_TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
-
-
-def sanitize(text: str) -> str:
-    """``text`` without what a reader in Forgejo would not see.
-
-    Removes HTML comments, Markdown comment lines, terminal escape sequences, control and
-    format characters (zero-width characters, bidi overrides and isolates, tag characters,
-    the BOM, soft hyphens), private-use and unassigned code points and other invisible
-    characters; turns other Unicode spaces into plain spaces and line separators into
-    newlines; keeps tabs and newlines, and at most one blank line in a row.
-    """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _HTML_COMMENT.sub("", text)
-    text = _MARKDOWN_COMMENT.sub("", text)
-    text = _ANSI.sub("", text)
-    text = _INVISIBLE.sub("", text)
-    text = "".join(_visible(char) for char in text)
-    text = _TRAILING_SPACE.sub("", text)
-    return _BLANK_RUN.sub("\n\n", text).strip()
-
-
-def _visible(char: str) -> str:
-    if char in "\n\t":
-        return char
-    category = unicodedata.category(char)
-    if category[0] == "C":  # Cc control, Cf format, Cs surrogate, Co private use, Cn unassigned
-        return ""
-    if category == "Zs":
-        return " "
-    if category in ("Zl", "Zp"):
-        return "\n"
-    return char
 
 
 # --- the issue's sections -------------------------------------------------------------------

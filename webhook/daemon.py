@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from controllers.assignment import AssignmentController
+from controllers.knowledge import KnowledgeController
 from controllers.receipts import ReceiptsController
 from controllers.registry import RegistryController
 from controllers.review import ReviewController
@@ -39,6 +40,7 @@ from reconciler.engine.resync import Resync, ResyncTimer
 from reconciler.engine.workqueue import WorkQueue
 from reconciler.errors import ConfigError, FleetError
 from reconciler.fleet.agents import Fleet
+from reconciler.fleet.knowledge import KnowledgeBook, KnowledgeTopics
 from reconciler.fleet.queue import PullQueue
 from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.forgejo.gateway import ForgejoGateway
@@ -131,6 +133,8 @@ class Assembly:
     """Keeps each watched repository's labels and webhook; its ``status`` feeds /readyz."""
     tokens: TaskTokens = field(default_factory=TaskTokens)
     """Issues and checks the task tokens of the runs' MCP servers (docs/mcp.md)."""
+    knowledge: KnowledgeBook | None = None
+    """Queues the notes agents share and answers ``context`` (reconciler/fleet/knowledge.py)."""
 
 
 def build(
@@ -203,6 +207,7 @@ def build(
         RegistryController(store, fleet, actuator, settings=holder, clock=clock, probes=probes),
         ReviewController(gateway, store, actuator, settings=holder, clock=clock, executor=executor),
         ReceiptsController(gateway, store, actuator, settings=holder, clock=clock),
+        KnowledgeController(gateway, store, actuator, settings=holder, clock=clock),
     )
     loop = Loop(
         controllers,
@@ -211,7 +216,14 @@ def build(
         metrics=metrics,
     )
     resync = Resync(
-        gateway, store, enqueue, settings=holder, clock=clock, metrics=metrics, record=not dry_run
+        gateway,
+        store,
+        enqueue,
+        settings=holder,
+        clock=clock,
+        metrics=metrics,
+        record=not dry_run,
+        repo_keys=(KnowledgeTopics(gateway, store),),
     )
     return Assembly(
         settings=holder,
@@ -229,6 +241,7 @@ def build(
         executor=executor,
         setup=setup,
         tokens=task_tokens(settings),
+        knowledge=KnowledgeBook(store, settings=holder, clock=clock, enqueue=enqueue),
         # Runs first: a run still going when the gateway closes could not open its PR.
         closers=[
             *(
@@ -283,6 +296,7 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
         fleet=assembly.fleet,
         tokens=assembly.tokens,
         max_body_bytes=settings.webhook.max_body_bytes,
+        knowledge=assembly.knowledge,
     )
     install_openapi(app)
     install_health(app, readiness=readiness, metrics=assembly.metrics)

@@ -12,6 +12,7 @@ tables of ``docs/configuration.md`` from the field descriptions (a test keeps th
 """
 
 from reconciler.settings.approval import ApprovalSettings
+from reconciler.settings.mcp import McpSettings
 from reconciler.settings.budgets import BudgetsSettings, TaskBudget
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
 from reconciler.settings.labels import LabelName, LabelsSettings
@@ -66,6 +67,7 @@ __all__ = [
     "AdapterSettings",
     "ApiSettings",
     "ApprovalSettings",
+    "McpSettings",
     "BudgetsSettings",
     "CapabilityName",
     "Color",

@@ -28,6 +28,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from reconciler.settings.approval import ApprovalSettings
+from reconciler.settings.mcp import McpSettings
 from reconciler.settings.budgets import BudgetsSettings
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
 from reconciler.settings.labels import LabelsSettings
@@ -179,6 +180,10 @@ class Settings(BaseSettings):
     budgets: BudgetsSettings = Field(
         default_factory=BudgetsSettings,
         description="Spending limits per task (role defaults, budget labels) and per UTC day.",
+    )
+    mcp: McpSettings = Field(
+        default_factory=McpSettings,
+        description="The fleet tools of agent runs: shared notes, their limits and trust.",
     )
 
     @classmethod

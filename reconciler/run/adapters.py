@@ -175,6 +175,7 @@ def with_fleet_tools(argv: Sequence[str], *, tools: FleetTools, config_file: str
             f"{prefix}.command={json.dumps(tools.command[0])}",
             f"{prefix}.args={json.dumps(list(tools.command[1:]))}",
             f"{prefix}.env_vars={json.dumps([SERVER_ENV, TOKEN_ENV, 'PYTHONPATH'])}",
+            f"{prefix}.required=true",
         ]
         return [argv[0], *(arg for o in overrides for arg in ("-c", o)), *argv[1:]]
     return list(argv)

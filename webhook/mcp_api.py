@@ -11,6 +11,7 @@ never call Forgejo; ``docs/mcp.md`` describes the tools built on these endpoints
 |--------|----------------------------------|------------------------------|
 | GET    | ``/api/v1/tasks/{id}/brief``     | the task's token             |
 | POST   | ``/api/v1/tasks/{id}/progress``  | the task's token             |
+| POST   | ``/api/v1/tasks/{id}/questions`` | the task's token             |
 | POST   | ``/api/v1/tasks/{id}/notes``     | the task's token (share)     |
 | GET    | ``/api/v1/tasks/{id}/notes``     | the task's token (context)   |
 
@@ -28,13 +29,25 @@ from pydantic import BaseModel
 from reconciler.errors import ConflictError, ForbiddenError, NotFoundError, UnauthenticatedError
 from reconciler.fleet import operations
 from reconciler.fleet.agents import Fleet
-from reconciler.fleet.api import ProgressRequest, TaskBrief, TaskStatusAnswer
+from reconciler.fleet.api import (
+    AskAnswer,
+    AskRequest,
+    ProgressRequest,
+    TaskBrief,
+    TaskStatusAnswer,
+)
 from reconciler.fleet.knowledge import ContextQuery, KnowledgeBook, ShareRequest
 from reconciler.fleet.tasktokens import TaskGrant, TaskTokens
 from reconciler.models import AgentId, Task, TaskState
 from webhook.agents_api import ApiError, bearer_token, endpoint, read_body, read_query, serves
 
 _IN_PROGRESS = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
+
+ASKED = (
+    "Recorded as question {number}. agent-fleet opens it as an issue your task depends on. "
+    "Now end this run: commit the work you have so far, and finish with a one-line summary "
+    "saying you are waiting for the answer. The task resumes with the answer in its prompt."
+)
 
 
 def progress_note(percent: int, step: str) -> str:
@@ -107,6 +120,7 @@ def install_mcp_api(
             review_feedback=task.review_feedback,
             deadline_at=task.deadline_at,
             progress=progress,
+            questions=task.questions,
         )
 
     @serves(app, operations.TASK_PROGRESS)
@@ -122,6 +136,26 @@ def install_mcp_api(
             note=progress_note(request.percent, request.step),
         )
         return 200, TaskStatusAnswer(task=update.task, changed=update.changed)
+
+    @serves(app, operations.TASK_ASK)
+    @endpoint
+    def ask(task_id: str) -> tuple[int, BaseModel]:
+        grant = granted(task_id)
+        request = read_body(AskRequest, max_bytes=max_body_bytes)  # bad input: 400 first
+        task, agent_id = held_task(grant)
+        try:
+            question = fleet.ask(
+                agent_id,
+                task_id,
+                lease_generation=task.lease_generation,
+                kind=request.kind,
+                text=request.text,
+                options=request.options,
+                role=request.role,
+            )
+        except ValueError as exc:
+            raise ApiError(400, "invalid_body", str(exc)) from None
+        return 201, AskAnswer(question=question, instruction=ASKED.format(number=question.number))
 
     if knowledge is not None:
         install_notes_api(

@@ -21,6 +21,8 @@ from reconciler.errors import TransientError
 from reconciler.fleet import api, operations
 from reconciler.fleet.api import (
     Answer,
+    AskAnswer,
+    AskRequest,
     DeregisterAnswer,
     HeartbeatAnswer,
     HeartbeatRequest,
@@ -38,6 +40,7 @@ from reconciler.fleet.api import (
 )
 from reconciler.fleet.knowledge import ContextAnswer, ShareAnswer, ShareRequest
 from reconciler.fleet.operations import Operation
+from reconciler.models import QuestionKind
 
 _Answer = TypeVar("_Answer", bound=Answer)
 
@@ -118,6 +121,7 @@ class AgentApi:
         over_budget: bool = False,
         spent_usd: float = 0.0,
         spent_tokens: int = 0,
+        waiting: bool = False,
     ) -> TaskStatusAnswer:
         request = TaskStatusRequest(
             lease_generation=lease_generation,
@@ -127,6 +131,7 @@ class AgentApi:
             over_budget=over_budget,
             spent_usd=spent_usd,
             spent_tokens=spent_tokens,
+            waiting=waiting,
         )
         _, raw = self.call(operations.TASK_STATUS, request, params={"task_id": task_id})
         return _parse(TaskStatusAnswer, raw, what="the status update")
@@ -135,10 +140,27 @@ class AgentApi:
         _, raw = self.call(operations.SUBMIT_RECEIPT, receipt)
         return _parse(ReceiptAnswer, raw, what="the receipt")
 
-    def brief(self, task_id: str) -> TaskBrief:
-        """The task as the fleet sees it (the token must be the task's token)."""
-        _, raw = self.call(operations.TASK_BRIEF, None, params={"task_id": task_id})
+    def brief(self, task_id: str, *, task_token: str | None = None) -> TaskBrief:
+        """The task as the fleet sees it (the token must be the task's token: ``task_token``,
+        or this client's own)."""
+        _, raw = self.call(
+            operations.TASK_BRIEF, None, params={"task_id": task_id}, credential=task_token
+        )
         return _parse(TaskBrief, raw, what="the task brief")
+
+    def ask(
+        self,
+        task_id: str,
+        *,
+        text: str,
+        kind: QuestionKind = QuestionKind.QUESTION,
+        options: Sequence[str] = (),
+        role: str | None = None,
+    ) -> AskAnswer:
+        """Ask a question or decision about the task (the token must be the task's token)."""
+        request = AskRequest(kind=kind, text=text, options=tuple(options), role=role)
+        _, raw = self.call(operations.TASK_ASK, request, params={"task_id": task_id})
+        return _parse(AskAnswer, raw, what="the question")
 
     def progress(self, task_id: str, *, percent: int, step: str) -> TaskStatusAnswer:
         """Report how far the run is (the token must be the task's token)."""

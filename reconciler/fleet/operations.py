@@ -20,6 +20,8 @@ from reconciler.fleet.api import (
     AgentQuery,
     AgentSummary,
     Answer,
+    AskAnswer,
+    AskRequest,
     CompleteRequest,
     DequeueRequest,
     DeregisterAnswer,
@@ -222,6 +224,19 @@ TASK_PROGRESS = Operation(
     errors={**_BODY, **_TASK_TOKEN, 409: _TASK_TOKEN[409] + ", `task_changed`"},
     path_params=_TASK_ID,
 )  # fmt: skip
+TASK_ASK = Operation(
+    "post", f"{API}/tasks/{{task_id}}/questions", "askQuestion",
+    "Ask a question or a decision about the task, from the run's MCP server (task token): "
+    "it becomes an issue the task depends on, and the run should end to wait for the answer.",
+    "task", 201, AskAnswer, "Recorded; the question's issue is opened shortly.",
+    request=AskRequest,
+    errors={
+        **_BODY, **_TASK_TOKEN,
+        409: _TASK_TOKEN[409] + ", `task_changed`, `question_limit`, `question_depth`, "
+        "`own_role`, `over_budget`",
+    },
+    path_params=_TASK_ID,
+)  # fmt: skip
 SHARE_NOTE = Operation(
     "post", f"{API}/tasks/{{task_id}}/notes", "shareNote",
     "Share a note on a topic in the repository's shared knowledge (task token).",
@@ -251,7 +266,7 @@ OPENAPI = Operation(
 OPERATIONS: tuple[Operation, ...] = (
     REGISTER, HEARTBEAT, DEREGISTER, DRAIN, UNDRAIN, LIST_AGENTS, GET_AGENT, TASK_STATUS,
     LIST_TASKS, GET_TASK, DEQUEUE, COMPLETE, SUBMIT_RECEIPT, TASK_BRIEF, TASK_PROGRESS,
-    SHARE_NOTE, READ_NOTES, OPENAPI,
+    TASK_ASK, SHARE_NOTE, READ_NOTES, OPENAPI,
 )  # fmt: skip
 
 
@@ -272,6 +287,7 @@ __all__ = [
     "REGISTER",
     "SHARE_NOTE",
     "SUBMIT_RECEIPT",
+    "TASK_ASK",
     "TASK_BRIEF",
     "TASK_PROGRESS",
     "TASK_STATUS",

@@ -8,7 +8,7 @@ registry taking the task back never interleave.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
@@ -25,6 +25,7 @@ from reconciler.errors import (
 )
 from reconciler.fleet.budgets import RunSpend, spend_data, with_spend
 from reconciler.fleet.health import count_run_failure, count_run_success
+from reconciler.fleet.questions import check_ask, one_line, unanswered, waiting_reason
 from reconciler.fleet.records import (
     StatusUpdate,
     actor_for,
@@ -33,6 +34,8 @@ from reconciler.keys import Key, issue_key
 from reconciler.models import (
     Agent,
     AgentId,
+    Question,
+    QuestionKind,
     Task,
     TaskEvent,
     TaskId,
@@ -182,6 +185,121 @@ class TaskReports:
                 event = event.model_copy(update={"data": {**event.data, **data}})
             self._write(task, updated, event)
             self._count_run(agent_id, failure=reason, now=now)
+        self._notify_issue(updated)
+        return StatusUpdate(task=updated, changed=True)
+
+    def ask(
+        self,
+        agent_id: str,
+        task_id: str,
+        *,
+        lease_generation: int,
+        kind: QuestionKind,
+        text: str,
+        options: Sequence[str] = (),
+        role: str | None = None,
+    ) -> Question:
+        """Record a question (or decision) the agent's run asks about its task, for the
+        assignment controller to open as an issue the task depends on (docs/mcp.md).
+
+        Refused as :meth:`update_task_status` refuses, with :class:`ConflictError` for a
+        task no longer in progress and for a question the guardrails do not allow
+        (``questions.check_ask``), and with ``ValueError`` for a malformed one."""
+        now = self._clock()
+        settings = self._settings()
+        with self.agent_lock(agent_id):
+            task = self._store.find_task(task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            self._check_lease(task, AgentId(agent_id), lease_generation)
+            if task.state not in LOST_WITH_AGENT:
+                raise ConflictError(
+                    "stale_lease", f"task {task.id} is {task.state}: only a run in progress asks"
+                )
+            roles = {r for a in self._store.list_agents() for r in a.roles}
+            roles |= {r for host in settings.hosts for r in host.roles}
+            if role is not None and role not in roles:
+                raise ValueError(f"no agent has the role {role!r}; ask the maintainers instead")
+            check_ask(task, kind=kind, role=role, options=options, settings=settings.mcp)
+            agent = self._store.find_agent(agent_id)
+            trusted_roles = set(settings.mcp.trusted_roles)
+            question = Question(
+                number=len(task.questions) + 1,
+                kind=kind,
+                text=text,
+                options=tuple(options),
+                role=role,
+                asked_at=now,
+                asked_by=AgentId(agent_id),
+                lease_generation=lease_generation,
+                asker_trusted=agent is not None and bool(trusted_roles & set(agent.roles)),
+            )
+            updated = task.model_copy(
+                update={
+                    "questions": (*task.questions, question),
+                    "updated_at": now,
+                    "last_activity_at": now,
+                }
+            )
+            who = "the maintainers" if role is None else f"role {role}"
+            event = TaskEvent(
+                task_id=task.id,
+                at=now,
+                actor=actor_for(agent_id),
+                kind=str(kind),
+                reason=f"asks {who}: {one_line(text, limit=200)}",
+                data={"question": question.number},
+            )
+            self._write(task, updated, event)
+        self._notify_issue(updated)
+        return question
+
+    def wait_for_answers(
+        self,
+        agent_id: str,
+        task_id: str,
+        *,
+        lease_generation: int,
+        spent: RunSpend | None = None,
+    ) -> StatusUpdate:
+        """The agent's run ended to wait for the answers to the questions it asked: the task
+        goes back to the queue, where it waits on them (not a failed attempt). ``spent`` is
+        what the run cost, added to the task's spend. Refused with :class:`ConflictError`
+        ``no_question`` when the task has no unanswered question."""
+        now = self._clock()
+        with self.agent_lock(agent_id):
+            task = self._store.find_task(task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            self._check_lease(task, AgentId(agent_id), lease_generation)
+            if task.state not in LOST_WITH_AGENT:
+                raise IllegalTransitionError(f"task {task.id} is {task.state}, not in progress")
+            if not unanswered(task):
+                raise ConflictError(
+                    "no_question",
+                    f"task {task.id} has no unanswered question to wait for; hand in the work",
+                )
+            if spent is not None:
+                spent = self._priced(agent_id, spent)
+            updated, event = transition(
+                task,
+                TaskState.CREATED,
+                now=now,
+                actor=actor_for(agent_id),
+                reason="the run ended to wait for the answer to its question",
+                agent_id=None,
+                wait_reason=waiting_reason(task),
+                **(
+                    with_spend(task, spent.cost_usd, spent.tokens, estimated=spent.estimated)
+                    if spent is not None
+                    else {}
+                ),
+            )
+            if spent is not None:
+                data = spend_data(spent.cost_usd, spent.tokens, estimated=spent.estimated)
+                event = event.model_copy(update={"data": {**event.data, **data}})
+            self._write(task, updated, event)
+            self._count_run(agent_id, failure=None, now=now)
         self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
 

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING
 
 from reconciler.errors import FleetError, StalledError
 from reconciler.fleet.budgets import Budget, budget_prompt_line
+from reconciler.fleet.questions import answers_prompt
 from reconciler.forgejo.types import Comment, Issue, RepoPermission
-from reconciler.models import Task
+from reconciler.models import Question, Task
 
 if TYPE_CHECKING:
     from reconciler.forgejo.gateway import ForgejoGateway
@@ -207,13 +208,15 @@ def build_prompt(
     review_feedback: Sequence[str] = (),
     attempt: int = 1,
     budget: Budget | None = None,
+    questions: Sequence[Question] = (),
 ) -> str:
     """The prompt for one run of the task born from ``issue``; a ``budget`` with a limit is
     stated in it, so the agent knows what it may spend.
 
     ``trusted(login)`` says whose text may go in; ``comments`` are the issue's comments,
     oldest first; ``review_feedback`` holds the review comments that asked for this rerun,
-    from trusted reviewers only. Raises ``StalledError`` when no trusted text says what to do
+    from trusted reviewers only; ``questions`` are the task's questions, whose answers (trusted
+    text only: ``fleet/questions.py``) are given. Raises ``StalledError`` when no trusted text says what to do
     (the issue's author is not trusted and no trusted comment or review exists): the task
     waits until a maintainer writes one.
     """
@@ -247,6 +250,7 @@ def build_prompt(
             branch=branch,
             attempt=attempt,
             budget=budget,
+            answers=answers_prompt(questions),
         )
         if len(prompt.encode()) <= MAX_PROMPT_BYTES:
             return prompt
@@ -265,6 +269,7 @@ def _render(
     branch: str,
     attempt: int,
     budget: Budget | None,
+    answers: Sequence[str] = (),
 ) -> str:
     where = f"{repo}#{issue.number}"
     out = [f"# Task: {title}" if title else f"# Task: issue {where}", ""]
@@ -314,6 +319,8 @@ def _render(
         ]
         for number, text in enumerate(feedback, start=1):
             out += ["", f"### Review comment {number}", "", text]
+    if answers:
+        out += ["", *answers]
     budget_line = budget_prompt_line(budget) if budget is not None else None
     if budget_line is not None:
         out += ["", "## Budget", "", budget_line]
@@ -378,4 +385,5 @@ def prompt_for_task(
         review_feedback=task.review_feedback,
         attempt=attempt,
         budget=Budget(usd=task.budget_usd, tokens=task.budget_tokens),
+        questions=task.questions,
     )

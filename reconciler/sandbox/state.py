@@ -110,6 +110,21 @@ class ServerFault(ForgeRefusal):
     status = 500
 
 
+# --- closing keywords -----------------------------------------------------------------------
+
+# Forgejo's closing keywords (modules/references): "Closes #12", "fixes: #3", "Resolved
+# org/other#7", after the start of a line, a space or an opening bracket.
+_CLOSING_REFERENCE = re.compile(
+    r"(?i)(?:^|(?<=[\s(\[]))(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?):?\s+"
+    r"(?:([\w.-]+/[\w.-]+))?#(\d+)\b"
+)
+
+
+def closing_references(text: str) -> list[tuple[str | None, int]]:
+    """The issues ``text`` closes, as (``owner/repo`` or None for this repository, number)."""
+    return [(match[1], int(match[2])) for match in _CLOSING_REFERENCE.finditer(text)]
+
+
 # --- the data -------------------------------------------------------------------------------
 
 
@@ -1353,6 +1368,7 @@ class ForgeState:
         issue.updated_at = now
         self._apply_branch_updates(repo, actor, [BranchUpdate(pull.base, base_before, merged)])
         self._emit(ForgeEvent(repo, "pull_request", "closed", actor, issue=issue))
+        self._close_referenced_issues(repo, actor, issue)
         if delete_branch and pull.head != pull.base and pull.head in repo.git.branches:
             in_use = any(
                 other.pull is not None
@@ -1366,6 +1382,22 @@ class ForgeState:
                     repo, actor, [BranchUpdate(pull.head, repo.git.branches[pull.head], None)]
                 )
         return issue
+
+    def _close_referenced_issues(self, repo: Repo, actor: User, pull: Issue) -> None:
+        """Close the open issues the merged pull request's title or body closes (``Closes
+        #12``, ``fixes org/other#3``), as Forgejo does on merge; one that still has open
+        dependencies stays open without failing the merge (Forgejo allows that error there)."""
+        for owner_repo, number in closing_references(f"{pull.title}\n{pull.body}"):
+            wanted = (owner_repo or repo.full_name).lower()
+            target_repo = next((r for n, r in self.repos.items() if n.lower() == wanted), None)
+            if target_repo is None or self.access(target_repo, actor) < Access.WRITE:
+                continue
+            target = target_repo.issues.get(number)
+            if target is None or target.is_pull or target.state != "open":
+                continue
+            if self.has_open_dependencies(target):
+                continue
+            self._change_state(target_repo, actor, target, "closed")
 
     def is_mergeable(self, repo: Repo, issue: Issue) -> bool:
         """Forgejo's ``mergeable``: open, not merged, and its head merges into the base cleanly."""

@@ -12,7 +12,6 @@ tables of ``docs/configuration.md`` from the field descriptions (a test keeps th
 """
 
 from reconciler.settings.approval import ApprovalSettings
-from reconciler.settings.mcp import McpSettings
 from reconciler.settings.budgets import BudgetsSettings, TaskBudget
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
 from reconciler.settings.labels import LabelName, LabelsSettings
@@ -20,6 +19,7 @@ from reconciler.settings.loading import (
     COMMAND_VARIABLES,
     load_settings,
 )
+from reconciler.settings.mcp import McpSettings
 from reconciler.settings.reference import (
     FieldReference,
     iter_field_reference,
@@ -67,7 +67,6 @@ __all__ = [
     "AdapterSettings",
     "ApiSettings",
     "ApprovalSettings",
-    "McpSettings",
     "BudgetsSettings",
     "CapabilityName",
     "Color",
@@ -83,6 +82,7 @@ __all__ = [
     "MatrixRoomId",
     "MatrixSettings",
     "MatrixUserId",
+    "McpSettings",
     "RepoNameText",
     "RetriesSettings",
     "ReviewSettings",

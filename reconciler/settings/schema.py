@@ -28,10 +28,10 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from reconciler.settings.approval import ApprovalSettings
-from reconciler.settings.mcp import McpSettings
 from reconciler.settings.budgets import BudgetsSettings
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
 from reconciler.settings.labels import LabelsSettings
+from reconciler.settings.mcp import McpSettings
 from reconciler.settings.sections import (
     ApiSettings,
     DashboardSettings,
@@ -183,7 +183,8 @@ class Settings(BaseSettings):
     )
     mcp: McpSettings = Field(
         default_factory=McpSettings,
-        description="The fleet tools of agent runs: shared notes, their limits and trust.",
+        description="What agents may do through the fleet's MCP tools: questions, shared "
+        "notes, their limits and trust.",
     )
 
     @classmethod

@@ -38,7 +38,7 @@ from reconciler.fleet.api import (
     TaskStatusAnswer,
     TaskStatusRequest,
 )
-from reconciler.fleet.knowledge import ContextAnswer, ShareAnswer, ShareRequest
+from reconciler.fleet.knowledge_api import ContextAnswer, ShareAnswer, ShareRequest
 from reconciler.fleet.operations import Operation
 from reconciler.models import QuestionKind
 

@@ -44,7 +44,7 @@ from reconciler.fleet.api import (
     TaskStatusAnswer,
     TaskStatusRequest,
 )
-from reconciler.fleet.knowledge import ContextAnswer, ContextQuery, ShareAnswer, ShareRequest
+from reconciler.fleet.knowledge_api import ContextAnswer, ContextQuery, ShareAnswer, ShareRequest
 
 API = "/api/v1"
 

@@ -166,6 +166,8 @@ def build(
     # Every kind of key webhooks and executors name has its controller in the tuple below;
     # a key for no controller is reported by the loop.
     enqueue = queue.add
+    # One key for the task tokens of pull workers' runs and of ssh runs.
+    tokens = task_tokens(settings)
     fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue)
     fleet.bind_metrics(metrics)
     # Pull agents (over the agent API) and the ssh executor's runs (in process) report their
@@ -183,6 +185,7 @@ def build(
             clock=clock,
             enqueue=enqueue,
             log_dir=Path(settings.store.path) / "logs",
+            tokens=tokens,
         )
     )
     # ssh health checks and restarts run beside the loop; the registry reads their results.
@@ -240,7 +243,7 @@ def build(
         enqueue=enqueue,
         executor=executor,
         setup=setup,
-        tokens=task_tokens(settings),
+        tokens=tokens,
         knowledge=KnowledgeBook(store, settings=holder, clock=clock, enqueue=enqueue),
         # Runs first: a run still going when the gateway closes could not open its PR.
         closers=[

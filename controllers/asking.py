@@ -25,6 +25,7 @@ from reconciler.fleet.holds import Hold
 from reconciler.fleet.questions import (
     Answer,
     answered,
+    marker,
     parse_marker,
     question_body,
     question_labels,
@@ -140,17 +141,20 @@ class OpenQuestion(Action):
     labels: tuple[str, ...]
     role_label: LabelSpec | None
     """The role's label, made if the repository lacks it (a question for a role)."""
+    key: str
+    """The marker that ends the body: how the issue is found again."""
 
     def describe(self) -> str:
         return f"{self.repo}#{self.number}: open the question {self.title!r}"
 
     def apply(self, ctx: ActContext) -> None:
-        # Not repeated blindly: the observe before this found no issue with its marker, and a
-        # create whose answer is lost fails the reconcile, whose next observe finds it.
+        # Not repeated blindly: the observe before this found no issue with its marker; a
+        # create whose answer is lost fails the reconcile, whose next observe finds it, and
+        # one that may still land is not sent again until it has settled.
         if self.role_label is not None:
             ctx.gateway.ensure_labels(self.repo, [self.role_label])
-        opened = ctx.gateway.create_issue(
-            self.repo, title=self.title, body=self.body, labels=self.labels
+        opened = ctx.gateway.create_issue_once(
+            self.repo, key=self.key, title=self.title, body=self.body, labels=self.labels
         )
         ctx.gateway.add_dependency(self.repo, self.number, on=opened.number)
         log.info("question.opened", repo=self.repo, issue=self.number, question=opened.number)
@@ -198,6 +202,7 @@ def plan_questions(
                     role_label=(
                         role_spec(settings.labels, question.role) if question.role else None
                     ),
+                    key=marker(task, question, asker_trusted=question.asker_trusted),
                 )
             )
             questions.append(question)

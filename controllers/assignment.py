@@ -74,7 +74,7 @@ from reconciler.fleet.issues import (
     status_labels,
 )
 from reconciler.fleet.placement import Placement, is_waiting, place, waiting_for
-from reconciler.fleet.questions import parse_marker
+from reconciler.fleet.questions import parse_marker, unanswered
 from reconciler.fleet.rebuild import facts_from_status_comment
 from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
 from reconciler.forgejo.types import Issue, IssueState
@@ -586,7 +586,9 @@ PLACEABLE_STATES = frozenset(
 def status_comment(task: Task, *, agents: tuple[Agent, ...], settings: Settings) -> str:
     """The one comment agent-fleet keeps on a task's issue, rewritten when the task changes."""
     head = f"<sub>agent-fleet · task `{task.id}`</sub>"
-    if task.state is TaskState.CREATED and task.on_hold and task.wait_reason:
+    if task.state is TaskState.CREATED and task.on_hold and unanswered(task):
+        line = f"❓ Paused until its agent's question is answered: {task.wait_reason}."
+    elif task.state is TaskState.CREATED and task.on_hold and task.wait_reason:
         line = f"⏸️ Not started yet: {task.wait_reason}."
     elif task.state is TaskState.CREATED:
         if not task.wait_reason:

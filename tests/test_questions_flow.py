@@ -142,6 +142,15 @@ def test_a_question_opens_a_dependency_the_task_waits_on_and_the_answer_reaches_
     assert [label["name"] for label in issue["labels"]] == ["fleet/question"]
     assert held.wait_reason == f"waiting for the answer to #{number}"
     assert held.questions[0].kind is QuestionKind.QUESTION and held.questions[0].answer is None
+    wait_until(
+        "the status comment to say the task waits for the answer",
+        lambda: any(
+            f"question is answered: waiting for the answer to #{number}" in c["body"]
+            for c in forge_json(
+                served_forge, f"/repos/{DEMO_REPO}/issues/{task.issue_number}/comments"
+            )
+        ),
+    )
 
     answer_and_close(fleet, served_forge, number, "Port 8080, as the docs say.")
     store = fleet.assembly.store
@@ -159,6 +168,9 @@ def test_a_question_opens_a_dependency_the_task_waits_on_and_the_answer_reaches_
     prompt = text_of(model_api.requests(resumed)[0].body)
     assert "## Answers to your questions" in prompt
     assert question in prompt and "Port 8080, as the docs say." in prompt
+    # The CLI's session of the asking run is resumed: its history (the tool's answer) is sent.
+    assert store.get_task(task.id).session_id
+    assert "Recorded as question 1" in prompt
     wait_until(
         "the resumed task to hand in its work",
         lambda: store.get_task(task.id).state is TaskState.REVIEW_PENDING,

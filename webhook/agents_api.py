@@ -414,6 +414,8 @@ def install_agent_api(
         request = body(TaskStatusRequest)
         if request.waiting and (request.failed or request.state is not None):
             raise ApiError(400, "invalid_body", "waiting ends the run: no state, not failed")
+        if request.session_id is not None and not request.waiting:
+            raise ApiError(400, "invalid_body", "a session_id is reported with waiting only")
         if request.state is None and not request.note and not request.waiting:
             raise ApiError(400, "invalid_body", "give a state, a note, or both")
         if request.failed and not request.note:
@@ -428,7 +430,11 @@ def install_agent_api(
                     else None
                 )
                 update = fleet.wait_for_answers(
-                    agent_id, task_id, lease_generation=request.lease_generation, spent=spent
+                    agent_id,
+                    task_id,
+                    lease_generation=request.lease_generation,
+                    spent=spent,
+                    session_id=request.session_id,
                 )
                 return 200, TaskStatusAnswer(task=update.task, changed=update.changed)
             if request.over_budget:

@@ -122,6 +122,7 @@ class AgentApi:
         spent_usd: float = 0.0,
         spent_tokens: int = 0,
         waiting: bool = False,
+        session_id: str | None = None,
     ) -> TaskStatusAnswer:
         request = TaskStatusRequest(
             lease_generation=lease_generation,
@@ -132,6 +133,7 @@ class AgentApi:
             spent_usd=spent_usd,
             spent_tokens=spent_tokens,
             waiting=waiting,
+            session_id=session_id,
         )
         _, raw = self.call(operations.TASK_STATUS, request, params={"task_id": task_id})
         return _parse(TaskStatusAnswer, raw, what="the status update")

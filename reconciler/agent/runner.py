@@ -123,7 +123,7 @@ class TaskRunner:
                 # The run asked a question and ended to wait for the answer: its work so far
                 # is kept on the branch, no pull request is opened, and the task waits.
                 worktree = self._keep_partial(site, job, worktree, run, why=WAITING)
-                self._report(run, waiting=True, spent=(cost, tokens))
+                self._report(run, waiting=True, spent=(cost, tokens), session_id=session_id)
                 log.info("task.waiting", task=task.id, reason=WAITING)
                 return
             agent = self.agent_id or "agent"
@@ -232,6 +232,7 @@ class TaskRunner:
         over_budget: OverBudget | None = None,
         waiting: bool = False,
         spent: tuple[float, int] = (0.0, 0),
+        session_id: str | None = None,
     ) -> None:
         """A status update, retried while the daemon is unreachable or asks for it again
         (``task_changed``); other refusals are final."""
@@ -248,6 +249,7 @@ class TaskRunner:
                     spent_usd=over_budget.cost_usd if over_budget is not None else spent[0],
                     spent_tokens=over_budget.tokens if over_budget is not None else spent[1],
                     waiting=waiting,
+                    session_id=session_id,
                 )
                 return
             except (TransientError, ConflictError) as exc:

@@ -360,6 +360,12 @@ class TaskStatusRequest(Request):
     spent_tokens: int = Field(
         default=0, ge=0, description="Tokens the failed (or waiting) run used."
     )
+    session_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="With `waiting`: the CLI session the run used, resumed when the task runs "
+        "again with the answers.",
+    )
     waiting: bool = Field(
         default=False,
         description="The run ended to wait for the answers to the questions it asked (the "

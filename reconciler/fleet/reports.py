@@ -261,10 +261,12 @@ class TaskReports:
         *,
         lease_generation: int,
         spent: RunSpend | None = None,
+        session_id: str | None = None,
     ) -> StatusUpdate:
         """The agent's run ended to wait for the answers to the questions it asked: the task
         goes back to the queue, where it waits on them (not a failed attempt). ``spent`` is
-        what the run cost, added to the task's spend. Refused with :class:`ConflictError`
+        what the run cost, added to the task's spend; ``session_id`` the CLI session the next
+        run resumes. Refused with :class:`ConflictError`
         ``no_question`` when the task has no unanswered question."""
         now = self._clock()
         with self.agent_lock(agent_id):
@@ -289,6 +291,7 @@ class TaskReports:
                 reason="the run ended to wait for the answer to its question",
                 agent_id=None,
                 wait_reason=waiting_reason(task),
+                **({"session_id": session_id} if session_id else {}),
                 **(
                     with_spend(task, spent.cost_usd, spent.tokens, estimated=spent.estimated)
                     if spent is not None

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Literal
 
-from reconciler.errors import ForgejoNotFound
+from reconciler.errors import ForgejoNotFound, ForgejoServerError, WaitingError
 from reconciler.forgejo.comments import CommentOps, has_marker, marker_tag
 from reconciler.forgejo.http import (
     PAGE_SIZE,
@@ -209,6 +209,46 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
         return self._write(
             "create_issue", "POST", f"{repo_path(repo)}/issues", Issue.from_api, body=payload
         )
+
+    def create_issue_once(
+        self,
+        repo: str,
+        *,
+        key: str,
+        title: str,
+        body: str = "",
+        labels: Iterable[str] = (),
+    ) -> Issue:
+        """``create_issue`` for an issue the caller finds again by ``key`` (a marker in its
+        body) and has just looked for: when an earlier create of it ended with an unknown
+        outcome, it may still land, so no second create is sent until ``settle_after`` seconds
+        have passed since (``WaitingError`` says when to look again); the error of a create
+        whose outcome is unknown is raised after marking it so."""
+        doubt = (repo.lower(), 0, key)
+        with self._doubt_lock:
+            sent = self._in_doubt.get(doubt)
+        if sent is not None:
+            waited = self._clock() - sent
+            if waited < self.settle_after:
+                raise WaitingError(
+                    f"an earlier create of the issue {key!r} in {repo} has an unknown outcome "
+                    "and may still land; it is looked for again once that has settled",
+                    retry_after=self.settle_after - waited,
+                )
+        started = self._clock()
+        try:
+            return self.create_issue(repo, title=title, body=body, labels=labels)
+        except ForgejoServerError as exc:
+            if exc.outcome_unknown:
+                with self._doubt_lock:
+                    self._in_doubt[doubt] = started
+                sent = None  # this doubt is the one that stands now
+            raise
+        finally:
+            if sent is not None:
+                with self._doubt_lock:
+                    if self._in_doubt.get(doubt) == sent:
+                        del self._in_doubt[doubt]
 
     def edit_issue(
         self,

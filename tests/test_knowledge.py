@@ -563,3 +563,40 @@ def test_settings_default_to_no_trusted_role() -> None:
         4096,
         20,
     )
+
+
+def test_topics_recorded_at_once_from_several_workers_all_stay_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop may reconcile two topics of a repository at once: neither record is lost,
+    even when each write takes a while (a slow disk)."""
+    import threading
+    import time
+
+    from reconciler.fleet.knowledge import PageRecord, record_page
+
+    store = Store.open(tmp_path / "state")
+    real_set_meta = store.set_meta
+
+    def slow_set_meta(name: str, value: Any) -> None:
+        time.sleep(0.005)
+        real_set_meta(name, value)
+
+    monkeypatch.setattr(store, "set_meta", slow_set_meta)
+    try:
+        topics = [f"topic-{n}" for n in range(8)]
+
+        def record(topic: str) -> None:
+            for _ in range(5):
+                record_page(
+                    store, REPO, PageRecord(topic=topic, title=f"fleet-notes-{topic}", read_at=NOW)
+                )
+
+        threads = [threading.Thread(target=record, args=(t,)) for t in topics]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(read_pages(store, REPO)) == sorted(topics)
+    finally:
+        store.close()

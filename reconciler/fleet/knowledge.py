@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -212,10 +213,21 @@ def read_pages(store: Store, repo: str) -> dict[str, PageRecord]:
     return pages
 
 
+# The pages of a repository share one metadata record, and the loop may reconcile two topics
+# of one repository at once: each read-modify-write of it holds this lock (one process owns
+# the store).
+_RECORDS = threading.Lock()
+
+
 def record_page(store: Store, repo: str, page: PageRecord) -> None:
     """Remember what a topic's page says now. Written by the knowledge controller only."""
-    pages = read_pages(store, repo)
-    pages[page.topic] = page
+    with _RECORDS:
+        pages = read_pages(store, repo)
+        pages[page.topic] = page
+        _write_pages(store, repo, pages)
+
+
+def _write_pages(store: Store, repo: str, pages: Mapping[str, PageRecord]) -> None:
     store.set_meta(
         _meta_name(repo), {t: p.model_dump(mode="json") for t, p in sorted(pages.items())}
     )
@@ -223,11 +235,10 @@ def record_page(store: Store, repo: str, page: PageRecord) -> None:
 
 def forget_page(store: Store, repo: str, topic: str) -> None:
     """Forget a topic's page (deleted on the wiki). Written by the knowledge controller only."""
-    pages = read_pages(store, repo)
-    if pages.pop(topic, None) is not None:
-        store.set_meta(
-            _meta_name(repo), {t: p.model_dump(mode="json") for t, p in sorted(pages.items())}
-        )
+    with _RECORDS:
+        pages = read_pages(store, repo)
+        if pages.pop(topic, None) is not None:
+            _write_pages(store, repo, pages)
 
 
 def pending_notes(store: Store, repo: str, topic: str | None = None) -> list[tuple[str, Note]]:

@@ -158,3 +158,34 @@ def test_the_page_list_is_in_file_name_order_and_paged(forge_http: httpx.Client)
     assert [p["title"] for p in everything] == ["Zed", "a-one", "b-two"]
     second = forge_http.get(f"{WIKI}/pages", params={"limit": 2, "page": 2}).json()
     assert [p["title"] for p in second] == ["b-two"]
+
+
+def test_wiki_writes_are_announced_as_forgejo_wiki_events(
+    forge: ForgejoSandbox, forge_http: httpx.Client, webhook_receiver: Any
+) -> None:
+    """A hook subscribed to ``wiki`` gets created, edited and deleted, naming the page by its
+    web path and carrying the commit message as ``comment``."""
+    with forge.state.lock:
+        repo = forge.state.repo("fleet-admin/demo", forge.state.user_named("fleet-admin"))
+        forge.state.create_hook(
+            repo,
+            repo.owner,
+            type="forgejo",
+            config={"url": webhook_receiver.url, "content_type": "json", "secret": "s"},
+            events=["wiki"],
+            active=True,
+        )
+    _new(forge_http, "fleet-notes-ci", "one", "first note")
+    forge_http.patch(f"{WIKI}/page/fleet-notes-ci.-", json={"content_base64": _b64("two")})
+    forge_http.delete(f"{WIKI}/page/fleet-notes-ci.-")
+    forge.flush_webhooks()
+    seen = [(d.event, d.json()["action"], d.json()["page"]) for d in forge.deliveries]
+    assert seen == [
+        ("wiki", "created", "fleet-notes-ci.-"),
+        ("wiki", "edited", "fleet-notes-ci.-"),
+        ("wiki", "deleted", "fleet-notes-ci.-"),
+    ]
+    first = forge.deliveries[0].json()
+    assert first["comment"] == "first note"
+    assert first["repository"]["full_name"] == "fleet-admin/demo"
+    assert first["sender"]["login"] == "fleet-admin"

@@ -38,8 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from reconciler.errors import ConflictError, ForgejoError, RefusedError, StoreError
 from reconciler.fleet.knowledge_api import (
-    MAX_TOPIC,
-    TOPIC_PATTERN,
+    PAGE_PREFIX,
     ContextAnswer,
     ContextQuery,
     Note,
@@ -47,9 +46,14 @@ from reconciler.fleet.knowledge_api import (
     ShareAnswer,
     ShareRequest,
     TopicSummary,
+    is_topic,
+    knowledge_key,
+    page_title,
+    topic_of_page,
+    topic_of_web_path,
 )
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.keys import KNOWLEDGE, Key
+from reconciler.keys import Key
 from reconciler.models import Task
 from reconciler.settings import Settings
 from reconciler.store import Store
@@ -58,8 +62,6 @@ from reconciler.text import describe_error
 log = structlog.get_logger(__name__)
 
 OUTBOX_TOPIC = "knowledge"
-PAGE_PREFIX = "fleet-notes-"
-_TOPIC = re.compile(TOPIC_PATTERN)
 _META = "knowledge:"
 _BEGIN = "<!-- fleet-note "
 _END = "<!-- /fleet-note -->"
@@ -67,29 +69,6 @@ _BLOCK = re.compile(
     r"^<!-- fleet-note (?P<meta>\{.*?\}) -->\n(?P<body>.*?)^<!-- /fleet-note -->\n?",
     re.MULTILINE | re.DOTALL,
 )
-
-
-def knowledge_key(repo: str, topic: str) -> Key:
-    """The knowledge controller's key for one topic of one repository."""
-    return Key(KNOWLEDGE, repo, topic)
-
-
-def is_topic(name: str) -> bool:
-    """Whether ``name`` is a topic: lowercase words of letters and digits joined by dashes."""
-    return len(name) <= MAX_TOPIC and bool(_TOPIC.match(name))
-
-
-def page_title(topic: str) -> str:
-    """The wiki page of a topic: ``fleet-notes-<topic>``."""
-    return f"{PAGE_PREFIX}{topic}"
-
-
-def topic_of_page(title: str) -> str | None:
-    """The topic a wiki page holds, or None for a page that is not the fleet's."""
-    if not title.startswith(PAGE_PREFIX):
-        return None
-    topic = title[len(PAGE_PREFIX) :]
-    return topic if is_topic(topic) else None
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -437,4 +416,5 @@ __all__ = [
     "record_page",
     "render_note",
     "topic_of_page",
+    "topic_of_web_path",
 ]

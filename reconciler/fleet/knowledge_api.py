@@ -1,18 +1,57 @@
-"""The wire models of the shared-notes endpoints (``share`` and ``context``), apart from
-``reconciler/fleet/knowledge.py`` so that the run's MCP server and the agent client import
-them without the store and the Forgejo gateway (``agent-fleet mcp`` starts quickly).
+"""The wire models of the shared-notes endpoints (``share`` and ``context``) and the naming of
+topics, their wiki pages and keys, apart from ``reconciler/fleet/knowledge.py``: the run's MCP
+server, the agent client and the webhook's event mapping import them without the store and
+the Forgejo gateway (``agent-fleet mcp`` starts quickly).
 """
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.fleet.api import Answer, Query, Request
+from reconciler.keys import KNOWLEDGE, Key
 
 TOPIC_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 MAX_TOPIC = 64
+PAGE_PREFIX = "fleet-notes-"
+_TOPIC = re.compile(TOPIC_PATTERN)
+
+
+def knowledge_key(repo: str, topic: str) -> Key:
+    """The knowledge controller's key for one topic of one repository."""
+    return Key(KNOWLEDGE, repo, topic)
+
+
+def is_topic(name: str) -> bool:
+    """Whether ``name`` is a topic: lowercase words of letters and digits joined by dashes."""
+    return len(name) <= MAX_TOPIC and bool(_TOPIC.match(name))
+
+
+def page_title(topic: str) -> str:
+    """The wiki page of a topic: ``fleet-notes-<topic>``."""
+    return f"{PAGE_PREFIX}{topic}"
+
+
+def topic_of_web_path(web_path: str) -> str | None:
+    """The topic of the page at ``web_path`` (a wiki event's ``page``), or None for a page
+    that is not the fleet's. Forgejo marks a title that keeps its dashes with ``.-``."""
+    if web_path.endswith(".-"):
+        title = urllib.parse.unquote_plus(web_path[: -len(".-")])
+    else:
+        title = urllib.parse.unquote_plus(web_path.replace("-", " "))
+    return topic_of_page(title)
+
+
+def topic_of_page(title: str) -> str | None:
+    """The topic a wiki page holds, or None for a page that is not the fleet's."""
+    if not title.startswith(PAGE_PREFIX):
+        return None
+    topic = title[len(PAGE_PREFIX) :]
+    return topic if is_topic(topic) else None
 
 
 class ShareRequest(Request):
@@ -104,6 +143,7 @@ class ContextAnswer(Answer):
 
 __all__ = [
     "MAX_TOPIC",
+    "PAGE_PREFIX",
     "TOPIC_PATTERN",
     "ContextAnswer",
     "ContextQuery",
@@ -112,4 +152,9 @@ __all__ = [
     "ShareAnswer",
     "ShareRequest",
     "TopicSummary",
+    "is_topic",
+    "knowledge_key",
+    "page_title",
+    "topic_of_page",
+    "topic_of_web_path",
 ]

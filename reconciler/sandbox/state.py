@@ -380,6 +380,8 @@ class ForgeEvent:
     before: str = ""
     after: str = ""
     commits: tuple[Commit, ...] = ()
+    page: str = ""  # a wiki event's page (its web path)
+    message: str = ""  # a wiki event's commit message
 
 
 @dataclass(frozen=True)
@@ -472,6 +474,10 @@ class ForgeState:
 
     def _emit(self, event: ForgeEvent) -> None:
         self._on_event(event)
+
+    def announce(self, event: ForgeEvent) -> None:
+        """Announce a change made by an operation kept outside this module (the wiki's)."""
+        self._emit(event)
 
     # -- users and tokens --
 

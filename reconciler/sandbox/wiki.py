@@ -10,7 +10,9 @@ Page names follow Forgejo's ``services/wiki/wiki_path.go``: a *title* ("Home Pag
 *web path* (``Home-Page``: spaces turned into dashes, the rest query-escaped) and a *git path*
 (``Home-Page.md``). A title that holds a dash keeps its dashes and spaces as they are and is
 marked with the suffix ``.-`` (``build-cache`` → ``build-cache.-``, file ``build-cache.-.md``),
-so that it reads back unchanged. The routes take the web path. Forgejo reads the page name
+so that it reads back unchanged. The routes take the web path. Every write is announced as
+Forgejo's ``wiki`` webhook event (action ``created``, ``edited`` or ``deleted``, the page's web
+path as ``page`` and the commit message as ``comment``). Forgejo reads the page name
 from the raw (still escaped) URL; Bottle hands over the decoded one, so names that need
 escaping in a URL (``+``, ``%``) may be found differently here; names of letters, digits,
 dashes, dots and underscores behave the same.
@@ -24,7 +26,15 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from reconciler.sandbox.state import Access, ForgeRefusal, ForgeState, NotFound, Repo, User
+from reconciler.sandbox.state import (
+    Access,
+    ForgeEvent,
+    ForgeRefusal,
+    ForgeState,
+    NotFound,
+    Repo,
+    User,
+)
 
 RESERVED_NAMES = ("_pages", "_new", "_edit", "raw")
 REVISIONS_PAGE = 50  # Forgejo's setting.Git.CommitsRangeSize
@@ -235,7 +245,9 @@ def create_page(
     path = git_path(web_path)
     if wiki is not None and path in wiki.files():
         raise WikiRefusal(f"wiki page is already exist [title: {web_path}]")
-    _commit(state, repo, actor, path=path, content=content, message=message or f"Add {title!r}")
+    message = message or f"Add {title!r}"
+    _commit(state, repo, actor, path=path, content=content, message=message)
+    _announce(state, repo, actor, "created", web_path, message)
     return web_path
 
 
@@ -263,6 +275,7 @@ def edit_page(
     if old_path != new_path and wiki is not None and old_path in wiki.files():
         _commit(state, repo, actor, path=old_path, content=None, message=message)
     _commit(state, repo, actor, path=new_path, content=content, message=message)
+    _announce(state, repo, actor, "edited", new_web, message)
     return new_web
 
 
@@ -273,3 +286,20 @@ def delete_page(state: ForgeState, repo: Repo, actor: User, web_path: str) -> No
     if path not in _existing(repo).files():
         raise NotFound("file does not exist")
     _commit(state, repo, actor, path=path, content=None, message=f"Delete {web_path!r}")
+    _announce(state, repo, actor, "deleted", web_path, "")
+
+
+def _announce(
+    state: ForgeState, repo: Repo, actor: User, action: str, web_path: str, message: str
+) -> None:
+    """The ``wiki`` webhook event of a page written or deleted through the API."""
+    state.announce(
+        ForgeEvent(
+            repo=repo,
+            event_type="wiki",
+            action=action,
+            sender=actor,
+            page=web_path,
+            message=message,
+        )
+    )

@@ -107,22 +107,27 @@ def observe_questions(
         if issue.state is not IssueState.CLOSED:
             continue
         comments = gateway.list_comments(repo, number)
+        answering = store.find_task(task_id_for(repo, number))
         answers[question.number] = read_answer(
             question,
             [c for c in comments if c.author.casefold() != bot.casefold()],
             trusted=trusted,
-            agent_answer=_agent_answer(store, repo, number, question, settings=settings),
+            agent_answer=_agent_answer(store, answering, question, settings=settings),
+            resolved_by=(
+                answering.pr_number
+                if answering is not None and answering.state is TaskState.COMPLETED
+                else None
+            ),
         )
     return QuestionFacts(found=found, linked=frozenset(dependencies), answers=answers)
 
 
 def _agent_answer(
-    store: Store, repo: str, number: int, question: Question, *, settings: Settings
+    store: Store, answering: Task | None, question: Question, *, settings: Settings
 ) -> str | None:
     """What the agent that took a question for a trusted role handed in, if it did."""
     if question.role is None or question.role not in settings.mcp.trusted_roles:
         return None
-    answering = store.find_task(task_id_for(repo, number))
     if answering is None or answering.state is not TaskState.COMPLETED:
         return None
     receipts = store.receipts_for(answering.id)

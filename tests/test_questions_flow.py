@@ -14,6 +14,8 @@ import pytest
 
 from reconciler.agent.config import WorkerConfig
 from reconciler.agent.worker import Worker
+from reconciler.console.history import task_report
+from reconciler.fleet.api import TaskDetail
 from reconciler.models import QuestionKind, Task, TaskState
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import AdapterSettings, McpSettings
@@ -161,6 +163,10 @@ def test_a_question_opens_a_dependency_the_task_waits_on_and_the_answer_reaches_
     )
     answered = store.get_task(task.id).questions[0]
     assert (answered.answer, answered.answered_by) == ("Port 8080, as the docs say.", MAINTAINER)
+    report = task_report(TaskDetail(task=store.get_task(task.id),
+                                    events=tuple(store.events_for(task.id))))  # fmt: skip
+    assert f"1. question #{number}: {question}" in report
+    assert f"answered ({MAINTAINER}): Port 8080, as the docs say." in report
 
     resumed = model_api.base_url(Script.tool_call("echo 8080 > port.txt",
                                                   then="Set the port to 8080."))  # fmt: skip

@@ -223,6 +223,7 @@ def read_answer(
     *,
     trusted: Callable[[str], bool],
     agent_answer: str | None = None,
+    resolved_by: int | None = None,
 ) -> Answer:
     """The answer to a closed question: the last comment by a trusted user (pass the comments
     without agent-fleet's own: its comments quote agents), or ``agent_answer`` (the result of a trusted role's agent, passed only
@@ -239,7 +240,19 @@ def read_answer(
             )
             return Answer(text=text, by=comment.author, chosen=chosen)
     if agent_answer:
-        return Answer(text=agent_answer.strip(), by=f"role {question.role}")
+        text = agent_answer.strip()
+        chosen = (
+            chosen_option(text, question.options)
+            if question.kind is QuestionKind.DECISION
+            else None
+        )
+        return Answer(text=text, by=f"role {question.role}", chosen=chosen)
+    if resolved_by is not None:
+        return Answer(
+            text=f"The question was resolved by pull request #{resolved_by}, merged: read its "
+            "changes on the default branch.",
+            by=f"pull request #{resolved_by}",
+        )
     return Answer(
         text="(the question was closed without an answer from a trusted user; decide "
         "yourself and say so in your summary)",

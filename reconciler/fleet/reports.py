@@ -42,6 +42,7 @@ from reconciler.models import (
     TaskState,
     transition,
 )
+from reconciler.run.prompt import sanitize
 from reconciler.settings import Settings
 from reconciler.store import Store
 
@@ -171,19 +172,9 @@ class TaskReports:
                 reason=reason,
                 failure_reason=reason,
                 failure_retryable=retryable,
-                **(
-                    {
-                        **with_spend(task, spent.cost_usd, spent.tokens, estimated=spent.estimated),
-                        "over_budget": spent.over_budget,
-                    }
-                    if spent is not None
-                    else {}
-                ),
+                **_spend_changes(task, spent, over_budget=True),
             )
-            if spent is not None:
-                data = spend_data(spent.cost_usd, spent.tokens, estimated=spent.estimated)
-                event = event.model_copy(update={"data": {**event.data, **data}})
-            self._write(task, updated, event)
+            self._write(task, updated, _with_spend_data(event, spent))
             self._count_run(agent_id, failure=reason, now=now)
         self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
@@ -220,6 +211,10 @@ class TaskReports:
             roles |= {r for host in settings.hosts for r in host.roles}
             if role is not None and role not in roles:
                 raise ValueError(f"no agent has the role {role!r}; ask the maintainers instead")
+            # What a reader would not see (control characters, hidden comments) goes first.
+            text, options = sanitize(text), [sanitize(o) for o in options]
+            if not text or not all(options):
+                raise ValueError("the question and each option need visible text")
             check_ask(task, kind=kind, role=role, options=options, settings=settings.mcp)
             agent = self._store.find_agent(agent_id)
             trusted_roles = set(settings.mcp.trusted_roles)
@@ -292,16 +287,9 @@ class TaskReports:
                 agent_id=None,
                 wait_reason=waiting_reason(task),
                 **({"session_id": session_id} if session_id else {}),
-                **(
-                    with_spend(task, spent.cost_usd, spent.tokens, estimated=spent.estimated)
-                    if spent is not None
-                    else {}
-                ),
+                **_spend_changes(task, spent, over_budget=False),
             )
-            if spent is not None:
-                data = spend_data(spent.cost_usd, spent.tokens, estimated=spent.estimated)
-                event = event.model_copy(update={"data": {**event.data, **data}})
-            self._write(task, updated, event)
+            self._write(task, updated, _with_spend_data(event, spent))
             self._count_run(agent_id, failure=None, now=now)
         self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
@@ -401,3 +389,20 @@ def _changed_meanwhile(task: Task) -> ConflictError:
     return ConflictError(
         "task_changed", f"task {task.id} changed while the update was applied; send it again"
     )
+
+
+def _spend_changes(task: Task, spent: RunSpend | None, *, over_budget: bool) -> dict[str, object]:
+    """The task's changes that add a run's ``spent`` (and, with ``over_budget``, mark whether
+    the run was stopped by its budget)."""
+    if spent is None:
+        return {}
+    changes = with_spend(task, spent.cost_usd, spent.tokens, estimated=spent.estimated)
+    return {**changes, "over_budget": spent.over_budget} if over_budget else changes
+
+
+def _with_spend_data(event: TaskEvent, spent: RunSpend | None) -> TaskEvent:
+    """``event`` recording a run's ``spent`` in its data."""
+    if spent is None:
+        return event
+    data = spend_data(spent.cost_usd, spent.tokens, estimated=spent.estimated)
+    return event.model_copy(update={"data": {**event.data, **data}})

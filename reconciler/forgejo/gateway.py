@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Literal
 
-from reconciler.errors import ForgejoNotFound, ForgejoServerError, WaitingError
+from reconciler.errors import ForgejoNotFound, ForgejoServerError
 from reconciler.forgejo.comments import CommentOps, has_marker, marker_tag
 from reconciler.forgejo.http import (
     PAGE_SIZE,
@@ -225,16 +225,7 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
         have passed since (``WaitingError`` says when to look again); the error of a create
         whose outcome is unknown is raised after marking it so."""
         doubt = (repo.lower(), 0, key)
-        with self._doubt_lock:
-            sent = self._in_doubt.get(doubt)
-        if sent is not None:
-            waited = self._clock() - sent
-            if waited < self.settle_after:
-                raise WaitingError(
-                    f"an earlier create of the issue {key!r} in {repo} has an unknown outcome "
-                    "and may still land; it is looked for again once that has settled",
-                    retry_after=self.settle_after - waited,
-                )
+        sent = self._doubt_sent(doubt, what=f"the issue {key!r} in {repo}")
         started = self._clock()
         try:
             return self.create_issue(repo, title=title, body=body, labels=labels)

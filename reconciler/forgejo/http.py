@@ -39,6 +39,7 @@ from reconciler.errors import (
     ForgejoNotFound,
     ForgejoRateLimited,
     ForgejoServerError,
+    WaitingError,
 )
 from reconciler.forgejo.seen import SeenItems
 from reconciler.forgejo.types import ApiLimits, Label, MalformedResponse, Page, User, list_body
@@ -245,10 +246,26 @@ class ForgejoHttp:
         """How long a write whose outcome is unknown may still land (a request held up on
         the way): the same write is not repeated before it has passed. Twice the timeout."""
         self._in_doubt: dict[tuple[str, int, str], float] = {}
-        """Marker comments whose last write had an unknown outcome, by (repo, issue, tag):
+        """Marker comments (and marked issues, issue 0) whose last write had an unknown
+        outcome, by (repo, issue, tag):
         when that write was sent (``clock`` seconds). Shared by the threads using this
         gateway, hence the lock."""
         self._doubt_lock = threading.Lock()
+
+    def _doubt_sent(self, doubt: tuple[str, int, str], *, what: str) -> float | None:
+        """When the last write of ``doubt`` with an unknown outcome was sent (None: there is
+        none in doubt); ``WaitingError`` while it may still land (``settle_after``)."""
+        with self._doubt_lock:
+            sent = self._in_doubt.get(doubt)
+        if sent is not None:
+            waited = self._clock() - sent
+            if waited < self.settle_after:
+                raise WaitingError(
+                    f"the last write of {what} has an unknown outcome and may still land; it "
+                    "is looked at again once that has settled",
+                    retry_after=self.settle_after - waited,
+                )
+        return sent
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -250,7 +250,16 @@ def build_prompt(
             branch=branch,
             attempt=attempt,
             budget=budget,
-            answers=answers_prompt(questions),
+            answers=answers_prompt(
+                [
+                    q.model_copy(
+                        update={"text": sanitize(q.text), "answer": sanitize(q.answer or "")}
+                    )
+                    if q.answer is not None
+                    else q
+                    for q in questions
+                ]
+            ),
         )
         if len(prompt.encode()) <= MAX_PROMPT_BYTES:
             return prompt

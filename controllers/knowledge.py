@@ -13,8 +13,9 @@ yet acknowledged) or after a lost answer adds nothing twice — then records wha
 (what ``context`` answers from) and only then acknowledges the notes. A page write is the whole
 page (Forgejo's wiki API has no append), so a write whose outcome is unknown is not followed by
 another before ``settle_after`` has passed: a write held up on its way could otherwise land
-after the next one and take its notes away. A second pass over an unchanged page writes
-nothing.
+after the next one and take its notes away. A wiki Forgejo refuses to write (switched off, or
+the bot lacks access) stalls the key until the next note or full resync, the notes kept queued
+(``context`` still shows them). A second pass over an unchanged page writes nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from datetime import datetime
 import structlog
 
 from reconciler.engine.reconcile import ActContext, Action, Actuator, Result
-from reconciler.errors import ForgejoNotFound, ForgejoServerError, WaitingError
+from reconciler.errors import (
+    ForgejoForbidden,
+    ForgejoNotFound,
+    ForgejoServerError,
+    StalledError,
+    WaitingError,
+)
 from reconciler.fleet.knowledge import (
     Note,
     PageRecord,
@@ -154,6 +161,13 @@ class _Doubts:
                 with self._lock:
                     self._sent[(action.repo.lower(), action.topic)] = started
             raise
+        except (ForgejoForbidden, ForgejoNotFound) as exc:
+            # The repository's wiki is switched off, or the bot may not write it: retrying
+            # changes nothing; the next note shared (or the full resync) tries again.
+            raise StalledError(
+                f"cannot write wiki page {page_title(action.topic)} in {action.repo} (is the "
+                f"wiki enabled, and may agent-fleet's account write it?): {exc}"
+            ) from exc
 
 
 def plan(observed: KnowledgeObserved, *, now: datetime, doubts: _Doubts) -> tuple[Action, ...]:

@@ -600,3 +600,23 @@ def test_topics_recorded_at_once_from_several_workers_all_stay_recorded(
         assert sorted(read_pages(store, REPO)) == sorted(topics)
     finally:
         store.close()
+
+
+def test_a_wiki_the_bot_may_not_write_stalls_the_topic_and_keeps_the_notes(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forgejo refusing the page write (wiki switched off, no access) is not retried in a
+    loop: the key stalls with the reason, and the note stays queued for context."""
+    from reconciler.errors import ForgejoForbidden, StalledError
+
+    task, token = rig.task(12)
+    rig.share(task, token, "ci", "kept")
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ForgejoForbidden("create_wiki_page: Forgejo answered 403", status=403)
+
+    monkeypatch.setattr(rig.forge.gateway, "create_wiki_page", refused)
+    with pytest.raises(StalledError, match="wiki enabled"):
+        rig.controller.reconcile(knowledge_key(REPO, "ci"))
+    [note] = rig.context(task, token, "ci").json()["notes"]
+    assert (note["text"], note["on_wiki"]) == ("kept", False)

@@ -196,7 +196,7 @@ def test_the_tools_act_for_the_task_and_refuse_after_the_lease_is_gone(rig: Rig)
             return names, brief.structured_content, _text(done), _text(late)
 
     names, brief, done, late = anyio.run(session)
-    assert names == {"task", "progress", "ask", "decide"}
+    assert names == {"task", "progress", "ask", "decide", "share", "context"}
     assert brief["task_id"] == task.id and brief["branch"] == task.branch
     assert "10% reading" in done
     assert "stale_lease" in late
@@ -223,7 +223,7 @@ def test_agent_fleet_mcp_serves_the_tools_over_stdio(rig: Rig) -> None:
             return names, _text(answer)
 
     names, text = anyio.run(session)
-    assert names == {"task", "progress", "ask", "decide"}
+    assert names == {"task", "progress", "ask", "decide", "share", "context"}
     assert "70% pushing" in text
     events = rig.call("GET", f"/tasks/{task.id}", token=OPERATOR).json()["events"]
     assert events[-1]["reason"] == "70% · pushing"
@@ -358,6 +358,8 @@ def test_real_codex_calls_the_fleet_progress_tool_through_its_config_overrides(
         "progress",
         "ask",
         "decide",
+        "share",
+        "context",
     }
     result = parse_output(adapter.parser, output)
     assert result.ok, output.stdout + output.stderr

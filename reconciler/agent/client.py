@@ -9,6 +9,7 @@ heartbeat, dequeue, report on a task and hand in receipts (the latter through
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
@@ -37,6 +38,7 @@ from reconciler.fleet.api import (
     TaskStatusAnswer,
     TaskStatusRequest,
 )
+from reconciler.fleet.knowledge_api import ContextAnswer, ShareAnswer, ShareRequest
 from reconciler.fleet.operations import Operation
 from reconciler.models import QuestionKind
 
@@ -64,14 +66,18 @@ class AgentApi:
         *,
         params: Mapping[str, str] | None = None,
         credential: str | None = None,
+        query: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """Send ``body`` (None: none) to ``operation``; the status and the raw answer (empty
-        for 204). ``credential`` None sends the agent's token; an empty one sends none."""
+        for 204). ``credential`` None sends the agent's token; an empty one sends none;
+        ``query`` is the query string's parameters."""
         token = credential if credential is not None else self.token
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         url = operation.url(self.server, **(params or {}))
+        if query:
+            url = f"{url}?{urllib.parse.urlencode(query)}"
         request = urllib.request.Request(
             url,
             data=None if body is None else body.model_dump_json(exclude_defaults=True).encode(),
@@ -163,6 +169,22 @@ class AgentApi:
         request = ProgressRequest(percent=percent, step=step)
         _, raw = self.call(operations.TASK_PROGRESS, request, params={"task_id": task_id})
         return _parse(TaskStatusAnswer, raw, what="the progress report")
+
+    def share_note(self, task_id: str, *, topic: str, note: str) -> ShareAnswer:
+        """Share a note on ``topic`` (the token must be the task's token)."""
+        request = ShareRequest(topic=topic, note=note)
+        _, raw = self.call(operations.SHARE_NOTE, request, params={"task_id": task_id})
+        return _parse(ShareAnswer, raw, what="the shared note")
+
+    def read_notes(self, task_id: str, *, topic: str | None = None) -> ContextAnswer:
+        """A topic's shared notes, or the topics (the token must be the task's token)."""
+        _, raw = self.call(
+            operations.READ_NOTES,
+            None,
+            params={"task_id": task_id},
+            query={"topic": topic} if topic else None,
+        )
+        return _parse(ContextAnswer, raw, what="the shared notes")
 
     def deregister(self) -> DeregisterAnswer:
         """Leave the fleet: the daemon requeues this agent's tasks at once."""

@@ -44,6 +44,7 @@ from reconciler.fleet.api import (
     TaskStatusAnswer,
     TaskStatusRequest,
 )
+from reconciler.fleet.knowledge_api import ContextAnswer, ContextQuery, ShareAnswer, ShareRequest
 
 API = "/api/v1"
 
@@ -236,6 +237,27 @@ TASK_ASK = Operation(
     },
     path_params=_TASK_ID,
 )  # fmt: skip
+SHARE_NOTE = Operation(
+    "post", f"{API}/tasks/{{task_id}}/notes", "shareNote",
+    "Share a note on a topic in the repository's shared knowledge (task token).",
+    "task", 201, ShareAnswer, "Queued for the topic's wiki page.",
+    request=ShareRequest,
+    errors={
+        **_BODY, **_TASK_TOKEN,
+        400: _BODY[400] + ", `note_too_large`, `invalid_note` (an HTML comment), `empty_note`",
+        409: _TASK_TOKEN[409] + ", `note_limit_reached` (mcp.max_notes_per_task)",
+    },
+    path_params=_TASK_ID,
+)  # fmt: skip
+READ_NOTES = Operation(
+    "get", f"{API}/tasks/{{task_id}}/notes", "readNotes",
+    "A topic's shared notes, labelled with author and trust, or the list of topics "
+    "(task token).",
+    "task", 200, ContextAnswer, "The topic's page text and notes, or the topics.",
+    query=ContextQuery,
+    errors={400: "`invalid_query`", **_TASK_TOKEN},
+    path_params=_TASK_ID,
+)  # fmt: skip
 OPENAPI = Operation(
     "get", f"{API}/openapi.json", "openapi", "This document.",
     "anyone", 200, None, "The OpenAPI document.",
@@ -244,7 +266,7 @@ OPENAPI = Operation(
 OPERATIONS: tuple[Operation, ...] = (
     REGISTER, HEARTBEAT, DEREGISTER, DRAIN, UNDRAIN, LIST_AGENTS, GET_AGENT, TASK_STATUS,
     LIST_TASKS, GET_TASK, DEQUEUE, COMPLETE, SUBMIT_RECEIPT, TASK_BRIEF, TASK_PROGRESS,
-    TASK_ASK, OPENAPI,
+    TASK_ASK, SHARE_NOTE, READ_NOTES, OPENAPI,
 )  # fmt: skip
 
 
@@ -261,7 +283,9 @@ __all__ = [
     "LIST_TASKS",
     "OPENAPI",
     "OPERATIONS",
+    "READ_NOTES",
     "REGISTER",
+    "SHARE_NOTE",
     "SUBMIT_RECEIPT",
     "TASK_ASK",
     "TASK_BRIEF",

@@ -5,7 +5,8 @@ named operations (``list_issues``, ``add_labels``, ``upsert_marker_comment`` …
 holds the repository, issue, label and webhook operations and assembles the gateway from the
 rest of ``reconciler/forgejo/``: ``http.py`` (the one request path, retries with
 ``Retry-After``, paging, error mapping), ``comments.py`` (comments and the bot's marker
-comments) and ``pulls.py`` (pull requests, reviews, commits, statuses, branches, files).
+comments), ``pulls.py`` (pull requests, reviews, commits, statuses, branches, files),
+``links.py`` (dependencies, timelines) and ``wiki.py`` (wiki pages).
 
 Only the modules of ``reconciler/forgejo/`` import pyforgejo or httpx.
 """
@@ -41,6 +42,7 @@ from reconciler.forgejo.types import (
     RepoPermission,
     list_body,
 )
+from reconciler.forgejo.wiki import WikiOps
 
 __all__ = [
     "PAGE_SIZE",
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 
-class ForgejoGateway(CommentOps, PullOps, LinkOps):
+class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
     """Typed, retrying, paginating access to one Forgejo instance with one token.
 
     ``transport`` is an optional httpx transport (tests pass ``httpx.WSGITransport``);

@@ -98,6 +98,8 @@ WRITE_OPERATIONS = frozenset(
         "create_file",
         "add_dependency",
         "remove_dependency",
+        "create_wiki_page",
+        "edit_wiki_page",
     }
 )
 """Operation names (as passed to ``on_call``) whose HTTP call changes Forgejo."""

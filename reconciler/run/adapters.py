@@ -120,6 +120,8 @@ def _is_claude(adapter: AdapterSettings) -> bool:
 # --- the fleet's MCP server ---------------------------------------------------------------
 
 FLEET_MCP_NAME = "fleet"
+FLEET_TOOL_PROGRAMS = frozenset({"claude", "codex"})
+"""The CLIs :func:`with_fleet_tools` configures to load the fleet's MCP server."""
 SERVER_ENV = "AGENT_FLEET_SERVER"
 TOKEN_ENV = "AGENT_FLEET_TASK_TOKEN"
 
@@ -141,6 +143,15 @@ class FleetTools:
 def claude_mcp_config(tools: FleetTools) -> str:
     """Claude Code's ``--mcp-config`` file for the run (it holds the token: write it 0600)."""
     server = {"command": tools.command[0], "args": list(tools.command[1:]), "env": tools.env()}
+    return json.dumps({"mcpServers": {FLEET_MCP_NAME: server}})
+
+
+def claude_mcp_config_by_reference(tools: FleetTools) -> str:
+    """Claude Code's ``--mcp-config`` JSON naming the server's variables instead of holding
+    their values: Claude Code expands ``${VAR}`` from its own environment, so the JSON (given
+    inline, on the command line) carries no token."""
+    env = {name: f"${{{name}}}" for name in tools.env()}
+    server = {"command": tools.command[0], "args": list(tools.command[1:]), "env": env}
     return json.dumps({"mcpServers": {FLEET_MCP_NAME: server}})
 
 
@@ -192,6 +203,7 @@ __all__ = [
     "CLAUDE_MAX_RETRIES",
     "CLAUDE_UNATTENDED_ENV",
     "FLEET_MCP_NAME",
+    "FLEET_TOOL_PROGRAMS",
     "KILL_GRACE_S",
     "SERVER_ENV",
     "TOKEN_ENV",
@@ -201,6 +213,7 @@ __all__ = [
     "ParserName",
     "RunOutput",
     "claude_mcp_config",
+    "claude_mcp_config_by_reference",
     "fleet_tools_env",
     "group_members",
     "parse_claude_json",

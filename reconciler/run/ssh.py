@@ -38,11 +38,22 @@ import structlog
 from reconciler.errors import FleetError
 from reconciler.fleet.budgets import Budget, MeterFormat, RunSpend, UsageMeter
 from reconciler.fleet.queue import PullQueue, ReceiptClaim
+from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key, issue_key
 from reconciler.models import AgentId, ReceiptId, Task, TaskId, TaskState
 from reconciler.run import gitwork
-from reconciler.run.adapters import RunOutput, parse_output, render_command, render_env
+from reconciler.run.adapters import (
+    FLEET_TOOL_PROGRAMS,
+    FleetTools,
+    RunOutput,
+    claude_mcp_config_by_reference,
+    fleet_tools_env,
+    parse_output,
+    render_command,
+    render_env,
+    with_fleet_tools,
+)
 from reconciler.run.hosts import RemoteResult, run_remote
 from reconciler.settings import HostSettings, Settings
 from reconciler.store import Store
@@ -136,7 +147,10 @@ class HostExecutor:
         log_dir: Path,
         run_remote: RunRemote = run_remote,
         prompt_for: Callable[[Task], str] | None = None,
+        tokens: TaskTokens | None = None,
     ) -> None:
+        """``tokens``: issues the task tokens of the runs' fleet tools (None: runs get none)."""
+        self._tokens = tokens
         self._store = store
         self._reports = reports
         self._gateway = gateway
@@ -328,9 +342,11 @@ class HostExecutor:
                 if task.deadline_at
                 else settings.timeouts.task_default
             )
+            env = dict(render_env(adapter))
+            argv = self._with_fleet_tools(argv, env, host=host, task=task, run=run)
             started = time.monotonic()
             run.cli_started.set()
-            ran = self._run_cli(host, argv, worktree, render_env(adapter), limit)
+            ran = self._run_cli(host, argv, worktree, env, limit)
             duration = time.monotonic() - started
             self._write_log(task, ran)
             output = RunOutput(
@@ -395,6 +411,27 @@ class HostExecutor:
             tokens=result.tokens,
             duration_s=round(duration, 3),
             session_id=result.session_id,
+        )
+
+    def _with_fleet_tools(
+        self, argv: list[str], env: dict[str, str], *, host: HostSettings, task: Task, run: _Run
+    ) -> list[str]:
+        """``argv`` loading the fleet's MCP server (the host's ``mcp_command``) with a task
+        token for this run's lease, when ``api.public_url`` says where the host reaches the
+        daemon and the CLI is one that loads it; ``env`` gains the server's variables."""
+        url = self._settings().api.public_url
+        if self._tokens is None or not url or Path(argv[0]).name not in FLEET_TOOL_PROGRAMS:
+            return argv
+        tools = FleetTools(
+            server=url,
+            token=self._tokens.issue(task.id, run.lease_generation),
+            command=tuple(host.mcp_command),
+        )
+        env.update(tools.env())
+        env.update(fleet_tools_env(argv))
+        # Claude Code gets its configuration inline, naming the variables: no file on the host.
+        return with_fleet_tools(
+            argv, tools=tools, config_file=claude_mcp_config_by_reference(tools)
         )
 
     def _asked(self, run: _Run) -> bool:

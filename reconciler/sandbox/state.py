@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING
 
 from reconciler.sandbox.commits import (
     ZERO_SHA,
@@ -41,6 +42,9 @@ from reconciler.sandbox.gitstore import (
     MergeConflict,
     is_valid_branch_name,
 )
+
+if TYPE_CHECKING:
+    from reconciler.sandbox.wiki import Wiki
 
 Clock = Callable[[], datetime]
 
@@ -347,6 +351,8 @@ class Repo:
     hooks: dict[int, Hook] = field(default_factory=dict)
     collaborators: dict[str, Access] = field(default_factory=dict)
     statuses: list[CommitStatus] = field(default_factory=list)
+    wiki: Wiki | None = None
+    """The repository's wiki (``wiki.py``), None until its first page is written."""
 
     @property
     def full_name(self) -> str:
@@ -374,6 +380,8 @@ class ForgeEvent:
     before: str = ""
     after: str = ""
     commits: tuple[Commit, ...] = ()
+    page: str = ""  # a wiki event's page (its web path)
+    message: str = ""  # a wiki event's commit message
 
 
 @dataclass(frozen=True)
@@ -466,6 +474,10 @@ class ForgeState:
 
     def _emit(self, event: ForgeEvent) -> None:
         self._on_event(event)
+
+    def announce(self, event: ForgeEvent) -> None:
+        """Announce a change made by an operation kept outside this module (the wiki's)."""
+        self._emit(event)
 
     # -- users and tokens --
 

@@ -1,7 +1,8 @@
 """The ``[mcp]`` section: what agents may do through the fleet's MCP tools (docs/mcp.md).
 
-Read by the daemon's task endpoints (``webhook/mcp_api.py``) and the assignment controller,
-which opens the question and decision issues agents ask for and reads their answers.
+Read by the daemon's task endpoints (``webhook/mcp_api.py``), the assignment controller,
+which opens the question and decision issues agents ask for and reads their answers, and the
+knowledge book (``reconciler/fleet/knowledge.py``), which takes the notes agents share.
 """
 
 from __future__ import annotations
@@ -28,4 +29,13 @@ class McpSettings(Section):
         default=2,
         description="How deep questions may nest: a task born from a question asked by "
         "another task is at depth 1, and may ask only while its depth is below this.",
+    )
+    max_note_bytes: int = Field(
+        default=4096,
+        ge=64,
+        le=65536,
+        description="Largest note an agent may share, in bytes of UTF-8.",
+    )
+    max_notes_per_task: NonNegativeInt = Field(
+        default=20, description="Notes one task may share in all its runs; 0 turns sharing off."
     )

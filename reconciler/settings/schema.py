@@ -183,7 +183,8 @@ class Settings(BaseSettings):
     )
     mcp: McpSettings = Field(
         default_factory=McpSettings,
-        description="What agents may do through the fleet's MCP tools: questions, trust.",
+        description="What agents may do through the fleet's MCP tools: questions, shared "
+        "notes, their limits and trust.",
     )
 
     @classmethod

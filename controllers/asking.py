@@ -227,7 +227,9 @@ def plan_questions(
                 )
             )
         else:
-            if number not in facts.linked:
+            # Linked once, when found: a crash came between opening and linking. A dependency a
+            # person removed later stays removed (closing the question is how to release it).
+            if question.issue_number is None and number not in facts.linked:
                 actions.append(LinkQuestion(task.repo, task.issue_number, on=number))
             question = question.model_copy(update={"issue_number": number})
         questions.append(question)

@@ -186,6 +186,9 @@ def test_a_question_found_by_its_marker_is_recorded_not_opened_again() -> None:
     linked = QuestionFacts(found={1: 30}, linked=frozenset({30}))
     _, actions, _ = plan_questions(asking, linked, now=NOW, settings=settings)
     assert actions == []
+    # Once recorded, a dependency a person removed is not put back.
+    unlinked = plan_questions(recorded, QuestionFacts(), now=NOW, settings=settings)
+    assert unlinked[1] == [] and unlinked[0] == recorded
     answered = QuestionFacts(found={1: 30}, answers={1: Answer("8080", "alice")})
     done, actions, events = plan_questions(asking, answered, now=NOW, settings=settings)
     assert done.questions[0].answer == "8080" and [e.kind for e in events] == ["answer"]

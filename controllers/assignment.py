@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from controllers.asking import QuestionFacts, observe_questions, plan_questions, question_hold
 from reconciler.engine.executor import Executor
 from reconciler.engine.reconcile import (
     ActContext,
@@ -73,6 +74,7 @@ from reconciler.fleet.issues import (
     status_labels,
 )
 from reconciler.fleet.placement import Placement, is_waiting, place, waiting_for
+from reconciler.fleet.questions import parse_marker, unanswered
 from reconciler.fleet.rebuild import facts_from_status_comment
 from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
 from reconciler.forgejo.types import Issue, IssueState
@@ -112,6 +114,15 @@ class Observed:
     dispatched: bool = False  # this process runs the task right now
     status_comment: str | None = None
     """The bot's status comment as Forgejo holds it — read only to rebuild a lost task."""
+    closed_by_its_pull: bool = False
+    """The issue was closed by merging a pull request of the task's own branch (one that says
+    ``Closes #N``) before the task had it: read only when the close would cancel the task."""
+    question_facts: QuestionFacts = field(default_factory=QuestionFacts)
+    """What Forgejo holds about the task's unanswered questions (``controllers/asking.py``)."""
+    question_depth: int = 0
+    """The issue is a question agent-fleet opened for a task at depth n - 1: n; else 0."""
+    agent_written: bool = False
+    """The issue is a question whose agent-written text no trusted role vouches for."""
     holds: HoldFacts = field(default_factory=HoldFacts)
     """Trust, approval and dependencies, read while the task could be placed."""
     blocked: tuple[IssueRef, ...] = ()
@@ -181,10 +192,18 @@ def _plan_cap_reached(
     )
 
 
-def current_hold(observed: Observed, labels: tuple[str, ...], *, settings: Settings) -> Hold | None:
-    """Why the issue's task may not be placed now, if anything holds it (``fleet/holds.py``)."""
+AGENT_WRITTEN = "its text is an agent's question, which a maintainer approves first"
+
+
+def current_hold(
+    observed: Observed, labels: tuple[str, ...], *, settings: Settings, task: Task | None = None
+) -> Hold | None:
+    """Why the issue's task (``task``, or the observed one) may not be placed now, if anything
+    holds it (``fleet/holds.py``; questions: ``controllers/asking.py``)."""
     facts, issue = observed.holds, observed.issue
+    task = task if task is not None else observed.task
     spec = read_labels(labels, settings.labels)
+    always = always_needs_approval(spec.role, labels, settings.approval)
     return first_hold(
         label_hold(labels, settings.labels),
         approval_hold(
@@ -192,8 +211,9 @@ def current_hold(observed: Observed, labels: tuple[str, ...], *, settings: Setti
             author_trusted=facts.author_trusted,
             approved_by=facts.approved_by,
             vocabulary=settings.labels,
-            always=always_needs_approval(spec.role, labels, settings.approval),
+            always=always or (AGENT_WRITTEN if observed.agent_written else None),
         ),
+        question_hold(task) if task is not None else None,
         dependency_hold(observed.repo, facts.open_dependencies, facts.cycle),
         daily_cap_hold(
             observed.repo, spent_today=observed.spent_today_usd, budgets=settings.budgets
@@ -205,8 +225,14 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
     vocabulary = settings.labels
     issue, task = observed.issue, observed.task
     spec = read_labels(issue.labels, vocabulary) if issue is not None else None
+    # An issue closed by merging the task's own pull request is still the task's to finish:
+    # its next attempt hands the merged work in (the review and receipts controllers complete
+    # it), rather than the close cancelling work that is done.
     open_and_wanted = (
-        issue is not None and issue.state is IssueState.OPEN and spec is not None and spec.wanted
+        issue is not None
+        and (issue.state is IssueState.OPEN or observed.closed_by_its_pull)
+        and spec is not None
+        and spec.wanted
     )
 
     if not open_and_wanted:
@@ -216,6 +242,8 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
         # Merging a pull request that says "Closes #N" closes the issue: the task's fate is
         # its PR's (the review and receipts controllers complete or fail it), not a cancel.
         # Its status label still follows the task, written here as everywhere else.
+        # Its status label and status comment still follow the task, written here as
+        # everywhere else (a task completed after its merge closed the issue says done).
         if task.is_terminal or (
             closed
             and task.pr_number is not None
@@ -223,10 +251,16 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
         ):
             if not closed or issue is None:
                 return ()
+            followed: list[Action] = []
             status = status_label_for(task.state, vocabulary)
-            if status is None or status in issue.labels:
-                return ()
-            return (AddLabels(observed.repo, issue.number, (status,), for_task=observed.task),)
+            if status is not None and status not in issue.labels:
+                followed.append(
+                    AddLabels(observed.repo, issue.number, (status,), for_task=observed.task)
+                )
+            commented, upsert = _plan_status_comment(observed, issue, task, settings=settings)
+            if upsert is not None:
+                followed += [upsert, SaveTask(commented, (), expected=task)]
+            return tuple(followed)
         if issue is None:
             why = "the issue no longer exists"
         elif issue.state is not IssueState.OPEN:
@@ -252,6 +286,8 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
     if task is None:
         state, why = rebuilt_state(issue.labels, vocabulary)
         task = new_task(observed.repo, issue, spec, now=now, state=state)
+        if observed.question_depth:
+            task = task.changed(now=now, question_depth=observed.question_depth)
         if observed.status_comment is not None:
             task = _with_rebuilt_facts(task, observed.status_comment, now=now)
         events.append(
@@ -332,11 +368,16 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
             events.append(event)
         labels_to_remove.append(vocabulary.retry)
 
+    task, question_actions, question_events = plan_questions(
+        task, observed.question_facts, now=now, settings=settings
+    )
+    events += question_events
+
     stop: StopRun | None = None
     task, lifecycle_events, stop = plan_lifecycle(observed, task, now=now, settings=settings)
     events += lifecycle_events
 
-    hold = current_hold(observed, issue.labels, settings=settings)
+    hold = current_hold(observed, issue.labels, settings=settings, task=task)
     task, hold_events = plan_hold(task, hold, now=now)
     events += hold_events
 
@@ -347,7 +388,7 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
         )
         events += placement_events
 
-    actions = []
+    actions = [*question_actions]
     desired = status_label_for(task.state, vocabulary)
     if desired is not None and desired not in issue.labels:
         # status/ is an exclusive scope: Forgejo drops the previous status label itself.
@@ -362,23 +403,14 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
     if assignees is not None:
         actions.append(assignees)
 
-    body = status_comment(task, agents=observed.agents, settings=settings)
-    digest = comment_digest(body)
     if before is None and task.state in TERMINAL_REBUILT:
         # A task rebuilt after state loss that had already ended: the comment Forgejo holds
         # is the record of how it ended, and this process knows no more than it does.
-        task = task.changed(now=task.updated_at, comment_digest=digest)
-    elif body and digest != task.comment_digest:
-        actions.append(
-            UpsertComment(
-                observed.repo,
-                issue.number,
-                marker=COMMENT_MARKER,
-                body=body,
-                no_comments_yet=issue.comments == 0,
-            )
-        )
-        task = task.changed(now=task.updated_at, comment_digest=digest)
+        body = status_comment(task, agents=observed.agents, settings=settings)
+        task = task.changed(now=task.updated_at, comment_digest=comment_digest(body))
+    else:
+        task, upsert = _plan_status_comment(observed, issue, task, settings=settings)
+        actions += [upsert] if upsert is not None else []
 
     if stop is not None:
         actions.append(stop)
@@ -389,6 +421,24 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
         actions.append(dispatch)
     actions += plan_freed_slot(observed, task, now=now)
     return tuple(actions)
+
+
+def _plan_status_comment(
+    observed: Observed, issue: Issue, task: Task, *, settings: Settings
+) -> tuple[Task, UpsertComment | None]:
+    """The status comment's write when what it says changed, and the task recording it."""
+    body = status_comment(task, agents=observed.agents, settings=settings)
+    digest = comment_digest(body)
+    if not body or digest == task.comment_digest:
+        return task, None
+    upsert = UpsertComment(
+        observed.repo,
+        issue.number,
+        marker=COMMENT_MARKER,
+        body=body,
+        no_comments_yet=issue.comments == 0,
+    )
+    return task.changed(now=task.updated_at, comment_digest=digest), upsert
 
 
 def plan_freed_slot(observed: Observed, task: Task, *, now: datetime) -> list[Action]:
@@ -536,7 +586,9 @@ PLACEABLE_STATES = frozenset(
 def status_comment(task: Task, *, agents: tuple[Agent, ...], settings: Settings) -> str:
     """The one comment agent-fleet keeps on a task's issue, rewritten when the task changes."""
     head = f"<sub>agent-fleet · task `{task.id}`</sub>"
-    if task.state is TaskState.CREATED and task.on_hold and task.wait_reason:
+    if task.state is TaskState.CREATED and task.on_hold and unanswered(task):
+        line = f"❓ Paused until its agent's question is answered: {task.wait_reason}."
+    elif task.state is TaskState.CREATED and task.on_hold and task.wait_reason:
         line = f"⏸️ Not started yet: {task.wait_reason}."
     elif task.state is TaskState.CREATED:
         if not task.wait_reason:
@@ -628,8 +680,19 @@ class AssignmentController:
         spent_today = 0.0
         capped: frozenset[str] = frozenset()
         blocked: tuple[IssueRef, ...] = ()
+        closed_by_its_pull = False
+        question_facts, question_depth, agent_written = QuestionFacts(), 0, False
+        trusted = trust_on(
+            self._gateway,
+            key.repo,
+            allow=frozenset(settings.forgejo.trusted_authors),
+            judge=is_trusted_author,
+        )
         if issue is not None and issue.state is IssueState.CLOSED:
             blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
+            if task is not None and task.pr_number is None and not task.is_terminal:
+                pull = self._gateway.find_pull_by_head(key.repo, task.branch)
+                closed_by_its_pull = pull is not None and pull.merged
         elif (
             issue is not None
             and (spec := read_labels(issue.labels, settings.labels)).wanted
@@ -642,19 +705,21 @@ class AssignmentController:
                 spent_today = sum(r.usd for r in today if r.kind == "repo" and r.name == key.repo)
                 capped = agents_over_daily_cap(today, settings.budgets)
             always = always_needs_approval(spec.role, issue.labels, settings.approval)
+            mark = parse_marker(issue, bot_login=self._gateway.bot_login())
+            question_depth = mark.depth if mark is not None else 0
+            agent_written = mark is not None and not mark.asker_trusted
             holds = read_hold_facts(
                 self._gateway,
                 key.repo,
                 issue,
                 vocabulary=settings.labels,
                 watched=watched,
-                trusted=trust_on(
-                    self._gateway,
-                    key.repo,
-                    allow=frozenset(settings.forgejo.trusted_authors),
-                    judge=is_trusted_author,
-                ),
-                always_approval=always is not None,
+                trusted=trusted,
+                always_approval=always is not None or agent_written,
+            )
+        if issue is not None and issue.state is IssueState.OPEN and task is not None:
+            question_facts = observe_questions(
+                self._gateway, self._store, task, settings=settings, trusted=trusted
             )
         return Observed(
             repo=key.repo,
@@ -669,6 +734,10 @@ class AssignmentController:
             blocked=blocked,
             spent_today_usd=spent_today,
             capped_agents=capped,
+            closed_by_its_pull=closed_by_its_pull,
+            question_facts=question_facts,
+            question_depth=question_depth,
+            agent_written=agent_written,
         )
 
     def reconcile(self, key: Key) -> Result:

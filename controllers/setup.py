@@ -49,7 +49,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-WEBHOOK_EVENTS = ("issues", "issue_comment", "pull_request", "push", "create", "delete")
+WEBHOOK_EVENTS = ("issues", "issue_comment", "pull_request", "push", "create", "delete", "wiki")
 """What the managed webhook subscribes to: everything the receiver turns into keys."""
 
 

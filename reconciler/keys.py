@@ -10,6 +10,7 @@ thing itself, so a key queued twice, late, or out of order is harmless.
 | `review`     | `owner/name`  | pull request number, or `branch:<task branch>`  |
 | `receipts`   | `owner/name`  | task id                                         |
 | `setup`      | `owner/name`  | `repository` (one set-up key per repository)    |
+| `knowledge`  | `owner/name`  | a shared-notes topic, e.g. `build-cache`        |
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ASSIGNMENT = "assignment"
 REVIEW = "review"
 RECEIPTS = "receipts"
 SETUP = "setup"
+KNOWLEDGE = "knowledge"
 
 BRANCH_PREFIX = "branch:"
 

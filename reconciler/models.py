@@ -247,6 +247,38 @@ class ReceiptCheck(_Frozen):
         return self.outcome is CheckOutcome.PASSED
 
 
+class QuestionKind(StrEnum):
+    QUESTION = "question"
+    DECISION = "decision"
+
+
+class Question(_Frozen):
+    """A question or decision a task's run asked through the fleet's tools (docs/mcp.md).
+
+    Asked under a lease; opened as an issue the task depends on by the assignment controller
+    (``issue_number`` once found); answered when that issue is closed (``answer``)."""
+
+    number: int = Field(ge=1, description="1, 2, … within the task.")
+    kind: QuestionKind = QuestionKind.QUESTION
+    text: str = Field(min_length=1, description="The agent's question: agent-written text.")
+    options: tuple[str, ...] = Field(default=(), description="A decision's options.")
+    role: str | None = Field(
+        default=None, description="The role asked; None: the repository's maintainers."
+    )
+    asked_at: datetime
+    asked_by: AgentId
+    lease_generation: int = Field(ge=1)
+    issue_number: int | None = None
+    answer: str | None = None
+    """The answer once the question's issue is closed (None: not answered yet)."""
+    answered_by: str = ""
+    chosen: int | None = Field(default=None, description="A decision's option, counted from 1.")
+    asker_trusted: bool = False
+    """The asking agent holds a role of ``mcp.trusted_roles``: its text needs no approval."""
+
+    _check_times = field_validator("asked_at")(_aware)
+
+
 class Task(_Frozen):
     id: TaskId
     repo: RepoName
@@ -308,6 +340,10 @@ class Task(_Frozen):
     over_budget: bool = False
     """The task failed because a run passed its budget: it is retried only when the budget
     is raised (a budget label allowing more)."""
+    questions: tuple[Question, ...] = ()
+    """Questions and decisions its runs asked (docs/mcp.md), oldest first."""
+    question_depth: int = Field(default=0, ge=0)
+    """0 for an issue people opened; n + 1 for a question asked by a task at depth n."""
 
     _check_times = field_validator(
         "created_at", "updated_at", "last_activity_at", "deadline_at", "not_before"

@@ -4,7 +4,9 @@ Every place that shows a person a duration or when something is tried again form
 so it reads the same in an issue comment, a wait reason, the CLI, the Matrix room and a log
 line's human fields: :func:`format_duration` (``7.5 s``, ``3 min 5 s``), :func:`format_wait`
 (``in 5 s`` for a short wait, ``at 07:23 UTC`` for a long one) and :func:`describe_error`
-(an exception in people's words, without Python class names). Callers include the console
+(an exception in people's words, without Python class names); and :func:`sanitize`, which
+takes out of text from issues, comments and agents what a reader in Forgejo would not see,
+before it reaches a prompt or the fleet's records. Callers include the console
 views, the registry, assignment, review and receipts controllers, placement, the ssh executor,
 the loop and the pull worker.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import re
 import socket
+import unicodedata
 from datetime import datetime
 
 LONG_WAIT = 3600.0
@@ -81,4 +84,55 @@ def describe_error(exc: BaseException) -> str:
     return "timed out" if words.endswith("timeout") else f"{words} failure"
 
 
-__all__ = ["LONG_WAIT", "describe_error", "format_duration", "format_wait"]
+# --- sanitising ---------------------------------------------------------------------------
+
+# An HTML comment, closed the HTML5 ways (`-->`, `--!>`, the abrupt `<!-->` and `<!--->`).
+# An unclosed one hides the rest of the document when rendered, so it is cut to the end.
+_HTML_COMMENT = re.compile(r"<!--(?:-?>|.*?--!?>|.*\Z)", re.DOTALL)
+# Markdown's "comment" idiom: a link reference definition to `#` or `<>`, never rendered.
+_MARKDOWN_COMMENT = re.compile(r"^ {0,3}\[[^\]\n]+\]:[ \t]*(?:#|<>|<#>)(?:[ \t].*)?$", re.MULTILINE)
+# Terminal control sequences: CSI (colours, cursor moves), OSC (titles, hyperlinks), others.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+# Characters outside the "C" categories that still show nothing: variation selectors (also
+# used to smuggle data after an emoji), fillers, the combining grapheme joiner, braille blank.
+_INVISIBLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0"
+    "\U000e0100-\U000e01ef]"
+)
+_BLANK_RUN = re.compile(r"\n{3,}")
+_TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
+
+
+def sanitize(text: str) -> str:
+    """``text`` without what a reader in Forgejo would not see.
+
+    Removes HTML comments, Markdown comment lines, terminal escape sequences, control and
+    format characters (zero-width characters, bidi overrides and isolates, tag characters,
+    the BOM, soft hyphens), private-use and unassigned code points and other invisible
+    characters; turns other Unicode spaces into plain spaces and line separators into
+    newlines; keeps tabs and newlines, and at most one blank line in a row.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _HTML_COMMENT.sub("", text)
+    text = _MARKDOWN_COMMENT.sub("", text)
+    text = _ANSI.sub("", text)
+    text = _INVISIBLE.sub("", text)
+    text = "".join(_visible(char) for char in text)
+    text = _TRAILING_SPACE.sub("", text)
+    return _BLANK_RUN.sub("\n\n", text).strip()
+
+
+def _visible(char: str) -> str:
+    if char in "\n\t":
+        return char
+    category = unicodedata.category(char)
+    if category[0] == "C":  # Cc control, Cf format, Cs surrogate, Co private use, Cn unassigned
+        return ""
+    if category == "Zs":
+        return " "
+    if category in ("Zl", "Zp"):
+        return "\n"
+    return char
+
+
+__all__ = ["LONG_WAIT", "describe_error", "format_duration", "format_wait", "sanitize"]

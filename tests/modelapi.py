@@ -540,20 +540,33 @@ def _offered_namespaced_tool(body: Mapping[str, Any], tool: str) -> tuple[str, s
 
 
 def _has_anthropic_tool_result(body: Mapping[str, Any]) -> bool:
+    """A tool's result came back since the last prompt of the user (a resumed session's
+    earlier results do not count: the script starts again on a new prompt)."""
+    answered = False
     for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(block, dict) and block.get("type") == "tool_result" for block in content
-        ):
-            return True
-    return False
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else [{"type": "text"}]
+        if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
+            answered = True
+        elif any(isinstance(b, dict) and b.get("type") == "text" for b in blocks):
+            answered = False
+    return answered
 
 
 def _has_openai_tool_result(body: Mapping[str, Any]) -> bool:
+    """As :func:`_has_anthropic_tool_result`, for the Responses API's input items."""
     items = body.get("input")
-    return isinstance(items, list) and any(
-        isinstance(item, dict) and item.get("type") == "function_call_output" for item in items
-    )
+    answered = False
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call_output":
+            answered = True
+        elif item.get("role") == "user":
+            answered = False
+    return answered
 
 
 def _error_body(api_path: str, status: int, message: str) -> dict[str, Any]:

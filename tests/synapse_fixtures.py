@@ -107,6 +107,10 @@ class Synapse:
             "rc_3pid_validation": _RATE,
             "rc_presence": {"per_user": _RATE},
             "rc_delayed_event_mgmt": _RATE,
+            # Every test makes its own room: Synapse's default allows a burst of ten only.
+            "rc_room_creation": _RATE,
+            "rc_profile": _RATE,
+            "rc_user_directory": _RATE,
         }
         config: dict[str, Any] = {
             "server_name": SERVER_NAME,

@@ -370,11 +370,17 @@ def test_label_changes_follow_the_task_with_an_update_event() -> None:
 
 def test_an_illegal_move_is_not_planned_for_a_completed_task() -> None:
     """A completed task whose issue is closed later stays completed (terminal); its status
-    label is all that is written, and only while it is missing."""
+    label and status comment are all that is written, and only while they are not current."""
     closed = IssueState.CLOSED
     done = task(TaskState.COMPLETED)
-    assert kinds(planned(issue("fleet/task", state=closed), done)) == ["add:status/done"]
-    assert planned(issue("fleet/task", "status/done", state=closed), done) == ()
+    assert kinds(planned(issue("fleet/task", state=closed), done)) == [
+        "add:status/done",
+        "comment",
+        "save:completed",
+    ]
+    said = done.model_copy(update={"comment_digest": comment_digest(
+        status_comment(done, agents=(), settings=SETTINGS))})  # fmt: skip
+    assert planned(issue("fleet/task", "status/done", state=closed), said) == ()
 
 
 @pytest.mark.parametrize(
@@ -388,11 +394,17 @@ def test_an_illegal_move_is_not_planned_for_a_completed_task() -> None:
 def test_the_status_label_of_an_issue_closed_by_its_merge_follows_the_task(
     state: TaskState, label: str
 ) -> None:
-    """The assignment controller is the one writer of status labels, closed issues included:
-    a task whose merged PR closed its issue gets the label of its state, and nothing else."""
+    """The assignment controller is the one writer of status labels and the status comment,
+    closed issues included: a task whose merged PR closed its issue gets the label of its
+    state and a comment saying it (a task done after the merge says done), and nothing else."""
     closed = issue("fleet/task", "status/review" if label != "status/review" else "status/doing",
                    state=IssueState.CLOSED)  # fmt: skip
-    assert kinds(planned(closed, task(state, pr_number=7))) == [f"add:{label}"]
+    actions = planned(closed, task(state, pr_number=7, failure_reason="tests failed"))
+    assert kinds(actions) == [f"add:{label}", "comment", f"save:{state}"]
+    (comment,) = [a for a in actions if isinstance(a, UpsertComment)]
+    said = {TaskState.COMPLETED: "✅ Done", TaskState.FAILED: "❌ Failed",
+            TaskState.REVIEW_PENDING: "👀 In review"}[state]  # fmt: skip
+    assert comment.body.startswith(said)
 
 
 def test_a_stale_review_pass_never_writes_a_status_label_over_done() -> None:

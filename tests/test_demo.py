@@ -35,7 +35,7 @@ def test_demo_runs_tasks_through_review_to_done_and_shows_an_agent_going_offline
             assert f"#{number} created → assigned" not in text
     # #2 depends on #1: it waits, saying so, and starts only once #1 is closed.
     held = text.index("#2 waiting                      waiting for #1: open")
-    closed = text.index("alice closes #1; #2, waiting for it, starts now")
+    closed = text.index("closed #1; #2, waiting for it, starts now")  # by merging its PR
     assert held < closed < text.index("#2 created → assigned")
     assert "#2 waits: waiting for #1: open (also said on the issue)" in text
     assert "#1 review_pending → created     changes requested by alice" in text

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import issue_key
-from reconciler.models import TaskState, task_id_for
+from reconciler.models import QuestionKind, TaskState, task_id_for
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import (
     AdapterSettings,
@@ -257,3 +257,44 @@ def test_a_rerun_whose_earlier_work_was_merged_meanwhile_hands_that_work_in(  # 
             p for p in person.list_pulls(DEMO_REPO, state="all") if p.head_branch == task.branch
         ]
     assert [p.number for p in task_pulls] == [pull]
+
+
+# Writes its pid, waits for the test's go-ahead, then leaves work in the worktree.
+WAITER = AdapterSettings(
+    command=("sh", "-c", ('echo $$ > "$PIDS/$(basename "$PWD").pid"; '
+             'while [ ! -f "$PIDS/go" ]; do sleep 0.05; done; echo draft > notes.txt; '
+             "echo 'asked, waiting'")),
+    parser="raw",
+)  # fmt: skip
+
+
+def test_an_ssh_run_that_asked_a_question_keeps_its_work_and_waits(world_factory) -> None:  # type: ignore[no-untyped-def]
+    """A question asked during a run on a host (as its fleet tools record it): when the run
+    ends, its work is pushed to the branch, no pull request is opened, and the task waits on
+    the question's issue instead of going to review."""
+    world: World = world_factory(WAITER)
+    number = world.forge.create_issue(
+        DEMO_REPO, "Needs a choice", labels=["fleet/task", "agent/developer"]
+    )
+    world.reconcile(number)
+    task = world.task(number)
+    executor = world.assembly.executor
+    assert executor is not None and executor.wait_started(task.id, timeout=30)
+    running = world.task(number)
+    world.assembly.fleet.ask(
+        running.agent_id, task.id, lease_generation=running.lease_generation,
+        kind=QuestionKind.QUESTION, text="Which port?",
+    )  # fmt: skip
+    (world.pids / "go").write_text("")
+    assert executor.wait(task.id, timeout=60)
+    world.reconcile(number)
+    world.reconcile(number)
+    waiting = world.task(number)
+    assert waiting.state is TaskState.CREATED and waiting.on_hold, waiting.wait_reason
+    question_issue = waiting.questions[0].issue_number
+    assert question_issue is not None
+    assert waiting.wait_reason == f"waiting for the answer to #{question_issue}"
+    with ForgejoGateway(world.forge.url, world.forge.admin_token) as gateway:
+        assert gateway.find_pull_by_head(DEMO_REPO, task.branch) is None
+        branch = gateway.get_branch(DEMO_REPO, task.branch)
+        assert branch is not None and branch.commit_message.startswith("Work in progress")

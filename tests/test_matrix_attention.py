@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from reconciler.models import AgentStatus, TaskEvent, TaskState, assign, transition
+from reconciler.models import (
+    AgentId,
+    AgentStatus,
+    Question,
+    TaskEvent,
+    TaskState,
+    assign,
+    transition,
+)
 from reconciler.sandbox import ForgejoSandbox
 from tests.synapse_fixtures import (
     NOW,
@@ -179,6 +187,33 @@ def test_a_stuck_task_gets_a_message_of_its_own(
         ],
     )
     assert len(found) == 1 and "code:rust" in content_of(found[0])["body"]
+
+
+def test_a_question_for_the_maintainers_gets_a_message_of_its_own(
+    mentioning: Harness, matrix_world: MatrixWorld, matrix_room: str
+) -> None:
+    """An agent's question to the maintainers is a message for a person; one for a role is
+    not (an agent of that role takes it)."""
+    store = mentioning.store
+    for number, role in ((44, None), (45, "architect")):
+        task = new_task(store, number)
+        asked = Question(number=1, text=f"Which port, {number}?", asked_at=NOW,
+                         asked_by=AgentId("a1"), lease_generation=1, role=role)  # fmt: skip
+        store.record(
+            task.model_copy(update={"questions": (asked,)}),
+            TaskEvent(task_id=task.id, at=NOW, actor="agent:a1", kind="question",
+                      reason=f"asks someone: Which port, {number}?", data={"question": 1}),
+        )  # fmt: skip
+    mentioning.service.wake()
+    found = wait_until(
+        "the question's message",
+        lambda: [
+            m for m in bot_roots(matrix_world, matrix_room)
+            if "needs an answer from the maintainers" in content_of(m)["body"]
+        ],
+    )  # fmt: skip
+    assert len(found) == 1 and "Which port, 44?" in content_of(found[0])["body"]
+    assert matrix_world.alice.user_id in content_of(found[0])["body"]
 
 
 def test_a_host_restarted_by_the_registry_is_a_message_of_its_own(

@@ -196,7 +196,7 @@ def test_the_tools_act_for_the_task_and_refuse_after_the_lease_is_gone(rig: Rig)
             return names, brief.structured_content, _text(done), _text(late)
 
     names, brief, done, late = anyio.run(session)
-    assert names == {"task", "progress"}
+    assert names == {"task", "progress", "ask", "decide", "share", "context"}
     assert brief["task_id"] == task.id and brief["branch"] == task.branch
     assert "10% reading" in done
     assert "stale_lease" in late
@@ -223,7 +223,7 @@ def test_agent_fleet_mcp_serves_the_tools_over_stdio(rig: Rig) -> None:
             return names, _text(answer)
 
     names, text = anyio.run(session)
-    assert names == {"task", "progress"}
+    assert names == {"task", "progress", "ask", "decide", "share", "context"}
     assert "70% pushing" in text
     events = rig.call("GET", f"/tasks/{task.id}", token=OPERATOR).json()["events"]
     assert events[-1]["reason"] == "70% · pushing"
@@ -261,6 +261,10 @@ def test_claude_gets_a_config_file_codex_overrides_and_other_programs_nothing() 
         'mcp_servers.fleet.args=["mcp"]',
         "-c",
         'mcp_servers.fleet.env_vars=["AGENT_FLEET_SERVER", "AGENT_FLEET_TASK_TOKEN", "PYTHONPATH"]',
+        "-c",
+        "mcp_servers.fleet.required=true",
+        "-c",
+        "mcp_servers.fleet.startup_timeout_sec=60",
     ]
     assert not any("aft1" in arg for arg in codex)
     scripted = [sys.executable, "-m", "reconciler.agent.demo_agent", "{prompt}"]
@@ -348,7 +352,15 @@ def test_real_codex_calls_the_fleet_progress_tool_through_its_config_overrides(
     }  # fmt: skip
     output = start_local(argv, cwd=checkout.worktree, env=env, timeout=RUN_TIMEOUT).wait()
     offered = {t.get("name"): t for t in model_api.requests(base)[0].body.get("tools", [])}
-    assert {t["name"] for t in offered["mcp__fleet"]["tools"]} == {"task", "progress"}
+    assert "mcp__fleet" in offered, output.stdout + output.stderr
+    assert {t["name"] for t in offered["mcp__fleet"]["tools"]} == {
+        "task",
+        "progress",
+        "ask",
+        "decide",
+        "share",
+        "context",
+    }
     result = parse_output(adapter.parser, output)
     assert result.ok, output.stdout + output.stderr
     events = rig.call("GET", f"/tasks/{task.id}", token=OPERATOR).json()["events"]

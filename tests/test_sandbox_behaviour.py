@@ -440,3 +440,33 @@ def test_push_helper_creates_branch_from_base(
     assert branch["commit"]["id"] == sha
     log = forge_http.get(f"{REPO}/commits", params={"sha": "feature"}).json()
     assert [c["commit"]["message"] for c in log] == ["b\n", "a\n", "Initial commit\n"]
+
+
+def test_merging_a_pull_request_closes_the_issues_its_text_closes(forge: ForgejoSandbox) -> None:
+    """As Forgejo: "Closes #N" (and fixes/resolves, any case, "owner/repo#N" too) in the merged
+    pull request's title or body closes those issues; one with an open dependency stays open
+    and the merge still succeeds; an issue only mentioned stays open."""
+    closed = forge.create_issue(DEMO, "closed by the merge")
+    fixed = forge.create_issue(DEMO, "fixed by the merge")
+    blocked = forge.create_issue(DEMO, "has an open dependency")
+    blocker = forge.create_issue(DEMO, "the open dependency")
+    mentioned = forge.create_issue(DEMO, "only mentioned")
+    forge.add_dependency(DEMO, blocked, on=blocker)
+    forge.push(DEMO, "task/9-x", files={"x.py": "print('x')\n"}, message="add x")
+    number = forge.open_pull(
+        DEMO,
+        "task/9-x",
+        title=f"Add x (fixes: {DEMO}#{fixed})",
+        body=f"Closes #{closed}\nresolves #{blocked}\nSee #{mentioned}.",
+    )
+    forge.merge(DEMO, number)
+    with forge.state.lock:
+        repo = next(iter(forge.state.repos.values()))
+        state = {n: repo.issues[n].state for n in (closed, fixed, blocked, blocker, mentioned)}
+    assert state == {
+        closed: "closed",
+        fixed: "closed",
+        blocked: "open",
+        blocker: "open",
+        mentioned: "open",
+    }

@@ -331,6 +331,22 @@ def _scenario(forge: ForgejoSandbox, client: httpx.Client) -> None:
     expect(client.delete(f"{REPO}/hooks/{hook['id']}"), 204)
     expect(client.get(f"{REPO}/hooks/{hook['id']}"), 404)
 
+    wiki = f"{REPO}/wiki"
+    expect(client.get(f"{wiki}/pages"), 404)  # no wiki before its first page
+    page = {"title": "build-cache", "content_base64": "IyBCdWlsZCBjYWNoZQo=", "message": ""}
+    expect(client.post(f"{wiki}/new", json=page), 201)
+    expect(client.post(f"{wiki}/new", json=page), 400)
+    expect(client.post(f"{wiki}/new", json={"content_base64": "eA=="}), 400)
+    expect(client.post(f"{wiki}/new", json={"title": "x", "content_base64": "%%"}), 400)
+    expect(client.get(f"{wiki}/pages"), 200)
+    expect(client.get(f"{wiki}/page/build-cache.-"), 200)
+    expect(client.get(f"{wiki}/page/missing"), 404)
+    expect(client.patch(f"{wiki}/page/build-cache.-", json={"content_base64": "eQ=="}), 200)
+    expect(client.get(f"{wiki}/revisions/build-cache.-"), 200)
+    expect(client.get(f"{wiki}/revisions/missing"), 404)
+    expect(client.delete(f"{wiki}/page/build-cache.-"), 204)
+    expect(client.delete(f"{wiki}/page/build-cache.-"), 404)
+
     expect(client.get(f"{REPO}/collaborators/reviewer/permission"), 200)
     expect(client.get(f"{REPO}/collaborators/nobody/permission"), 404)
     expect(client.get(f"{REPO}/collaborators/reviewer"), 404)

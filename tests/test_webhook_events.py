@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.fleet.knowledge_api import knowledge_key
 from reconciler.keys import Key, branch_key, issue_key, pull_key
 from tests.forgejo_data import EXAMPLES
 from webhook.events import MalformedPayload, keys_for
@@ -259,7 +260,7 @@ def test_created_or_deleted_task_branch_names_the_branch(
     assert keys_for(event, ref_payload(ref=ref, ref_type=ref_type)) == expected
 
 
-@pytest.mark.parametrize("event", ["release", "wiki", "fork", "repository", "status", "", "x"])
+@pytest.mark.parametrize("event", ["release", "fork", "repository", "status", "", "x"])
 def test_events_agent_fleet_does_not_watch_name_nothing(event: str) -> None:
     """Unknown or uninteresting events map to no keys, whatever the payload."""
     assert keys_for(event, issue_payload()) == ()
@@ -406,3 +407,37 @@ def test_mapping_does_not_change_the_payload() -> None:
     before = copy.deepcopy(payload)
     keys_for("pull_request", payload)
     assert payload == before
+
+
+def _wiki_payload(page: object) -> dict[str, Any]:
+    return {
+        "action": "edited",
+        "repository": {"full_name": REPO},
+        "sender": {"login": "maint"},
+        "page": page,
+        "comment": "tip",
+    }
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        ("fleet-notes-build-cache.-", (knowledge_key(REPO, "build-cache"),)),
+        ("fleet-notes-ci.-", (knowledge_key(REPO, "ci"),)),
+        ("Home", ()),
+        ("Home-Page", ()),
+        ("fleet-notes-Bad Topic.-", ()),
+    ],
+)
+def test_a_wiki_event_names_the_topic_of_a_shared_notes_page(
+    page: str, expected: tuple[Key, ...]
+) -> None:
+    """A fleet-notes page written or deleted is news for the knowledge controller; any other
+    page is not."""
+    assert keys_for("wiki", _wiki_payload(page)) == expected
+
+
+def test_a_wiki_event_without_a_page_is_malformed() -> None:
+    """The page is what the event is about: without it the delivery is refused."""
+    with pytest.raises(MalformedPayload):
+        keys_for("wiki", _wiki_payload(None))

@@ -412,13 +412,31 @@ def install_agent_api(
     def task_status(task_id: str) -> tuple[int, BaseModel]:
         agent_id = agent_caller(fleet)
         request = body(TaskStatusRequest)
-        if request.state is None and not request.note:
+        if request.waiting and (request.failed or request.state is not None):
+            raise ApiError(400, "invalid_body", "waiting ends the run: no state, not failed")
+        if request.session_id is not None and not request.waiting:
+            raise ApiError(400, "invalid_body", "a session_id is reported with waiting only")
+        if request.state is None and not request.note and not request.waiting:
             raise ApiError(400, "invalid_body", "give a state, a note, or both")
         if request.failed and not request.note:
             raise ApiError(400, "invalid_body", "a failed run needs a note saying why")
         if request.over_budget and not request.failed:
             raise ApiError(400, "invalid_body", "over_budget describes a failed run: set failed")
         try:
+            if request.waiting:
+                spent = (
+                    RunSpend(request.spent_usd, request.spent_tokens, estimated=False)
+                    if request.spent_usd or request.spent_tokens
+                    else None
+                )
+                update = fleet.wait_for_answers(
+                    agent_id,
+                    task_id,
+                    lease_generation=request.lease_generation,
+                    spent=spent,
+                    session_id=request.session_id,
+                )
+                return 200, TaskStatusAnswer(task=update.task, changed=update.changed)
             if request.over_budget:
                 spent = RunSpend(
                     request.spent_usd, request.spent_tokens, estimated=False, over_budget=True

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from controllers.assignment import AssignmentController
+from controllers.knowledge import KnowledgeController
 from controllers.receipts import ReceiptsController
 from controllers.registry import RegistryController
 from controllers.review import ReviewController
@@ -39,6 +40,7 @@ from reconciler.engine.resync import Resync, ResyncTimer
 from reconciler.engine.workqueue import WorkQueue
 from reconciler.errors import ConfigError, FleetError
 from reconciler.fleet.agents import Fleet
+from reconciler.fleet.knowledge import KnowledgeBook, KnowledgeTopics
 from reconciler.fleet.queue import PullQueue
 from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.forgejo.gateway import ForgejoGateway
@@ -131,6 +133,8 @@ class Assembly:
     """Keeps each watched repository's labels and webhook; its ``status`` feeds /readyz."""
     tokens: TaskTokens = field(default_factory=TaskTokens)
     """Issues and checks the task tokens of the runs' MCP servers (docs/mcp.md)."""
+    knowledge: KnowledgeBook | None = None
+    """Queues the notes agents share and answers ``context`` (reconciler/fleet/knowledge.py)."""
 
 
 def build(
@@ -166,6 +170,8 @@ def build(
     # Every kind of key webhooks and executors name has its controller in the tuple below;
     # a key for no controller is reported by the loop.
     enqueue = queue.add
+    # One key for the task tokens of pull workers' runs and of ssh runs.
+    tokens = task_tokens(settings)
     fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue)
     fleet.bind_metrics(metrics)
     # Pull agents (over the agent API) and the ssh executor's runs (in process) report their
@@ -187,6 +193,7 @@ def build(
             clock=clock,
             enqueue=queue.add_urgent,
             log_dir=Path(settings.store.path) / "logs",
+            tokens=tokens,
         )
     )
     # ssh health checks and restarts run beside the loop; the registry reads their results.
@@ -211,6 +218,7 @@ def build(
         RegistryController(store, fleet, actuator, settings=holder, clock=clock, probes=probes),
         ReviewController(gateway, store, actuator, settings=holder, clock=clock, executor=executor),
         ReceiptsController(gateway, store, actuator, settings=holder, clock=clock),
+        KnowledgeController(gateway, store, actuator, settings=holder, clock=clock),
     )
     loop = Loop(
         controllers,
@@ -219,7 +227,14 @@ def build(
         metrics=metrics,
     )
     resync = Resync(
-        gateway, store, enqueue, settings=holder, clock=clock, metrics=metrics, record=not dry_run
+        gateway,
+        store,
+        enqueue,
+        settings=holder,
+        clock=clock,
+        metrics=metrics,
+        record=not dry_run,
+        repo_keys=(KnowledgeTopics(gateway, store),),
     )
     return Assembly(
         settings=holder,
@@ -236,7 +251,8 @@ def build(
         enqueue=enqueue,
         executor=executor,
         setup=setup,
-        tokens=task_tokens(settings),
+        tokens=tokens,
+        knowledge=KnowledgeBook(store, settings=holder, clock=clock, enqueue=enqueue),
         # Runs first: a run still going when the gateway closes could not open its PR.
         closers=[
             *(
@@ -297,6 +313,7 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
         fleet=assembly.fleet,
         tokens=assembly.tokens,
         max_body_bytes=settings.webhook.max_body_bytes,
+        knowledge=assembly.knowledge,
     )
     install_openapi(app)
     install_health(app, readiness=readiness, metrics=assembly.metrics)

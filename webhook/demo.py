@@ -459,11 +459,9 @@ def _review(
         sandbox.merge(repo, pr, author=REVIEWER)
         waiting = [n for n in sorted(ids.values()) if DEMO_ISSUES[n - 1].depends_on == number]
         if waiting:
-            # Forgejo closes an issue whose merged PR says "Closes #N"; the sandbox leaves it
-            # to the person.
-            sandbox.set_issue_state(repo, number, "closed", author=REVIEWER)
+            # The PR says "Closes #N": merging it closed the issue, which releases its waiters.
             shown = ", ".join(f"#{n}" for n in waiting)
-            out(f"  {REVIEWER} closes #{number}; {shown}, waiting for it, starts now:")
+            out(f"  merging PR #{pr} closed #{number}; {shown}, waiting for it, starts now:")
 
     def all_done() -> bool:
         timeline.poll(ids)

@@ -15,6 +15,7 @@ identify the thing that changed (repository, number, branch).
 | ``_comment`` (action ``reviewed``)                   |                                         |
 | ``push`` to ``refs/heads/task/…``                    | branch key of the task branch           |
 | ``create`` / ``delete`` of a ``task/…`` branch       | branch key of the task branch           |
+| ``wiki`` (a ``fleet-notes-<topic>`` page)            | ``knowledge`` key of the topic          |
 | anything else                                        | nothing                                 |
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from reconciler.fleet.knowledge_api import knowledge_key, topic_of_web_path
 from reconciler.forgejo.seen import SeenItems
 from reconciler.keys import Key, branch_key, issue_key, pull_key
 
@@ -175,6 +177,15 @@ def _ref_created_or_deleted(payload: Mapping[str, Any]) -> tuple[Key, ...]:
     return (branch_key(repo, branch),)
 
 
+def _wiki(payload: Mapping[str, Any]) -> tuple[Key, ...]:
+    """A wiki page written or deleted: the topic's key when it is a shared-notes page."""
+    page = payload.get("page")
+    if not isinstance(page, str):
+        raise MalformedPayload(f"page must be a string, got {page!r}")
+    topic = topic_of_web_path(page)
+    return () if topic is None else (knowledge_key(_repo(payload), topic),)
+
+
 _MAPPINGS: dict[str, Callable[[Mapping[str, Any]], tuple[Key, ...]]] = {
     "issues": _issues,
     # Finer event types (X-Forgejo-Event-Type) that Forgejo folds into `issues`.
@@ -200,13 +211,13 @@ _MAPPINGS: dict[str, Callable[[Mapping[str, Any]], tuple[Key, ...]]] = {
     "push": _push,
     "create": _ref_created_or_deleted,
     "delete": _ref_created_or_deleted,
+    "wiki": _wiki,
 }
 
 # Every event name Forgejo sends (modules/webhook/type.go), whether or not it names keys:
 # the receiver reports any other name as "other" so a caller cannot invent metric labels.
 KNOWN_EVENTS: frozenset[str] = frozenset(_MAPPINGS) | {
     "fork",
-    "wiki",
     "repository",
     "release",
     "package",

@@ -11,9 +11,17 @@ never call Forgejo; ``docs/mcp.md`` describes the tools built on these endpoints
 |--------|----------------------------------|------------------------------|
 | GET    | ``/api/v1/tasks/{id}/brief``     | the task's token             |
 | POST   | ``/api/v1/tasks/{id}/progress``  | the task's token             |
+| POST   | ``/api/v1/tasks/{id}/questions`` | the task's token             |
+| POST   | ``/api/v1/tasks/{id}/notes``     | the task's token (share)     |
+| GET    | ``/api/v1/tasks/{id}/notes``     | the task's token (context)   |
+
+The notes routes (:func:`install_notes_api`) queue a shared note in the store and answer
+``context`` from what the daemon last read of the wiki (``reconciler/fleet/knowledge.py``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 from pydantic import BaseModel
@@ -21,12 +29,25 @@ from pydantic import BaseModel
 from reconciler.errors import ConflictError, ForbiddenError, NotFoundError, UnauthenticatedError
 from reconciler.fleet import operations
 from reconciler.fleet.agents import Fleet
-from reconciler.fleet.api import ProgressRequest, TaskBrief, TaskStatusAnswer
+from reconciler.fleet.api import (
+    AskAnswer,
+    AskRequest,
+    ProgressRequest,
+    TaskBrief,
+    TaskStatusAnswer,
+)
+from reconciler.fleet.knowledge import ContextQuery, KnowledgeBook, ShareRequest
 from reconciler.fleet.tasktokens import TaskGrant, TaskTokens
 from reconciler.models import AgentId, Task, TaskState
-from webhook.agents_api import ApiError, bearer_token, endpoint, read_body, serves
+from webhook.agents_api import ApiError, bearer_token, endpoint, read_body, read_query, serves
 
 _IN_PROGRESS = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
+
+ASKED = (
+    "Recorded as question {number}. agent-fleet opens it as an issue your task depends on. "
+    "Now end this run: commit the work you have so far, and finish with a one-line summary "
+    "saying you are waiting for the answer. The task resumes with the answer in its prompt."
+)
 
 
 def progress_note(percent: int, step: str) -> str:
@@ -35,9 +56,14 @@ def progress_note(percent: int, step: str) -> str:
 
 
 def install_mcp_api(
-    app: bottle.Bottle, *, fleet: Fleet, tokens: TaskTokens, max_body_bytes: int
+    app: bottle.Bottle,
+    *,
+    fleet: Fleet,
+    tokens: TaskTokens,
+    max_body_bytes: int,
+    knowledge: KnowledgeBook | None = None,
 ) -> None:
-    """Add the task-token routes to ``app``."""
+    """Add the task-token routes to ``app`` (the notes routes too, given ``knowledge``)."""
 
     def current_task(task_id: str) -> tuple[Task, AgentId]:
         """The task the request's token may act for, and the agent holding it."""
@@ -94,6 +120,7 @@ def install_mcp_api(
             review_feedback=task.review_feedback,
             deadline_at=task.deadline_at,
             progress=progress,
+            questions=task.questions,
         )
 
     @serves(app, operations.TASK_PROGRESS)
@@ -110,5 +137,61 @@ def install_mcp_api(
         )
         return 200, TaskStatusAnswer(task=update.task, changed=update.changed)
 
+    @serves(app, operations.TASK_ASK)
+    @endpoint
+    def ask(task_id: str) -> tuple[int, BaseModel]:
+        grant = granted(task_id)
+        request = read_body(AskRequest, max_bytes=max_body_bytes)  # bad input: 400 first
+        task, agent_id = held_task(grant)
+        try:
+            question = fleet.ask(
+                agent_id,
+                task_id,
+                lease_generation=task.lease_generation,
+                kind=request.kind,
+                text=request.text,
+                options=request.options,
+                role=request.role,
+            )
+        except ValueError as exc:
+            raise ApiError(400, "invalid_body", str(exc)) from None
+        return 201, AskAnswer(question=question, instruction=ASKED.format(number=question.number))
 
-__all__ = ["install_mcp_api", "progress_note"]
+    if knowledge is not None:
+        install_notes_api(
+            app,
+            knowledge=knowledge,
+            granted=granted,
+            held_task=held_task,
+            max_body_bytes=max_body_bytes,
+        )
+
+
+def install_notes_api(
+    app: bottle.Bottle,
+    *,
+    knowledge: KnowledgeBook,
+    granted: Callable[[str], TaskGrant],
+    held_task: Callable[[TaskGrant], tuple[Task, AgentId]],
+    max_body_bytes: int,
+) -> None:
+    """The ``share`` and ``context`` routes, under the same task-token checks."""
+
+    @serves(app, operations.SHARE_NOTE)
+    @endpoint
+    def share(task_id: str) -> tuple[int, BaseModel]:
+        grant = granted(task_id)
+        request = read_body(ShareRequest, max_bytes=max_body_bytes)  # bad input: 400 first
+        task, _ = held_task(grant)
+        return 201, knowledge.share(task, request)
+
+    @serves(app, operations.READ_NOTES)
+    @endpoint
+    def context(task_id: str) -> tuple[int, BaseModel]:
+        grant = granted(task_id)
+        query = read_query(ContextQuery)
+        task, _ = held_task(grant)
+        return 200, knowledge.context(task.repo, query.topic)
+
+
+__all__ = ["install_mcp_api", "install_notes_api", "progress_note"]

@@ -9,6 +9,7 @@ heartbeat, dequeue, report on a task and hand in receipts (the latter through
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
@@ -20,6 +21,8 @@ from reconciler.errors import TransientError
 from reconciler.fleet import api, operations
 from reconciler.fleet.api import (
     Answer,
+    AskAnswer,
+    AskRequest,
     DeregisterAnswer,
     HeartbeatAnswer,
     HeartbeatRequest,
@@ -35,7 +38,9 @@ from reconciler.fleet.api import (
     TaskStatusAnswer,
     TaskStatusRequest,
 )
+from reconciler.fleet.knowledge_api import ContextAnswer, ShareAnswer, ShareRequest
 from reconciler.fleet.operations import Operation
+from reconciler.models import QuestionKind
 
 _Answer = TypeVar("_Answer", bound=Answer)
 
@@ -61,14 +66,18 @@ class AgentApi:
         *,
         params: Mapping[str, str] | None = None,
         credential: str | None = None,
+        query: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """Send ``body`` (None: none) to ``operation``; the status and the raw answer (empty
-        for 204). ``credential`` None sends the agent's token; an empty one sends none."""
+        for 204). ``credential`` None sends the agent's token; an empty one sends none;
+        ``query`` is the query string's parameters."""
         token = credential if credential is not None else self.token
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         url = operation.url(self.server, **(params or {}))
+        if query:
+            url = f"{url}?{urllib.parse.urlencode(query)}"
         request = urllib.request.Request(
             url,
             data=None if body is None else body.model_dump_json(exclude_defaults=True).encode(),
@@ -112,6 +121,8 @@ class AgentApi:
         over_budget: bool = False,
         spent_usd: float = 0.0,
         spent_tokens: int = 0,
+        waiting: bool = False,
+        session_id: str | None = None,
     ) -> TaskStatusAnswer:
         request = TaskStatusRequest(
             lease_generation=lease_generation,
@@ -121,6 +132,8 @@ class AgentApi:
             over_budget=over_budget,
             spent_usd=spent_usd,
             spent_tokens=spent_tokens,
+            waiting=waiting,
+            session_id=session_id,
         )
         _, raw = self.call(operations.TASK_STATUS, request, params={"task_id": task_id})
         return _parse(TaskStatusAnswer, raw, what="the status update")
@@ -129,16 +142,49 @@ class AgentApi:
         _, raw = self.call(operations.SUBMIT_RECEIPT, receipt)
         return _parse(ReceiptAnswer, raw, what="the receipt")
 
-    def brief(self, task_id: str) -> TaskBrief:
-        """The task as the fleet sees it (the token must be the task's token)."""
-        _, raw = self.call(operations.TASK_BRIEF, None, params={"task_id": task_id})
+    def brief(self, task_id: str, *, task_token: str | None = None) -> TaskBrief:
+        """The task as the fleet sees it (the token must be the task's token: ``task_token``,
+        or this client's own)."""
+        _, raw = self.call(
+            operations.TASK_BRIEF, None, params={"task_id": task_id}, credential=task_token
+        )
         return _parse(TaskBrief, raw, what="the task brief")
+
+    def ask(
+        self,
+        task_id: str,
+        *,
+        text: str,
+        kind: QuestionKind = QuestionKind.QUESTION,
+        options: Sequence[str] = (),
+        role: str | None = None,
+    ) -> AskAnswer:
+        """Ask a question or decision about the task (the token must be the task's token)."""
+        request = AskRequest(kind=kind, text=text, options=tuple(options), role=role)
+        _, raw = self.call(operations.TASK_ASK, request, params={"task_id": task_id})
+        return _parse(AskAnswer, raw, what="the question")
 
     def progress(self, task_id: str, *, percent: int, step: str) -> TaskStatusAnswer:
         """Report how far the run is (the token must be the task's token)."""
         request = ProgressRequest(percent=percent, step=step)
         _, raw = self.call(operations.TASK_PROGRESS, request, params={"task_id": task_id})
         return _parse(TaskStatusAnswer, raw, what="the progress report")
+
+    def share_note(self, task_id: str, *, topic: str, note: str) -> ShareAnswer:
+        """Share a note on ``topic`` (the token must be the task's token)."""
+        request = ShareRequest(topic=topic, note=note)
+        _, raw = self.call(operations.SHARE_NOTE, request, params={"task_id": task_id})
+        return _parse(ShareAnswer, raw, what="the shared note")
+
+    def read_notes(self, task_id: str, *, topic: str | None = None) -> ContextAnswer:
+        """A topic's shared notes, or the topics (the token must be the task's token)."""
+        _, raw = self.call(
+            operations.READ_NOTES,
+            None,
+            params={"task_id": task_id},
+            query={"topic": topic} if topic else None,
+        )
+        return _parse(ContextAnswer, raw, what="the shared notes")
 
     def deregister(self) -> DeregisterAnswer:
         """Leave the fleet: the daemon requeues this agent's tasks at once."""

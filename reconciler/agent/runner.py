@@ -55,6 +55,8 @@ DEFAULT_RUN_LIMIT_S = 3600.0
 _OWN_ENV_PREFIX = "AGENT_FLEET_"
 # Why the runs of a stopping worker are cancelled: their work so far is pushed, then handed back.
 HANDING_BACK = "the worker is stopping"
+# Why a run that asked a question through its fleet tools ends without a pull request.
+WAITING = "the run waits for the answer to its question"
 
 
 def prompt_for(gateway: ForgejoGateway, task: Task, *, attempt: int) -> str:
@@ -117,6 +119,13 @@ class TaskRunner:
             run.check()
             summary, session_id, cost, tokens, duration = self._run_cli(run, prompt, Path(worktree))
             run.check()
+            if self._asked(run):
+                # The run asked a question and ended to wait for the answer: its work so far
+                # is kept on the branch, no pull request is opened, and the task waits.
+                worktree = self._keep_partial(site, job, worktree, run, why=WAITING)
+                self._report(run, waiting=True, spent=(cost, tokens), session_id=session_id)
+                log.info("task.waiting", task=task.id, reason=WAITING)
+                return
             agent = self.agent_id or "agent"
             finishing, worktree = worktree, None  # finish removes the worktree itself
             commits = gitwork.finish(
@@ -159,7 +168,7 @@ class TaskRunner:
         except RunStopped as exc:
             log.info("task.stopped", task=task.id, reason=str(exc))
             if run.stop_reason == HANDING_BACK and worktree is not None and job is not None:
-                worktree = self._keep_partial(site, job, worktree, run)
+                worktree = self._keep_partial(site, job, worktree, run, why=HANDING_BACK)
         except OverBudget as exc:
             log.warning("task.over_budget", task=task.id, reason=str(exc))
             with contextlib.suppress(FleetError):
@@ -174,11 +183,26 @@ class TaskRunner:
             if worktree is not None and job is not None:
                 gitwork.remove(site, job, worktree, timeout=gitwork.LOCAL_TIMEOUT)
 
+    def _asked(self, run: TaskRun) -> bool:
+        """Whether the run asked a question (through its fleet tools) that is not answered:
+        the daemon's brief of the task says, under the run's task token."""
+        token = run.assignment.task_token
+        if not token:
+            return False
+        lease = run.assignment.lease_generation
+        try:
+            brief = self.api.brief(run.task_id, task_token=token)
+        except FleetError as exc:
+            log.warning("task.brief_failed", task=run.task_id, error=str(exc))
+            return False
+        return any(q.answer is None and q.lease_generation == lease for q in brief.questions)
+
     def _keep_partial(
-        self, site: gitwork.Site, job: gitwork.GitJob, worktree: str, run: TaskRun
+        self, site: gitwork.Site, job: gitwork.GitJob, worktree: str, run: TaskRun, *, why: str
     ) -> str | None:
-        """Commit and push what a run stopped by the worker's shutdown has left, so the task
-        is handed back with its partial branch; the worktree if it is still there."""
+        """Commit and push what a run that stops before its end has left (the worker stops,
+        or the run waits for an answer), so the task goes on from its partial branch; the
+        worktree if it is still there."""
         agent = self.agent_id or "agent"
         task = run.assignment.task
         try:
@@ -188,8 +212,8 @@ class TaskRunner:
                 worktree,
                 author=f"agent-fleet ({agent})",
                 email=f"{agent}@agent-fleet.invalid",
-                message=f"Work in progress on {task.title}\n\nHanded back when the worker "
-                f"stopped: task {task.id}, attempt {run.assignment.attempt}.",
+                message=f"Work in progress on {task.title}\n\nKept because {why}: task "
+                f"{task.id}, attempt {run.assignment.attempt}.",
                 timeout=gitwork.LOCAL_TIMEOUT,
             )
         except FleetError as exc:  # nothing to keep, or git failed: hand back without it
@@ -206,6 +230,9 @@ class TaskRunner:
         note: str = "",
         failed: bool = False,
         over_budget: OverBudget | None = None,
+        waiting: bool = False,
+        spent: tuple[float, int] = (0.0, 0),
+        session_id: str | None = None,
     ) -> None:
         """A status update, retried while the daemon is unreachable or asks for it again
         (``task_changed``); other refusals are final."""
@@ -219,8 +246,10 @@ class TaskRunner:
                     note=note,
                     failed=failed,
                     over_budget=over_budget is not None,
-                    spent_usd=over_budget.cost_usd if over_budget is not None else 0.0,
-                    spent_tokens=over_budget.tokens if over_budget is not None else 0,
+                    spent_usd=over_budget.cost_usd if over_budget is not None else spent[0],
+                    spent_tokens=over_budget.tokens if over_budget is not None else spent[1],
+                    waiting=waiting,
+                    session_id=session_id,
                 )
                 return
             except (TransientError, ConflictError) as exc:

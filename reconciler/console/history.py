@@ -16,6 +16,7 @@ from typing import Any
 from reconciler.console.views import task_why
 from reconciler.fleet.api import TaskDetail
 from reconciler.fleet.budgets import Budget, format_usd
+from reconciler.fleet.questions import one_line
 from reconciler.models import CheckOutcome, TaskEvent, TaskState
 
 CHECK_MARK = {CheckOutcome.PASSED: "✓", CheckOutcome.FAILED: "✗", CheckOutcome.PENDING: "…"}
@@ -71,6 +72,17 @@ def task_report(history: TaskDetail, *, now: datetime | None = None) -> str:
         lines.append(f"failed ({retry}): {task.failure_reason}")
     if task.state is TaskState.CREATED and task.wait_reason:
         lines.append(f"waiting: {task_why(task, now=now)}")
+    if task.questions:
+        lines.append("questions:")
+        for q in task.questions:
+            where = f" #{q.issue_number}" if q.issue_number is not None else " (being opened)"
+            lines.append(f"  {q.number}. {q.kind.value}{where}: {one_line(q.text, limit=100)}")
+            if q.answer is None:
+                lines.append("     unanswered")
+            else:
+                chosen = f"option {q.chosen} · " if q.chosen is not None else ""
+                by = f" ({q.answered_by})" if q.answered_by else ""
+                lines.append(f"     answered{by}: {chosen}{one_line(q.answer, limit=100)}")
     if task.checks:
         lines.append("receipt checks:")
         lines += [f"  {CHECK_MARK[c.outcome]} {c.name}: {c.detail}" for c in task.checks]

@@ -4,8 +4,8 @@ Forgejo never retries a failed webhook delivery, so the loop cannot depend on th
 ``resync_interval`` (jittered) an *incremental* resync asks each watched repository for what
 changed since the last one (``issues?state=all&since=…``, one call when little changed) and
 enqueues the keys; every ``full_resync_interval`` a *full* resync lists every open issue and
-pull request, and every unfinished task the store still tracks, to catch anything missed. At
-start-up the loop runs a full resync. A listed item is enqueued only when its ``updated_at``
+pull request, and every unfinished task the store still tracks, to catch anything missed, and what the ``repo_keys`` sources name (the topics of the shared
+notes, ``reconciler/fleet/knowledge.py``). At start-up the loop runs a full resync. A listed item is enqueued only when its ``updated_at``
 differs from the one this process last read one by one (``reconciler.forgejo.seen``): a resync
 over an unchanged forge costs its list calls and no per-item reads. Enqueueing is cheap: the work queue deduplicates keys and controllers
 are idempotent, so overlap between webhooks and resyncs costs nothing but a reconcile.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -60,7 +60,10 @@ class Resync:
         clock: Callable[[], datetime],
         metrics: Metrics | None = None,
         record: bool = True,
+        repo_keys: Sequence[Callable[[str], Iterable[Key]]] = (),
     ) -> None:
+        """``repo_keys``: more keys a full resync enqueues per repository, each source called
+        with the repository (the knowledge controller's topics)."""
         self._gateway = gateway
         self._store = store
         self._enqueue = enqueue
@@ -69,6 +72,7 @@ class Resync:
         self._metrics = metrics
         # False in a dry run: nothing is written, not even when the last resync happened.
         self._record = record
+        self._repo_keys = tuple(repo_keys)
 
     @property
     def _repos(self) -> tuple[str, ...]:
@@ -151,6 +155,7 @@ class Resync:
         for repo in self._repos:
             self._enqueue(setup_key(repo))
         total = sum(self._full_repo(repo) for repo in self._repos)
+        total += sum(self._more_keys(repo) for repo in self._repos)
         total += self._all_agents()
         if self._record:
             # Keep the live store to the working set: finished tasks move to the archive.
@@ -160,6 +165,15 @@ class Resync:
                 log.info("store.archived", tasks=archived)
         self._mark("full")
         return total
+
+    def _more_keys(self, repo: str) -> int:
+        """The keys the ``repo_keys`` sources name for ``repo`` (e.g. shared-notes topics)."""
+        count = 0
+        for source in self._repo_keys:
+            for key in source(repo):
+                self._enqueue(key)
+                count += 1
+        return count
 
     def _all_agents(self) -> int:
         agents: set[str] = {a.id for a in self._store.list_agents()}

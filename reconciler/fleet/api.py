@@ -29,8 +29,18 @@ from reconciler.errors import (
     TransientError,
     UnauthenticatedError,
 )
+from reconciler.fleet.questions import OPTION_MAX, OPTIONS_MAX, QUESTION_MAX
 from reconciler.fleet.records import AgentView
-from reconciler.models import AgentStatus, ExecutionMode, Task, TaskEvent, TaskId, TaskState
+from reconciler.models import (
+    AgentStatus,
+    ExecutionMode,
+    Question,
+    QuestionKind,
+    Task,
+    TaskEvent,
+    TaskId,
+    TaskState,
+)
 from reconciler.settings import CapabilityName, RoleName
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -347,7 +357,21 @@ class TaskStatusRequest(Request):
     spent_usd: float = Field(
         default=0.0, ge=0, allow_inf_nan=False, description="What the failed run cost (USD)."
     )
-    spent_tokens: int = Field(default=0, ge=0, description="Tokens the failed run used.")
+    spent_tokens: int = Field(
+        default=0, ge=0, description="Tokens the failed (or waiting) run used."
+    )
+    session_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="With `waiting`: the CLI session the run used, resumed when the task runs "
+        "again with the answers.",
+    )
+    waiting: bool = Field(
+        default=False,
+        description="The run ended to wait for the answers to the questions it asked (the "
+        "`ask`/`decide` tools): the task goes back to the queue and waits on them; not a "
+        "failure. `spent_usd`/`spent_tokens` say what the run cost.",
+    )
 
 
 class TaskStatusAnswer(Answer):
@@ -381,6 +405,11 @@ class TaskBrief(Answer):
     )
     deadline_at: datetime | None
     progress: tuple[str, ...] = Field(description="The run's progress notes so far, oldest first.")
+    questions: tuple[Question, ...] = Field(
+        default=(),
+        description="The questions and decisions the task's runs asked, with the answers "
+        "received (an answer is None while its question is open).",
+    )
 
 
 class ProgressRequest(Request):
@@ -388,6 +417,31 @@ class ProgressRequest(Request):
 
     percent: int = Field(ge=0, le=100, description="How much of the task is done, 0-100.")
     step: str = Field(min_length=1, max_length=200, description="What the run is doing now.")
+
+
+class AskRequest(Request):
+    """``POST /api/v1/tasks/{id}/questions``: a question or decision, from the run's MCP server."""
+
+    kind: QuestionKind = Field(
+        default=QuestionKind.QUESTION,
+        description="question (answered in words) or decision (one of `options` is chosen).",
+    )
+    text: str = Field(
+        min_length=1, max_length=QUESTION_MAX, description="The question, for people to read."
+    )
+    options: tuple[Annotated[str, Field(min_length=1, max_length=OPTION_MAX)], ...] = Field(
+        default=(), max_length=OPTIONS_MAX, description="A decision's options (2 or more)."
+    )
+    role: RoleName | None = Field(
+        default=None,
+        description="The role to ask (an agent of that role takes the question as a task); "
+        "unset: the repository's maintainers.",
+    )
+
+
+class AskAnswer(Answer):
+    question: Question
+    instruction: str = Field(description="What the run should do now.")
 
 
 class TaskQuery(Query):

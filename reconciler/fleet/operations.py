@@ -20,6 +20,8 @@ from reconciler.fleet.api import (
     AgentQuery,
     AgentSummary,
     Answer,
+    AskAnswer,
+    AskRequest,
     CompleteRequest,
     DequeueRequest,
     DeregisterAnswer,
@@ -42,6 +44,7 @@ from reconciler.fleet.api import (
     TaskStatusAnswer,
     TaskStatusRequest,
 )
+from reconciler.fleet.knowledge_api import ContextAnswer, ContextQuery, ShareAnswer, ShareRequest
 
 API = "/api/v1"
 
@@ -221,6 +224,40 @@ TASK_PROGRESS = Operation(
     errors={**_BODY, **_TASK_TOKEN, 409: _TASK_TOKEN[409] + ", `task_changed`"},
     path_params=_TASK_ID,
 )  # fmt: skip
+TASK_ASK = Operation(
+    "post", f"{API}/tasks/{{task_id}}/questions", "askQuestion",
+    "Ask a question or a decision about the task, from the run's MCP server (task token): "
+    "it becomes an issue the task depends on, and the run should end to wait for the answer.",
+    "task", 201, AskAnswer, "Recorded; the question's issue is opened shortly.",
+    request=AskRequest,
+    errors={
+        **_BODY, **_TASK_TOKEN,
+        409: _TASK_TOKEN[409] + ", `task_changed`, `question_limit`, `question_depth`, "
+        "`own_role`, `over_budget`",
+    },
+    path_params=_TASK_ID,
+)  # fmt: skip
+SHARE_NOTE = Operation(
+    "post", f"{API}/tasks/{{task_id}}/notes", "shareNote",
+    "Share a note on a topic in the repository's shared knowledge (task token).",
+    "task", 201, ShareAnswer, "Queued for the topic's wiki page.",
+    request=ShareRequest,
+    errors={
+        **_BODY, **_TASK_TOKEN,
+        400: _BODY[400] + ", `note_too_large`, `invalid_note` (an HTML comment), `empty_note`",
+        409: _TASK_TOKEN[409] + ", `note_limit_reached` (mcp.max_notes_per_task)",
+    },
+    path_params=_TASK_ID,
+)  # fmt: skip
+READ_NOTES = Operation(
+    "get", f"{API}/tasks/{{task_id}}/notes", "readNotes",
+    "A topic's shared notes, labelled with author and trust, or the list of topics "
+    "(task token).",
+    "task", 200, ContextAnswer, "The topic's page text and notes, or the topics.",
+    query=ContextQuery,
+    errors={400: "`invalid_query`", **_TASK_TOKEN},
+    path_params=_TASK_ID,
+)  # fmt: skip
 OPENAPI = Operation(
     "get", f"{API}/openapi.json", "openapi", "This document.",
     "anyone", 200, None, "The OpenAPI document.",
@@ -228,7 +265,8 @@ OPENAPI = Operation(
 
 OPERATIONS: tuple[Operation, ...] = (
     REGISTER, HEARTBEAT, DEREGISTER, DRAIN, UNDRAIN, LIST_AGENTS, GET_AGENT, TASK_STATUS,
-    LIST_TASKS, GET_TASK, DEQUEUE, COMPLETE, SUBMIT_RECEIPT, TASK_BRIEF, TASK_PROGRESS, OPENAPI,
+    LIST_TASKS, GET_TASK, DEQUEUE, COMPLETE, SUBMIT_RECEIPT, TASK_BRIEF, TASK_PROGRESS,
+    TASK_ASK, SHARE_NOTE, READ_NOTES, OPENAPI,
 )  # fmt: skip
 
 
@@ -245,8 +283,11 @@ __all__ = [
     "LIST_TASKS",
     "OPENAPI",
     "OPERATIONS",
+    "READ_NOTES",
     "REGISTER",
+    "SHARE_NOTE",
     "SUBMIT_RECEIPT",
+    "TASK_ASK",
     "TASK_BRIEF",
     "TASK_PROGRESS",
     "TASK_STATUS",

@@ -8,7 +8,7 @@ registry taking the task back never interleave.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
@@ -25,6 +25,7 @@ from reconciler.errors import (
 )
 from reconciler.fleet.budgets import RunSpend, spend_data, with_spend
 from reconciler.fleet.health import count_run_failure, count_run_success
+from reconciler.fleet.questions import check_ask, one_line, unanswered, waiting_reason
 from reconciler.fleet.records import (
     StatusUpdate,
     actor_for,
@@ -33,6 +34,8 @@ from reconciler.keys import Key, issue_key
 from reconciler.models import (
     Agent,
     AgentId,
+    Question,
+    QuestionKind,
     Task,
     TaskEvent,
     TaskId,
@@ -42,6 +45,7 @@ from reconciler.models import (
 from reconciler.settings import Settings
 from reconciler.store import Store
 from reconciler.store.store import TaskWrite
+from reconciler.text import sanitize
 
 log = structlog.get_logger(__name__)
 
@@ -169,20 +173,125 @@ class TaskReports:
                 reason=reason,
                 failure_reason=reason,
                 failure_retryable=retryable,
-                **(
-                    {
-                        **with_spend(task, spent.cost_usd, spent.tokens, estimated=spent.estimated),
-                        "over_budget": spent.over_budget,
-                    }
-                    if spent is not None
-                    else {}
-                ),
+                **_spend_changes(task, spent, over_budget=True),
             )
-            if spent is not None:
-                data = spend_data(spent.cost_usd, spent.tokens, estimated=spent.estimated)
-                event = event.model_copy(update={"data": {**event.data, **data}})
-            self._write(task, updated, event)
+            self._write(task, updated, _with_spend_data(event, spent))
             self._count_run(agent_id, failure=reason, now=now)
+        self._notify_issue(updated)
+        return StatusUpdate(task=updated, changed=True)
+
+    def ask(
+        self,
+        agent_id: str,
+        task_id: str,
+        *,
+        lease_generation: int,
+        kind: QuestionKind,
+        text: str,
+        options: Sequence[str] = (),
+        role: str | None = None,
+    ) -> Question:
+        """Record a question (or decision) the agent's run asks about its task, for the
+        assignment controller to open as an issue the task depends on (docs/mcp.md).
+
+        Refused as :meth:`update_task_status` refuses, with :class:`ConflictError` for a
+        task no longer in progress and for a question the guardrails do not allow
+        (``questions.check_ask``), and with ``ValueError`` for a malformed one."""
+        now = self._clock()
+        settings = self._settings()
+        with self.agent_lock(agent_id):
+            task = self._store.find_task(task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            self._check_lease(task, AgentId(agent_id), lease_generation)
+            if task.state not in LOST_WITH_AGENT:
+                raise ConflictError(
+                    "stale_lease", f"task {task.id} is {task.state}: only a run in progress asks"
+                )
+            roles = {r for a in self._store.list_agents() for r in a.roles}
+            roles |= {r for host in settings.hosts for r in host.roles}
+            if role is not None and role not in roles:
+                raise ValueError(f"no agent has the role {role!r}; ask the maintainers instead")
+            # What a reader would not see (control characters, hidden comments) goes first.
+            text, options = sanitize(text), [sanitize(o) for o in options]
+            if not text or not all(options):
+                raise ValueError("the question and each option need visible text")
+            check_ask(task, kind=kind, role=role, options=options, settings=settings.mcp)
+            agent = self._store.find_agent(agent_id)
+            trusted_roles = set(settings.mcp.trusted_roles)
+            question = Question(
+                number=len(task.questions) + 1,
+                kind=kind,
+                text=text,
+                options=tuple(options),
+                role=role,
+                asked_at=now,
+                asked_by=AgentId(agent_id),
+                lease_generation=lease_generation,
+                asker_trusted=agent is not None and bool(trusted_roles & set(agent.roles)),
+            )
+            updated = task.model_copy(
+                update={
+                    "questions": (*task.questions, question),
+                    "updated_at": now,
+                    "last_activity_at": now,
+                }
+            )
+            who = "the maintainers" if role is None else f"role {role}"
+            event = TaskEvent(
+                task_id=task.id,
+                at=now,
+                actor=actor_for(agent_id),
+                kind=str(kind),
+                reason=f"asks {who}: {one_line(text, limit=200)}",
+                data={"question": question.number},
+            )
+            self._write(task, updated, event)
+        self._notify_issue(updated)
+        return question
+
+    def wait_for_answers(
+        self,
+        agent_id: str,
+        task_id: str,
+        *,
+        lease_generation: int,
+        spent: RunSpend | None = None,
+        session_id: str | None = None,
+    ) -> StatusUpdate:
+        """The agent's run ended to wait for the answers to the questions it asked: the task
+        goes back to the queue, where it waits on them (not a failed attempt). ``spent`` is
+        what the run cost, added to the task's spend; ``session_id`` the CLI session the next
+        run resumes. Refused with :class:`ConflictError`
+        ``no_question`` when the task has no unanswered question."""
+        now = self._clock()
+        with self.agent_lock(agent_id):
+            task = self._store.find_task(task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            self._check_lease(task, AgentId(agent_id), lease_generation)
+            if task.state not in LOST_WITH_AGENT:
+                raise IllegalTransitionError(f"task {task.id} is {task.state}, not in progress")
+            if not unanswered(task):
+                raise ConflictError(
+                    "no_question",
+                    f"task {task.id} has no unanswered question to wait for; hand in the work",
+                )
+            if spent is not None:
+                spent = self._priced(agent_id, spent)
+            updated, event = transition(
+                task,
+                TaskState.CREATED,
+                now=now,
+                actor=actor_for(agent_id),
+                reason="the run ended to wait for the answer to its question",
+                agent_id=None,
+                wait_reason=waiting_reason(task),
+                **({"session_id": session_id} if session_id else {}),
+                **_spend_changes(task, spent, over_budget=False),
+            )
+            self._write(task, updated, _with_spend_data(event, spent))
+            self._count_run(agent_id, failure=None, now=now)
         self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
 
@@ -280,3 +389,20 @@ def _changed_meanwhile(task: Task) -> ConflictError:
     return ConflictError(
         "task_changed", f"task {task.id} changed while the update was applied; send it again"
     )
+
+
+def _spend_changes(task: Task, spent: RunSpend | None, *, over_budget: bool) -> dict[str, object]:
+    """The task's changes that add a run's ``spent`` (and, with ``over_budget``, mark whether
+    the run was stopped by its budget)."""
+    if spent is None:
+        return {}
+    changes = with_spend(task, spent.cost_usd, spent.tokens, estimated=spent.estimated)
+    return {**changes, "over_budget": spent.over_budget} if over_budget else changes
+
+
+def _with_spend_data(event: TaskEvent, spent: RunSpend | None) -> TaskEvent:
+    """``event`` recording a run's ``spent`` in its data."""
+    if spent is None:
+        return event
+    data = spend_data(spent.cost_usd, spent.tokens, estimated=spent.estimated)
+    return event.model_copy(update={"data": {**event.data, **data}})

@@ -94,6 +94,18 @@ def vocabulary_specs(
             "A maintainer approves work on an issue whose author is not trusted.",
             False,
         ),
+        spec(
+            labels.question,
+            labels.color_question,
+            "A question an agent asked; close it with the answer.",
+            False,
+        ),
+        spec(
+            labels.decision,
+            labels.color_decision,
+            "A decision an agent asked for; close it stating the option chosen.",
+            False,
+        ),
     )
     return (
         fixed

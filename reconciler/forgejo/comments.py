@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
-from reconciler.errors import ForgejoError, ForgejoNotFound, ForgejoServerError, WaitingError
+from reconciler.errors import ForgejoError, ForgejoNotFound, ForgejoServerError
 from reconciler.forgejo.http import ForgejoHttp, WriteOutcome, repo_path, rfc3339
 from reconciler.forgejo.types import Comment, Issue, list_body
 
@@ -180,16 +180,8 @@ class CommentOps(ForgejoHttp):
         tag = marker_tag(marker)
         text = f"{tag}\n{body}"
         doubt = (repo.lower(), number, tag)
-        with self._doubt_lock:
-            sent = self._in_doubt.get(doubt)
+        sent = self._doubt_sent(doubt, what=f"the {marker} comment on {repo}#{number}")
         if sent is not None:
-            waited = self._clock() - sent
-            if waited < self.settle_after:
-                raise WaitingError(
-                    f"the last write of the {marker} comment on {repo}#{number} has an unknown "
-                    f"outcome and may still land; it is looked at again once that has settled",
-                    retry_after=self.settle_after - waited,
-                )
             comments = None  # what Forgejo holds now, not what was observed before
         known, current = (False, None) if sent is not None else self._known(repo, number, tag)
         if not known and comments is not None and not comments:

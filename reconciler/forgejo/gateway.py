@@ -5,7 +5,8 @@ named operations (``list_issues``, ``add_labels``, ``upsert_marker_comment`` …
 holds the repository, issue, label and webhook operations and assembles the gateway from the
 rest of ``reconciler/forgejo/``: ``http.py`` (the one request path, retries with
 ``Retry-After``, paging, error mapping), ``comments.py`` (comments and the bot's marker
-comments) and ``pulls.py`` (pull requests, reviews, commits, statuses, branches, files).
+comments), ``pulls.py`` (pull requests, reviews, commits, statuses, branches, files),
+``links.py`` (dependencies, timelines) and ``wiki.py`` (wiki pages).
 
 Only the modules of ``reconciler/forgejo/`` import pyforgejo or httpx.
 """
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Literal
 
-from reconciler.errors import ForgejoNotFound
+from reconciler.errors import ForgejoNotFound, ForgejoServerError
 from reconciler.forgejo.comments import CommentOps, has_marker, marker_tag
 from reconciler.forgejo.http import (
     PAGE_SIZE,
@@ -41,6 +42,7 @@ from reconciler.forgejo.types import (
     RepoPermission,
     list_body,
 )
+from reconciler.forgejo.wiki import WikiOps
 
 __all__ = [
     "PAGE_SIZE",
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 
-class ForgejoGateway(CommentOps, PullOps, LinkOps):
+class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
     """Typed, retrying, paginating access to one Forgejo instance with one token.
 
     ``transport`` is an optional httpx transport (tests pass ``httpx.WSGITransport``);
@@ -251,6 +253,37 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps):
         return self._write(
             "create_issue", "POST", f"{repo_path(repo)}/issues", Issue.from_api, body=payload
         )
+
+    def create_issue_once(
+        self,
+        repo: str,
+        *,
+        key: str,
+        title: str,
+        body: str = "",
+        labels: Iterable[str] = (),
+    ) -> Issue:
+        """``create_issue`` for an issue the caller finds again by ``key`` (a marker in its
+        body) and has just looked for: when an earlier create of it ended with an unknown
+        outcome, it may still land, so no second create is sent until ``settle_after`` seconds
+        have passed since (``WaitingError`` says when to look again); the error of a create
+        whose outcome is unknown is raised after marking it so."""
+        doubt = (repo.lower(), 0, key)
+        sent = self._doubt_sent(doubt, what=f"the issue {key!r} in {repo}")
+        started = self._clock()
+        try:
+            return self.create_issue(repo, title=title, body=body, labels=labels)
+        except ForgejoServerError as exc:
+            if exc.outcome_unknown:
+                with self._doubt_lock:
+                    self._in_doubt[doubt] = started
+                sent = None  # this doubt is the one that stands now
+            raise
+        finally:
+            if sent is not None:
+                with self._doubt_lock:
+                    if self._in_doubt.get(doubt) == sent:
+                        del self._in_doubt[doubt]
 
     def edit_issue(
         self,

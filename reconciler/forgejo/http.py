@@ -39,6 +39,7 @@ from reconciler.errors import (
     ForgejoNotFound,
     ForgejoRateLimited,
     ForgejoServerError,
+    WaitingError,
 )
 from reconciler.forgejo.pull_types import PullRequest
 from reconciler.forgejo.repo_types import RepoPermission
@@ -107,6 +108,8 @@ WRITE_OPERATIONS = frozenset(
         "create_file",
         "add_dependency",
         "remove_dependency",
+        "create_wiki_page",
+        "edit_wiki_page",
     }
 )
 """Operation names (as passed to ``on_call``) whose HTTP call changes Forgejo."""
@@ -254,7 +257,8 @@ class ForgejoHttp:
         """How long a write whose outcome is unknown may still land (a request held up on
         the way): the same write is not repeated before it has passed. Twice the timeout."""
         self._in_doubt: dict[tuple[str, int, str], float] = {}
-        """Marker comments whose last write had an unknown outcome, by (repo, issue, tag):
+        """Marker comments (and marked issues, issue 0) whose last write had an unknown
+        outcome, by (repo, issue, tag):
         when that write was sent (``clock`` seconds). Shared by the threads using this
         gateway, hence the lock."""
         self._doubt_lock = threading.Lock()
@@ -268,6 +272,21 @@ class ForgejoHttp:
         or wrote them: complete for the issue (a tag missing is a comment that does not
         exist), so a later upsert writes without listing again. Kept in memory only (a
         restarted process lists once) and dropped for an issue after any failed write."""
+
+    def _doubt_sent(self, doubt: tuple[str, int, str], *, what: str) -> float | None:
+        """When the last write of ``doubt`` with an unknown outcome was sent (None: there is
+        none in doubt); ``WaitingError`` while it may still land (``settle_after``)."""
+        with self._doubt_lock:
+            sent = self._in_doubt.get(doubt)
+        if sent is not None:
+            waited = self._clock() - sent
+            if waited < self.settle_after:
+                raise WaitingError(
+                    f"the last write of {what} has an unknown outcome and may still land; it "
+                    "is looked at again once that has settled",
+                    retry_after=self.settle_after - waited,
+                )
+        return sent
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -196,6 +196,8 @@ def _event_words(event: TaskEvent, *, limit: int, link: str) -> str | None:
         return f"{words}{suffix}"
     if event.kind == "gave_up":
         return f"gave up{suffix}"
+    if event.kind in ("question", "decision", "answer"):
+        return reason or None  # "asks the maintainers: …", "question 1 (#31) answered by …"
     return None
 
 

@@ -8,7 +8,7 @@ for each change queues outbox messages (topic ``matrix``) with deterministic ids
 * the task's one room message — posted when first assigned, then edited (``upsert``);
 * a line in the thread of the task's agent (``reply``), after the agent's root (``post``);
 * a message of its own for what needs a person (failed for good, agent offline or back,
-  host restarted, task stuck).
+  host restarted, task stuck, a question or decision an agent asks the maintainers).
 
 Called by the Matrix thread (:mod:`reconciler.matrix.client`) before each outbox drain, and by
 the demo for its preview. A crash between queueing and moving the cursor queues the same ids
@@ -185,6 +185,12 @@ class Notifier:
         if event.kind == "gave_up" or verdict:
             reason = fmt.clean(event.reason or task.failure_reason, limit=limit, link=link)
             return fmt.needs_person(f"{ref} failed for good", reason, link=link, mentions=mentions)
+        if event.kind in ("question", "decision") and _asks_people(event, task):
+            reason = fmt.clean(event.reason, limit=limit, link=link)
+            what = "a decision" if event.kind == "decision" else "an answer"
+            return fmt.needs_person(
+                f"{ref} needs {what} from the maintainers", reason, link=link, mentions=mentions
+            )
         if event.kind == "waiting" and is_stuck(event.reason):
             reason = fmt.clean(event.reason, limit=limit, link=link)
             return fmt.needs_person(f"{ref} is stuck", reason, link=link, mentions=mentions)
@@ -262,6 +268,13 @@ class Notifier:
                 queued += 1
         self._store.set_meta(AGENTS_META, marks)
         return queued
+
+
+def _asks_people(event: TaskEvent, task: Task) -> bool:
+    """The event records a question its agent asked the maintainers (not a role)."""
+    number = event.data.get("question")
+    asked = next((q for q in task.questions if q.number == number), None)
+    return asked is not None and asked.role is None
 
 
 def _agent_of(event: TaskEvent, task: Task) -> str | None:

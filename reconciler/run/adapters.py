@@ -120,6 +120,8 @@ def _is_claude(adapter: AdapterSettings) -> bool:
 # --- the fleet's MCP server ---------------------------------------------------------------
 
 FLEET_MCP_NAME = "fleet"
+FLEET_TOOL_PROGRAMS = frozenset({"claude", "codex"})
+"""The CLIs :func:`with_fleet_tools` configures to load the fleet's MCP server."""
 SERVER_ENV = "AGENT_FLEET_SERVER"
 TOKEN_ENV = "AGENT_FLEET_TASK_TOKEN"
 
@@ -144,6 +146,15 @@ def claude_mcp_config(tools: FleetTools) -> str:
     return json.dumps({"mcpServers": {FLEET_MCP_NAME: server}})
 
 
+def claude_mcp_config_by_reference(tools: FleetTools) -> str:
+    """Claude Code's ``--mcp-config`` JSON naming the server's variables instead of holding
+    their values: Claude Code expands ``${VAR}`` from its own environment, so the JSON (given
+    inline, on the command line) carries no token."""
+    env = {name: f"${{{name}}}" for name in tools.env()}
+    server = {"command": tools.command[0], "args": list(tools.command[1:]), "env": env}
+    return json.dumps({"mcpServers": {FLEET_MCP_NAME: server}})
+
+
 def fleet_tools_env(argv: Sequence[str]) -> dict[str, str]:
     """Variables a CLI loading the fleet's tools needs besides :meth:`FleetTools.env`.
 
@@ -155,6 +166,10 @@ def fleet_tools_env(argv: Sequence[str]) -> dict[str, str]:
     return {"ENABLE_TOOL_SEARCH": "false"} if program == "claude" else {}
 
 
+MCP_STARTUP_TIMEOUT_S = 60
+"""How long Codex waits for the fleet's MCP server to start before it fails the run."""
+
+
 def with_fleet_tools(argv: Sequence[str], *, tools: FleetTools, config_file: str) -> list[str]:
     """``argv`` with the fleet's MCP server added, for the CLIs that load one per run.
 
@@ -163,7 +178,7 @@ def with_fleet_tools(argv: Sequence[str], *, tools: FleetTools, config_file: str
     ``-c mcp_servers.fleet.…`` overrides right after the program (Codex's global options),
     forwarding the two variables (and ``PYTHONPATH``, which Codex does not pass on by itself,
     for a worker run from a checkout) from the CLI's environment by name, so the token is in
-    no argv. Any other program is unchanged, whatever its parser (it may read the variables
+    no argv, and marking the server required, so Codex waits for its tools. Any other program is unchanged, whatever its parser (it may read the variables
     itself): the options are the real CLIs' own.
     """
     program = Path(argv[0]).name if argv else ""
@@ -175,6 +190,10 @@ def with_fleet_tools(argv: Sequence[str], *, tools: FleetTools, config_file: str
             f"{prefix}.command={json.dumps(tools.command[0])}",
             f"{prefix}.args={json.dumps(list(tools.command[1:]))}",
             f"{prefix}.env_vars={json.dumps([SERVER_ENV, TOKEN_ENV, 'PYTHONPATH'])}",
+            # Without these Codex may send the first turn before the server has listed its
+            # tools (a loaded host), and the model never sees them: wait for it, or fail.
+            f"{prefix}.required=true",
+            f"{prefix}.startup_timeout_sec={MCP_STARTUP_TIMEOUT_S}",
         ]
         return [argv[0], *(arg for o in overrides for arg in ("-c", o)), *argv[1:]]
     return list(argv)
@@ -184,6 +203,7 @@ __all__ = [
     "CLAUDE_MAX_RETRIES",
     "CLAUDE_UNATTENDED_ENV",
     "FLEET_MCP_NAME",
+    "FLEET_TOOL_PROGRAMS",
     "KILL_GRACE_S",
     "SERVER_ENV",
     "TOKEN_ENV",
@@ -193,6 +213,7 @@ __all__ = [
     "ParserName",
     "RunOutput",
     "claude_mcp_config",
+    "claude_mcp_config_by_reference",
     "fleet_tools_env",
     "group_members",
     "parse_claude_json",

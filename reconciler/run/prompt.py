@@ -21,7 +21,6 @@ headings the whole body is the goal.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -29,8 +28,10 @@ from typing import TYPE_CHECKING
 
 from reconciler.errors import FleetError, StalledError
 from reconciler.fleet.budgets import Budget, budget_prompt_line
+from reconciler.fleet.questions import answers_prompt
 from reconciler.forgejo.types import Comment, Issue, RepoPermission
-from reconciler.models import Task
+from reconciler.models import Question, Task
+from reconciler.text import sanitize
 
 if TYPE_CHECKING:
     from reconciler.forgejo.gateway import ForgejoGateway
@@ -63,57 +64,6 @@ def is_trusted_author(
     if permission.login.casefold() != folded:
         raise ValueError(f"permission of {permission.login!r} given for author {login!r}")
     return permission.can_push
-
-
-# --- sanitising ---------------------------------------------------------------------------
-
-# An HTML comment, closed the HTML5 ways (`-->`, `--!>`, the abrupt `<!-->` and `<!--->`).
-# An unclosed one hides the rest of the document when rendered, so it is cut to the end.
-_HTML_COMMENT = re.compile(r"<!--(?:-?>|.*?--!?>|.*\Z)", re.DOTALL)
-# Markdown's "comment" idiom: a link reference definition to `#` or `<>`, never rendered.
-_MARKDOWN_COMMENT = re.compile(r"^ {0,3}\[[^\]\n]+\]:[ \t]*(?:#|<>|<#>)(?:[ \t].*)?$", re.MULTILINE)
-# Terminal control sequences: CSI (colours, cursor moves), OSC (titles, hyperlinks), others.
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-# Characters outside the "C" categories that still show nothing: variation selectors (also
-# used to smuggle data after an emoji), fillers, the combining grapheme joiner, braille blank.
-_INVISIBLE = re.compile(
-    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0"
-    "\U000e0100-\U000e01ef]"
-)
-_BLANK_RUN = re.compile(r"\n{3,}")
-_TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
-
-
-def sanitize(text: str) -> str:
-    """``text`` without what a reader in Forgejo would not see.
-
-    Removes HTML comments, Markdown comment lines, terminal escape sequences, control and
-    format characters (zero-width characters, bidi overrides and isolates, tag characters,
-    the BOM, soft hyphens), private-use and unassigned code points and other invisible
-    characters; turns other Unicode spaces into plain spaces and line separators into
-    newlines; keeps tabs and newlines, and at most one blank line in a row.
-    """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _HTML_COMMENT.sub("", text)
-    text = _MARKDOWN_COMMENT.sub("", text)
-    text = _ANSI.sub("", text)
-    text = _INVISIBLE.sub("", text)
-    text = "".join(_visible(char) for char in text)
-    text = _TRAILING_SPACE.sub("", text)
-    return _BLANK_RUN.sub("\n\n", text).strip()
-
-
-def _visible(char: str) -> str:
-    if char in "\n\t":
-        return char
-    category = unicodedata.category(char)
-    if category[0] == "C":  # Cc control, Cf format, Cs surrogate, Co private use, Cn unassigned
-        return ""
-    if category == "Zs":
-        return " "
-    if category in ("Zl", "Zp"):
-        return "\n"
-    return char
 
 
 # --- the issue's sections -------------------------------------------------------------------
@@ -207,13 +157,15 @@ def build_prompt(
     review_feedback: Sequence[str] = (),
     attempt: int = 1,
     budget: Budget | None = None,
+    questions: Sequence[Question] = (),
 ) -> str:
     """The prompt for one run of the task born from ``issue``; a ``budget`` with a limit is
     stated in it, so the agent knows what it may spend.
 
     ``trusted(login)`` says whose text may go in; ``comments`` are the issue's comments,
     oldest first; ``review_feedback`` holds the review comments that asked for this rerun,
-    from trusted reviewers only. Raises ``StalledError`` when no trusted text says what to do
+    from trusted reviewers only; ``questions`` are the task's questions, whose answers (trusted
+    text only: ``fleet/questions.py``) are given. Raises ``StalledError`` when no trusted text says what to do
     (the issue's author is not trusted and no trusted comment or review exists): the task
     waits until a maintainer writes one.
     """
@@ -247,6 +199,16 @@ def build_prompt(
             branch=branch,
             attempt=attempt,
             budget=budget,
+            answers=answers_prompt(
+                [
+                    q.model_copy(
+                        update={"text": sanitize(q.text), "answer": sanitize(q.answer or "")}
+                    )
+                    if q.answer is not None
+                    else q
+                    for q in questions
+                ]
+            ),
         )
         if len(prompt.encode()) <= MAX_PROMPT_BYTES:
             return prompt
@@ -265,6 +227,7 @@ def _render(
     branch: str,
     attempt: int,
     budget: Budget | None,
+    answers: Sequence[str] = (),
 ) -> str:
     where = f"{repo}#{issue.number}"
     out = [f"# Task: {title}" if title else f"# Task: issue {where}", ""]
@@ -314,6 +277,8 @@ def _render(
         ]
         for number, text in enumerate(feedback, start=1):
             out += ["", f"### Review comment {number}", "", text]
+    if answers:
+        out += ["", *answers]
     budget_line = budget_prompt_line(budget) if budget is not None else None
     if budget_line is not None:
         out += ["", "## Budget", "", budget_line]
@@ -378,4 +343,5 @@ def prompt_for_task(
         review_feedback=task.review_feedback,
         attempt=attempt,
         budget=Budget(usd=task.budget_usd, tokens=task.budget_tokens),
+        questions=task.questions,
     )

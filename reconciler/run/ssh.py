@@ -38,11 +38,22 @@ import structlog
 from reconciler.errors import FleetError
 from reconciler.fleet.budgets import Budget, MeterFormat, RunSpend, UsageMeter
 from reconciler.fleet.queue import PullQueue, ReceiptClaim
+from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.keys import Key, issue_key
 from reconciler.models import AgentId, ReceiptId, Task, TaskId, TaskState
 from reconciler.run import gitwork
-from reconciler.run.adapters import RunOutput, parse_output, render_command, render_env
+from reconciler.run.adapters import (
+    FLEET_TOOL_PROGRAMS,
+    FleetTools,
+    RunOutput,
+    claude_mcp_config_by_reference,
+    fleet_tools_env,
+    parse_output,
+    render_command,
+    render_env,
+    with_fleet_tools,
+)
 from reconciler.run.hosts import RemoteResult, run_remote
 from reconciler.settings import HostSettings, Settings
 from reconciler.store import Store
@@ -97,6 +108,16 @@ class RunFailed(FleetError):
         super().__init__(message)
 
 
+class RunWaiting(Exception):
+    """The run asked a question through its fleet tools and ended to wait for the answer: its
+    work so far is on the branch, and no pull request is opened."""
+
+    def __init__(self, spent: RunSpend, *, session_id: str | None) -> None:
+        self.spent = spent
+        self.session_id = session_id
+        super().__init__("the run waits for the answer to its question")
+
+
 @dataclass
 class _Run:
     task_id: TaskId
@@ -126,7 +147,10 @@ class HostExecutor:
         log_dir: Path,
         run_remote: RunRemote = run_remote,
         prompt_for: Callable[[Task], str] | None = None,
+        tokens: TaskTokens | None = None,
     ) -> None:
+        """``tokens``: issues the task tokens of the runs' fleet tools (None: runs get none)."""
+        self._tokens = tokens
         self._store = store
         self._reports = reports
         self._gateway = gateway
@@ -234,6 +258,8 @@ class HostExecutor:
             task = self._start(run)
             if task is not None:
                 self._finish_ok(run, task, self._work(run, task))
+        except RunWaiting as exc:
+            self._finish_waiting(run, exc)
         except RunFailed as exc:
             self._finish_failed(run, str(exc), retryable=exc.retryable, spent=exc.spent)
         except FleetError as exc:
@@ -316,9 +342,11 @@ class HostExecutor:
                 if task.deadline_at
                 else settings.timeouts.task_default
             )
+            env = dict(render_env(adapter))
+            argv = self._with_fleet_tools(argv, env, host=host, task=task, run=run)
             started = time.monotonic()
             run.cli_started.set()
-            ran = self._run_cli(host, argv, worktree, render_env(adapter), limit)
+            ran = self._run_cli(host, argv, worktree, env, limit)
             duration = time.monotonic() - started
             self._write_log(task, ran)
             output = RunOutput(
@@ -344,6 +372,9 @@ class HostExecutor:
                 raise RunFailed(over, retryable=False, spent=replace(spent, over_budget=True))
             if not result.ok:
                 raise RunFailed(result.error or "the agent run failed", spent=spent)
+            if self._asked(run):
+                finished = self._keep_waiting_work(site, job, worktree, run, task)
+                raise RunWaiting(spent, session_id=result.session_id)
             commits = gitwork.finish(
                 site,
                 job,
@@ -381,6 +412,56 @@ class HostExecutor:
             duration_s=round(duration, 3),
             session_id=result.session_id,
         )
+
+    def _with_fleet_tools(
+        self, argv: list[str], env: dict[str, str], *, host: HostSettings, task: Task, run: _Run
+    ) -> list[str]:
+        """``argv`` loading the fleet's MCP server (the host's ``mcp_command``) with a task
+        token for this run's lease, when ``api.public_url`` says where the host reaches the
+        daemon and the CLI is one that loads it; ``env`` gains the server's variables."""
+        url = self._settings().api.public_url
+        if self._tokens is None or not url or Path(argv[0]).name not in FLEET_TOOL_PROGRAMS:
+            return argv
+        tools = FleetTools(
+            server=url,
+            token=self._tokens.issue(task.id, run.lease_generation),
+            command=tuple(host.mcp_command),
+        )
+        env.update(tools.env())
+        env.update(fleet_tools_env(argv))
+        # Claude Code gets its configuration inline, naming the variables: no file on the host.
+        return with_fleet_tools(
+            argv, tools=tools, config_file=claude_mcp_config_by_reference(tools)
+        )
+
+    def _asked(self, run: _Run) -> bool:
+        """Whether the run asked a question (through its fleet tools) not answered yet."""
+        task, _ = self._reports.fleet.read_task(run.task_id, agent_id=None)
+        return any(
+            q.answer is None and q.lease_generation == run.lease_generation for q in task.questions
+        )
+
+    def _keep_waiting_work(
+        self, site: gitwork.Site, job: gitwork.GitJob, worktree: str, run: _Run, task: Task
+    ) -> bool:
+        """Commit and push what a run that waits for an answer left, so the run with the
+        answer builds on it; whether the worktree is gone (``finish`` removes it)."""
+        settings = self._settings()
+        try:
+            gitwork.finish(
+                site,
+                job,
+                worktree,
+                author=f"agent-fleet ({run.agent_id})",
+                email=f"{run.agent_id}@agent-fleet.invalid",
+                message=f"Work in progress on {task.title}\n\nKept because the run waits for "
+                f"the answer to its question: task {task.id}, attempt {task.attempt}.",
+                timeout=settings.timeouts.dispatch,
+            )
+        except FleetError as exc:  # nothing to keep, or git failed: wait without it
+            log.info("task.partial_not_kept", task=task.id, reason=str(exc))
+            return False
+        return True
 
     def _run_cli(
         self,
@@ -421,6 +502,20 @@ class HostExecutor:
             log.info("task.lease_lost", task=run.task_id, lease=run.lease_generation, why=str(exc))
             return
         log.info("task.run_finished", task=task.id, pr=claim.pr_number, commits=len(claim.commits))
+
+    def _finish_waiting(self, run: _Run, waiting: RunWaiting) -> None:
+        """The task goes back to the queue, held until its questions are answered."""
+        log.info("task.waiting", task=run.task_id, reason=str(waiting))
+        try:
+            self._reports.fleet.wait_for_answers(
+                run.agent_id,
+                run.task_id,
+                lease_generation=run.lease_generation,
+                spent=waiting.spent,
+                session_id=waiting.session_id,
+            )
+        except FleetError as exc:
+            log.info("task.lease_lost", task=run.task_id, lease=run.lease_generation, why=str(exc))
 
     def _finish_failed(
         self, run: _Run, reason: str, *, retryable: bool, spent: RunSpend | None = None

@@ -19,6 +19,7 @@ import bottle  # type: ignore[import-untyped]  # bottle ships no type informatio
 from reconciler.sandbox import shapes
 from reconciler.sandbox.api_links import add_link_routes
 from reconciler.sandbox.api_pulls import add_pull_routes
+from reconciler.sandbox.api_wiki import add_wiki_routes
 from reconciler.sandbox.gitstore import StorageClosed
 from reconciler.sandbox.rest import (
     _JSON_TYPE,
@@ -382,6 +383,7 @@ class ForgeApi:
 
         add_pull_routes(self)
         add_link_routes(self)
+        add_wiki_routes(self)
 
         # -- collaborators --
 

@@ -46,6 +46,7 @@ EVENT_HEADER = {
     "pull_request_review_rejected": "pull_request_rejected",
     "pull_request_review_comment": "pull_request_comment",
     "push": "push",
+    "wiki": "wiki",
 }
 
 # What a subscription name in a hook's ``events`` covers (routers/api/v1/utils/hook.go):
@@ -155,6 +156,15 @@ def build_payload(app_url: str, state: ForgeState, event: ForgeEvent) -> dict[st
     changes = (
         {name: {"from": old} for name, old in event.changes.items()} if event.changes else None
     )
+    if event.event_type == "wiki":
+        # structs.WikiPayload (services/webhook/notifier.go NewWikiPage/EditWikiPage/DeleteWikiPage).
+        return {
+            "action": event.action,
+            "repository": repository,
+            "sender": sender,
+            "page": event.page,
+            "comment": event.message,
+        }
     if event.event_type == "push":
         commits = [shapes.payload_commit(app_url, repo, c) for c in event.commits]
         return {

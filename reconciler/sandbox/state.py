@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING
 
 from reconciler.sandbox.commits import (
     ZERO_SHA,
@@ -41,6 +42,9 @@ from reconciler.sandbox.gitstore import (
     MergeConflict,
     is_valid_branch_name,
 )
+
+if TYPE_CHECKING:
+    from reconciler.sandbox.wiki import Wiki
 
 Clock = Callable[[], datetime]
 
@@ -104,6 +108,21 @@ class ServerFault(ForgeRefusal):
     """500: what Forgejo answers when an error of its own is not mapped (bad assignees)."""
 
     status = 500
+
+
+# --- closing keywords -----------------------------------------------------------------------
+
+# Forgejo's closing keywords (modules/references): "Closes #12", "fixes: #3", "Resolved
+# org/other#7", after the start of a line, a space or an opening bracket.
+_CLOSING_REFERENCE = re.compile(
+    r"(?i)(?:^|(?<=[\s(\[]))(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?):?\s+"
+    r"(?:([\w.-]+/[\w.-]+))?#(\d+)\b"
+)
+
+
+def closing_references(text: str) -> list[tuple[str | None, int]]:
+    """The issues ``text`` closes, as (``owner/repo`` or None for this repository, number)."""
+    return [(match[1], int(match[2])) for match in _CLOSING_REFERENCE.finditer(text)]
 
 
 # --- the data -------------------------------------------------------------------------------
@@ -332,6 +351,8 @@ class Repo:
     hooks: dict[int, Hook] = field(default_factory=dict)
     collaborators: dict[str, Access] = field(default_factory=dict)
     statuses: list[CommitStatus] = field(default_factory=list)
+    wiki: Wiki | None = None
+    """The repository's wiki (``wiki.py``), None until its first page is written."""
 
     @property
     def full_name(self) -> str:
@@ -359,6 +380,8 @@ class ForgeEvent:
     before: str = ""
     after: str = ""
     commits: tuple[Commit, ...] = ()
+    page: str = ""  # a wiki event's page (its web path)
+    message: str = ""  # a wiki event's commit message
 
 
 @dataclass(frozen=True)
@@ -451,6 +474,10 @@ class ForgeState:
 
     def _emit(self, event: ForgeEvent) -> None:
         self._on_event(event)
+
+    def announce(self, event: ForgeEvent) -> None:
+        """Announce a change made by an operation kept outside this module (the wiki's)."""
+        self._emit(event)
 
     # -- users and tokens --
 
@@ -1347,6 +1374,7 @@ class ForgeState:
         issue.updated_at = now
         self._apply_branch_updates(repo, actor, [BranchUpdate(pull.base, base_before, merged)])
         self._emit(ForgeEvent(repo, "pull_request", "closed", actor, issue=issue))
+        self._close_referenced_issues(repo, actor, issue)
         if delete_branch and pull.head != pull.base and pull.head in repo.git.branches:
             in_use = any(
                 other.pull is not None
@@ -1360,6 +1388,22 @@ class ForgeState:
                     repo, actor, [BranchUpdate(pull.head, repo.git.branches[pull.head], None)]
                 )
         return issue
+
+    def _close_referenced_issues(self, repo: Repo, actor: User, pull: Issue) -> None:
+        """Close the open issues the merged pull request's title or body closes (``Closes
+        #12``, ``fixes org/other#3``), as Forgejo does on merge; one that still has open
+        dependencies stays open without failing the merge (Forgejo allows that error there)."""
+        for owner_repo, number in closing_references(f"{pull.title}\n{pull.body}"):
+            wanted = (owner_repo or repo.full_name).lower()
+            target_repo = next((r for n, r in self.repos.items() if n.lower() == wanted), None)
+            if target_repo is None or self.access(target_repo, actor) < Access.WRITE:
+                continue
+            target = target_repo.issues.get(number)
+            if target is None or target.is_pull or target.state != "open":
+                continue
+            if self.has_open_dependencies(target):
+                continue
+            self._change_state(target_repo, actor, target, "closed")
 
     def is_mergeable(self, repo: Repo, issue: Issue) -> bool:
         """Forgejo's ``mergeable``: open, not merged, and its head merges into the base cleanly."""

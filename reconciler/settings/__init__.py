@@ -19,6 +19,7 @@ from reconciler.settings.loading import (
     COMMAND_VARIABLES,
     load_settings,
 )
+from reconciler.settings.mcp import McpSettings
 from reconciler.settings.reference import (
     FieldReference,
     iter_field_reference,
@@ -81,6 +82,7 @@ __all__ = [
     "MatrixRoomId",
     "MatrixSettings",
     "MatrixUserId",
+    "McpSettings",
     "RepoNameText",
     "RetriesSettings",
     "ReviewSettings",

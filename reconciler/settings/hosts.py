@@ -190,6 +190,12 @@ class HostSettings(Section):
     workdir: str = Field(
         min_length=1, description="Directory on the host where task worktrees are created."
     )
+    mcp_command: tuple[str, ...] = Field(
+        default=("agent-fleet", "mcp"),
+        min_length=1,
+        description="How the agent CLI starts agent-fleet's MCP server on the host (the fleet "
+        "tools of its runs, docs/mcp.md); used when api.public_url is set.",
+    )
     restart_command: str | None = Field(
         default=None, description="Shell command run on the host after repeated health failures."
     )

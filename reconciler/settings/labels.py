@@ -68,6 +68,16 @@ class LabelsSettings(Section):
             "until a trusted user other than the author adds it."
         ),
     )
+    question: LabelName = Field(
+        default="fleet/question",
+        description="A question an agent asked (through the fleet's `ask` tool) for people or "
+        "a role; its task waits until the issue is closed with the answer.",
+    )
+    decision: LabelName = Field(
+        default="fleet/decision",
+        description="A decision an agent asked for (the `decide` tool), listing the options; "
+        "its task waits until a trusted user closes it stating the option chosen.",
+    )
     assign_prefix: LabelName = Field(
         default="fleet/assign:", description="Prefix of pin labels: `fleet/assign:<agent-id>`."
     )
@@ -93,6 +103,8 @@ class LabelsSettings(Section):
     color_hold: Color = Field(default="#000000", description="Colour of the hold label.")
     color_assign: Color = Field(default="#bfdadc", description="Colour of pin labels.")
     color_approved: Color = Field(default="#2cbe4e", description="Colour of the approval label.")
+    color_question: Color = Field(default="#cc317c", description="Colour of the question label.")
+    color_decision: Color = Field(default="#fef2c0", description="Colour of the decision label.")
 
     @field_validator(*_STATUS_FIELDS, *_PRIORITY_FIELDS)
     @classmethod
@@ -123,7 +135,16 @@ class LabelsSettings(Section):
     def duplicate_names(self) -> Iterator[tuple[str, str]]:
         """(field, other field) for every label name used by two fields."""
         owner: dict[str, str] = {}
-        for field in ("trigger", "retry", "hold", "approved", *_PRIORITY_FIELDS, *_STATUS_FIELDS):
+        for field in (
+            "trigger",
+            "retry",
+            "hold",
+            "approved",
+            "question",
+            "decision",
+            *_PRIORITY_FIELDS,
+            *_STATUS_FIELDS,
+        ):
             name = getattr(self, field)
             if name in owner:
                 yield field, owner[name]

@@ -31,6 +31,7 @@ from reconciler.settings.approval import ApprovalSettings
 from reconciler.settings.budgets import BudgetsSettings
 from reconciler.settings.hosts import BUILTIN_ADAPTERS, AdapterSettings, HostSettings
 from reconciler.settings.labels import LabelsSettings
+from reconciler.settings.mcp import McpSettings
 from reconciler.settings.sections import (
     ApiSettings,
     DashboardSettings,
@@ -179,6 +180,11 @@ class Settings(BaseSettings):
     budgets: BudgetsSettings = Field(
         default_factory=BudgetsSettings,
         description="Spending limits per task (role defaults, budget labels) and per UTC day.",
+    )
+    mcp: McpSettings = Field(
+        default_factory=McpSettings,
+        description="What agents may do through the fleet's MCP tools: questions, shared "
+        "notes, their limits and trust.",
     )
 
     @classmethod

@@ -218,6 +218,12 @@ class ApiSettings(Section):
         description="Key of the task tokens `agent-fleet mcp` presents (docs/mcp.md); unset: a "
         "random key per daemon process, so runs started before a restart lose their fleet tools.",
     )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="The daemon's URL as ssh hosts reach it (e.g. http://fleet.internal:8080): "
+        "runs on ssh hosts get the fleet's MCP tools (docs/mcp.md) only when it is set.",
+    )
     heartbeat_interval: Seconds = Field(
         default=60.0, description="Seconds between heartbeats an agent is asked to send."
     )

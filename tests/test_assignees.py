@@ -87,16 +87,22 @@ def test_assignees_are_written_and_a_refused_login_is_logged_not_raised(
     number = forge.create_issue(DEMO_REPO, "Assign me")
     with Store.open(tmp_path / "state") as store:
         ctx = ActContext(gateway=gateway, store=store)
-        SetAssignees(DEMO_REPO, number, ("bot-a",)).apply(ctx)
+        fleet = frozenset({"bot-a", "nobody-here", "outsider"})
+        SetAssignees(DEMO_REPO, number, ("bot-a",), fleet_logins=fleet, holder="bot-a").apply(ctx)
         assert gateway.get_issue(DEMO_REPO, number).assignees == ("bot-a",)
         for login in ("nobody-here", "outsider"):
             with structlog.testing.capture_logs() as logs:
-                SetAssignees(DEMO_REPO, number, (login,)).apply(ctx)
+                SetAssignees(DEMO_REPO, number, (login,), fleet_logins=fleet,
+                             holder=login).apply(ctx)  # fmt: skip
             [refused] = [e for e in logs if e["event"] == "issue.assignees_refused"]
             assert refused["logins"] == [login]
             assert gateway.get_issue(DEMO_REPO, number).assignees == ("bot-a",)
-        SetAssignees(DEMO_REPO, number, ()).apply(ctx)
-        assert gateway.get_issue(DEMO_REPO, number).assignees == ()
+        # A person's assignee added after the plan looked is read before the write, and kept.
+        forge.create_user("alice")
+        gateway.add_collaborator(DEMO_REPO, "alice")
+        gateway.edit_issue(DEMO_REPO, number, assignees=("alice", "bot-a"))
+        SetAssignees(DEMO_REPO, number, (), fleet_logins=fleet).apply(ctx)
+        assert gateway.get_issue(DEMO_REPO, number).assignees == ("alice",)
     gateway.close()
 
 

@@ -247,7 +247,8 @@ def is_own_echo(event: str, payload: Mapping[str, Any], *, seen: SeenItems, bot_
     """Whether a delivery is the echo of agent-fleet's own write on an issue.
 
     It is when the bot is its sender and the issue it carries shows exactly the labels and
-    state this process last read or wrote (``reconciler.forgejo.seen``): the reconcile that
+    state this process last read or wrote (``reconciler.forgejo.seen``), and the title, body
+    and assignees of the issue as last read while that copy is kept: the reconcile that
     made the write already planned from that state, so looking again would read and decide the
     same. Anything else — a person's change, a Matrix command's label (written by the bot but
     not by a reconcile), a close — is not an echo. Only issues (not pull requests) qualify.
@@ -274,8 +275,16 @@ def is_own_echo(event: str, payload: Mapping[str, Any], *, seen: SeenItems, bot_
         repo = _repo(payload)
     except MalformedPayload:
         return False
+    assignees = issue.get("assignees") or ()
+    logins = tuple(a.get("login") for a in assignees if isinstance(a, Mapping) and a.get("login"))
+    shown = {"title": issue.get("title"), "body": issue.get("body") or "", "assignees": logins}
     return seen.is_echo(
-        repo, number, labels=names, state=state, updated_at=_time(issue.get("updated_at"))
+        repo,
+        number,
+        labels=names,
+        state=state,
+        updated_at=_time(issue.get("updated_at")),
+        shown_fields={k: v for k, v in shown.items() if v is not None},
     )
 
 

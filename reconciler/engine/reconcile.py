@@ -17,6 +17,7 @@ import abc
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -185,7 +186,13 @@ _UNCHECKED = object()
 
 @dataclass(frozen=True)
 class SetAssignees(Action):
-    """Make the issue's assignees exactly ``logins`` (the plan keeps people's own assignees).
+    """Make the issue's assignees the people's own plus ``holder`` (the login of the agent
+    holding its task; empty: none), dropping the fleet's other agents (``fleet_logins``).
+
+    Forgejo replaces an issue's assignees as a whole, so the write is computed from the
+    assignees Forgejo holds *now*, read just before it: a person's assignee added since the
+    plan's observation (whose webhook is still on its way, or which the plan saw from a kept
+    copy) is kept, never overwritten. ``logins`` is what the plan expects, for dry runs.
 
     Assignees are a courtesy to people, not a fact the fleet depends on: a refusal (a login
     Forgejo does not know or will not assign, answered with 4xx or 500) is logged and left for
@@ -195,22 +202,40 @@ class SetAssignees(Action):
     repo: str
     number: int
     logins: tuple[str, ...]
+    fleet_logins: frozenset[str] = frozenset()
+    holder: str = ""
 
     def describe(self) -> str:
         who = ", ".join(self.logins) if self.logins else "nobody"
         return f"{self.repo}#{self.number}: assign {who}"
 
     def apply(self, ctx: ActContext) -> None:
+        wanted = self.logins
         try:
-            ctx.gateway.edit_issue(self.repo, self.number, assignees=self.logins)
+            current = ctx.gateway.get_issue(self.repo, self.number).assignees
+            wanted = assignees_with(current, fleet=self.fleet_logins, holder=self.holder)
+            if [n.lower() for n in wanted] == [n.lower() for n in current]:
+                return
+            ctx.gateway.edit_issue(self.repo, self.number, assignees=wanted)
         except ForgejoError as exc:
             log.warning(
                 "issue.assignees_refused",
                 repo=self.repo,
                 issue=self.number,
-                logins=list(self.logins),
+                logins=list(wanted),
                 error=str(exc),
             )
+
+
+def assignees_with(
+    current: Sequence[str], *, fleet: AbstractSet[str], holder: str
+) -> tuple[str, ...]:
+    """``current`` with the fleet's agents' logins (``fleet``, lower case) taken out but for
+    ``holder``, and ``holder`` added when missing: people's own assignees stay, in order."""
+    kept = [n for n in current if n.lower() not in fleet or n.lower() == holder.lower()]
+    if holder and holder.lower() not in {n.lower() for n in kept}:
+        kept.append(holder)
+    return tuple(kept)
 
 
 @dataclass(frozen=True)

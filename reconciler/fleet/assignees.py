@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reconciler.engine.reconcile import SetAssignees
+from reconciler.engine.reconcile import SetAssignees, assignees_with
 from reconciler.models import Agent, Task, TaskState
 
 HOLDING = frozenset({TaskState.ASSIGNED, TaskState.RUNNING, TaskState.REVIEW_PENDING})
@@ -33,13 +33,16 @@ def wanted_assignees(
     """The issue's assignees as they should be, or None when the task's state leaves them be."""
     if task.state not in HOLDING and task.state not in RELEASED:
         return None
-    fleet = {agent.forgejo_login.lower() for agent in agents if agent.forgejo_login}
+    fleet, login = _fleet_and_holder(task, agents)
+    return assignees_with(current, fleet=fleet, holder=login)
+
+
+def _fleet_and_holder(task: Task, agents: Sequence[Agent]) -> tuple[frozenset[str], str]:
+    """The fleet's agents' logins (lower case), and the login the task's holder puts on it."""
+    fleet = frozenset(agent.forgejo_login.lower() for agent in agents if agent.forgejo_login)
     holder = next((a for a in agents if a.id == task.agent_id), None)
     login = holder.forgejo_login if holder is not None and task.state in HOLDING else ""
-    kept = [name for name in current if name.lower() not in fleet or name.lower() == login.lower()]
-    if login and login.lower() not in {name.lower() for name in kept}:
-        kept.append(login)
-    return tuple(kept)
+    return fleet, login or ""
 
 
 def plan_assignees(
@@ -49,7 +52,8 @@ def plan_assignees(
     wanted = wanted_assignees(current, task, agents)
     if wanted is None or [n.lower() for n in wanted] == [n.lower() for n in current]:
         return None
-    return SetAssignees(repo, number, wanted)
+    fleet, login = _fleet_and_holder(task, agents)
+    return SetAssignees(repo, number, wanted, fleet_logins=fleet, holder=login)
 
 
 __all__ = ["HOLDING", "RELEASED", "plan_assignees", "wanted_assignees"]

@@ -26,7 +26,7 @@ and the resync only stands in for webhooks that were lost.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -173,14 +173,23 @@ class SeenItems:
         labels: Iterable[str],
         state: str,
         updated_at: datetime | None,
+        shown_fields: Mapping[str, object] | None = None,
     ) -> bool:
-        """Whether a delivered issue shows the labels and state last seen or written; if so its
-        ``updated_at`` becomes the one seen."""
+        """Whether a delivered issue shows the labels and state last seen or written — and,
+        while the issue as last read is kept, the same ``shown_fields`` (its title, body,
+        assignees: an edit by the bot's account that this process did not make is news); if
+        so its ``updated_at`` becomes the one seen."""
         with self._lock:
             key = self._key(repo, number)
             item = self._items.get(key)
             shown = frozenset(labels)
             if item is None or item.state != state:
+                return False
+            if item.issue is not None and any(
+                getattr(item.issue, name, value) != value
+                for name, value in (shown_fields or {}).items()
+            ):
+                self._items[key] = replace(item, issue=None)
                 return False
             if item.labels != shown:
                 # An echo of an earlier write of ours, or of one whose answer is on its way.

@@ -18,6 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from reconciler.forgejo.seen import SeenItems
+from reconciler.forgejo.types import Issue
 from reconciler.keys import Key, issue_key, pull_key
 from tests.forgejo_data import EXAMPLES
 from webhook.events import is_own_echo
@@ -218,6 +219,22 @@ def test_the_echo_of_an_earlier_or_unanswered_write_of_ours_is_an_echo() -> None
     seen.note("example/example", 1, None, labels=("fleet/task",), state="open")
     assert receiver.post(ISSUE_OPENED, event="issues").status == 202
     assert receiver.enqueued == [issue_key("example/example", 1)]
+
+
+def test_an_edit_by_the_bots_account_that_this_process_did_not_make_is_not_an_echo() -> None:
+    """While the issue as last read is kept, a delivery by the bot's account showing another
+    title, body or assignees (a script using the bot's token, another process) is news: it is
+    enqueued and the kept copy dropped, so the reconcile reads the issue afresh."""
+    delivered = json.loads(ISSUE_OPENED)["issue"]
+    kept = Issue.from_api({**delivered, "title": "An older title"})
+    seen = SeenItems()
+    seen.note("example/example", 1, None, labels=(), state="open", issue=kept)
+    receiver = _echo_receiver(seen, bot_login="example")
+    assert receiver.post(ISSUE_OPENED, event="issues").status == 202
+    assert seen.get("example/example", 1).issue is None
+    same = Issue.from_api(delivered)
+    seen.note("example/example", 1, None, labels=(), state="open", issue=same)
+    assert receiver.post(ISSUE_OPENED, event="issues").status == 204
 
 
 def test_an_issue_never_seen_is_not_an_echo() -> None:

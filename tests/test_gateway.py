@@ -265,6 +265,26 @@ def test_a_kept_issue_answers_until_something_but_our_label_writes_may_have_chan
     assert log.since(mark).count("get_issue") == 3
 
 
+def test_a_read_that_an_invalidation_overtook_is_not_kept(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """A change's webhook invalidates the issue while a read of it is on its way: that read
+    may show the issue from before the change, so it is not kept and the next reconcile (the
+    one the webhook asked for) reads again."""
+    number = sandbox.create_issue(REPO, "t")
+    started = gateway.seen.generation(REPO, number)
+    before = gateway.get_issue(REPO, number)  # the read on its way
+    gateway.seen.invalidate(REPO, number)  # the webhook of a change lands meanwhile
+    gateway.seen.note(REPO, number, before.updated_at, labels=before.labels,
+                      state=str(before.state), issue=before, generation=started)  # fmt: skip
+    assert gateway.seen.get(REPO, number).issue is None
+    mark = log.mark()
+    gateway.get_issue(REPO, number, kept=True)
+    assert log.since(mark) == ["get_issue"]
+    gateway.get_issue(REPO, number, kept=True)
+    assert log.since(mark) == ["get_issue"]  # a read nothing overtook is kept
+
+
 def test_add_labels_sends_nothing_already_on_the_issue(
     sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
 ) -> None:

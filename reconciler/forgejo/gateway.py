@@ -226,6 +226,7 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
                     sorted(item.labels.difference(before))
                 )
                 return item.issue.model_copy(update={"labels": labels})
+        generation = self.seen.generation(repo, number)
         issue = self._get("get_issue", f"{repo_path(repo)}/issues/{number}", Issue.from_api)
         self.seen.note(
             repo,
@@ -234,6 +235,7 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
             labels=issue.labels,
             state=str(issue.state),
             issue=issue,
+            generation=generation,
         )
         return issue
 

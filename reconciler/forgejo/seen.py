@@ -56,6 +56,9 @@ class SeenItems:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: dict[tuple[str, int], SeenItem] = {}
+        self._invalidations: dict[tuple[str, int], int] = {}
+        """How often each item was invalidated: a read that started before an invalidation
+        (``generation``) must not keep its copy, which may predate the change."""
 
     @staticmethod
     def _key(repo: str, number: int) -> tuple[str, int]:
@@ -70,12 +73,20 @@ class SeenItems:
         labels: Iterable[str],
         state: str,
         issue: object | None = None,
+        generation: int | None = None,
     ) -> None:
-        """Record a single read of item ``number`` (with ``issue``: the issue read)."""
+        """Record a single read of item ``number`` (with ``issue``: the issue read, kept only
+        when nothing invalidated the item since ``generation``, taken before the read)."""
         with self._lock:
-            self._items[self._key(repo, number)] = SeenItem(
-                updated_at, frozenset(labels), state, issue=issue
-            )
+            key = self._key(repo, number)
+            if generation is not None and self._invalidations.get(key, 0) != generation:
+                issue = None  # a change came in while it was read: the copy may predate it
+            self._items[key] = SeenItem(updated_at, frozenset(labels), state, issue=issue)
+
+    def generation(self, repo: str, number: int) -> int:
+        """The item's invalidation count now: pass it to ``note`` for a read started now."""
+        with self._lock:
+            return self._invalidations.get(self._key(repo, number), 0)
 
     def change_issue(
         self, repo: str, number: int, change: Callable[[object], object | None]
@@ -93,6 +104,7 @@ class SeenItems:
         kept from the last read is not to be used any more."""
         with self._lock:
             key = self._key(repo, number)
+            self._invalidations[key] = self._invalidations.get(key, 0) + 1
             item = self._items.get(key)
             if item is not None and item.issue is not None:
                 self._items[key] = replace(item, issue=None)

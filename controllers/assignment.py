@@ -22,6 +22,7 @@ Placing tasks on agents and dispatching them builds on this module.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -625,6 +626,11 @@ def _with_rebuilt_facts(task: Task, comment: str, *, now: datetime) -> Task:
     return task.changed(now=now, **changes) if changes else task
 
 
+WOKE_REMEMBERED = 10_000
+"""Closes remembered as looked at (the oldest forgotten first: at worst read again)."""
+_NEVER = object()
+
+
 class AssignmentController:
     name = ASSIGNMENT
 
@@ -644,6 +650,10 @@ class AssignmentController:
         self._settings = settings
         self._clock = clock
         self._executor = executor
+        self._woke: dict[tuple[str, int], datetime | None] = {}
+        """Closed issues whose waiters were woken, with the close it was for: a close is
+        looked at once (its dependents enqueued), not on every later reconcile of the issue."""
+        self._woke_lock = threading.Lock()
 
     def observe(self, key: Key) -> Observed:
         number = int(key.id)
@@ -689,7 +699,10 @@ class AssignmentController:
             judge=is_trusted_author,
         )
         if issue is not None and issue.state is IssueState.CLOSED:
-            blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
+            with self._woke_lock:
+                woken = self._woke.get((key.repo.lower(), number), _NEVER) == issue.closed_at
+            if not woken:
+                blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
             if task is not None and task.pr_number is None and not task.is_terminal:
                 pull = self._gateway.find_pull_by_head(key.repo, task.branch)
                 closed_by_its_pull = pull is not None and pull.merged
@@ -745,6 +758,13 @@ class AssignmentController:
         now = self._clock()
         actions = plan(observed, now=now, settings=self._settings())
         self._actuator.apply(actions)
+        issue = observed.issue
+        if issue is not None and issue.state is IssueState.CLOSED:
+            # Its waiters were enqueued (the actions all went through): this close is done.
+            with self._woke_lock:
+                if len(self._woke) >= WOKE_REMEMBERED:
+                    self._woke.pop(next(iter(self._woke)))
+                self._woke[(key.repo.lower(), observed.number)] = issue.closed_at
         saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
         after = next_check(saved, now=now)
         if saved is not None and saved.state is TaskState.CREATED and observed.capped_agents:

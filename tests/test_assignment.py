@@ -513,6 +513,38 @@ def test_closing_the_issue_cancels_the_task(
     assert store.events_for(cancelled.id)[-1].reason == "the issue was closed"
 
 
+def test_a_close_is_looked_at_once_for_the_issues_waiting_on_it(
+    forge: ForgejoSandbox,
+    forge_clock: ManualClock,
+    controller: tuple[AssignmentController, ForgejoGateway, Store],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The issues that depend on a closed issue are read (and woken) when it is first seen
+    closed, not on every later reconcile of it; closed again after a reopen, once more."""
+    reconciler, gateway, _ = controller
+    asked: list[int] = []
+    real = gateway.list_blocks
+    monkeypatch.setattr(gateway, "list_blocks", lambda repo, n: asked.append(n) or real(repo, n))
+    number = forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task"])
+    key = issue_key(DEMO_REPO, number)
+
+    def changed(state: str) -> None:
+        forge.set_issue_state(DEMO_REPO, number, state)
+        gateway.seen.invalidate(DEMO_REPO, number)  # as its webhook does, through the queue
+
+    reconciler.reconcile(key)
+    changed("closed")
+    for _ in range(3):
+        reconciler.reconcile(key)
+    assert asked == [number]
+    changed("open")
+    reconciler.reconcile(key)
+    forge_clock.advance(5)  # closed again later: another close
+    changed("closed")
+    reconciler.reconcile(key)
+    assert asked == [number, number]
+
+
 def test_a_pull_request_number_is_not_a_task(
     forge: ForgejoSandbox, controller: tuple[AssignmentController, ForgejoGateway, Store]
 ) -> None:

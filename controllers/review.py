@@ -56,7 +56,7 @@ from reconciler.models import (
 from reconciler.run.prompt import is_trusted_author
 from reconciler.settings import Settings
 from reconciler.store import Store
-from reconciler.text import format_duration
+from reconciler.text import format_duration, one_line
 
 log = structlog.get_logger(__name__)
 
@@ -144,8 +144,7 @@ def receipt_grace_left(
 
 
 def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= EXCERPT else flat[: EXCERPT - 1] + "…"
+    return one_line(text, limit=EXCERPT)
 
 
 def review_feedback(review: Review) -> str:

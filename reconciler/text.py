@@ -84,6 +84,12 @@ def describe_error(exc: BaseException) -> str:
     return "timed out" if words.endswith("timeout") else f"{words} failure"
 
 
+def one_line(text: str, *, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
 # --- sanitising ---------------------------------------------------------------------------
 
 # An HTML comment, closed the HTML5 ways (`-->`, `--!>`, the abrupt `<!-->` and `<!--->`).
@@ -135,4 +141,4 @@ def _visible(char: str) -> str:
     return char
 
 
-__all__ = ["LONG_WAIT", "describe_error", "format_duration", "format_wait", "sanitize"]
+__all__ = ["LONG_WAIT", "describe_error", "format_duration", "format_wait", "one_line", "sanitize"]

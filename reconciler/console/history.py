@@ -16,8 +16,8 @@ from typing import Any
 from reconciler.console.views import task_why
 from reconciler.fleet.api import TaskDetail
 from reconciler.fleet.budgets import Budget, format_usd
-from reconciler.fleet.questions import one_line
 from reconciler.models import CheckOutcome, TaskEvent, TaskState
+from reconciler.text import one_line
 
 CHECK_MARK = {CheckOutcome.PASSED: "✓", CheckOutcome.FAILED: "✗", CheckOutcome.PENDING: "…"}
 

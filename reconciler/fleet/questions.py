@@ -25,17 +25,12 @@ from reconciler.errors import ConflictError
 from reconciler.forgejo.types import Comment, Issue
 from reconciler.models import Question, QuestionKind, Task
 from reconciler.settings import LabelsSettings, McpSettings
+from reconciler.text import one_line
 
 QUESTION_MAX = 4000
 """Longest question text, in characters."""
 OPTION_MAX = 300
 OPTIONS_MAX = 10
-
-
-def one_line(text: str, *, limit: int) -> str:
-    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 _MARKER = re.compile(

@@ -25,7 +25,7 @@ from reconciler.errors import (
 )
 from reconciler.fleet.budgets import RunSpend, spend_data, with_spend
 from reconciler.fleet.health import count_run_failure, count_run_success
-from reconciler.fleet.questions import check_ask, one_line, unanswered, waiting_reason
+from reconciler.fleet.questions import check_ask, unanswered, waiting_reason
 from reconciler.fleet.records import (
     StatusUpdate,
     actor_for,
@@ -45,7 +45,7 @@ from reconciler.models import (
 from reconciler.settings import Settings
 from reconciler.store import Store
 from reconciler.store.store import TaskWrite
-from reconciler.text import sanitize
+from reconciler.text import one_line, sanitize
 
 log = structlog.get_logger(__name__)
 

@@ -36,7 +36,7 @@ from reconciler.fleet.questions import (
 )
 from reconciler.fleet.vocabulary import role_spec
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.forgejo.types import IssueState, LabelSpec
+from reconciler.forgejo.types import Issue, IssueState, LabelSpec
 from reconciler.keys import issue_key
 from reconciler.models import RECONCILER_ACTOR, Question, Task, TaskEvent, TaskState, task_id_for
 from reconciler.settings import Settings
@@ -58,6 +58,8 @@ class QuestionFacts:
     """Issues of this repository the task's issue depends on (read when a question needs it)."""
     answers: Mapping[int, Answer] = field(default_factory=dict)
     """Question number → its answer, for questions whose issue is closed."""
+    dependencies: tuple[Issue, ...] | None = None
+    """The task's issue's dependencies, when they were read (the holds use them too)."""
 
 
 def observe_questions(
@@ -83,11 +85,8 @@ def observe_questions(
     numbers = {q.number: q.issue_number or found.get(q.number) for q in waiting}
     if not any(numbers.values()):
         return QuestionFacts(found=found)
-    dependencies = {
-        dep.number: dep
-        for dep in gateway.list_dependencies(repo, task.issue_number)
-        if (dep.repo or repo) == repo
-    }
+    listed = gateway.list_dependencies(repo, task.issue_number)
+    dependencies = {dep.number: dep for dep in listed if (dep.repo or repo) == repo}
     answers: dict[int, Answer] = {}
     for question in waiting:
         number = numbers[question.number]
@@ -119,7 +118,9 @@ def observe_questions(
                 else None
             ),
         )
-    return QuestionFacts(found=found, linked=frozenset(dependencies), answers=answers)
+    return QuestionFacts(
+        found=found, linked=frozenset(dependencies), answers=answers, dependencies=listed
+    )
 
 
 def _agent_answer(

@@ -698,6 +698,10 @@ class AssignmentController:
             allow=frozenset(settings.forgejo.trusted_authors),
             judge=is_trusted_author,
         )
+        if issue is not None and issue.state is IssueState.OPEN and task is not None:
+            question_facts = observe_questions(
+                self._gateway, self._store, task, settings=settings, trusted=trusted
+            )
         if issue is not None and issue.state is IssueState.CLOSED:
             with self._woke_lock:
                 woken = self._woke.get((key.repo.lower(), number), _NEVER) == issue.closed_at
@@ -729,10 +733,7 @@ class AssignmentController:
                 watched=watched,
                 trusted=trusted,
                 always_approval=always is not None or agent_written,
-            )
-        if issue is not None and issue.state is IssueState.OPEN and task is not None:
-            question_facts = observe_questions(
-                self._gateway, self._store, task, settings=settings, trusted=trusted
+                dependencies=question_facts.dependencies,
             )
         return Observed(
             repo=key.repo,

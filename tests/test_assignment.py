@@ -35,7 +35,16 @@ from reconciler.fleet.issues import read_labels
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import Issue, IssueState
 from reconciler.keys import issue_key
-from reconciler.models import Agent, AgentId, ExecutionMode, Priority, Task, TaskState, task_id_for
+from reconciler.models import (
+    Agent,
+    AgentId,
+    ExecutionMode,
+    Priority,
+    Question,
+    Task,
+    TaskState,
+    task_id_for,
+)
 from reconciler.sandbox import ForgejoSandbox
 from reconciler.settings import ForgejoSettings, Settings
 from reconciler.store import Store
@@ -543,6 +552,34 @@ def test_a_close_is_looked_at_once_for_the_issues_waiting_on_it(
     changed("closed")
     reconciler.reconcile(key)
     assert asked == [number, number]
+
+
+def test_a_task_waiting_on_its_question_reads_its_dependencies_once_per_reconcile(
+    forge: ForgejoSandbox,
+    controller: tuple[AssignmentController, ForgejoGateway, Store],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The question's state and the dependency hold come from one read of the issue's
+    dependencies; the task waits for the answer."""
+    reconciler, gateway, store = controller
+    number = forge.create_issue(DEMO_REPO, "Serve the API", labels=["fleet/task"])
+    asked = forge.create_issue(DEMO_REPO, "Question for #1", labels=["fleet/question"])
+    forge.add_dependency(DEMO_REPO, number, on=asked)
+    key = issue_key(DEMO_REPO, number)
+    reconciler.reconcile(key)
+    created = store.get_task(task_id_for(DEMO_REPO, number))
+    question = Question(number=1, text="Which port?", asked_at=NOW, asked_by=AgentId("a1"),
+                        lease_generation=1, issue_number=asked)  # fmt: skip
+    store.replace_task(created.changed(now=NOW, questions=(question,)), expected=created)
+    reads: list[int] = []
+    real = gateway.list_dependencies
+    monkeypatch.setattr(
+        gateway, "list_dependencies", lambda repo, n: reads.append(n) or real(repo, n)
+    )
+    reconciler.reconcile(key)
+    assert reads == [number]
+    waiting = store.get_task(created.id)
+    assert waiting.on_hold and waiting.wait_reason == f"waiting for the answer to #{asked}"
 
 
 def test_a_pull_request_number_is_not_a_task(

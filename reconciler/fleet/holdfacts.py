@@ -89,9 +89,11 @@ def read_hold_facts(
     watched: Sequence[str],
     trusted: Callable[[str], bool],
     always_approval: bool = False,
+    dependencies: Sequence[Issue] | None = None,
 ) -> HoldFacts:
     """The trust, approval and dependency facts of an open issue; ``always_approval``: the
-    work needs approval whoever opened it (``[approval]``)."""
+    work needs approval whoever opened it (``[approval]``); ``dependencies``: the issue's
+    dependencies when the caller has just read them (else they are read here)."""
     author_trusted = trusted(issue.author)
     approved_by = None
     needs_approval = always_approval or not author_trusted
@@ -103,7 +105,11 @@ def read_hold_facts(
             trusted=trusted,
         )
     start = IssueRef(repo, issue.number)
-    open_deps = _open_dependencies(gateway, start)
+    open_deps = (
+        _open_dependencies(gateway, start)
+        if dependencies is None
+        else tuple(_ref(d, repo) for d in dependencies if d.state is IssueState.OPEN)
+    )
     edges: dict[IssueRef, tuple[IssueRef, ...]] = {start: open_deps}
     frontier = [ref for ref in open_deps if ref.repo in watched]
     reads = 0

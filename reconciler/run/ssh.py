@@ -436,8 +436,8 @@ class HostExecutor:
 
     def _asked(self, run: _Run) -> bool:
         """Whether the run asked a question (through its fleet tools) not answered yet."""
-        task, _ = self._reports.fleet.read_task(run.task_id, agent_id=None)
-        return any(
+        task = self._store.find_task(run.task_id)
+        return task is not None and any(
             q.answer is None and q.lease_generation == run.lease_generation for q in task.questions
         )
 

@@ -187,6 +187,13 @@ def build_prompt(
         )
     sections = split_sections(sanitize(issue.body)) if author_trusted else None
     title = sanitize(issue.title) if author_trusted else ""
+    answers = answers_prompt(
+        [
+            q.model_copy(update={"text": sanitize(q.text), "answer": sanitize(q.answer)})
+            for q in questions
+            if q.answer is not None
+        ]
+    )
     for dropped in range(len(discussion) + 1):
         prompt = _render(
             issue=issue,
@@ -199,16 +206,7 @@ def build_prompt(
             branch=branch,
             attempt=attempt,
             budget=budget,
-            answers=answers_prompt(
-                [
-                    q.model_copy(
-                        update={"text": sanitize(q.text), "answer": sanitize(q.answer or "")}
-                    )
-                    if q.answer is not None
-                    else q
-                    for q in questions
-                ]
-            ),
+            answers=answers,
         )
         if len(prompt.encode()) <= MAX_PROMPT_BYTES:
             return prompt

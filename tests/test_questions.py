@@ -338,3 +338,38 @@ def test_a_question_for_a_role_waits_for_approval_unless_a_trusted_role_asked() 
         if held:
             assert AGENT_WRITTEN in saved.wait_reason
             assert "fleet/approved" in saved.wait_reason
+
+
+# --- the pull worker asking whether its run asked ---------------------------------------------
+
+
+def test_a_worker_that_cannot_reach_the_daemon_asks_again_before_it_hands_in(
+    tmp_path: Path,
+) -> None:
+    """Whether the run asked a question is not guessed while the daemon is out of reach: a
+    guessed "no" would open a pull request for work that waits for an answer."""
+    from reconciler.agent.client import AgentApi
+    from reconciler.agent.runner import TaskRunner
+    from reconciler.agent.taskrun import TaskRun
+    from reconciler.errors import TransientError
+    from reconciler.fleet.api import TaskBrief, TaskHandout
+    from tests.test_worker import worker_config
+
+    asked = question(1)
+
+    class FlakyApi(AgentApi):
+        calls = 0
+
+        def brief(self, task_id: str, *, task_token: str | None = None) -> TaskBrief:
+            self.calls += 1
+            if self.calls == 1:
+                raise TransientError("cannot reach the daemon")
+            return TaskBrief.model_construct(questions=(asked,))
+
+    api = FlakyApi("http://127.0.0.1:9")
+    runner = TaskRunner(worker_config(tmp_path, "w1", api.server, retry_initial=0.01),
+                        api, agent_id=lambda: "w1", queue_receipt=lambda r: None)  # fmt: skip
+    run = TaskRun(TaskHandout.model_construct(task=task(), lease_generation=1,
+                                              task_token="aft1.12-3f9a1c2b.1.mac"))  # fmt: skip
+    assert runner._asked(run) is True
+    assert api.calls == 2

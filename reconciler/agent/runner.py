@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -48,6 +49,7 @@ from reconciler.run.prompt import prompt_for_task
 from reconciler.text import describe_error
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 # A run without a deadline from the daemon may take this long.
 DEFAULT_RUN_LIMIT_S = 3600.0
@@ -190,12 +192,26 @@ class TaskRunner:
         if not token:
             return False
         lease = run.assignment.lease_generation
-        try:
-            brief = self.api.brief(run.task_id, task_token=token)
-        except FleetError as exc:
-            log.warning("task.brief_failed", task=run.task_id, error=str(exc))
-            return False
+        # Not guessed when the daemon is out of reach: a "no" would open a pull request for
+        # work that waits for an answer. A refusal (the lease is gone) fails the hand-in.
+        brief = self._retrying(run, "brief", lambda: self.api.brief(run.task_id, task_token=token))
         return any(q.answer is None and q.lease_generation == lease for q in brief.questions)
+
+    def _retrying(self, run: TaskRun, what: str, call: Callable[[], _T]) -> _T:
+        """``call``, retried with backoff while the daemon is unreachable or asks for the
+        request again (409 ``task_changed``: it saved another change to the task meanwhile);
+        other refusals are final. ``RunStopped`` when the run is cancelled meanwhile."""
+        delay = self.config.retry_initial
+        while True:
+            try:
+                return call()
+            except (TransientError, ConflictError) as exc:
+                if isinstance(exc, ConflictError) and exc.code != "task_changed":
+                    raise
+                log.warning(f"task.{what}_retry", task=run.task_id, error=str(exc))
+                if run.cancelled.wait(delay):
+                    raise RunStopped(run.stop_reason) from None
+                delay = min(delay * 2, self.config.retry_max)
 
     def _keep_partial(
         self, site: gitwork.Site, job: gitwork.GitJob, worktree: str, run: TaskRun, *, why: str
@@ -236,31 +252,22 @@ class TaskRunner:
     ) -> None:
         """A status update, retried while the daemon is unreachable or asks for it again
         (``task_changed``); other refusals are final."""
-        delay = self.config.retry_initial
-        while True:
-            try:
-                self.api.report(
-                    run.task_id,
-                    lease_generation=run.assignment.lease_generation,
-                    running=running,
-                    note=note,
-                    failed=failed,
-                    over_budget=over_budget is not None,
-                    spent_usd=over_budget.cost_usd if over_budget is not None else spent[0],
-                    spent_tokens=over_budget.tokens if over_budget is not None else spent[1],
-                    waiting=waiting,
-                    session_id=session_id,
-                )
-                return
-            except (TransientError, ConflictError) as exc:
-                # 409 task_changed: the daemon saved another change to the task meanwhile
-                # (its own bookkeeping) and asks for the update again; other 409s are final.
-                if isinstance(exc, ConflictError) and exc.code != "task_changed":
-                    raise
-                log.warning("task.report_retry", task=run.task_id, error=str(exc))
-                if run.cancelled.wait(delay):
-                    raise RunStopped(run.stop_reason) from None
-                delay = min(delay * 2, self.config.retry_max)
+        self._retrying(
+            run,
+            "report",
+            lambda: self.api.report(
+                run.task_id,
+                lease_generation=run.assignment.lease_generation,
+                running=running,
+                note=note,
+                failed=failed,
+                over_budget=over_budget is not None,
+                spent_usd=over_budget.cost_usd if over_budget is not None else spent[0],
+                spent_tokens=over_budget.tokens if over_budget is not None else spent[1],
+                waiting=waiting,
+                session_id=session_id,
+            ),
+        )
 
     def _with_fleet_tools(
         self, argv: list[str], run: TaskRun, token: str, env: dict[str, str]

@@ -665,3 +665,32 @@ def test_a_wiki_the_bot_may_not_write_stalls_the_topic_and_keeps_the_notes(
         rig.controller.reconcile(knowledge_key(REPO, "ci"))
     [note] = rig.context(task, token, "ci").json()["notes"]
     assert (note["text"], note["on_wiki"]) == ("kept", False)
+
+
+def test_a_page_that_is_not_utf8_text_stalls_the_topic_and_is_left_as_it_is(
+    rig: Rig,
+) -> None:
+    """A page whose bytes are not UTF-8 (pushed over git) is neither rewritten (its bytes
+    would be garbled) nor read again in a loop: the key stalls, the note stays queued."""
+    from reconciler.errors import StalledError
+    from reconciler.sandbox import wiki
+
+    state = rig.forge.sandbox.state
+    with state.lock:
+        owner = state.user_named(OWNER)
+        wiki.create_page(
+            state,
+            state.repo(REPO, owner),
+            owner,
+            title="fleet-notes-ci",
+            content=b"# notes\n\xff\xfe latin-1 \xe9\n",
+            message="",
+        )
+    task, token = rig.task(12)
+    rig.share(task, token, "ci", "kept")
+    rig.forge.calls.clear()
+    with pytest.raises(StalledError, match="cannot be read as text"):
+        rig.controller.reconcile(knowledge_key(REPO, "ci"))
+    assert rig.forge.writes() == []
+    [note] = rig.context(task, token, "ci").json()["notes"]
+    assert (note["text"], note["on_wiki"]) == ("kept", False)

@@ -15,7 +15,8 @@ page (Forgejo's wiki API has no append), so a write whose outcome is unknown is 
 another before ``settle_after`` has passed: a write held up on its way could otherwise land
 after the next one and take its notes away. A wiki Forgejo refuses to write (switched off, or
 the bot lacks access) stalls the key until the next note or full resync, the notes kept queued
-(``context`` still shows them). A second pass over an unchanged page writes nothing.
+(``context`` still shows them); so does a page whose content is not UTF-8 text (until a person
+edits it). A second pass over an unchanged page writes nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import structlog
 
 from reconciler.engine.reconcile import ActContext, Action, Actuator, Result
 from reconciler.errors import (
+    ForgejoError,
     ForgejoForbidden,
     ForgejoNotFound,
     ForgejoServerError,
@@ -48,7 +50,7 @@ from reconciler.fleet.knowledge import (
     record_page,
 )
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.forgejo.wiki import WikiPage, wiki_web_path
+from reconciler.forgejo.wiki import PageNotText, WikiPage, wiki_web_path
 from reconciler.keys import KNOWLEDGE, Key
 from reconciler.run.prompt import is_trusted_author
 from reconciler.settings import Settings
@@ -240,7 +242,18 @@ class KnowledgeController:
 
     def observe(self, key: Key) -> KnowledgeObserved:
         repo, topic = key.repo, key.id
-        page = self._gateway.get_wiki_page(repo, wiki_web_path(page_title(topic)))
+        try:
+            page = self._gateway.get_wiki_page(repo, wiki_web_path(page_title(topic)))
+        except ForgejoError as exc:
+            if not isinstance(exc.__cause__, PageNotText):
+                raise
+            # A page pushed over git may hold bytes that are not UTF-8: agent-fleet cannot
+            # append to it without garbling them, and reading it again changes nothing until
+            # a person edits it (the wiki event enqueues the topic) or the full resync.
+            raise StalledError(
+                f"wiki page {page_title(topic)} in {repo} cannot be read as text; the notes "
+                f"stay queued until it is fixed: {exc}"
+            ) from exc
         editors: tuple[str, ...] = ()
         if page is not None:
             bot = self._gateway.bot_login()

@@ -305,6 +305,51 @@ def test_a_task_may_share_only_so_many_notes(tmp_path: Path, forge: Forge) -> No
         harness.close()
 
 
+def test_notes_shared_at_once_by_one_task_stay_within_its_limit(
+    tmp_path: Path, forge: Forge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several share calls of one task at once (a slow disk) queue no more than
+    mcp.max_notes_per_task notes; the rest are 409 ``note_limit_reached``."""
+    import threading
+    import time
+
+    from reconciler.errors import ConflictError
+    from reconciler.fleet.knowledge import ShareRequest
+
+    harness = Harness(tmp_path, settings=_settings(max_notes_per_task=2))
+    rig = Rig(harness, forge)
+    try:
+        task, _ = rig.task(12)
+        real_enqueue = harness.store.enqueue
+
+        def slow_enqueue(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.05)
+            return real_enqueue(*args, **kwargs)
+
+        monkeypatch.setattr(harness.store, "enqueue", slow_enqueue)
+        outcomes: list[str] = []
+        start = threading.Barrier(6)
+
+        def share(n: int) -> None:
+            start.wait()
+            try:
+                rig.book.share(task, ShareRequest(topic="ci", note=f"note {n}"))
+                outcomes.append("queued")
+            except ConflictError as exc:
+                outcomes.append(exc.code)
+
+        threads = [threading.Thread(target=share, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes) == ["note_limit_reached"] * 4 + ["queued"] * 2
+        assert len(pending_notes(harness.store, REPO, "ci")) == 2
+    finally:
+        rig.close()
+        harness.close()
+
+
 # --- the controller ---------------------------------------------------------------------------
 
 
@@ -618,5 +663,34 @@ def test_a_wiki_the_bot_may_not_write_stalls_the_topic_and_keeps_the_notes(
     monkeypatch.setattr(rig.forge.gateway, "create_wiki_page", refused)
     with pytest.raises(StalledError, match="wiki enabled"):
         rig.controller.reconcile(knowledge_key(REPO, "ci"))
+    [note] = rig.context(task, token, "ci").json()["notes"]
+    assert (note["text"], note["on_wiki"]) == ("kept", False)
+
+
+def test_a_page_that_is_not_utf8_text_stalls_the_topic_and_is_left_as_it_is(
+    rig: Rig,
+) -> None:
+    """A page whose bytes are not UTF-8 (pushed over git) is neither rewritten (its bytes
+    would be garbled) nor read again in a loop: the key stalls, the note stays queued."""
+    from reconciler.errors import StalledError
+    from reconciler.sandbox import wiki
+
+    state = rig.forge.sandbox.state
+    with state.lock:
+        owner = state.user_named(OWNER)
+        wiki.create_page(
+            state,
+            state.repo(REPO, owner),
+            owner,
+            title="fleet-notes-ci",
+            content=b"# notes\n\xff\xfe latin-1 \xe9\n",
+            message="",
+        )
+    task, token = rig.task(12)
+    rig.share(task, token, "ci", "kept")
+    rig.forge.calls.clear()
+    with pytest.raises(StalledError, match="cannot be read as text"):
+        rig.controller.reconcile(knowledge_key(REPO, "ci"))
+    assert rig.forge.writes() == []
     [note] = rig.context(task, token, "ci").json()["notes"]
     assert (note["text"], note["on_wiki"]) == ("kept", False)

@@ -285,6 +285,9 @@ class KnowledgeBook:
         self._settings = settings
         self._clock = clock
         self._enqueue = enqueue
+        # Counting a task's notes and queueing one more is one step: two calls of one task at
+        # once would otherwise both count below mcp.max_notes_per_task and both queue.
+        self._sharing = threading.Lock()
 
     def _notes_of_task(self, task: Task) -> int:
         pages = read_pages(self._store, task.repo)
@@ -308,28 +311,30 @@ class KnowledgeBook:
             raise RefusedError("invalid_note", "a note may not hold HTML comments (<!-- or -->)")
         if task.agent_id is None:
             raise ConflictError("stale_lease", f"task {task.id} has no agent")
-        used = self._notes_of_task(task)
-        if used >= settings.max_notes_per_task:
-            raise ConflictError(
-                "note_limit_reached",
-                f"task {task.id} has shared {used} notes, the most mcp.max_notes_per_task allows",
+        with self._sharing:
+            used = self._notes_of_task(task)
+            if used >= settings.max_notes_per_task:
+                raise ConflictError(
+                    "note_limit_reached",
+                    f"task {task.id} has shared {used} notes, "
+                    "the most mcp.max_notes_per_task allows",
+                )
+            note = Note(
+                id=uuid.uuid4().hex,
+                topic=request.topic,
+                text=text,
+                agent_id=task.agent_id,
+                role=task.required_role,
+                task_id=task.id,
+                issue_number=task.issue_number,
+                at=self._clock(),
             )
-        note = Note(
-            id=uuid.uuid4().hex,
-            topic=request.topic,
-            text=text,
-            agent_id=task.agent_id,
-            role=task.required_role,
-            task_id=task.id,
-            issue_number=task.issue_number,
-            at=self._clock(),
-        )
-        self._store.enqueue(
-            OUTBOX_TOPIC,
-            {"repo": task.repo, "note": note.model_dump(mode="json")},
-            now=note.at,
-            message_id=note.id,
-        )
+            self._store.enqueue(
+                OUTBOX_TOPIC,
+                {"repo": task.repo, "note": note.model_dump(mode="json")},
+                now=note.at,
+                message_id=note.id,
+            )
         if self._enqueue is not None:
             self._enqueue(knowledge_key(task.repo, note.topic))
         return ShareAnswer(

@@ -32,9 +32,21 @@ from reconciler.forgejo.parsing import (
     _time,
 )
 
-__all__ = ["WikiCommit", "WikiOps", "WikiPage", "WikiPageMeta", "wiki_web_path"]
+__all__ = [
+    "PageNotText",
+    "WikiCommit",
+    "WikiOps",
+    "WikiPage",
+    "WikiPageMeta",
+    "wiki_web_path",
+]
 
 _MARKER = ".-"
+
+
+class PageNotText(MalformedResponse):
+    """A page's content is not base64 of UTF-8 text (a page pushed over git may hold any
+    bytes); the gateway raises it as the cause of a ``ForgejoError``."""
 
 
 def wiki_web_path(title: str) -> str:
@@ -113,9 +125,7 @@ class WikiPage(_Frozen):
             content = base64.b64decode(_str(data, "content_base64"), validate=True)
             text = content.decode()
         except (binascii.Error, UnicodeDecodeError) as exc:
-            raise MalformedResponse(
-                f"wiki page {meta.sub_url}: content is not text: {exc}"
-            ) from exc
+            raise PageNotText(f"wiki page {meta.sub_url}: content is not text: {exc}") from exc
         return cls(
             title=meta.title,
             sub_url=meta.sub_url,

@@ -38,7 +38,7 @@ from reconciler.fleet.api import (
 )
 from reconciler.fleet.knowledge import ContextQuery, KnowledgeBook, ShareRequest
 from reconciler.fleet.tasktokens import TaskGrant, TaskTokens
-from reconciler.models import AgentId, Task, TaskEvent, TaskState
+from reconciler.models import AgentId, Task, TaskState
 from webhook.agents_api import ApiError, bearer_token, endpoint, read_body, read_query, serves
 
 _IN_PROGRESS = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
@@ -82,15 +82,11 @@ def install_mcp_api(
         return grant
 
     def held_task(grant: TaskGrant) -> tuple[Task, AgentId]:
-        """The granted task and the agent holding it, while the grant's lease is current."""
-        task, agent_id, _ = held_task_and_events(grant)
-        return task, agent_id
-
-    def held_task_and_events(grant: TaskGrant) -> tuple[Task, AgentId, list[TaskEvent]]:
-        """:func:`held_task`, with the task's history (read in the same step)."""
+        """The granted task and the agent holding it, while the grant's lease is current
+        (the task alone is read: its history only where an answer shows it)."""
         task_id = grant.task_id
         try:
-            task, events = fleet.read_task(task_id, agent_id=None)
+            task = fleet.find_task(task_id)
         except NotFoundError as exc:
             raise ApiError(404, "task_not_found", str(exc)) from None
         stale = task.lease_generation != grant.lease_generation or task.state not in _IN_PROGRESS
@@ -100,13 +96,13 @@ def install_mcp_api(
                 f"lease {grant.lease_generation} on task {task.id} is no longer valid (the task "
                 f"is {task.state} under lease {task.lease_generation}); stop working on it",
             )
-        return task, task.agent_id, events
+        return task, task.agent_id
 
     @serves(app, operations.TASK_BRIEF)
     @endpoint
     def brief(task_id: str) -> tuple[int, BaseModel]:
-        task, _, events = held_task_and_events(granted(task_id))
-        progress = tuple(e.reason for e in events if e.kind == "progress")
+        task, _ = held_task(granted(task_id))
+        progress = tuple(e.reason for e in fleet.history(task.id) if e.kind == "progress")
         return 200, TaskBrief(
             task_id=task.id,
             repo=task.repo,

@@ -375,6 +375,17 @@ class TaskReports:
             for event in self._store.events_for(task_id)
         )
 
+    def find_task(self, task_id: str) -> Task:
+        """A task without its history; :class:`NotFoundError` when there is none."""
+        task = self._store.find_task(task_id)
+        if task is None:
+            raise NotFoundError(f"no task {task_id!r}")
+        return task
+
+    def history(self, task_id: str) -> list[TaskEvent]:
+        """A task's events, oldest first."""
+        return self._store.events_for(task_id)
+
     def read_task(self, task_id: str, *, agent_id: str | None) -> tuple[Task, list[TaskEvent]]:
         """A task and its history; ``agent_id`` None is an operator, else only the owner."""
         task = self._store.find_task(task_id)

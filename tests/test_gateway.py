@@ -285,6 +285,31 @@ def test_a_read_that_an_invalidation_overtook_is_not_kept(
     assert log.since(mark) == ["get_issue"]  # a read nothing overtook is kept
 
 
+def test_a_read_that_our_own_label_write_overtook_is_not_kept(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """Another controller's read of the issue is on its way while a reconcile adds a label:
+    that read may show the issue without the label, so it is not kept (a kept read must not
+    lose our own write); the copy kept before the write still answers, with the label."""
+    gateway.ensure_labels(REPO, VOCABULARY)
+    number = sandbox.create_issue(REPO, "t", labels=["fleet/task", "status/todo"])
+    gateway.get_issue(REPO, number, kept=True)
+    gateway.get_issue(REPO, number, kept=True)
+    started = gateway.seen.generation(REPO, number)
+    before = gateway.get_issue(REPO, number)  # the read on its way, answered before the write
+    after = gateway.add_labels(REPO, number, ["status/doing"], echo=True)
+    gateway.seen.note_labels(REPO, number, after)  # as the AddLabels action does
+    item = gateway.seen.get(REPO, number)
+    assert item is not None and item.issue is not None  # the copy kept before the write
+    gateway.seen.note(REPO, number, before.updated_at, labels=before.labels,
+                      state=str(before.state), issue=before, generation=started)  # fmt: skip
+    item = gateway.seen.get(REPO, number)
+    assert item is not None and item.issue is None
+    mark = log.mark()
+    assert "status/doing" in gateway.get_issue(REPO, number, kept=True).labels
+    assert log.since(mark) == ["get_issue"]
+
+
 def test_add_labels_sends_nothing_already_on_the_issue(
     sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
 ) -> None:

@@ -110,9 +110,14 @@ class SeenItems:
                 self._items[key] = replace(item, issue=None)
 
     def note_labels(self, repo: str, number: int, labels: Iterable[str]) -> None:
-        """Record the labels our own write left on a known item (its updated_at moved)."""
+        """Record the labels our own write left on a known item (its updated_at moved).
+
+        A read of the item on its way meanwhile (another controller's) may show it from
+        before the write: like an invalidation, this write keeps that read's copy from being
+        kept (``generation``), though the copy kept now stays, with these labels."""
         with self._lock:
             key = self._key(repo, number)
+            self._invalidations[key] = self._invalidations.get(key, 0) + 1
             item = self._items.get(key)
             if item is not None:
                 after = frozenset(labels)

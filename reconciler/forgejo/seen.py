@@ -215,15 +215,6 @@ class SeenItems:
                 self._items[key] = replace(item, updated_at=updated_at)
             return True
 
-    def forget(self) -> None:
-        """Drop every record, so the next resync enqueues everything it lists."""
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
 
 def _remember(
     written: tuple[frozenset[str], ...], labels: frozenset[str]

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from reconciler.errors import ForgejoConflict, ForgejoForbidden, ForgejoNotFound
+from reconciler.forgejo import gateway as gateway_module
 from reconciler.forgejo.gateway import WRITE_OPERATIONS, ForgejoGateway, marker_tag
 from reconciler.forgejo.types import CommitState, IssueState, LabelSpec
 from reconciler.sandbox import ForgejoSandbox
@@ -659,6 +660,36 @@ def test_permissions_are_read_once_within_the_cache_time(
         uncached.get_permission(REPO, "stranger")
         uncached.get_permission(REPO, "stranger")
         assert log.since(mark) == ["get_permission"] * 2
+
+
+def test_kept_permissions_are_bounded_and_the_oldest_go_first(
+    sandbox: ForgejoSandbox, log: CallLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many logins a burst brings within ``permission_cache``, at most
+    ``PERMISSIONS_KEPT`` reads are kept: the oldest read goes, the newest still answer."""
+    monkeypatch.setattr(gateway_module, "PERMISSIONS_KEPT", 2)
+    for login in ("first", "second", "third"):
+        sandbox.create_user(login)
+    now = [1000.0]
+    gateway = ForgejoGateway(
+        BASE_URL,
+        sandbox.admin_token,
+        transport=httpx.WSGITransport(app=sandbox.app),
+        on_call=log,
+        clock=lambda: now[0],
+        permission_cache=60.0,
+    )
+    with gateway:
+        for login in ("first", "second", "third"):
+            gateway.get_permission(REPO, login)
+            now[0] += 1
+        mark = log.mark()
+        gateway.get_permission(REPO, "third")
+        gateway.get_permission(REPO, "second")
+        assert log.since(mark) == []
+        gateway.get_permission(REPO, "first")
+        assert log.since(mark) == ["get_permission"]
+        assert len(gateway._permissions) == 2
 
 
 def test_errors_map_onto_the_forgejo_error_family(

@@ -14,15 +14,15 @@ rate-limited delaying work queue:
   because every reconcile declares its own follow-up (``requeue_after``, backoff) again.
 * Ready keys come out in the order they became ready, except that *urgent* keys go ahead.
   ``add(key, urgent=True)`` is for follow-ups of work already under way — a controller that
-  moved a task on asks the next controller to carry the change through (``Enqueue``), an
-  agent took a task or handed in its receipt — while webhooks and resyncs add keys that start
-  new observations. Finishing what is under way before starting more keeps a burst from
-  queueing every task's next step behind every other task's first one (the time from a merge
-  to ``status/done`` does not grow with the burst). While a controller has both, its urgent
-  and other keys are handed out in turn, so new work is never starved by work under way. A
-  key already waiting that is added as urgent moves to the urgent ones. A getter may ask for one controller's keys only
-  (``get(controller=...)``): the loop gives each controller its own workers, so a slow
-  controller's keys never hold up another's.
+  moved a task on asks the next controller to carry the change through (``Enqueue``), an agent
+  took a task or handed in its receipt — while webhooks and resyncs add keys that start new
+  observations. Finishing what is under way before starting more keeps a burst from queueing
+  every task's next step behind every other task's first one (the time from a merge to
+  ``status/done`` does not grow with the burst). While a controller has both, its urgent and
+  other keys are handed out in turn, so new work is never starved by work under way. A key
+  already waiting that is added as urgent moves to the urgent ones. A getter may ask for one
+  controller's keys only (``get(controller=...)``): the loop gives each controller its own
+  workers, so a slow controller's keys never hold up another's.
 * Failed keys are retried after ``initial * 2**(attempts-1)`` seconds, capped at ``max``. The
   attempt count and the wall-clock time of the next try are written to a ``BackoffStore`` so a
   restart continues the backoff instead of hammering a broken key from attempt one.
@@ -226,9 +226,9 @@ class WorkQueue:
         """Take the next ready key and mark it as in work; ``None`` on timeout or shutdown.
 
         With ``controller``, only that controller's keys; with ``excluding``, no key of those
-        controllers (the loop's worker for keys no controller of its own takes). Blocks until a key is ready, for at
-        most ``timeout`` real seconds (``None``: no limit, ``0``: do not block). The caller
-        must call ``done(key)`` when it is finished.
+        controllers (the loop's worker for keys no controller of its own takes). Blocks until a
+        key is ready, for at most ``timeout`` real seconds (``None``: no limit, ``0``: do not
+        block). The caller must call ``done(key)`` when it is finished.
         """
         deadline: float | None = None
         if timeout is not None:

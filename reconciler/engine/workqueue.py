@@ -155,9 +155,11 @@ class WorkQueue:
         # key that is being processed: such a key only becomes ready again in done().
         self._ready: dict[str, deque[tuple[int, Key]]] = {}
         # Urgent keys, per controller, handed out before any of _ready. A key may have an entry
-        # in both (moved to the front when added as urgent while waiting): an entry is live
-        # only while its key is dirty and not being processed, so the second one is skipped.
+        # in both (moved to the front when added as urgent while waiting): only the entry
+        # named in _live is, the other one is skipped (and dropped when it comes to the head).
         self._urgent: dict[str, deque[tuple[int, Key]]] = {}
+        # Each ready key's live entry (its sequence number) in _ready or _urgent.
+        self._live: dict[Key, int] = {}
         # Keys being processed that were added as urgent meanwhile: urgent again at done().
         self._urgent_later: set[Key] = set()
         # Per controller (None: getters of any key), whether its last key handed out was an
@@ -454,14 +456,16 @@ class WorkQueue:
         """``key`` is ready: behind its controller's ready (or urgent) keys, and a getter is
         woken (one wake-up is enough: a woken getter takes a key and passes the wake-up on)."""
         lanes = self._urgent if urgent else self._ready
-        lanes.setdefault(key.controller, deque()).append((next(self._ready_seq), key))
+        seq = next(self._ready_seq)
+        self._live[key] = seq
+        lanes.setdefault(key.controller, deque()).append((seq, key))
         self._wake_locked(key.controller)
 
     def _head_locked(self, lane: deque[tuple[int, Key]] | None) -> tuple[int, Key] | None:
         """The lane's first live entry (dropping the dead ones before it), or None."""
         while lane:
             seq, key = lane[0]
-            if key in self._dirty and key not in self._processing:
+            if self._live.get(key) == seq:
                 return seq, key
             lane.popleft()
         return None
@@ -471,9 +475,15 @@ class WorkQueue:
         other = self._oldest_locked(self._ready, controller, excluding)
         if urgent is not None and (other is None or not self._took_urgent.get(controller)):
             self._took_urgent[controller] = other is not None
-            return urgent.popleft()[1]
-        self._took_urgent[controller] = False
-        return other.popleft()[1] if other is not None else None
+            lane: deque[tuple[int, Key]] | None = urgent
+        else:
+            self._took_urgent[controller] = False
+            lane = other
+        if lane is None:
+            return None
+        key = lane.popleft()[1]
+        del self._live[key]
+        return key
 
     def _oldest_locked(
         self,

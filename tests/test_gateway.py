@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from reconciler.errors import ForgejoConflict, ForgejoForbidden, ForgejoNotFound
+from reconciler.forgejo import gateway as gateway_module
 from reconciler.forgejo.gateway import WRITE_OPERATIONS, ForgejoGateway, marker_tag
 from reconciler.forgejo.types import CommitState, IssueState, LabelSpec
 from reconciler.sandbox import ForgejoSandbox
@@ -283,6 +284,31 @@ def test_a_read_that_an_invalidation_overtook_is_not_kept(
     assert log.since(mark) == ["get_issue"]
     gateway.get_issue(REPO, number, kept=True)
     assert log.since(mark) == ["get_issue"]  # a read nothing overtook is kept
+
+
+def test_a_read_that_our_own_label_write_overtook_is_not_kept(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """Another controller's read of the issue is on its way while a reconcile adds a label:
+    that read may show the issue without the label, so it is not kept (a kept read must not
+    lose our own write); the copy kept before the write still answers, with the label."""
+    gateway.ensure_labels(REPO, VOCABULARY)
+    number = sandbox.create_issue(REPO, "t", labels=["fleet/task", "status/todo"])
+    gateway.get_issue(REPO, number, kept=True)
+    gateway.get_issue(REPO, number, kept=True)
+    started = gateway.seen.generation(REPO, number)
+    before = gateway.get_issue(REPO, number)  # the read on its way, answered before the write
+    after = gateway.add_labels(REPO, number, ["status/doing"], echo=True)
+    gateway.seen.note_labels(REPO, number, after)  # as the AddLabels action does
+    item = gateway.seen.get(REPO, number)
+    assert item is not None and item.issue is not None  # the copy kept before the write
+    gateway.seen.note(REPO, number, before.updated_at, labels=before.labels,
+                      state=str(before.state), issue=before, generation=started)  # fmt: skip
+    item = gateway.seen.get(REPO, number)
+    assert item is not None and item.issue is None
+    mark = log.mark()
+    assert "status/doing" in gateway.get_issue(REPO, number, kept=True).labels
+    assert log.since(mark) == ["get_issue"]
 
 
 def test_add_labels_sends_nothing_already_on_the_issue(
@@ -634,6 +660,36 @@ def test_permissions_are_read_once_within_the_cache_time(
         uncached.get_permission(REPO, "stranger")
         uncached.get_permission(REPO, "stranger")
         assert log.since(mark) == ["get_permission"] * 2
+
+
+def test_kept_permissions_are_bounded_and_the_oldest_go_first(
+    sandbox: ForgejoSandbox, log: CallLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many logins a burst brings within ``permission_cache``, at most
+    ``PERMISSIONS_KEPT`` reads are kept: the oldest read goes, the newest still answer."""
+    monkeypatch.setattr(gateway_module, "PERMISSIONS_KEPT", 2)
+    for login in ("first", "second", "third"):
+        sandbox.create_user(login)
+    now = [1000.0]
+    gateway = ForgejoGateway(
+        BASE_URL,
+        sandbox.admin_token,
+        transport=httpx.WSGITransport(app=sandbox.app),
+        on_call=log,
+        clock=lambda: now[0],
+        permission_cache=60.0,
+    )
+    with gateway:
+        for login in ("first", "second", "third"):
+            gateway.get_permission(REPO, login)
+            now[0] += 1
+        mark = log.mark()
+        gateway.get_permission(REPO, "third")
+        gateway.get_permission(REPO, "second")
+        assert log.since(mark) == []
+        gateway.get_permission(REPO, "first")
+        assert log.since(mark) == ["get_permission"]
+        assert len(gateway._permissions) == 2
 
 
 def test_errors_map_onto_the_forgejo_error_family(

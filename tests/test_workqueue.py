@@ -155,6 +155,19 @@ def test_urgent_keys_go_ahead_of_the_other_ready_keys_in_turn_with_them() -> Non
     assert drain(queue) == [E, D]
 
 
+def test_a_key_moved_to_the_urgent_ones_does_not_keep_its_old_place() -> None:
+    """A waiting key moved to the urgent ones leaves its place among the others behind: added
+    again after its run, it waits behind the keys that were ready before it."""
+    queue = make_queue(FakeTime())
+    queue.add(A)
+    queue.add(B)
+    queue.add_urgent(A)
+    assert queue.get(timeout=0) == A
+    queue.done(A)
+    queue.add(A)
+    assert drain(queue) == [B, A]
+
+
 def test_an_urgent_add_during_a_run_makes_the_next_run_urgent() -> None:
     """A key added as urgent while in work comes back at done() ahead of waiting keys."""
     queue = make_queue(FakeTime())

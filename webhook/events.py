@@ -22,11 +22,11 @@ identify the thing that changed (repository, number, branch).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any
 
 from reconciler.fleet.knowledge_api import knowledge_key, topic_of_web_path
 from reconciler.forgejo.seen import SeenItems
+from reconciler.forgejo.types import Issue
 from reconciler.keys import Key, branch_key, issue_key, pull_key
 
 # The branch prefix agent-fleet gives every task branch (`reconciler.models.branch_for`).
@@ -262,36 +262,17 @@ def is_own_echo(event: str, payload: Mapping[str, Any], *, seen: SeenItems, bot_
     issue = payload.get("issue")
     if not isinstance(issue, Mapping) or issue.get("pull_request") is not None:
         return False
-    number, state, labels = issue.get("number"), issue.get("state"), issue.get("labels")
-    if not isinstance(number, int) or not isinstance(state, str):
-        return False
-    names: list[str] = []
-    for label in labels or ():
-        name = label.get("name") if isinstance(label, Mapping) else None
-        if not isinstance(name, str):
-            return False
-        names.append(name)
     try:
         repo = _repo(payload)
-    except MalformedPayload:
+        # Parsed as a read of the issue is, so it compares field for field with the kept copy.
+        shown = Issue.from_api(issue)
+    except (MalformedPayload, ValueError):  # MalformedResponse is a ValueError
         return False
-    assignees = issue.get("assignees") or ()
-    logins = tuple(a.get("login") for a in assignees if isinstance(a, Mapping) and a.get("login"))
-    shown = {"title": issue.get("title"), "body": issue.get("body") or "", "assignees": logins}
     return seen.is_echo(
         repo,
-        number,
-        labels=names,
-        state=state,
-        updated_at=_time(issue.get("updated_at")),
-        shown_fields={k: v for k, v in shown.items() if v is not None},
+        shown.number,
+        labels=shown.labels,
+        state=str(shown.state),
+        updated_at=shown.updated_at,
+        shown_fields={"title": shown.title, "body": shown.body, "assignees": shown.assignees},
     )
-
-
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None

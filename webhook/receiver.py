@@ -9,7 +9,8 @@ the periodic resync finds the same change a little later.
 
 Answers: 202 ``{"accepted": N, "keys": [...]}`` when keys were enqueued; 204 when the event or
 action is none of agent-fleet's business, or when the delivery is the echo of agent-fleet's own
-write showing the issue as last seen (``is_echo``; logged with the result ``echo``); otherwise JSON ``{"error": <code>, "message": ...}``:
+write showing the issue as last seen (``is_echo``; logged with the result ``echo``); otherwise
+JSON ``{"error": <code>, "message": ...}``:
 
 | status | ``error``                       | when                                              |
 |--------|---------------------------------|---------------------------------------------------|

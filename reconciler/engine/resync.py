@@ -4,11 +4,14 @@ Forgejo never retries a failed webhook delivery, so the loop cannot depend on th
 ``resync_interval`` (jittered) an *incremental* resync asks each watched repository for what
 changed since the last one (``issues?state=all&since=…``, one call when little changed) and
 enqueues the keys; every ``full_resync_interval`` a *full* resync lists every open issue and
-pull request, and every unfinished task the store still tracks, to catch anything missed, and what the ``repo_keys`` sources name (the topics of the shared
-notes, ``reconciler/fleet/knowledge.py``). At start-up the loop runs a full resync. A listed item is enqueued only when its ``updated_at``
-differs from the one this process last read one by one (``reconciler.forgejo.seen``): a resync
-over an unchanged forge costs its list calls and no per-item reads. Enqueueing is cheap: the work queue deduplicates keys and controllers
-are idempotent, so overlap between webhooks and resyncs costs nothing but a reconcile.
+pull request, and every unfinished task the store still tracks, to catch anything missed, and
+what the ``repo_keys`` sources name (the topics of the shared notes,
+``reconciler/fleet/knowledge.py``). At start-up the loop runs a full resync. A listed item is
+enqueued only when it changed since this process last read it one by one or wrote its labels
+(``reconciler.forgejo.seen``: ``is_settled``); a held task is looked at every full resync. A
+resync over an unchanged forge costs its list calls and no per-item reads. Enqueueing is cheap:
+the work queue deduplicates keys and controllers are idempotent, so overlap between webhooks and
+resyncs costs nothing but a reconcile.
 
 Called by the daemon's resync thread, ``agent-fleet reconcile --once`` and the demo.
 """

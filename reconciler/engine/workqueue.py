@@ -14,15 +14,15 @@ rate-limited delaying work queue:
   because every reconcile declares its own follow-up (``requeue_after``, backoff) again.
 * Ready keys come out in the order they became ready, except that *urgent* keys go ahead.
   ``add(key, urgent=True)`` is for follow-ups of work already under way — a controller that
-  moved a task on asks the next controller to carry the change through (``Enqueue``), an
-  agent took a task or handed in its receipt — while webhooks and resyncs add keys that start
-  new observations. Finishing what is under way before starting more keeps a burst from
-  queueing every task's next step behind every other task's first one (the time from a merge
-  to ``status/done`` does not grow with the burst). While a controller has both, its urgent
-  and other keys are handed out in turn, so new work is never starved by work under way. A
-  key already waiting that is added as urgent moves to the urgent ones. A getter may ask for one controller's keys only
-  (``get(controller=...)``): the loop gives each controller its own workers, so a slow
-  controller's keys never hold up another's.
+  moved a task on asks the next controller to carry the change through (``Enqueue``), an agent
+  took a task or handed in its receipt — while webhooks and resyncs add keys that start new
+  observations. Finishing what is under way before starting more keeps a burst from queueing
+  every task's next step behind every other task's first one (the time from a merge to
+  ``status/done`` does not grow with the burst). While a controller has both, its urgent and
+  other keys are handed out in turn, so new work is never starved by work under way. A key
+  already waiting that is added as urgent moves to the urgent ones. A getter may ask for one
+  controller's keys only (``get(controller=...)``): the loop gives each controller its own
+  workers, so a slow controller's keys never hold up another's.
 * Failed keys are retried after ``initial * 2**(attempts-1)`` seconds, capped at ``max``. The
   attempt count and the wall-clock time of the next try are written to a ``BackoffStore`` so a
   restart continues the backoff instead of hammering a broken key from attempt one.
@@ -155,9 +155,11 @@ class WorkQueue:
         # key that is being processed: such a key only becomes ready again in done().
         self._ready: dict[str, deque[tuple[int, Key]]] = {}
         # Urgent keys, per controller, handed out before any of _ready. A key may have an entry
-        # in both (moved to the front when added as urgent while waiting): an entry is live
-        # only while its key is dirty and not being processed, so the second one is skipped.
+        # in both (moved to the front when added as urgent while waiting): only the entry
+        # named in _live is, the other one is skipped (and dropped when it comes to the head).
         self._urgent: dict[str, deque[tuple[int, Key]]] = {}
+        # Each ready key's live entry (its sequence number) in _ready or _urgent.
+        self._live: dict[Key, int] = {}
         # Keys being processed that were added as urgent meanwhile: urgent again at done().
         self._urgent_later: set[Key] = set()
         # Per controller (None: getters of any key), whether its last key handed out was an
@@ -226,9 +228,9 @@ class WorkQueue:
         """Take the next ready key and mark it as in work; ``None`` on timeout or shutdown.
 
         With ``controller``, only that controller's keys; with ``excluding``, no key of those
-        controllers (the loop's worker for keys no controller of its own takes). Blocks until a key is ready, for at
-        most ``timeout`` real seconds (``None``: no limit, ``0``: do not block). The caller
-        must call ``done(key)`` when it is finished.
+        controllers (the loop's worker for keys no controller of its own takes). Blocks until a
+        key is ready, for at most ``timeout`` real seconds (``None``: no limit, ``0``: do not
+        block). The caller must call ``done(key)`` when it is finished.
         """
         deadline: float | None = None
         if timeout is not None:
@@ -454,14 +456,16 @@ class WorkQueue:
         """``key`` is ready: behind its controller's ready (or urgent) keys, and a getter is
         woken (one wake-up is enough: a woken getter takes a key and passes the wake-up on)."""
         lanes = self._urgent if urgent else self._ready
-        lanes.setdefault(key.controller, deque()).append((next(self._ready_seq), key))
+        seq = next(self._ready_seq)
+        self._live[key] = seq
+        lanes.setdefault(key.controller, deque()).append((seq, key))
         self._wake_locked(key.controller)
 
     def _head_locked(self, lane: deque[tuple[int, Key]] | None) -> tuple[int, Key] | None:
         """The lane's first live entry (dropping the dead ones before it), or None."""
         while lane:
             seq, key = lane[0]
-            if key in self._dirty and key not in self._processing:
+            if self._live.get(key) == seq:
                 return seq, key
             lane.popleft()
         return None
@@ -471,9 +475,15 @@ class WorkQueue:
         other = self._oldest_locked(self._ready, controller, excluding)
         if urgent is not None and (other is None or not self._took_urgent.get(controller)):
             self._took_urgent[controller] = other is not None
-            return urgent.popleft()[1]
-        self._took_urgent[controller] = False
-        return other.popleft()[1] if other is not None else None
+            lane: deque[tuple[int, Key]] | None = urgent
+        else:
+            self._took_urgent[controller] = False
+            lane = other
+        if lane is None:
+            return None
+        key = lane.popleft()[1]
+        del self._live[key]
+        return key
 
     def _oldest_locked(
         self,

@@ -58,6 +58,10 @@ __all__ = [
 ]
 
 
+PERMISSIONS_KEPT = 4096
+"""Permission reads ``get_permission`` keeps at most (``permission_cache``)."""
+
+
 class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
     """Typed, retrying, paginating access to one Forgejo instance with one token.
 
@@ -117,12 +121,15 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
         )
         if self.permission_cache > 0:
             with self._doubt_lock:
-                if len(self._permissions) > 4096:  # bounded: stale entries go first
-                    self._permissions = {
-                        k: v for k, v in self._permissions.items()
-                        if now - v[0] < self.permission_cache
-                    }  # fmt: skip
+                # Oldest read first: stale entries go, then the oldest beyond the bound.
+                self._permissions.pop(key, None)
                 self._permissions[key] = (now, permission)
+                while True:  # ends at the entry just kept at the latest: it is fresh
+                    first = next(iter(self._permissions))
+                    fresh = now - self._permissions[first][0] < self.permission_cache
+                    if fresh and len(self._permissions) <= PERMISSIONS_KEPT:
+                        break
+                    del self._permissions[first]
         return permission
 
     def add_collaborator(self, repo: str, login: str, *, permission: str = "write") -> None:

@@ -110,9 +110,14 @@ class SeenItems:
                 self._items[key] = replace(item, issue=None)
 
     def note_labels(self, repo: str, number: int, labels: Iterable[str]) -> None:
-        """Record the labels our own write left on a known item (its updated_at moved)."""
+        """Record the labels our own write left on a known item (its updated_at moved).
+
+        A read of the item on its way meanwhile (another controller's) may show it from
+        before the write: like an invalidation, this write keeps that read's copy from being
+        kept (``generation``), though the copy kept now stays, with these labels."""
         with self._lock:
             key = self._key(repo, number)
+            self._invalidations[key] = self._invalidations.get(key, 0) + 1
             item = self._items.get(key)
             if item is not None:
                 after = frozenset(labels)
@@ -209,15 +214,6 @@ class SeenItems:
             if updated_at is not None:
                 self._items[key] = replace(item, updated_at=updated_at)
             return True
-
-    def forget(self) -> None:
-        """Drop every record, so the next resync enqueues everything it lists."""
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
 
 
 def _remember(

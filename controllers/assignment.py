@@ -13,7 +13,8 @@ store, plans with the pure :func:`plan`, and applies the actions:
 * a task that may not start now is held, saying why (``fleet/holds.py``: the hold label, an
   untrusted author's missing approval, an open dependency or a cycle, its repository's daily
   budget spent): it is not placed and no attempt is spent; a closed issue queues the open
-  issues that depend on it; a task held by the daily budget is looked at again at 00:00 UTC;
+  issues that depend on it (read only while some task is held: none waits otherwise); a task
+  held by the daily budget is looked at again at 00:00 UTC;
 * the task's budget follows its role and budget labels (``fleet/budgets.py``); a task that
   failed over budget is requeued when its budget is raised, and only then.
 
@@ -168,11 +169,15 @@ class StopRun(Action):
 
 
 def plan(observed: Observed, *, now: datetime, settings: Settings) -> tuple[Action, ...]:
-    """Decide what must change for one issue. Pure: no I/O, no clock."""
+    """Decide what must change for one issue. Pure: no I/O, no clock.
+
+    The issues waiting for a closed one are woken first (``observed.blocked``, one action
+    each): the controller remembers the close as looked at once these went through, even if a
+    later write of the same plan meets a newer record."""
     wake = tuple(Enqueue(issue_key(ref.repo, ref.number)) for ref in observed.blocked)
     return (
-        _plan_issue(observed, now=now, settings=settings)
-        + wake
+        wake
+        + _plan_issue(observed, now=now, settings=settings)
         + _plan_cap_reached(observed, now=now, settings=settings)
     )
 
@@ -653,6 +658,9 @@ class AssignmentController:
         self._woke: dict[tuple[str, int], datetime | None] = {}
         """Closed issues whose waiters were woken, with the close it was for: a close is
         looked at once (its dependents enqueued), not on every later reconcile of the issue."""
+        self._closes_looked_at = 0
+        """Closes whose waiters were looked for (counted before the store is asked whether
+        any task is held): a reconcile that holds a task while this moves looks again."""
         self._woke_lock = threading.Lock()
 
     def observe(self, key: Key) -> Observed:
@@ -705,7 +713,13 @@ class AssignmentController:
         if issue is not None and issue.state is IssueState.CLOSED:
             with self._woke_lock:
                 woken = self._woke.get((key.repo.lower(), number), _NEVER) == issue.closed_at
-            if not woken:
+                if not woken:
+                    # Counted before the store is asked: a task held after this look (from
+                    # dependencies read before the close) sees the count move and looks again.
+                    self._closes_looked_at += 1
+            # Only a held task waits for a blocker: with none, nothing this close could release
+            # (``GET …/blocks`` would name issues whose tasks wait for nothing, or none at all).
+            if not woken and self._store.has_held_tasks():
                 blocked = read_blocked(self._gateway, key.repo, number, watched=watched)
             if task is not None and task.pr_number is None and not task.is_terminal:
                 pull = self._gateway.find_pull_by_head(key.repo, task.branch)
@@ -755,19 +769,29 @@ class AssignmentController:
         )
 
     def reconcile(self, key: Key) -> Result:
+        # Taken before anything is read: the hold this reconcile may save rests on reads that
+        # a close counted after this point may have overtaken.
+        with self._woke_lock:
+            closes_before = self._closes_looked_at
         observed = self.observe(key)
         now = self._clock()
         actions = plan(observed, now=now, settings=self._settings())
-        self._actuator.apply(actions)
+        # The plan wakes the issues waiting for a close first (see plan): once those went
+        # through, the close is done, whatever the rest of the plan meets (a newer record of
+        # the task makes the loop reconcile again, which must not read them once more).
+        woke = len(observed.blocked)
+        self._actuator.apply(actions[:woke])
         issue = observed.issue
         if issue is not None and issue.state is IssueState.CLOSED:
-            # Its waiters were enqueued (the actions all went through): this close is done.
             with self._woke_lock:
                 if len(self._woke) >= WOKE_REMEMBERED:
                     self._woke.pop(next(iter(self._woke)))
                 self._woke[(key.repo.lower(), observed.number)] = issue.closed_at
+        self._actuator.apply(actions[woke:])
         saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
         after = next_check(saved, now=now)
+        if self._held_past_a_close(observed.task, saved, closes_before):
+            return Result(requeue_after=0.0)
         if saved is not None and saved.state is TaskState.CREATED and observed.capped_agents:
             # Capped agents take tasks again at 00:00 UTC.
             lifts = (next_day_start(now) - now).total_seconds() + 0.5
@@ -780,6 +804,17 @@ class AssignmentController:
                 lifts = (next_day_start(now) - now).total_seconds() + 0.5
                 after = lifts if after is None else min(after, lifts)
         return Result(requeue_after=after)
+
+    def _held_past_a_close(self, before: Task | None, saved: Task | None, closes: int) -> bool:
+        """Whether this reconcile made the task held while a close was looked at. That close
+        may have found no held task in the store (and so woken nobody) while the hold rested
+        on dependencies read before it: the task is looked at again at once, and its next
+        reconcile reads them afresh. A task held all along was in the store for the close to
+        see; nothing else makes a task held (only this controller writes ``on_hold``)."""
+        if saved is None or not saved.is_held or (before is not None and before.is_held):
+            return False
+        with self._woke_lock:
+            return self._closes_looked_at != closes
 
 
 def next_check(task: Task | None, *, now: datetime) -> float | None:

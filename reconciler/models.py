@@ -357,6 +357,12 @@ class Task(_Frozen):
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    @property
+    def is_held(self) -> bool:
+        """On hold and not finished: an issue it depends on closing may release it
+        (``fleet/holds.py``); the store keeps these in an index (``Store.has_held_tasks``)."""
+        return self.on_hold and not self.is_terminal
+
 
 RECONCILER_ACTOR = "reconciler"
 """The actor of every change the controllers make (an agent is ``agent:<id>``)."""

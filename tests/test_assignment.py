@@ -529,11 +529,15 @@ def test_a_close_is_looked_at_once_for_the_issues_waiting_on_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The issues that depend on a closed issue are read (and woken) when it is first seen
-    closed, not on every later reconcile of it; closed again after a reopen, once more."""
-    reconciler, gateway, _ = controller
+    closed, not on every later reconcile of it; closed again after a reopen, once more. (They
+    are read only while some task is held: one is, here.)"""
+    reconciler, gateway, store = controller
     asked: list[int] = []
     real = gateway.list_blocks
     monkeypatch.setattr(gateway, "list_blocks", lambda repo, n: asked.append(n) or real(repo, n))
+    paused = forge.create_issue(DEMO_REPO, "Later", labels=["fleet/task", "fleet/hold"])
+    reconciler.reconcile(issue_key(DEMO_REPO, paused))
+    assert store.has_held_tasks()
     number = forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task"])
     key = issue_key(DEMO_REPO, number)
 

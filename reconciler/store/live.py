@@ -10,6 +10,8 @@ Reads then cost what they return, not a validation of the whole store:
 * the waiting tasks (``created``) in queue order — high priority first, then the oldest, then
   by id, as ``reconciler.fleet.placement.queue_order`` sorts them — kept sorted as they change,
   so a dequeue walks them without sorting;
+* the held tasks (``Task.is_held``: on hold and not finished), so "is any task waiting for a
+  blocker?" costs nothing;
 * agents by id.
 
 Every list comes back in the order the task was first stored, as TinyDB's table lists them:
@@ -42,6 +44,7 @@ class LiveTasks:
         self._by_repo: dict[str, dict[str, Task]] = {}
         # The created tasks' queue keys, sorted; the tasks themselves are in _by_state.
         self._queue: list[tuple[int, datetime, str]] = []
+        self._held: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -62,6 +65,8 @@ class LiveTasks:
         self._by_repo.setdefault(task.repo.casefold(), {})[task.id] = task
         if task.state is TaskState.CREATED:
             bisect.insort(self._queue, _queue_key(task))
+        if task.is_held:
+            self._held.add(task.id)
 
     def remove(self, task_id: str) -> None:
         old = self._tasks.pop(task_id, None)
@@ -71,6 +76,7 @@ class LiveTasks:
 
     def _unindex(self, task: Task) -> None:
         del self._by_state[task.state][task.id]
+        self._held.discard(task.id)
         if task.state is TaskState.CREATED:
             key = _queue_key(task)
             index = bisect.bisect_left(self._queue, key)
@@ -123,6 +129,10 @@ class LiveTasks:
         ]
         found.sort(key=lambda task: self._order[task.id])
         return found
+
+    def held_count(self) -> int:
+        """How many tasks are held (``Task.is_held``)."""
+        return len(self._held)
 
     def waiting_in_queue_order(self) -> list[Task]:
         """The created tasks, high priority first, then the oldest, then by id."""

@@ -344,6 +344,12 @@ class Store(SmallTables):
         with self._locked():
             return self._live_tasks.waiting_in_queue_order()
 
+    def has_held_tasks(self) -> bool:
+        """Whether any live task is held (``Task.is_held``): one a blocker's close may release.
+        Kept as tasks change, so this costs nothing however many tasks there are."""
+        with self._locked():
+            return self._live_tasks.held_count() > 0
+
     def update_task(self, task_id: str, change: Callable[[Task], Task]) -> Task:
         """Read, change and write one task (live or archived) atomically.
 

@@ -2,7 +2,8 @@
 
 The assignment controller's observe step calls :func:`read_hold_facts` for an open fleet issue
 whose task could be placed (new, waiting, or about to be requeued), and :func:`read_blocked`
-for a closed issue, so the issues waiting for it are looked at again at once. Who is trusted
+for a closed issue while some task is held (``Store.has_held_tasks``), so the issues waiting
+for it are looked at again at once. Who is trusted
 is decided by :func:`trust_on` with the prompt's rule (write access or
 ``forgejo.trusted_authors``), which the controller passes in. The gateway is asked only what
 the rules need, and only when they need it:

@@ -317,7 +317,12 @@ def test_merge_status_is_kept_until_the_base_or_head_moves(
     bare = forge.state.repos[DEMO_REPO].bare
     merges: list[tuple[str, ...]] = []
     run = bare.run
-    monkeypatch.setattr(bare, "run", lambda *args, **kw: merges.append(args) or run(*args, **kw))
+
+    def counted(*args: str, **kw: Any) -> Any:
+        merges.append(args)
+        return run(*args, **kw)
+
+    monkeypatch.setattr(bare, "run", counted)
     for _ in range(3):
         assert api.get(f"{REPO}/pulls/{number}").json()["mergeable"] is True
     assert api.get(f"{REPO}/pulls").json()[0]["mergeable"] is True

@@ -520,3 +520,24 @@ def test_a_merge_whose_webhook_was_lost_is_found_by_the_resync(make_flow: Any) -
     assert done.state is TaskState.COMPLETED
     assert [r.id for r in flow.store.receipts_for(done.id)] == [f"{done.id}-pr{pr}"]
     assert len(flow.result_comments(number)) == 1
+
+
+def test_a_task_rebuilt_in_review_finds_its_merged_pull_request_through_the_resync(
+    make_flow: Any,
+) -> None:
+    """In review with no pull request recorded (as a task rebuilt from its status label is) and
+    its PR merged unseen: the full resync names it by its branch, whose key looks the PR up —
+    the one branch key that does — and the task completes from it."""
+    flow: Flow = make_flow()
+    task, number = flow.stored_task("Fix the link", state=TaskState.REVIEW_PENDING)
+    assert task.pr_number is None
+    flow.forge.push(
+        DEMO_REPO, task.branch, files={"link.md": "fixed\n"}, message="Link", author="pull-agent"
+    )
+    pr = flow.forge.open_pull(DEMO_REPO, task.branch, title=task.title, author="pull-agent")
+    flow.forge.merge(DEMO_REPO, pr)
+    flow.assembly.resync.full()
+    flow.settle()
+    done = flow.task(number)
+    assert done.state is TaskState.COMPLETED and done.pr_number == pr
+    assert [r.id for r in flow.store.receipts_for(done.id)] == [f"{done.id}-pr{pr}"]

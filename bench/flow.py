@@ -175,10 +175,18 @@ def sample_queue(daemon: Any, out: Path, stop: threading.Event) -> None:
     with out.open("w") as file:
         while not stop.wait(0.5):
             with queue._lock:
-                ready = {name: len(lane) for name, lane in queue._ready.items() if lane}
+                ready = dict(Counter(key.controller for key in queue._live))
                 busy = Counter(key.controller for key in queue._processing)
             file.write(json.dumps({"t": time.time(), "ready": ready, "busy": busy}) + "\n")
             file.flush()
+
+
+def sample_webhooks(
+    forge: ForgejoSandbox, out: list[tuple[float, int]], stop: threading.Event
+) -> None:
+    """Every half second, how many webhook deliveries wait at the forge (``--breakdown``)."""
+    while not stop.wait(0.5):
+        out.append((time.time(), len(forge.pending_webhooks())))
 
 
 def count_enqueues(out: Path) -> None:
@@ -555,6 +563,8 @@ def measure(
         )
         flow = Flow(forge, Path(scratch), issues=issues, agents=agents, daemon_env=env)
         spy: subprocess.Popen[bytes] | None = None
+        backlog: list[tuple[float, int]] = []
+        sampling = threading.Event()
         try:
             flow.wait_ready(timeout=120)
             time.sleep(1.0)  # the start-up resync's reconciles finish before the count starts
@@ -565,6 +575,10 @@ def measure(
             cpu_before = cpu_seconds(flow.daemon.pid)
             others_before = other_cpu(flow.agent_procs.pid)
             started, wall_started = time.monotonic(), time.time()
+            if breakdown:
+                threading.Thread(
+                    target=sample_webhooks, args=(forge, backlog, sampling), daemon=True
+                ).start()
             flow.file_issues()
             deadline = started + timeout
             done: dict[int, datetime] = {}
@@ -590,6 +604,7 @@ def measure(
             late = flow.status_writes_after_done()
             stages = flow.stages()
         finally:
+            sampling.set()
             if spy is not None and spy.poll() is None:
                 spy.kill()
             flow.close()
@@ -600,7 +615,7 @@ def measure(
                 f"person) {others[0]:.1f}, agents {others[1]:.1f}, their CLIs and git "
                 f"{others[2]:.1f}; wall {elapsed:.1f} s on {os.cpu_count()} cores"
             )
-            print_queue(queue_file, since=wall_started)
+            print_queue(queue_file, since=wall_started, webhooks=backlog)
             print(
                 "\nSeconds from an issue's creation to each stage (first time; p50 / p90 / count):"
             )
@@ -662,9 +677,11 @@ def print_breakdown(
             print(f"  {n / per:7.2f}  {who:24} {op}")
 
 
-def print_queue(samples: Path, *, since: float) -> None:
-    """Each controller's ready / in-work keys, every 2 s from the first issue filed; and what
-    added keys (the daemon's whole life)."""
+def print_queue(
+    samples: Path, *, since: float, webhooks: list[tuple[float, int]] | None = None
+) -> None:
+    """Each controller's ready / in-work keys and the webhook deliveries waiting at the forge,
+    every 2 s from the first issue filed; and what added keys (the daemon's whole life)."""
     adds = Path(str(samples) + ".adds")
     if adds.exists():
         print("\nKeys added, by controller and source (added / already waiting):")
@@ -689,7 +706,9 @@ def print_queue(samples: Path, *, since: float) -> None:
         text = "  ".join(
             f"{n} {sample['ready'].get(n, 0)}/{sample['busy'].get(n, 0)}" for n in names
         )
-        print(f"  {at:5.0f}  {text}")
+        waiting = [n for t, n in webhooks or () if t <= sample["t"]]
+        hooks = f"webhooks waiting {waiting[-1]:4d}  " if waiting else ""
+        print(f"  {at:5.0f}  {hooks}{text}")
 
 
 def main() -> None:

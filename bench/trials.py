@@ -215,8 +215,8 @@ class Trial:
                     found.duplicate_comments.append(f"#{number} {marker} ×{len(tagged)}")
                 if marker == RESULT_MARKER and not tagged:
                     found.stale_comments.append(f"#{number} has no result comment")
-                if marker == COMMENT_MARKER and any("✅ Done" not in c.body for c in tagged):
-                    found.stale_comments.append(f"#{number} status comment does not say done")
+                if marker == COMMENT_MARKER and any("🤖 Taken" not in c.body for c in tagged):
+                    found.stale_comments.append(f"#{number} status comment does not say who took it")
             task_id = task_id_for(REPO, number)
             prefix = f"task/{task_id}-"
             own_pulls = [p for p in pulls if p.head_branch.startswith(prefix)]

@@ -75,7 +75,13 @@ from reconciler.fleet.issues import (
     status_label_for,
     status_labels,
 )
-from reconciler.fleet.placement import Placement, is_waiting, place, waiting_for
+from reconciler.fleet.placement import (
+    Placement,
+    is_queue_wait,
+    is_waiting,
+    place,
+    waiting_for,
+)
 from reconciler.fleet.questions import parse_marker, unanswered
 from reconciler.fleet.rebuild import facts_from_status_comment
 from reconciler.forgejo.gateway import ForgejoGateway, marker_tag
@@ -263,7 +269,9 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
                 followed.append(
                     AddLabels(observed.repo, issue.number, (status,), for_task=observed.task)
                 )
-            commented, upsert = _plan_status_comment(observed, issue, task, settings=settings)
+            commented, upsert = _plan_status_comment(
+                observed, issue, task, settings=settings, now=now
+            )
             if upsert is not None:
                 followed += [upsert, SaveTask(commented, (), expected=task)]
             return tuple(followed)
@@ -412,10 +420,10 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
     if before is None and task.state in TERMINAL_REBUILT:
         # A task rebuilt after state loss that had already ended: the comment Forgejo holds
         # is the record of how it ended, and this process knows no more than it does.
-        body = status_comment(task, agents=observed.agents, settings=settings)
+        body = status_comment(task, agents=observed.agents, settings=settings, now=now)
         task = task.changed(now=task.updated_at, comment_digest=comment_digest(body))
     else:
-        task, upsert = _plan_status_comment(observed, issue, task, settings=settings)
+        task, upsert = _plan_status_comment(observed, issue, task, settings=settings, now=now)
         actions += [upsert] if upsert is not None else []
 
     if stop is not None:
@@ -430,10 +438,10 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
 
 
 def _plan_status_comment(
-    observed: Observed, issue: Issue, task: Task, *, settings: Settings
+    observed: Observed, issue: Issue, task: Task, *, settings: Settings, now: datetime
 ) -> tuple[Task, UpsertComment | None]:
     """The status comment's write when what it says changed, and the task recording it."""
-    body = status_comment(task, agents=observed.agents, settings=settings)
+    body = status_comment(task, agents=observed.agents, settings=settings, now=now)
     digest = comment_digest(body)
     if not body or digest == task.comment_digest:
         return task, None
@@ -589,32 +597,54 @@ PLACEABLE_STATES = frozenset(
 """States from which a task can be (re)placed in this reconcile: its holds are read then."""
 
 
-def status_comment(task: Task, *, agents: tuple[Agent, ...], settings: Settings) -> str:
-    """The one comment agent-fleet keeps on a task's issue, rewritten when the task changes."""
+def status_comment(
+    task: Task, *, agents: tuple[Agent, ...], settings: Settings, now: datetime
+) -> str:
+    """The one comment agent-fleet keeps on a task's issue, rewritten when what it says changes.
+
+    It says what the ``status/`` label cannot: why a task waits, who took it (on which branch,
+    which attempt), why it failed. The label says the state; the line taking the task stays
+    as the task goes to review and is done (the result comment says how it ended), so those
+    moves cost no edit. A wait for a free slot in a busy queue (:func:`is_queue_wait`) is said
+    once it has lasted ``timeouts.queue_notice`` seconds: a short wait posts nothing.
+    """
     head = f"<sub>agent-fleet · task `{task.id}`</sub>"
     if task.state is TaskState.CREATED and task.on_hold and unanswered(task):
         line = f"❓ Paused until its agent's question is answered: {task.wait_reason}."
     elif task.state is TaskState.CREATED and task.on_hold and task.wait_reason:
         line = f"⏸️ Not started yet: {task.wait_reason}."
     elif task.state is TaskState.CREATED:
-        if not task.wait_reason:
+        if not task.wait_reason or queue_notice_left(task, now=now, settings=settings):
             return ""
         line = f"⏳ Waiting for an agent: {task.wait_reason}."
-    elif task.state in (TaskState.ASSIGNED, TaskState.RUNNING):
-        verb = "Assigned to" if task.state is TaskState.ASSIGNED else "Running on"
-        line = f"🤖 {verb} **{task.agent_id}** · branch `{task.branch}` · attempt {task.attempt}"
-    elif task.state is TaskState.REVIEW_PENDING:
-        line = f"👀 In review · branch `{task.branch}` · attempt {task.attempt}"
+    elif task.state in TAKEN_STATES:
+        who = f" by **{task.agent_id}**" if task.agent_id else ""
+        line = f"🤖 Taken{who} · branch `{task.branch}` · attempt {task.attempt}"
     elif task.state is TaskState.FAILED:
         line = f"❌ Failed after {task.attempt} attempt(s): {task.failure_reason}"
-    elif task.state is TaskState.COMPLETED:
-        # Written too, so an earlier line whose edit was lost ("Running on …") never stays.
-        line = f"✅ Done · branch `{task.branch}` · attempt {task.attempt}"
     elif task.state is TaskState.AGENT_LOST:
         line = f"⚠️ Agent {task.agent_id} was lost; the task goes back to the queue."
     else:
         return ""
     return f"{line}\n\n{head}\n"
+
+
+TAKEN_STATES = (
+    TaskState.ASSIGNED,
+    TaskState.RUNNING,
+    TaskState.REVIEW_PENDING,
+    TaskState.COMPLETED,
+)
+"""States whose status comment names the agent that took the task: the same line for all."""
+
+
+def queue_notice_left(task: Task, *, now: datetime, settings: Settings) -> float:
+    """Seconds until a task waiting for a free slot (:func:`is_queue_wait`) has waited long
+    enough for its status comment to say so; 0 for any other task."""
+    if task.state is not TaskState.CREATED or task.on_hold or not is_queue_wait(task.wait_reason):
+        return 0.0
+    since = task.state_since or task.created_at
+    return max(settings.timeouts.queue_notice - (now - since).total_seconds(), 0.0)
 
 
 TERMINAL_REBUILT = (TaskState.COMPLETED, TaskState.FAILED)
@@ -789,7 +819,8 @@ class AssignmentController:
                 self._woke[(key.repo.lower(), observed.number)] = issue.closed_at
         self._actuator.apply(actions[woke:])
         saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
-        after = next_check(saved, now=now)
+        settings = self._settings()
+        after = next_check(saved, now=now, settings=settings)
         if self._held_past_a_close(observed.task, saved, closes_before):
             return Result(requeue_after=0.0)
         if saved is not None and saved.state is TaskState.CREATED and observed.capped_agents:
@@ -797,7 +828,7 @@ class AssignmentController:
             lifts = (next_day_start(now) - now).total_seconds() + 0.5
             after = lifts if after is None else min(after, lifts)
         if saved is not None and saved.on_hold and observed.spent_today_usd > 0:
-            hold = current_hold(observed, observed.issue.labels, settings=self._settings()) if (
+            hold = current_hold(observed, observed.issue.labels, settings=settings) if (
                 observed.issue is not None) else None  # fmt: skip
             if hold is not None and hold.kind == HoldKind.BUDGET:
                 # The day's spend resets at 00:00 UTC: look again then (+0.5 s past it).
@@ -817,18 +848,22 @@ class AssignmentController:
             return self._closes_looked_at != closes
 
 
-def next_check(task: Task | None, *, now: datetime) -> float | None:
-    """Seconds until something about the task falls due: its backoff ends or its deadline."""
+def next_check(task: Task | None, *, now: datetime, settings: Settings) -> float | None:
+    """Seconds until something about the task falls due: its backoff ends, its deadline, or
+    its wait for a free slot has lasted long enough to be said on the issue."""
     if task is None:
         return None
     due = [
-        t
+        (t - now).total_seconds()
         for t in (
             task.not_before if task.state is TaskState.CREATED else None,
             task.deadline_at if task.state in (TaskState.ASSIGNED, TaskState.RUNNING) else None,
         )
         if t is not None
     ]
+    notice = queue_notice_left(task, now=now, settings=settings)
+    if notice > 0:
+        due.append(notice)
     if not due:
         return None
-    return max((min(due) - now).total_seconds(), 0.0) + 0.5
+    return max(min(due), 0.0) + 0.5

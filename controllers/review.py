@@ -1,9 +1,18 @@
 """The review controller (key: a pull request, or a task branch): a task's pull request, from
 opened through review to merged or closed.
 
-``reconcile(("review", repo, "<number>"))`` — or ``("review", repo, "branch:task/<id>-<slug>")``
-for a push — observes the pull request, the tip of the task's branch, the task it belongs to and
-the PR's reviews, plans with the pure :func:`plan` and applies the actions:
+``reconcile(("review", repo, "<number>"))`` observes the pull request, the task it belongs to
+and the PR's reviews; an open PR whose head is the task's branch in the task's own repository
+also reports that branch's tip (its head is the tip as of the read). ``("review", repo,
+"branch:task/<id>-<slug>")`` — a push, or a task branch created or deleted — reads only the
+tip (``get_branch``). A branch key does not look for the task's pull request: that PR has review
+keys of its own — its ``pull_request`` and review webhooks name it, and for webhooks that were
+lost the resync does (``reconciler/engine/resync.py``: the incremental resync lists every issue
+and PR changed since the last one, the full one every open PR that moved and the PR of every
+task in review). The one exception is a task in review that recorded no pull request, rebuilt
+from its status label after the local state was lost: the full resync names it by its branch,
+and its branch key looks the PR up (``find_pull_by_head``). The plan is the pure :func:`plan`;
+then the actions are applied:
 
 * a pull request belongs to a task when its head is the task's branch ``task/<id>-<slug>`` in
   the task's own repository, or its body says ``Closes #N`` (``Fixes``, ``Resolves``) for the
@@ -12,7 +21,9 @@ the PR's reviews, plans with the pure :func:`plan` and applies the actions:
 * a new tip on the task's branch is activity: ``last_activity_at`` moves;
 * an open PR moves a running task to ``review_pending`` once its agent has had
   ``review.receipt_grace`` seconds after its last push to hand in a receipt (the receipt moves
-  it at once; an ssh run this process still runs moves it itself);
+  it at once; an ssh run this process still runs moves it itself). The PR's key is requeued for
+  the end of the grace (:func:`next_check`); a push meanwhile moves ``last_activity_at`` through
+  the branch key, and the requeued PR key then waits on for the rest;
 * a review requesting changes, by someone who may push to the repository, on the PR's current
   head, sends the task back to the queue for a new attempt whose prompt carries the review
   (``review_feedback``), to be given to the same agent (``previous_agent``); ``review_count``
@@ -397,7 +408,15 @@ class ReviewController:
             if task is None:
                 return Observed(repo, None, None)
             found = self._gateway.get_branch(repo, branch)
-            head_of = self._gateway.find_pull_by_head(repo, branch)
+            # The task's pull request has review keys of its own (see the module docstring):
+            # a branch key reads only the tip. A task in review that recorded no pull request
+            # was rebuilt from its status label after the store was lost; the resync names it
+            # by its branch, and only here is its pull request looked for.
+            head_of = (
+                self._gateway.find_pull_by_head(repo, branch)
+                if task.pr_number is None and task.state is TaskState.REVIEW_PENDING
+                else None
+            )
             return self._complete(
                 Observed(
                     repo, head_of, task, link=Link.BRANCH,
@@ -424,13 +443,15 @@ class ReviewController:
             return Observed(repo, pull, None)
         tip = None
         if (
-            link == Link.BODY
-            and pull.state is IssueState.OPEN
+            pull.state is IssueState.OPEN
             and _same_repo(pull.head_repo, repo)
             and pull.head_branch == task.branch
         ):
-            # Pushes to a task/ branch come as branch keys; a branch the task took from a
-            # PR found by its body has no key of its own, so its PR reports its tip.
+            # An open PR's head is the tip of the task's branch as of this read (Forgejo
+            # answers `head.sha` from the head branch itself, services/convert/pull.go): the
+            # PR's key reports it, so a `pull_request` delivery needs no branch key, and a
+            # branch the task took from a PR found by its body (no push key names a branch
+            # outside task/) is followed too.
             tip = pull.head_sha or None
         return self._complete(Observed(repo, pull, task, link=link, branch_tip=tip))
 

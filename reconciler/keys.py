@@ -46,7 +46,8 @@ def pull_key(repo: str, number: int) -> Key:
 
 
 def branch_key(repo: str, branch: str) -> Key:
-    """A push to a task branch: the review controller finds the task (and its PR) by branch."""
+    """A push to a task branch (or one created or deleted): the review controller finds the
+    task by the branch and reads the branch's tip; the task's PR has keys of its own."""
     return Key(REVIEW, repo, f"{BRANCH_PREFIX}{branch}")
 
 

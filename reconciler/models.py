@@ -299,6 +299,9 @@ class Task(_Frozen):
     session_id: str | None = None
     created_at: datetime
     updated_at: datetime
+    state_since: datetime | None = None
+    """When the task entered its state (None: recorded before this was kept; ``created_at``
+    stands in for a task still waiting in its first state)."""
     last_activity_at: datetime | None = None
     deadline_at: datetime | None = None
     not_before: datetime | None = None
@@ -407,7 +410,7 @@ def transition(
         raise ValueError("transition() sets the state itself; the id never changes")
     # Validated (model_copy would not be), so a bad change fails here, not later in the store.
     updated = Task.model_validate(
-        {**task.model_dump(), **changes, "state": target, "updated_at": now}
+        {**task.model_dump(), **changes, "state": target, "updated_at": now, "state_since": now}
     )
     event = TaskEvent(
         task_id=task.id,

@@ -18,6 +18,7 @@ from controllers.assignment import (
     Observed,
     StopRun,
     comment_digest,
+    next_check,
     plan,
     status_comment,
 )
@@ -134,7 +135,7 @@ def waiting(**changes: object) -> Task:
     """A task already waiting, its reason and comment written (the settled state)."""
     reason = "no agent is registered"
     base = task(wait_reason=reason, **changes)
-    body = status_comment(base, agents=(), settings=SETTINGS)
+    body = status_comment(base, agents=(), settings=SETTINGS, now=NOW)
     return task(wait_reason=reason, comment_digest=comment_digest(body), **changes)
 
 
@@ -388,7 +389,7 @@ def test_an_illegal_move_is_not_planned_for_a_completed_task() -> None:
         "save:completed",
     ]
     said = done.model_copy(update={"comment_digest": comment_digest(
-        status_comment(done, agents=(), settings=SETTINGS))})  # fmt: skip
+        status_comment(done, agents=(), settings=SETTINGS, now=NOW))})  # fmt: skip
     assert planned(issue("fleet/task", "status/done", state=closed), said) == ()
 
 
@@ -405,14 +406,14 @@ def test_the_status_label_of_an_issue_closed_by_its_merge_follows_the_task(
 ) -> None:
     """The assignment controller is the one writer of status labels and the status comment,
     closed issues included: a task whose merged PR closed its issue gets the label of its
-    state and a comment saying it (a task done after the merge says done), and nothing else."""
+    state and its status comment (who took it; why it failed), and nothing else."""
     closed = issue("fleet/task", "status/review" if label != "status/review" else "status/doing",
                    state=IssueState.CLOSED)  # fmt: skip
     actions = planned(closed, task(state, pr_number=7, failure_reason="tests failed"))
     assert kinds(actions) == [f"add:{label}", "comment", f"save:{state}"]
     (comment,) = [a for a in actions if isinstance(a, UpsertComment)]
-    said = {TaskState.COMPLETED: "✅ Done", TaskState.FAILED: "❌ Failed",
-            TaskState.REVIEW_PENDING: "👀 In review"}[state]  # fmt: skip
+    said = {TaskState.COMPLETED: "🤖 Taken", TaskState.FAILED: "❌ Failed",
+            TaskState.REVIEW_PENDING: "🤖 Taken"}[state]  # fmt: skip
     assert comment.body.startswith(said)
 
 
@@ -428,6 +429,61 @@ def test_a_stale_review_pass_never_writes_a_status_label_over_done() -> None:
             actions = planned(issue(*labels, state=state), task(TaskState.COMPLETED, pr_number=7))
             added = [n for a in actions if isinstance(a, AddLabels) for n in a.names]
             assert set(added) <= {"status/done"}, (labels, state, added)
+
+
+# --- what the status comment says, and when --------------------------------------------
+
+PULL_AGENT = SSH_AGENT.model_copy(update={"id": AgentId("puller"), "mode": ExecutionMode.PULL})
+
+
+def test_a_short_wait_for_a_free_slot_posts_no_comment() -> None:
+    """A task that waits only for a slot (a pull agent yet to ask, every agent busy) gets its
+    status label at once, and a status comment only once the wait has lasted
+    ``timeouts.queue_notice`` seconds; the reconcile asks to look again then."""
+    notice = SETTINGS.timeouts.queue_notice
+    first = planned(issue("fleet/task"), None, agents=(PULL_AGENT,))
+    assert kinds(first) == ["add:status/todo", "save:created:None->created,waiting"]
+    (saved,) = [a.task for a in first if isinstance(a, SaveTask)]
+    assert saved.wait_reason.startswith("waiting for a pull agent")
+    assert next_check(saved, now=NOW, settings=SETTINGS) == pytest.approx(notice + 0.5)
+    still = planned(issue("fleet/task", "status/todo"), saved, agents=(PULL_AGENT,),
+                    now=NOW + timedelta(seconds=notice - 1))  # fmt: skip
+    assert still == ()
+    later = NOW + timedelta(seconds=notice)
+    said = planned(issue("fleet/task", "status/todo"), saved, agents=(PULL_AGENT,), now=later)
+    (comment,) = [a for a in said if isinstance(a, UpsertComment)]
+    assert comment.body.startswith("⏳ Waiting for an agent: waiting for a pull agent")
+
+
+def test_a_wait_that_needs_a_change_is_said_at_once() -> None:
+    """No agent has what the task needs: nothing will change by waiting, so it is said now."""
+    actions = planned(issue("fleet/task", "needs/gpu"), None, agents=(PULL_AGENT,))
+    (comment,) = [a for a in actions if isinstance(a, UpsertComment)]
+    assert "no agent has" in comment.body
+
+
+def test_the_line_naming_the_agent_stays_through_review_and_done() -> None:
+    """Once taken, the status comment names the agent, branch and attempt; going to review
+    and to done changes the label only (the result comment tells how it ended)."""
+    running = task(TaskState.RUNNING, agent_id="box-1", lease_generation=1, attempt=1)
+    body = status_comment(running, agents=(SSH_AGENT,), settings=SETTINGS, now=NOW)
+    assert body.startswith("🤖 Taken by **box-1** · branch `task/")
+    assert "· attempt 1" in body
+    said = comment_digest(body)
+    for state, label in [
+        (TaskState.REVIEW_PENDING, "status/review"),
+        (TaskState.COMPLETED, "status/done"),
+    ]:
+        moved = running.model_copy(update={"state": state, "comment_digest": said})
+        actions = planned(issue("fleet/task", "status/doing"), moved, agents=(SSH_AGENT,))
+        assert f"add:{label}" in kinds(actions)
+        assert not [a for a in actions if isinstance(a, UpsertComment)], state
+    failed = running.model_copy(
+        update={"state": TaskState.FAILED, "comment_digest": said, "failure_reason": "timed out"}
+    )
+    actions = planned(issue("fleet/task", "status/doing"), failed, agents=(SSH_AGENT,))
+    (comment,) = [a for a in actions if isinstance(a, UpsertComment)]
+    assert comment.body.startswith("❌ Failed after 1 attempt(s): timed out")
 
 
 # --- against the in-memory Forgejo ------------------------------------------------------
@@ -640,6 +696,7 @@ def test_a_slot_freed_by_a_finished_run_is_offered_to_the_waiting_tasks() -> Non
                 ),
                 agents=(),
                 settings=SETTINGS,
+                now=NOW,
             )
         ),
     )

@@ -210,13 +210,13 @@ def test_a_held_task_is_not_placed_and_says_why_with_a_waiting_event() -> None:
     assert held.on_hold and held.wait_reason == "waiting for #7: open" and held.attempt == 0
     save = next(a for a in actions if isinstance(a, SaveTask))
     assert [(e.kind, e.reason) for e in save.events] == [("waiting", "waiting for #7: open")]
-    assert "waiting for #7: open" in status_comment(held, agents=(), settings=SETTINGS)
+    assert "waiting for #7: open" in status_comment(held, agents=(), settings=SETTINGS, now=NOW)
 
 
 def test_an_unchanged_hold_plans_nothing() -> None:
     """A second pass over the same held world writes nothing."""
     held = task(on_hold=True, wait_reason="waiting for #7: open")
-    body = status_comment(held, agents=(), settings=SETTINGS)
+    body = status_comment(held, agents=(), settings=SETTINGS, now=NOW)
     held = held.changed(now=NOW, comment_digest=comment_digest(body))
     observed = Observed(
         repo=REPO,

@@ -306,6 +306,32 @@ def test_the_receipt_grace_is_looked_at_again_when_it_ends() -> None:
     assert next_check(observed(pull(), task()), task(), now=NOW, settings=SETTINGS) is None
 
 
+def test_a_push_through_the_branch_key_delays_the_pull_request_keys_grace() -> None:
+    """A branch key has no PR: it moves last_activity_at and asks for no look of its own; the PR
+    key, looking at the end of the old grace, sees the later push and waits for the rest."""
+    grace = SETTINGS.review.receipt_grace
+    running = task(TaskState.RUNNING, pr_number=None, last_activity_at=NOW)
+    first = observed(pull(head_sha=OLD_HEAD), running)
+    assert next_check(first, running, now=NOW, settings=SETTINGS) == pytest.approx(grace + 0.5)
+    pushed_at = NOW + timedelta(seconds=grace / 2)
+    on_push = observed(None, running, branch_tip=HEAD)
+    pushed = saved(plan(on_push, now=pushed_at, settings=SETTINGS))
+    assert pushed.last_activity_at == pushed_at and pushed.state is TaskState.RUNNING
+    assert next_check(on_push, pushed, now=pushed_at, settings=SETTINGS) is None
+    old_end = NOW + timedelta(seconds=grace + 0.5)
+    again = observed(pull(), pushed, branch_tip=HEAD)
+    assert kinds(plan(again, now=old_end, settings=SETTINGS)) == [
+        "save:running:pull_request"  # the PR is recorded; no move to review yet
+    ]
+    waits = next_check(again, pushed, now=old_end, settings=SETTINGS)
+    assert waits == pytest.approx(grace / 2)
+    end = pushed_at + timedelta(seconds=grace)
+    assert kinds(plan(again, now=end, settings=SETTINGS)) == [
+        "save:review_pending:pull_request,running->review_pending",
+        "enqueue:assignment",
+    ]
+
+
 def test_closing_references_are_read_from_the_body() -> None:
     """Closes/Fixes/Resolves #N, any case, same repository only; each number once."""
     body = "Closes #12. Also fixes: #13 and RESOLVES #12\nsee other/repo#14, closes acme#15 #16"
@@ -347,9 +373,13 @@ class Rig:
     controller: ReviewController
     clock: ManualClock
     enqueued: list[Key] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    """The gateway's operations, in order (its ``on_call``)."""
 
-    def review_task(self) -> tuple[Task, int]:
-        """A task in review with its PR open, as a run leaves it."""
+    def review_task(
+        self, state: TaskState = TaskState.REVIEW_PENDING, *, recorded: bool = True
+    ) -> tuple[Task, int]:
+        """A task with its PR open, as a run leaves it (``recorded``: the task knows its PR)."""
         number = self.forge.create_issue(DEMO_REPO, "Fix login")
         tid = task_id_for(DEMO_REPO, number)
         branch = branch_for(tid, "Fix login")
@@ -358,11 +388,12 @@ class Rig:
         now = self.clock()
         the_task = Task(
             id=tid, repo=RepoName(DEMO_REPO), issue_number=number, title="Fix login",
-            state=TaskState.REVIEW_PENDING, agent_id=AgentId("box-1"), lease_generation=1,
-            attempt=1, branch=branch, pr_number=pr, branch_head=sha, created_at=now,
-            updated_at=now, last_activity_at=now,
+            state=state, agent_id=AgentId("box-1"), lease_generation=1,
+            attempt=1, branch=branch, pr_number=pr if recorded else None, branch_head=sha,
+            created_at=now, updated_at=now, last_activity_at=now,
         )  # fmt: skip
         self.store.put_task(the_task)
+        self.calls.clear()
         return the_task, pr
 
 
@@ -377,8 +408,12 @@ def rig(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path,
         ).status_code
         == 204
     )
+    calls: list[str] = []
     gateway = ForgejoGateway(
-        IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
+        IN_PROCESS_URL,
+        forge.admin_token,
+        transport=httpx.WSGITransport(app=forge.app),
+        on_call=lambda operation, status: calls.append(operation),
     )
     store = Store.open(tmp_path / "state")
     enqueued: list[Key] = []
@@ -386,7 +421,7 @@ def rig(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path,
     controller = ReviewController(
         gateway, store, actuator, settings=lambda: SETTINGS, clock=forge_clock
     )
-    yield Rig(forge, gateway, store, controller, forge_clock, enqueued)
+    yield Rig(forge, gateway, store, controller, forge_clock, enqueued, calls)
     store.close()
     gateway.close()
 
@@ -439,6 +474,73 @@ def test_a_push_to_the_task_branch_updates_last_activity(rig: Rig) -> None:
     assert moved.last_activity_at == rig.clock() and moved.branch_head == tip
     rig.controller.reconcile(branch_key(DEMO_REPO, the_task.branch))
     assert rig.store.get_task(the_task.id) == moved
+
+
+def test_a_branch_key_reads_only_the_tip(rig: Rig) -> None:
+    """A push's key reads the branch, never the task's PR (its own key covers it): neither for
+    a task in review nor for a running one whose PR is open but not yet recorded."""
+    for state, recorded in ((TaskState.REVIEW_PENDING, True), (TaskState.RUNNING, False)):
+        the_task, _ = rig.review_task(state, recorded=recorded)
+        rig.clock.advance(60)
+        tip = rig.forge.push(DEMO_REPO, the_task.branch, files={"a.py": f"{state}\n"}, message="a")
+        rig.controller.reconcile(branch_key(DEMO_REPO, the_task.branch))
+        assert rig.calls == ["get_branch"]
+        moved = rig.store.get_task(the_task.id)
+        assert moved.branch_head == tip and moved.last_activity_at == rig.clock()
+        assert moved.pr_number == the_task.pr_number and moved.state is state
+
+
+def test_a_pull_request_key_reports_its_task_branchs_tip(rig: Rig) -> None:
+    """A push whose own delivery was lost: the PR's key sees the new head, records the tip and
+    the activity from the PR it reads anyway (no branch read, no PR lookup); a second pass
+    writes nothing."""
+    the_task, pr = rig.review_task(TaskState.RUNNING)
+    rig.clock.advance(60)
+    tip = rig.forge.push(DEMO_REPO, the_task.branch, files={"login.py": "v2\n"}, message="v2")
+    result = rig.controller.reconcile(pull_key(DEMO_REPO, pr))
+    assert "get_branch" not in rig.calls and "find_pull_by_head" not in rig.calls
+    assert rig.calls == ["get_pull"]
+    moved = rig.store.get_task(the_task.id)
+    assert moved.branch_head == tip and moved.last_activity_at == rig.clock()
+    assert rig.store.events_for(the_task.id)[-1].data == {"head": tip}
+    # The grace counts from this push.
+    assert result.requeue_after == pytest.approx(SETTINGS.review.receipt_grace + 0.5)
+    rig.controller.reconcile(pull_key(DEMO_REPO, pr))
+    assert rig.store.get_task(the_task.id) == moved
+
+
+def test_a_tip_the_receipt_names_is_not_counted_again_by_the_pull_request_key(rig: Rig) -> None:
+    """The agent's receipt reported the push: the PR key's tip is not a second activity."""
+    the_task, pr = rig.review_task()
+    tip = rig.forge.push(DEMO_REPO, the_task.branch, files={"login.py": "v2\n"}, message="v2")
+    rig.store.put_receipt(Receipt(id=ReceiptId("r"), task_id=the_task.id, agent_id=AgentId("box-1"),
+                                  lease_generation=1, pr_number=pr, commits=(tip,),
+                                  submitted_at=rig.clock()))  # fmt: skip
+    events = len(rig.store.events_for(the_task.id))
+    rig.controller.reconcile(pull_key(DEMO_REPO, pr))
+    assert rig.store.get_task(the_task.id).branch_head == the_task.branch_head
+    assert len(rig.store.events_for(the_task.id)) == events
+
+
+def test_a_closed_pull_request_reports_no_tip(rig: Rig) -> None:
+    """Only an open PR's head is its branch's tip: a closed one's key leaves the branch alone."""
+    the_task, pr = rig.review_task(TaskState.FAILED)
+    rig.forge.push(DEMO_REPO, the_task.branch, files={"login.py": "v2\n"}, message="v2")
+    rig.gateway.edit_issue(DEMO_REPO, pr, state="closed")
+    rig.controller.reconcile(pull_key(DEMO_REPO, pr))
+    assert rig.store.get_task(the_task.id) == the_task
+
+
+def test_a_task_rebuilt_in_review_finds_its_pull_request_by_its_branch(rig: Rig) -> None:
+    """In review with no PR recorded (rebuilt from its status label; the resync names it by
+    its branch): the branch key looks its PR up, records it and, merged, hands it on."""
+    the_task, pr = rig.review_task(recorded=False)
+    rig.forge.merge(DEMO_REPO, pr)
+    rig.controller.reconcile(branch_key(DEMO_REPO, the_task.branch))
+    # (and the merged PR's reviews, which belong in the history)
+    assert rig.calls == ["get_branch", "find_pull_by_head", "list_reviews"]
+    assert rig.store.get_task(the_task.id).pr_number == pr
+    assert rig.enqueued == [task_key(DEMO_REPO, the_task.id)]
 
 
 def test_a_branch_or_pull_request_of_no_task_plans_nothing(rig: Rig) -> None:

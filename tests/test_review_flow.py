@@ -422,6 +422,46 @@ def test_push_and_opened_payloads_move_a_pull_agents_task_to_review(make_flow: A
     assert len(flow.store.events_for(task.id)) == events
 
 
+def test_a_pull_request_delivery_reads_the_pull_request_and_not_its_branch(
+    make_flow: Any,
+) -> None:
+    """A task PR's `pull_request` deliveries enqueue its review key alone: their reconciles read
+    the PR (`get_pull`) and take the branch's tip from its head, a push whose own delivery was
+    lost included — no `get_branch`, no `find_pull_by_head`."""
+    flow: Flow = make_flow()
+    task, number = flow.stored_task("Tidy the tests", state=TaskState.RUNNING)
+    operations: list[str] = []
+    counted = flow.assembly.gateway._on_call
+
+    def on_call(operation: str, status: int) -> None:
+        operations.append(operation)
+        if counted is not None:
+            counted(operation, status)
+
+    flow.assembly.gateway._on_call = on_call
+    for round_ in range(2):
+        flow.clock.advance(30)
+        tip = flow.forge.push(
+            DEMO_REPO,
+            task.branch,
+            files={"tests/tidy.py": f"{round_}\n"},
+            message=f"Tidy {round_}",
+            author="pull-agent",
+        )
+        if round_ == 0:
+            pr = flow.forge.open_pull(
+                DEMO_REPO, task.branch, title="Tidy the tests", author="pull-agent"
+            )
+            flow.deliver("pull_request-opened", number=pr, branch=task.branch)
+        else:
+            flow.deliver("pull_request-synchronized", number=pr, branch=task.branch)
+        seen = flow.task(number)
+        assert seen.branch_head == tip and seen.last_activity_at == flow.clock()
+        assert seen.pr_number == pr and seen.state is TaskState.RUNNING
+    assert operations.count("get_pull") == 2, operations
+    assert "get_branch" not in operations and "find_pull_by_head" not in operations, operations
+
+
 def test_past_the_review_limit_the_task_fails(make_flow: Any) -> None:
     """max_review_rounds = 1 and one round used: the next change request fails the task."""
     flow: Flow = make_flow(retries=RetriesSettings(max_review_rounds=1))
@@ -480,3 +520,24 @@ def test_a_merge_whose_webhook_was_lost_is_found_by_the_resync(make_flow: Any) -
     assert done.state is TaskState.COMPLETED
     assert [r.id for r in flow.store.receipts_for(done.id)] == [f"{done.id}-pr{pr}"]
     assert len(flow.result_comments(number)) == 1
+
+
+def test_a_task_rebuilt_in_review_finds_its_merged_pull_request_through_the_resync(
+    make_flow: Any,
+) -> None:
+    """In review with no pull request recorded (as a task rebuilt from its status label is) and
+    its PR merged unseen: the full resync names it by its branch, whose key looks the PR up —
+    the one branch key that does — and the task completes from it."""
+    flow: Flow = make_flow()
+    task, number = flow.stored_task("Fix the link", state=TaskState.REVIEW_PENDING)
+    assert task.pr_number is None
+    flow.forge.push(
+        DEMO_REPO, task.branch, files={"link.md": "fixed\n"}, message="Link", author="pull-agent"
+    )
+    pr = flow.forge.open_pull(DEMO_REPO, task.branch, title=task.title, author="pull-agent")
+    flow.forge.merge(DEMO_REPO, pr)
+    flow.assembly.resync.full()
+    flow.settle()
+    done = flow.task(number)
+    assert done.state is TaskState.COMPLETED and done.pr_number == pr
+    assert [r.id for r in flow.store.receipts_for(done.id)] == [f"{done.id}-pr{pr}"]

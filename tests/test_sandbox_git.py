@@ -304,6 +304,36 @@ def test_conflicting_merge_is_refused_and_leaves_main_alone(
     assert run_git("rev-parse", "main", cwd=forge.git_path(DEMO_REPO)) == main
 
 
+def test_merge_status_is_kept_until_the_base_or_head_moves(
+    forge: ForgejoSandbox, api: httpx.Client, worktree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like Forgejo's stored merge status, ``mergeable`` is worked out once per base and head
+    commit: reading the PR again merges nothing, and a new base commit that conflicts makes
+    it unmergeable at once."""
+    commit_file(worktree, "README.md", "# ours\n", "Retitle")
+    run_git("push", "-q", "origin", BRANCH, cwd=worktree)
+    number = open_pull(api)
+    assert api.get(f"{REPO}/pulls/{number}").json()["mergeable"] is True
+    bare = forge.state.repos[DEMO_REPO].bare
+    merges: list[tuple[str, ...]] = []
+    run = bare.run
+
+    def counted(*args: str, **kw: Any) -> Any:
+        merges.append(args)
+        return run(*args, **kw)
+
+    monkeypatch.setattr(bare, "run", counted)
+    for _ in range(3):
+        assert api.get(f"{REPO}/pulls/{number}").json()["mergeable"] is True
+    assert api.get(f"{REPO}/pulls").json()[0]["mergeable"] is True
+    assert [a for a in merges if a[0] == "merge-tree"] == []
+    forge.push(DEMO_REPO, "main", files={"README.md": "# theirs\n"}, message="Retitle")
+    assert api.get(f"{REPO}/pulls/{number}").json()["mergeable"] is False
+    assert api.get(f"{REPO}/pulls/{number}").json()["mergeable"] is False
+    assert len([a for a in merges if a[0] == "merge-tree"]) == 1
+    assert api.post(f"{REPO}/pulls/{number}/merge", json={"Do": "merge"}).status_code == 405
+
+
 def test_helper_push_is_a_real_commit_that_git_fetches(forge: ForgejoSandbox, clone: Path) -> None:
     """push() writes a commit git can fetch, with its files, and the repository stays valid."""
     sha = forge.push(

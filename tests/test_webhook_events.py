@@ -179,12 +179,11 @@ PULL_ACTIONS = (
 
 
 @pytest.mark.parametrize("action", PULL_ACTIONS)
-def test_pull_request_on_a_task_branch_names_the_pull_and_the_branch(action: str) -> None:
-    """A task PR changes both the PR's review state and what its task branch shows."""
-    assert keys_for("pull_request", pull_payload(action=action, number=7)) == (
-        pull_key(REPO, 7),
-        branch_key(REPO, TASK_BRANCH),
-    )
+def test_pull_request_on_a_task_branch_names_only_the_pull(action: str) -> None:
+    """No branch key: the PR's own reconcile reports its task branch's tip (the PR's head)."""
+    keys = keys_for("pull_request", pull_payload(action=action, number=7))
+    assert keys == (pull_key(REPO, 7),)
+    assert branch_key(REPO, TASK_BRANCH) not in keys
 
 
 @pytest.mark.parametrize("action", PULL_ACTIONS)
@@ -194,8 +193,8 @@ def test_pull_request_on_another_branch_names_only_the_pull(action: str) -> None
     assert keys_for("pull_request", payload) == (pull_key(REPO, 7),)
 
 
-def test_task_branch_in_a_fork_is_not_a_task_branch_of_the_repo() -> None:
-    """The branch key names a branch of the base repository; a fork's task/ branch is not one."""
+def test_pull_request_from_a_fork_names_the_pull() -> None:
+    """A fork's PR is looked at too (its body may close a task's issue)."""
     payload = pull_payload(head_repo="mallory/web")
     assert keys_for("pull_request", payload) == (pull_key(REPO, 7),)
 
@@ -205,12 +204,6 @@ def test_pull_request_whose_head_repo_was_deleted_names_only_the_pull() -> None:
     payload = pull_payload()
     payload["pull_request"]["head"]["repo"] = None
     assert keys_for("pull_request", payload) == (pull_key(REPO, 7),)
-
-
-def test_pull_request_head_repo_is_compared_without_case() -> None:
-    """Forgejo owner and repository names are case-insensitive."""
-    payload = pull_payload(head_repo="ACME/Web")
-    assert keys_for("pull_request", payload) == (pull_key(REPO, 7), branch_key(REPO, TASK_BRANCH))
 
 
 @pytest.mark.parametrize(
@@ -270,10 +263,7 @@ def test_events_agent_fleet_does_not_watch_name_nothing(event: str) -> None:
 def test_finer_event_type_names_map_like_their_event() -> None:
     """X-Forgejo-Event-Type spellings (issue_label, pull_request_sync, ...) are understood too."""
     assert keys_for("issue_label", issue_payload(number=3)) == (issue_key(REPO, 3),)
-    assert keys_for("pull_request_sync", pull_payload(number=4)) == (
-        pull_key(REPO, 4),
-        branch_key(REPO, TASK_BRANCH),
-    )
+    assert keys_for("pull_request_sync", pull_payload(number=4)) == (pull_key(REPO, 4),)
     assert keys_for("pull_request_review_approved", review_payload(number=5)) == (
         pull_key(REPO, 5),
     )
@@ -382,12 +372,12 @@ def test_event_payload_without_what_it_needs_is_malformed(
         keys_for(event, payload)
 
 
-def test_pull_request_head_ref_of_the_wrong_type_is_malformed() -> None:
-    """A head ref that is not text cannot be judged a task branch or not."""
+def test_a_pull_request_delivery_does_not_read_the_head() -> None:
+    """Only the repository and the number name the key: an odd head is the PR reconcile's
+    business (it reads the PR itself), not a reason to drop the delivery."""
     payload = pull_payload()
     payload["pull_request"]["head"]["ref"] = 12
-    with pytest.raises(MalformedPayload):
-        keys_for("pull_request", payload)
+    assert keys_for("pull_request", payload) == (pull_key(REPO, 7),)
 
 
 def test_a_payload_that_is_not_an_object_is_malformed() -> None:

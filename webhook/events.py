@@ -9,8 +9,8 @@ identify the thing that changed (repository, number, branch).
 |------------------------------------------------------|-----------------------------------------|
 | ``issues`` (every action)                            | ``assignment`` key of the issue         |
 | ``issue_comment``                                    | issue → ``assignment``; PR → ``review`` |
-| ``pull_request`` (every action)                      | ``review`` key of the PR, plus the      |
-|                                                      | branch key when the head is ``task/…``  |
+| ``pull_request`` (every action)                      | ``review`` key of the PR (its reconcile |
+|                                                      | reports the tip of a task PR's branch)  |
 | ``pull_request_approved`` / ``_rejected`` /          | ``review`` key of the PR                |
 | ``_comment`` (action ``reviewed``)                   |                                         |
 | ``push`` to ``refs/heads/task/…``                    | branch key of the task branch           |
@@ -87,34 +87,6 @@ def _number(payload: Mapping[str, Any], *objects: str) -> int:
     raise MalformedPayload(f"payload has no {where}")
 
 
-def _head_task_branch(payload: Mapping[str, Any], repo: str) -> str | None:
-    """The PR's head branch when it is a task branch of this repository, else None.
-
-    A ``task/…`` branch in a fork is not one of ours: the branch key names a branch of
-    ``repo``. Payloads trimmed of ``head.repo`` are taken to come from ``repo`` itself;
-    ``head.repo: null`` means the fork was deleted.
-    """
-    pull = _object(payload, "pull_request")
-    if pull is None:
-        return None
-    head = _object(pull, "head")
-    if head is None:
-        return None
-    ref = head.get("ref")
-    if not isinstance(ref, str):
-        raise MalformedPayload(f"pull_request.head.ref must be a string, got {ref!r}")
-    if not is_task_branch(ref):
-        return None
-    if "repo" in head:
-        head_repo = _object(head, "repo")
-        if head_repo is None:
-            return None
-        head_name = head_repo.get("full_name")
-        if not isinstance(head_name, str) or head_name.lower() != repo.lower():
-            return None
-    return ref
-
-
 # --- one mapping per event ---------------------------------------------------------------
 
 
@@ -139,12 +111,10 @@ def _issue_comment(payload: Mapping[str, Any]) -> tuple[Key, ...]:
 
 
 def _pull_request(payload: Mapping[str, Any]) -> tuple[Key, ...]:
-    repo = _repo(payload)
-    keys = [pull_key(repo, _number(payload, "pull_request"))]
-    branch = _head_task_branch(payload, repo)
-    if branch is not None:
-        keys.append(branch_key(repo, branch))
-    return tuple(keys)
+    """The PR's review key alone, whatever its head: the PR's reconcile reads the PR, and an
+    open PR's head is the tip of its branch, so the task branch's key would only read again
+    (``get_branch``) what that reconcile reports."""
+    return (pull_key(_repo(payload), _number(payload, "pull_request")),)
 
 
 def _pull_request_review(payload: Mapping[str, Any]) -> tuple[Key, ...]:

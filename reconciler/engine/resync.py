@@ -192,6 +192,10 @@ class Resync:
         tasks = self._store.list_tasks(repo=repo)
         tracked = {t.issue_number for t in tasks}
         keys = self._keys_for(repo, issues, tracked)
+        # Every pull request has review keys of its own, and these listings are what stand in
+        # for its lost webhooks: here every open PR that moved, in `incremental` every PR
+        # changed since the last resync (open, merged or closed). The review controller's
+        # branch keys rely on it and read only the branch's tip, never its PR.
         keys += [
             pull_key(repo, pr.number) for pr in pulls if self._moved(repo, pr.number, pr.updated_at)
         ]
@@ -213,6 +217,9 @@ class Resync:
         ]
         # A pull request merged or closed while no webhook arrived (or the daemon was down) is
         # no longer in the open list: its task's review key makes the review controller look.
+        # A task in review with no pull request recorded was rebuilt from its status label
+        # after the local state was lost: its branch key is the one branch key that looks for
+        # the branch's pull request (`controllers/review.py`).
         keys += [
             pull_key(repo, t.pr_number) if t.pr_number else branch_key(repo, t.branch)
             for t in self._store.list_tasks(repo=repo, state=TaskState.REVIEW_PENDING)

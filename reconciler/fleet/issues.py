@@ -136,4 +136,5 @@ def new_task(
         branch=branch_for(task_id, issue.title),
         created_at=now,
         updated_at=now,
+        state_since=now,
     )

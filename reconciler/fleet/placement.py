@@ -103,6 +103,17 @@ def _preferred(task: Task, agents: Sequence[Agent], load: Mapping[AgentId, int])
     return previous if previous is not None else _least_loaded(agents, load)
 
 
+AT_CAPACITY = "at capacity"
+PULL_PICKUP = "waiting for a pull agent to take it"
+
+
+def is_queue_wait(reason: str) -> bool:
+    """Whether ``reason`` (from :func:`place`) is a wait for a free slot in a busy queue:
+    every fitting agent is at capacity, or a pull agent with a free slot has yet to ask. Such
+    a wait ends by itself; any other reason needs a change (an agent, a label, time)."""
+    return reason.endswith(AT_CAPACITY) or reason.startswith(PULL_PICKUP)
+
+
 def place(
     task: Task,
     *,
@@ -163,13 +174,13 @@ def place(
         busy = len(online)
         noun = "agent" if busy == 1 else f"{busy} matching agents"
         return Placement(
-            None, f"{'the matching ' + noun if busy == 1 else 'all ' + noun} at capacity"
+            None, f"{'the matching ' + noun if busy == 1 else 'all ' + noun} {AT_CAPACITY}"
         )
     placeable = [a for a in open_slots if a.mode in modes]
     if not placeable:
         return Placement(
             None,
-            f"waiting for a pull agent to take it ({len(open_slots)} matching online with a free slot)",
+            f"{PULL_PICKUP} ({len(open_slots)} matching online with a free slot)",
         )
     return Placement(_preferred(task, placeable, load))
 

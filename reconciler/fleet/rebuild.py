@@ -30,7 +30,7 @@ def facts_from_status_comment(body: str) -> RebuiltFacts:
     """The attempt count and failure reason written in the bot's status comment ``body``.
 
     The comment's first line after the hidden marker is the status line the assignment
-    controller renders (``❌ Failed after 2 attempt(s): timed out …``, ``👀 In review · branch
+    controller renders (``❌ Failed after 2 attempt(s): timed out …``, ``🤖 Taken by **box** · branch
     `…` · attempt 3``); anything else (a person's edit, an unknown line) yields no facts.
     """
     lines = [line.strip() for line in body.replace("\r\n", "\n").splitlines()]

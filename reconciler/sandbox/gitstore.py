@@ -34,6 +34,8 @@ BLOB_MODE = "100644"
 TREE_MODE = "40000"
 SUBMODULE_MODE = "160000"
 GIT_TIMEOUT = 60.0
+MERGES_REMEMBERED = 4096
+"""Merge results kept per repository (commit pairs; the oldest forgotten first)."""
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _IDENTITY = re.compile(
@@ -253,6 +255,9 @@ class BareRepository:
         # binary file with surrogateescape is slow enough to do only once).
         self._texts: dict[str, str] = {}
         self._reader: _BatchReader | None = None
+        # Three-way merges by (ours, theirs): a commit pair always merges the same way, and
+        # Forgejo too keeps a pull request's merge status until its base or head moves.
+        self._merges: dict[tuple[str, str], str | MergeConflict] = {}
 
     def _check_open(self) -> None:
         if self._storage.closed:
@@ -543,11 +548,29 @@ class BareRepository:
     # -- merging --
 
     def merge_tree(self, ours: str, theirs: str) -> str:
-        """The tree of a three-way merge of two commits (``git merge-tree --write-tree``)."""
+        """The tree of a three-way merge of two commits (``git merge-tree --write-tree``).
+
+        Remembered per commit pair (the most recent ``MERGES_REMEMBERED``): every rendering
+        of an open pull request says whether it is ``mergeable``, which Forgejo answers from
+        the merge status its checker stored when the base or head last moved, not by merging
+        again on each request.
+        """
+        pair = (ours, theirs)
+        known = self._merges.get(pair)
+        if known is None:
+            known = self._merge_tree(ours, theirs)
+            if len(self._merges) >= MERGES_REMEMBERED:
+                self._merges.pop(next(iter(self._merges)))
+            self._merges[pair] = known
+        if isinstance(known, MergeConflict):
+            raise MergeConflict(known.paths)
+        return known
+
+    def _merge_tree(self, ours: str, theirs: str) -> str | MergeConflict:
         done = self.run("merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs)
         lines = _decode(done.stdout).splitlines()
         if done.returncode == 1:
-            raise MergeConflict(tuple(dict.fromkeys(line for line in lines[1:] if line)))
+            return MergeConflict(tuple(dict.fromkeys(line for line in lines[1:] if line)))
         if done.returncode != 0 or not lines or not _SHA.match(lines[0]):
             raise GitFailure(f"git merge-tree failed: {_decode(done.stderr).strip()}")
         return lines[0]

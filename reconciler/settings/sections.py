@@ -359,6 +359,15 @@ class TimeoutsSettings(Section):
     dispatch: Seconds = Field(
         default=30.0, description="Seconds to connect over ssh and start a run."
     )
+    queue_notice: Seconds = Field(
+        default=30.0,
+        description=(
+            "Seconds a task waits for a free slot (every fitting agent busy, or a pull agent "
+            "yet to ask) before its issue's status comment says so; a shorter wait posts "
+            "nothing (agent-fleet status shows every wait at once). Other reasons to wait "
+            "are said at once."
+        ),
+    )
 
     def for_task(self, *, roles: tuple[str, ...], labels: tuple[str, ...]) -> float:
         """The timeout of a task: the longest matching per_label, else per_role, else default."""

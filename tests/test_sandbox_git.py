@@ -507,6 +507,9 @@ def test_created_file_on_a_new_branch_is_a_pushed_commit_git_fetches(
     assert got.status_code == 200, got.text
     assert (got.json()["sha"], got.json()["last_commit_sha"]) == (content["sha"], sha)
     assert api.get(f"{REPO}/contents/docs/hello.md").status_code == 404
+    listing = api.get(f"{REPO}/contents/docs", params={"ref": BRANCH})
+    assert listing.status_code == 422
+    assert "does not implement" in listing.json()["message"]
 
 
 def test_created_file_on_a_pull_request_head_synchronizes_it(

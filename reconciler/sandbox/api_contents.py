@@ -5,7 +5,7 @@
 ``POST …/contents/{filepath}`` creates one file (``CreateFileOptions``) with a real commit on
 ``branch`` or on a ``new_branch`` made from it, announced like a push, and answers 201 with a
 ``FileResponse``. ``GET …/contents/{filepath}?ref=`` answers the ``ContentsResponse`` of a file
-(404 when it is missing); listing a directory is not implemented and answers 501.
+(404 when it is missing); listing a directory is not implemented and answers 422.
 """
 
 from __future__ import annotations
@@ -22,16 +22,10 @@ from reconciler.sandbox.commits import Commit
 from reconciler.sandbox.gitstore import Identity
 from reconciler.sandbox.rest import Body, json_response, parse_time
 from reconciler.sandbox.shapes import timestamp
-from reconciler.sandbox.state import Access, ForgeRefusal, Invalid, NotFound, Repo, User
+from reconciler.sandbox.state import Access, Invalid, NotFound, Repo, User
 
 if TYPE_CHECKING:
     from reconciler.sandbox.api import ForgeApi
-
-
-class NotImplementedInSandbox(ForgeRefusal):
-    """501: a Forgejo behaviour the sandbox does not reproduce."""
-
-    status = 501
 
 
 def _encoded(content: str) -> bytes:
@@ -208,9 +202,7 @@ def add_contents_routes(api: ForgeApi) -> None:
         content = head.tree.get(filepath)
         if content is None:
             if any(path.startswith(filepath.rstrip("/") + "/") for path in head.tree):
-                raise NotImplementedInSandbox(
-                    "listing a directory's contents is not implemented in the sandbox"
-                )
+                raise Invalid("the sandbox does not implement listing a directory's contents")
             raise NotFound(f"object does not exist [id: {head.sha}, rel_path: {filepath}]")
         last = last_commit_of(found, head, filepath)
         return json_response(

@@ -541,9 +541,16 @@ def test_created_file_on_a_pull_request_head_synchronizes_it(
     ]
     assert (events[0][1]["before"], events[0][1]["after"]) == (first, commit["sha"])
     assert events[1][1]["pull_request"]["head"]["sha"] == commit["sha"]
+    # One identity given stands for both; a nameless one keeps its email, and git accepts it.
+    alone = create_file(api, "c.txt", "c\n", branch=BRANCH, committer={"email": "x@example.com"})
+    assert alone.status_code == 201, alone.text
+    who = alone.json()["commit"]
+    assert who["author"]["email"] == who["committer"]["email"] == "x@example.com"
+    run_git("fsck", "--strict", cwd=forge.git_path(DEMO_REPO))
     assert [f["filename"] for f in api.get(f"{REPO}/pulls/{number}/files").json()] == [
         "a.txt",
         "b.txt",
+        "c.txt",
     ]
 
 

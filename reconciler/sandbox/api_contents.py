@@ -112,12 +112,19 @@ _UNSIGNED = {
 }
 
 
-def _identity(body: Body, name: str) -> tuple[str, str] | None:
-    """An ``Identity`` option as (name, email); None when absent or without an email."""
-    given = body.mapping(name)
+def _identity(body: Body, field: str, actor: User) -> tuple[str, str] | None:
+    """An ``Identity`` option as (name, email); None when absent or without an email.
+
+    The authenticated user's email names that user (their login unless a name is given).
+    """
+    given = body.mapping(field)
     if not given or not given.get("email"):
         return None  # Forgejo ignores an identity without an email
-    return given.get("name", ""), given["email"]
+    email = given["email"]
+    name = given.get("name", "")
+    if not name and email.lower() == actor.email.lower():
+        name = actor.login
+    return name, email
 
 
 def _dates(body: Body) -> tuple[datetime | None, datetime | None]:
@@ -162,8 +169,8 @@ def add_contents_routes(api: ForgeApi) -> None:
         except (binascii.Error, ValueError) as bad:
             raise Invalid(f"illegal base64 data: {bad}") from None
         now = state.now()
-        author_given = _identity(body, "author")
-        committer_given = _identity(body, "committer")
+        author_given = _identity(body, "author", actor)
+        committer_given = _identity(body, "committer", actor)
         # Forgejo's GetAuthorAndCommitterUsers: a missing author is the committer, a missing
         # committer the author, and both missing the authenticated user.
         author_pair = author_given or committer_given or (actor.login, actor.email)

@@ -557,7 +557,7 @@ def test_created_file_on_a_pull_request_head_synchronizes_it(
 def test_create_file_refusals_are_forgejos(forge: ForgejoSandbox, api: httpx.Client) -> None:
     """Existing file, missing base branch, existing new branch, bad base64, invalid branch name
     answer 422/404 with Forgejo's message and change nothing; a reader gets 403."""
-    forge.push(DEMO_REPO, "taken", files={"t.txt": "t\n"}, message="T")
+    forge.push(DEMO_REPO, "taken", files={"docs/t.txt": "t\n"}, message="T")
     before = {b["name"]: b["commit"]["id"] for b in api.get(f"{REPO}/branches").json()}
     refusals = [
         (
@@ -578,6 +578,7 @@ def test_create_file_refusals_are_forgejos(forge: ForgejoSandbox, api: httpx.Cli
         ),
         (create_file(api, "new.txt", "x", new_branch="bad..name"), 422, "invalid branch name"),
         (create_file(api, "README.md/inner.txt", "x"), 422, "a file exists where"),
+        (create_file(api, "docs", "x", branch="taken"), 422, "a directory exists where"),
     ]
     for answer, status, message in refusals:
         assert answer.status_code == status, answer.text

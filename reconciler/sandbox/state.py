@@ -1101,7 +1101,7 @@ class ForgeState:
         self.require(repo, actor, Access.WRITE)
         base = branch or repo.default_branch
         target = new_branch or base
-        for name in {base, target}:
+        for name in dict.fromkeys((base, target)):
             if not is_valid_branch_name(name):
                 raise Invalid(f"invalid branch name {name!r}")
         parent = repo.git.branches.get(base)
@@ -1113,8 +1113,10 @@ class ForgeState:
                 raise Invalid(f"branch already exists [name: {target}]")
             self._check_branch_name(repo, target)
         tree = repo.git.commits[parent].tree if parent else {}
-        if path in tree or any(existing.startswith(path + "/") for existing in tree):
+        if path in tree:
             raise Invalid(f"repository file already exists [path: {path}]")
+        if any(existing.startswith(path + "/") for existing in tree):
+            raise Invalid(f"a directory exists where you’re trying to create a file [path: {path}]")
         for existing in tree:
             if path.startswith(existing + "/"):
                 raise Invalid(

@@ -689,8 +689,9 @@ def _scenario_metadata(cassette: Cassette) -> dict[str, str]:
 
 
 def _published_outside_api(gateway: ForgejoGateway, repo: str) -> None:
-    # At recording time the sandbox's ``push`` made the branch without an API call; the
-    # cassette holds the reads that saw it, so on replay there is nothing to do.
+    # Cassettes recorded before the sandbox served the contents API ("sandbox-push"): its
+    # ``push`` made the branch without an API call and the cassette holds only the reads that
+    # saw it, so on replay there is nothing to do.
     del gateway, repo
 
 
@@ -699,18 +700,11 @@ def run_against_sandbox(*, repo_name: str = "fleet-contract") -> Transcript:
     from reconciler.sandbox import ForgejoSandbox
 
     sandbox = ForgejoSandbox()
-
-    def publish(gateway: ForgejoGateway, repo: str) -> None:
-        sandbox.push(
-            repo,
-            TASK_BRANCH,
-            files={"greeting.txt": "hello from the fleet\n"},
-            message="Add a greeting",
-        )
-
     transport = httpx.WSGITransport(app=sandbox.app)
     with ForgejoGateway(SANDBOX_BASE_URL, sandbox.admin_token, transport=transport) as gateway:
-        return run_write_scenario(gateway, repo_name=repo_name, publish_branch=publish)
+        return run_write_scenario(
+            gateway, repo_name=repo_name, publish_branch=publish_with_contents_api
+        )
 
 
 def scratch_repo_name() -> str:
@@ -742,7 +736,7 @@ def record_write_scenario() -> Path:
         "recorded_against": "reconciler.sandbox.ForgejoSandbox" if target is None else "Forgejo",
         "base_url": SANDBOX_BASE_URL if target is None else target[0],
         "repo_name": "fleet-contract" if target is None else scratch_repo_name(),
-        "publish_branch": "sandbox-push" if target is None else "contents-api",
+        "publish_branch": "contents-api",
         "recorded_at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
     }
     cassette_name = str(recording.relative_to(CASSETTES))

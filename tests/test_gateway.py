@@ -575,6 +575,25 @@ def test_branch_lookup_and_commits(sandbox: ForgejoSandbox, gateway: ForgejoGate
     assert gateway.get_commit(REPO, sha).title == "add z"
 
 
+def test_create_file_commits_on_a_new_branch_and_maps_refusals(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """create_file returns the new branch's tip; the file existing is a conflict (422) and a
+    missing base branch is not found (404), each after one call (no retry)."""
+    sha = gateway.create_file(
+        REPO, "docs/a.txt", content=b"a\n", message="add a", branch="main", new_branch="task/5-a"
+    )
+    branch = gateway.get_branch(REPO, "task/5-a")
+    assert branch is not None and branch.commit_sha == sha
+    assert gateway.get_commit(REPO, sha).title == "add a"
+    mark = log.mark()
+    with pytest.raises(ForgejoConflict):
+        gateway.create_file(REPO, "docs/a.txt", content=b"b\n", message="again", branch="task/5-a")
+    with pytest.raises(ForgejoNotFound):
+        gateway.create_file(REPO, "docs/b.txt", content=b"b\n", message="b", branch="gone")
+    assert log.since(mark) == ["create_file", "create_file"]
+
+
 def test_combined_status_reports_the_latest_per_context(
     sandbox: ForgejoSandbox, gateway: ForgejoGateway
 ) -> None:

@@ -7,6 +7,7 @@ push fires; merges through the API land in the bare repository; credentials work
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -441,6 +442,169 @@ def test_read_only_user_push_is_refused_with_403(
     api.put(f"{REPO}/collaborators/reader", json={"permission": "write"})
     run_git("push", "-q", url, BRANCH, cwd=worktree)
     assert BRANCH in [b["name"] for b in api.get(f"{REPO}/branches").json()]
+
+
+# --- the contents API ------------------------------------------------------------------------
+
+
+def create_file(api: httpx.Client, path: str, text: str, **options: Any) -> httpx.Response:
+    """POST /contents/{path} with ``text`` base64-encoded and the other options as given."""
+    body = {"content": base64.b64encode(text.encode()).decode(), **options}
+    return api.post(f"{REPO}/contents/{path}", json=body)
+
+
+def test_created_file_on_a_new_branch_is_a_pushed_commit_git_fetches(
+    forge: ForgejoSandbox,
+    api: httpx.Client,
+    clone: Path,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    """POST /contents with new_branch: a real commit on a new branch from main, announced by a
+    push webhook, openable as a pull request showing the file, and fetched by git."""
+    hook_on(api, webhook_receiver.url, ["push"])
+    main = api.get(f"{REPO}/branches/main").json()["commit"]["id"]
+    answer = create_file(api, "docs/hello.md", "hello\nworld\n", new_branch=BRANCH)
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    sha = body["commit"]["sha"]
+    assert body["commit"]["message"] == "Add docs/hello.md\n"
+    assert [p["sha"] for p in body["commit"]["parents"]] == [main]
+    assert body["commit"]["author"]["email"] == "fleet-admin@noreply.localhost"
+    assert body["commit"]["html_url"].endswith(f"/{DEMO_REPO}/commit/{sha}")
+    content = body["content"]
+    assert (content["path"], content["name"], content["type"]) == (
+        "docs/hello.md",
+        "hello.md",
+        "file",
+    )
+    assert base64.b64decode(content["content"]) == b"hello\nworld\n"
+    assert content["last_commit_sha"] == sha
+    assert body["verification"]["verified"] is False
+    # The branch exists at the commit, and the push webhook carries it.
+    assert api.get(f"{REPO}/branches/{BRANCH}").json()["commit"]["id"] == sha
+    [(event, payload)] = delivered(forge)
+    assert event == "push"
+    assert (payload["ref"], payload["before"], payload["after"]) == (
+        f"refs/heads/{BRANCH}",
+        "0" * 40,
+        sha,
+    )
+    assert [c["id"] for c in payload["commits"]] == [sha]
+    assert payload["commits"][0]["added"] == ["docs/hello.md"]
+    number = open_pull(api)
+    files = api.get(f"{REPO}/pulls/{number}/files").json()
+    assert [(f["filename"], f["status"], f["additions"]) for f in files] == [
+        ("docs/hello.md", "added", 2)
+    ]
+    run_git("fetch", "-q", "origin", cwd=clone)
+    assert run_git("rev-parse", f"origin/{BRANCH}", cwd=clone) == sha
+    assert run_git("show", f"{sha}:docs/hello.md", cwd=clone) == "hello\nworld"
+    assert run_git("rev-parse", f"{sha}:docs/hello.md", cwd=clone) == content["sha"]
+    assert run_git("rev-parse", f"{sha}^{{tree}}", cwd=clone) == body["commit"]["tree"]["sha"]
+    run_git("fsck", "--strict", cwd=forge.git_path(DEMO_REPO))
+    # GET /contents reads it back at the branch; a missing file is 404.
+    got = api.get(f"{REPO}/contents/docs/hello.md", params={"ref": BRANCH})
+    assert got.status_code == 200, got.text
+    assert (got.json()["sha"], got.json()["last_commit_sha"]) == (content["sha"], sha)
+    assert api.get(f"{REPO}/contents/docs/hello.md").status_code == 404
+    listing = api.get(f"{REPO}/contents/docs", params={"ref": BRANCH})
+    assert listing.status_code == 422
+    assert "does not implement" in listing.json()["message"]
+
+
+def test_created_file_on_a_pull_request_head_synchronizes_it(
+    forge: ForgejoSandbox, api: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
+    """A file created on an open pull request's head branch fires push and synchronized; the
+    message, author and committer given are the commit's."""
+    first = forge.push(DEMO_REPO, BRANCH, files={"a.txt": "a\n"}, message="A")
+    number = open_pull(api)
+    hook_on(api, webhook_receiver.url, ["push", "pull_request"])
+    answer = create_file(
+        api,
+        "b.txt",
+        "b\n",
+        branch=BRANCH,
+        message="Add b",
+        author={"name": "Ada", "email": "ada@example.com"},
+        committer={"name": "Bot", "email": "bot@example.com"},
+    )
+    assert answer.status_code == 201, answer.text
+    commit = answer.json()["commit"]
+    assert commit["message"] == "Add b\n"
+    assert commit["author"]["email"] == "ada@example.com"
+    assert (commit["committer"]["name"], commit["committer"]["email"]) == ("Bot", "bot@example.com")
+    events = delivered(forge)
+    assert [(event, body.get("action", "")) for event, body in events] == [
+        ("push", ""),
+        ("pull_request_sync", "synchronized"),
+    ]
+    assert (events[0][1]["before"], events[0][1]["after"]) == (first, commit["sha"])
+    assert events[1][1]["pull_request"]["head"]["sha"] == commit["sha"]
+    # One identity given stands for both; a nameless one keeps its email, and git accepts it.
+    alone = create_file(api, "c.txt", "c\n", branch=BRANCH, committer={"email": "x@example.com"})
+    assert alone.status_code == 201, alone.text
+    who = alone.json()["commit"]
+    assert who["author"]["email"] == who["committer"]["email"] == "x@example.com"
+    run_git("fsck", "--strict", cwd=forge.git_path(DEMO_REPO))
+    assert [f["filename"] for f in api.get(f"{REPO}/pulls/{number}/files").json()] == [
+        "a.txt",
+        "b.txt",
+        "c.txt",
+    ]
+
+
+def test_create_file_refusals_are_forgejos(forge: ForgejoSandbox, api: httpx.Client) -> None:
+    """Existing file, missing base branch, existing new branch, bad base64, invalid branch name
+    answer 422/404 with Forgejo's message and change nothing; a reader gets 403."""
+    forge.push(DEMO_REPO, "taken", files={"docs/t.txt": "t\n"}, message="T")
+    before = {b["name"]: b["commit"]["id"] for b in api.get(f"{REPO}/branches").json()}
+    refusals = [
+        (
+            create_file(api, "README.md", "x"),
+            422,
+            "repository file already exists [path: README.md]",
+        ),
+        (create_file(api, "new.txt", "x", branch="nope"), 404, "The target couldn't be found."),
+        (
+            create_file(api, "new.txt", "x", new_branch="taken"),
+            422,
+            "branch already exists [name: taken]",
+        ),
+        (
+            api.post(f"{REPO}/contents/new.txt", json={"content": "!!not base64"}),
+            422,
+            "illegal base64 data",
+        ),
+        (create_file(api, "new.txt", "x", new_branch="bad..name"), 422, "invalid branch name"),
+        (create_file(api, "README.md/inner.txt", "x"), 422, "a file exists where"),
+        (create_file(api, "docs", "x", branch="taken"), 422, "a directory exists where"),
+    ]
+    for answer, status, message in refusals:
+        assert answer.status_code == status, answer.text
+        assert message in answer.json()["message"], answer.text
+    missing = create_file(api, "new.txt", "x", branch="nope")
+    assert missing.json()["errors"] == ["branch does not exist [name: nope]"]
+    reader = forge.create_user("reader")
+    with in_process_client(forge, reader) as as_reader:
+        refused = create_file(as_reader, "new.txt", "x", new_branch="by-reader")
+    assert refused.status_code == 403, refused.text
+    after = {b["name"]: b["commit"]["id"] for b in api.get(f"{REPO}/branches").json()}
+    assert after == before
+    # force_overwrite_new_branch moves an existing branch onto a commit made from the base.
+    forced = create_file(api, "new.txt", "x", new_branch="taken", force_overwrite_new_branch=True)
+    assert forced.status_code == 201, forced.text
+    assert [p["sha"] for p in forced.json()["commit"]["parents"]] == [before["main"]]
+    assert (
+        api.get(f"{REPO}/branches/taken").json()["commit"]["id"] == forced.json()["commit"]["sha"]
+    )
+    # Without content the file is empty; base64 broken over lines is read as Go reads it.
+    empty = api.post(f"{REPO}/contents/empty.txt", json={"branch": "taken"})
+    assert empty.status_code == 201, empty.text
+    assert empty.json()["content"]["size"] == 0
+    wrapped = api.post(f"{REPO}/contents/wrapped.txt", json={"content": "aGVs\nbG8K"})
+    assert wrapped.status_code == 201, wrapped.text
+    assert base64.b64decode(wrapped.json()["content"]["content"]) == b"hello\n"
 
 
 # --- gitpython -------------------------------------------------------------------------------

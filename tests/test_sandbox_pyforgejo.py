@@ -6,6 +6,7 @@ tests show the sandbox's shapes are ones the client agent-fleet uses can read.
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -123,3 +124,27 @@ def test_webhook_created_through_pyforgejo_is_listed(served_forge: ForgejoSandbo
     assert listed.id == hook.id
     assert listed.config is not None and listed.config["url"] == "http://127.0.0.1:9/hooks"
     assert listed.events is not None and "pull_request_sync" in listed.events
+
+
+def test_file_created_through_pyforgejo_is_read_back(served_forge: ForgejoSandbox) -> None:
+    """repo_create_file and repo_get_contents parse the sandbox's FileResponse and
+    ContentsResponse; an existing file is the client's 422."""
+    client = _client(served_forge, served_forge.admin_token)
+    created = client.repository.repo_create_file(
+        OWNER,
+        NAME,
+        "notes/todo.md",
+        content=base64.b64encode(b"- one\n").decode(),
+        new_branch="task/3-notes",
+        message="Write notes",
+    )
+    assert created.commit is not None and created.content is not None
+    assert created.commit.message == "Write notes\n"
+    assert created.content.path == "notes/todo.md"
+    got = client.repository.repo_get_contents(OWNER, NAME, "notes/todo.md", ref="task/3-notes")
+    assert got.content is not None and base64.b64decode(got.content) == b"- one\n"
+    assert got.last_commit_sha == created.commit.sha
+    with pytest.raises(UnprocessableEntityError):
+        client.repository.repo_create_file(
+            OWNER, NAME, "notes/todo.md", content="eA==", branch="task/3-notes"
+        )

@@ -251,6 +251,12 @@ def _scenario(forge: ForgejoSandbox, client: httpx.Client) -> None:
     expect(client.get(f"{REPO}/issues/comments/{comment['id']}"), 404)
 
     forge.push("fleet-admin/demo", "task/1-one", files={"one.py": "print(1)\n"}, message="one")
+    added = {"content": "cHJpbnQoMikK", "new_branch": "task/2-two"}
+    expect(client.post(f"{REPO}/contents/two/two.py", json=added), 201)
+    expect(client.post(f"{REPO}/contents/two/two.py", json={**added, "branch": "task/2-two"}), 422)
+    expect(client.post(f"{REPO}/contents/three.py", json={**added, "branch": "gone"}), 404)
+    expect(client.get(f"{REPO}/contents/two/two.py", params={"ref": "task/2-two"}), 200)
+    expect(client.get(f"{REPO}/contents/two/two.py"), 404)
     pull = expect(
         client.post(
             f"{REPO}/pulls", json={"head": "task/1-one", "base": "main", "title": "Do one"}

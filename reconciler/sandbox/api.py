@@ -17,6 +17,7 @@ from typing import Any
 import bottle  # type: ignore[import-untyped]  # bottle ships no type information
 
 from reconciler.sandbox import shapes
+from reconciler.sandbox.api_contents import add_contents_routes
 from reconciler.sandbox.api_links import add_link_routes
 from reconciler.sandbox.api_pulls import add_pull_routes
 from reconciler.sandbox.api_wiki import add_wiki_routes
@@ -384,6 +385,7 @@ class ForgeApi:
         add_pull_routes(self)
         add_link_routes(self)
         add_wiki_routes(self)
+        add_contents_routes(self)
 
         # -- collaborators --
 

@@ -451,8 +451,11 @@ class BareRepository:
         *,
         message: str,
         author: Identity,
+        committer: Identity | None = None,
     ) -> str:
         """A new commit on top of ``parent`` with ``files`` (path -> content, None deletes).
+
+        The committer is the author unless ``committer`` is given.
 
         Paths use ``/``; untouched files keep their mode, new files are ``100644``. A path whose
         parent directory is a file replaces that file, as ``git add`` after ``git rm`` does.
@@ -466,7 +469,7 @@ class BareRepository:
             tree=tree or self.write_tree([]),
             parents=(parent,) if parent else (),
             author=author,
-            committer=author,
+            committer=committer or author,
             message=message,
         )
 

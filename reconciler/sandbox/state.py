@@ -1076,6 +1076,70 @@ class ForgeState:
         self._apply_branch_updates(repo, actor, [BranchUpdate(branch, before, sha)])
         return repo.git.commits[sha]
 
+    def create_file(
+        self,
+        repo: Repo,
+        actor: User,
+        path: str,
+        content: str,
+        *,
+        branch: str,
+        new_branch: str,
+        message: str,
+        author: Identity,
+        committer: Identity,
+        force_new_branch: bool = False,
+    ) -> tuple[str, Commit]:
+        """Forgejo's "create a file" (``ChangeRepoFiles`` with one ``create``): a commit adding
+        ``path`` on top of ``branch`` (the default branch when empty), moved onto ``new_branch``
+        when given. Returns the branch written and the commit.
+
+        Refused like Forgejo: 404 when ``branch`` does not exist, 422 when ``new_branch``
+        exists (unless ``force_new_branch``) or ``path`` already exists on the base. The commit
+        is announced like a push to that branch.
+        """
+        self.require(repo, actor, Access.WRITE)
+        base = branch or repo.default_branch
+        target = new_branch or base
+        for name in dict.fromkeys((base, target)):
+            if not is_valid_branch_name(name):
+                raise Invalid(f"invalid branch name {name!r}")
+        parent = repo.git.branches.get(base)
+        if parent is None and repo.git.branches:
+            raise NotFound(f"branch does not exist [name: {base}]")
+        before = repo.git.branches.get(target)
+        if target != base:
+            if before is not None and not force_new_branch:
+                raise Invalid(f"branch already exists [name: {target}]")
+            self._check_branch_name(repo, target)
+        tree = repo.git.commits[parent].tree if parent else {}
+        if path in tree:
+            raise Invalid(f"repository file already exists [path: {path}]")
+        if any(existing.startswith(path + "/") for existing in tree):
+            raise Invalid(f"a directory exists where you’re trying to create a file [path: {path}]")
+        for existing in tree:
+            if path.startswith(existing + "/"):
+                raise Invalid(
+                    f"a file exists where you’re trying to create a subdirectory [path: {existing}]"
+                )
+        try:
+            sha = repo.bare.commit_files(
+                parent,
+                {path: content},
+                message=message if message.endswith("\n") else message + "\n",
+                author=author,
+                committer=committer,
+            )
+        except ValueError as bad:
+            raise Invalid(str(bad)) from None
+        repo.bare.set_branch(target, sha)
+        was_empty = not repo.git.branches
+        self._apply_branch_updates(repo, actor, [BranchUpdate(target, before, sha)])
+        if was_empty and repo.default_branch not in repo.git.branches:
+            repo.default_branch = target
+            repo.bare.set_default_branch(target)
+        return target, repo.git.commits[sha]
+
     def _check_branch_name(self, repo: Repo, branch: str) -> None:
         if not is_valid_branch_name(branch):
             raise Invalid(f"invalid branch name {branch!r}")

@@ -280,8 +280,13 @@ def run_daemon(forge_url: str, token: str, state: str, port: str) -> None:
         daemon.stop()
 
 
-def run_agents(server: str, forge_token: str, root: str, count: str) -> None:
-    """The agents process: ``count`` workers with one slot each, until SIGTERM."""
+def run_agents(
+    server: str, forge_token: str, root: str, count: str, kind: str, forge_url: str
+) -> None:
+    """The agents process: ``count`` agents with one slot each, until SIGTERM."""
+    if kind == "instant":
+        run_instant_agents(server, forge_token, int(count), forge_url)
+        return
     from reconciler.agent.config import WorkerConfig
     from reconciler.agent.worker import Worker
     from reconciler.engine.logs import configure_logging
@@ -355,6 +360,134 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+class InstantAgent:
+    """A pull agent whose work takes no time: it speaks the agent API as the worker does
+    (register, heartbeat, dequeue, report running, hand in a receipt) and does its Forgejo part
+    over Forgejo's API — one commit made with the contents API on the task's branch, the pull
+    request opened — with no agent CLI and no git process. What is left to measure is what
+    the fleet costs per task: the daemon, and the forge answering everyone."""
+
+    def __init__(self, name: str, *, server: str, forge_url: str, forge_token: str) -> None:
+        from reconciler.agent.client import AgentApi
+        from reconciler.forgejo.gateway import ForgejoGateway
+
+        self.name = name
+        self.api = AgentApi(server)
+        self.forge = ForgejoGateway(forge_url, forge_token)
+        self.held: tuple[str, int] | None = None
+
+    def register(self) -> None:
+        from reconciler.fleet.api import RegisterRequest
+
+        profile = RegisterRequest(
+            agent_id=self.name,
+            type="instant",
+            hostname=f"{self.name}-box",
+            roles=("developer",),
+            capabilities=("code:python",),
+            max_concurrency=1,
+        )
+        from reconciler.errors import TransientError
+
+        deadline = time.monotonic() + 120
+        while True:  # the daemon starts alongside: ask until it answers
+            try:
+                self.api.register(profile, credential=ENROLMENT)
+                return
+            except TransientError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def beat(self, stop: threading.Event) -> None:
+        from reconciler.fleet.api import HeldTaskItem
+
+        interval = 10.0
+        while not stop.is_set():
+            held = self.held
+            tasks = [HeldTaskItem(task_id=held[0], lease_generation=held[1])] if held else []
+            try:
+                interval = self.api.heartbeat(tasks, load=float(bool(held))).heartbeat_interval_s
+            except Exception:  # noqa: BLE001 - the next beat tries again
+                interval = 1.0
+            stop.wait(min(interval / 2, 10.0))
+
+    def work(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                handout = self.api.dequeue()
+            except Exception:  # noqa: BLE001 - the daemon is busy: ask again
+                stop.wait(0.5)
+                continue
+            if handout is None:
+                stop.wait(1.0)  # the worker's poll interval
+                continue
+            self.held = (handout.task.id, handout.lease_generation)
+            try:
+                self.take(handout)
+            except Exception as exc:  # noqa: BLE001 - said in the log; the daemon retries it
+                print(f"{self.name}: {handout.task.id}: {exc}", file=sys.stderr)
+            finally:
+                self.held = None
+
+    def take(self, handout: Any) -> None:
+        from reconciler.fleet.api import ReceiptRequest
+
+        task, lease = handout.task, handout.lease_generation
+        started = time.monotonic()
+        self.api.report(task.id, lease_generation=lease, running=True)
+        base = handout.base_branch or "main"
+        sha = self.forge.create_file(
+            handout.repo,
+            f"fleet-notes/{task.id}.md",
+            content=f"# {task.title}\n".encode(),
+            message=f"{task.title}\n\nTask {task.id}, attempt {handout.attempt}.",
+            branch=base,
+            new_branch=handout.branch,
+        )
+        pull = self.forge.create_pull(
+            handout.repo,
+            head=handout.branch,
+            base=base,
+            title=task.title,
+            body=f"Closes #{handout.issue_number}",
+        )
+        self.api.submit_receipt(
+            ReceiptRequest(
+                receipt_id=f"{task.id}-l{lease}",
+                task_id=task.id,
+                lease_generation=lease,
+                pr_number=pull.number,
+                branch=handout.branch,
+                commits=(sha,),
+                summary=f"Wrote fleet-notes/{task.id}.md",
+                duration_s=round(time.monotonic() - started, 3),
+            )
+        )
+
+
+def run_instant_agents(server: str, forge_token: str, count: int, forge_url: str) -> None:
+    """``count`` :class:`InstantAgent` threads (and their heartbeats), until SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    agents = [
+        InstantAgent(f"flow-agent-{n}", server=server, forge_url=forge_url, forge_token=forge_token)
+        for n in range(count)
+    ]
+    for agent in agents:
+        agent.register()
+    threads = [
+        threading.Thread(target=target, args=(stop,), daemon=True)
+        for agent in agents
+        for target in (agent.beat, agent.work)
+    ]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    for thread in threads:
+        thread.join(timeout=20)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` (its own threads, not its children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -398,6 +531,7 @@ class Flow:
         *,
         issues: int,
         agents: int,
+        kind: str = "instant",
         daemon_env: dict[str, str] | None = None,
     ) -> None:
         self.forge = forge
@@ -424,7 +558,15 @@ class Flow:
             daemon_env,
         )
         self.agent_procs = spawn(
-            ["agents", f"http://127.0.0.1:{self.port}", agent_token, str(root), str(agents)],
+            [
+                "agents",
+                f"http://127.0.0.1:{self.port}",
+                agent_token,
+                str(root),
+                str(agents),
+                kind,
+                forge.url,
+            ],
             root / "agents.log",
         )
 
@@ -546,6 +688,7 @@ def measure(
     *,
     timeout: float,
     settle: float,
+    kind: str = "instant",
     breakdown: bool = False,
     profile: Path | None = None,
 ) -> list[Row]:
@@ -561,7 +704,7 @@ def measure(
             if breakdown
             else None
         )
-        flow = Flow(forge, Path(scratch), issues=issues, agents=agents, daemon_env=env)
+        flow = Flow(forge, Path(scratch), issues=issues, agents=agents, kind=kind, daemon_env=env)
         spy: subprocess.Popen[bytes] | None = None
         backlog: list[tuple[float, int]] = []
         sampling = threading.Event()
@@ -719,6 +862,14 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds counted after done")
     parser.add_argument("--quick", action="store_true", help="6 issues, 3 agents (CI)")
     parser.add_argument(
+        "--agents-kind",
+        choices=("instant", "worker"),
+        default="instant",
+        help="instant (default): agents whose work takes no time — the agent API and a commit "
+        "through Forgejo's contents API, no CLI, no git; worker: the real pull worker running "
+        "the demo agent CLI, with git clones and pushes, all on this machine",
+    )
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="also print the daemon's requests per task by endpoint and by caller",
@@ -741,6 +892,7 @@ def main() -> None:
         agents,
         timeout=args.timeout,
         settle=args.settle,
+        kind=args.agents_kind,
         breakdown=args.breakdown,
         profile=args.profile,
     )

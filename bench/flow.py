@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import re
@@ -425,8 +426,15 @@ class InstantAgent:
             self.held = (handout.task.id, handout.lease_generation)
             try:
                 self.take(handout)
-            except Exception as exc:  # noqa: BLE001 - said in the log; the daemon retries it
-                print(f"{self.name}: {handout.task.id}: {exc}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - said in the log and to the daemon
+                print(f"{self.name}: {handout.task.id}: {exc!r}", file=sys.stderr, flush=True)
+                with contextlib.suppress(Exception):
+                    self.api.report(
+                        handout.task.id,
+                        lease_generation=handout.lease_generation,
+                        failed=True,
+                        note=f"bench agent: {exc!r}"[:200],
+                    )
             finally:
                 self.held = None
 
@@ -745,6 +753,9 @@ def measure(
             counts = forge.snapshot() - counts_before
             endpoints = forge.endpoint_snapshot() - endpoints_before
             late = flow.status_writes_after_done()
+            said = flow.log_tail("agents").strip()
+            if said:
+                print(f"the agents said:\n{said}", file=sys.stderr)
             stages = flow.stages()
         finally:
             sampling.set()

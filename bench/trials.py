@@ -216,7 +216,9 @@ class Trial:
                 if marker == RESULT_MARKER and not tagged:
                     found.stale_comments.append(f"#{number} has no result comment")
                 if marker == COMMENT_MARKER and any("🤖 Taken" not in c.body for c in tagged):
-                    found.stale_comments.append(f"#{number} status comment does not say who took it")
+                    found.stale_comments.append(
+                        f"#{number} status comment does not say who took it"
+                    )
             task_id = task_id_for(REPO, number)
             prefix = f"task/{task_id}-"
             own_pulls = [p for p in pulls if p.head_branch.startswith(prefix)]

@@ -443,7 +443,7 @@ class InstantAgent:
 
         task, lease = handout.task, handout.lease_generation
         started = time.monotonic()
-        self.api.report(task.id, lease_generation=lease, running=True)
+        _again(lambda: self.api.report(task.id, lease_generation=lease, running=True))
         base = handout.base_branch or "main"
         sha = self.forge.create_file(
             handout.repo,
@@ -460,18 +460,32 @@ class InstantAgent:
             title=task.title,
             body=f"Closes #{handout.issue_number}",
         )
-        self.api.submit_receipt(
-            ReceiptRequest(
-                receipt_id=f"{task.id}-l{lease}",
-                task_id=task.id,
-                lease_generation=lease,
-                pr_number=pull.number,
-                branch=handout.branch,
-                commits=(sha,),
-                summary=f"Wrote fleet-notes/{task.id}.md",
-                duration_s=round(time.monotonic() - started, 3),
-            )
+        receipt = ReceiptRequest(
+            receipt_id=f"{task.id}-l{lease}",
+            task_id=task.id,
+            lease_generation=lease,
+            pr_number=pull.number,
+            branch=handout.branch,
+            commits=(sha,),
+            summary=f"Wrote fleet-notes/{task.id}.md",
+            duration_s=round(time.monotonic() - started, 3),
         )
+        _again(lambda: self.api.submit_receipt(receipt))
+
+
+def _again(call: Callable[[], object], attempts: int = 5) -> None:
+    """``call``, tried again as the worker does when the daemon says to send it again (the
+    task changed meanwhile) or cannot be reached."""
+    from reconciler.errors import ConflictError, TransientError
+
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except (ConflictError, TransientError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def run_instant_agents(server: str, forge_token: str, count: int, forge_url: str) -> None:

@@ -122,6 +122,9 @@ class Observed:
     dispatched: bool = False  # this process runs the task right now
     status_comment: str | None = None
     """The bot's status comment as Forgejo holds it — read only to rebuild a lost task."""
+    merged_for: float | None = None
+    """Seconds since the pull request of a task in review was first seen merged (a read, or
+    its signed delivery; memory only); None: not seen merged."""
     closed_by_its_pull: bool = False
     """The issue was closed by merging a pull request of the task's own branch (one that says
     ``Closes #N``) before the task had it: read only when the close would cancel the task."""
@@ -265,6 +268,8 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
                 return ()
             followed: list[Action] = []
             status = status_label_for(task.state, vocabulary)
+            if merge_settle_left(observed, task) > 0:
+                status = None  # the receipt check's outcome follows (see below)
             if status is not None and status not in issue.labels:
                 followed.append(
                     AddLabels(observed.repo, issue.number, (status,), for_task=observed.task)
@@ -404,6 +409,11 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
 
     actions = [*question_actions]
     desired = status_label_for(task.state, vocabulary)
+    if merge_settle_left(observed, task) > 0:
+        # Its pull request is merged: only the receipt check is left, and `status/done` (or
+        # failed) follows it. `status/review` would be out of date as it lands; it is written
+        # only if the check takes longer than MERGE_SETTLE (required statuses still running).
+        desired = None
     if desired is not None and desired not in issue.labels:
         # status/ is an exclusive scope: Forgejo drops the previous status label itself.
         actions.append(AddLabels(observed.repo, issue.number, (desired,), for_task=observed.task))
@@ -453,6 +463,19 @@ def _plan_status_comment(
         no_comments_yet=issue.comments == 0,
     )
     return task.changed(now=task.updated_at, comment_digest=digest), upsert
+
+
+MERGE_SETTLE = 10.0
+"""Seconds after its pull request was seen merged that a task in review waits for its receipt
+check before `status/review` is written: a check settling sooner writes done (or failed)
+straight away, and the review label, out of date as it would land, is never written."""
+
+
+def merge_settle_left(observed: Observed, task: Task) -> float:
+    """Seconds the review label of ``task`` is held back for its merged pull request; 0: none."""
+    if task.state is not TaskState.REVIEW_PENDING or observed.merged_for is None:
+        return 0.0
+    return max(MERGE_SETTLE - observed.merged_for, 0.0)
 
 
 def plan_freed_slot(observed: Observed, task: Task, *, now: datetime) -> list[Action]:
@@ -729,6 +752,13 @@ class AssignmentController:
         capped: frozenset[str] = frozenset()
         blocked: tuple[IssueRef, ...] = ()
         closed_by_its_pull = False
+        merged_for = (
+            self._gateway.seen.merged_for(key.repo, task.pr_number)
+            if task is not None
+            and task.state is TaskState.REVIEW_PENDING
+            and task.pr_number is not None
+            else None
+        )
         question_facts, question_depth, agent_written = QuestionFacts(), 0, False
         trusted = trust_on(
             self._gateway,
@@ -793,6 +823,7 @@ class AssignmentController:
             spent_today_usd=spent_today,
             capped_agents=capped,
             closed_by_its_pull=closed_by_its_pull,
+            merged_for=merged_for,
             question_facts=question_facts,
             question_depth=question_depth,
             agent_written=agent_written,
@@ -821,6 +852,9 @@ class AssignmentController:
         saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
         settings = self._settings()
         after = next_check(saved, now=now, settings=settings)
+        settle = merge_settle_left(observed, saved) if saved is not None else 0.0
+        if settle > 0:
+            after = settle + 0.1 if after is None else min(after, settle + 0.1)
         if self._held_past_a_close(observed.task, saved, closes_before):
             return Result(requeue_after=0.0)
         if saved is not None and saved.state is TaskState.CREATED and observed.capped_agents:

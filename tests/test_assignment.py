@@ -13,11 +13,13 @@ import pytest
 from pydantic import SecretStr
 
 from controllers.assignment import (
+    MERGE_SETTLE,
     AssignmentController,
     Dispatch,
     Observed,
     StopRun,
     comment_digest,
+    merge_settle_left,
     next_check,
     plan,
     status_comment,
@@ -484,6 +486,30 @@ def test_the_line_naming_the_agent_stays_through_review_and_done() -> None:
     actions = planned(issue("fleet/task", "status/doing"), failed, agents=(SSH_AGENT,))
     (comment,) = [a for a in actions if isinstance(a, UpsertComment)]
     assert comment.body.startswith("❌ Failed after 1 attempt(s): timed out")
+
+
+def test_a_merged_task_waits_for_its_check_not_for_the_review_label() -> None:
+    """A task in review whose pull request was seen merged moments ago has only its receipt
+    check left: `status/review` is not written (open or closed by the merge) and the
+    reconcile looks again when MERGE_SETTLE ends; past it the label is written after all."""
+    in_review = task(TaskState.REVIEW_PENDING, agent_id="box-1", lease_generation=1, attempt=1,
+                     pr_number=7)  # fmt: skip
+    for state in (IssueState.OPEN, IssueState.CLOSED):
+        shown = issue("fleet/task", "status/doing", state=state)
+        fresh = Observed(REPO, 12, shown, in_review, tasks=(in_review,), merged_for=1.0)
+        added = [n for a in plan(fresh, now=NOW, settings=SETTINGS)
+                 if isinstance(a, AddLabels) for n in a.names]  # fmt: skip
+        assert "status/review" not in added, state
+        assert merge_settle_left(fresh, in_review) == pytest.approx(MERGE_SETTLE - 1.0)
+        late = Observed(REPO, 12, shown, in_review, tasks=(in_review,),
+                        merged_for=MERGE_SETTLE + 1)  # fmt: skip
+        added = [n for a in plan(late, now=NOW, settings=SETTINGS)
+                 if isinstance(a, AddLabels) for n in a.names]  # fmt: skip
+        assert added == ["status/review"], state
+    done = in_review.model_copy(update={"state": TaskState.COMPLETED})
+    finished = Observed(REPO, 12, issue("fleet/task", "status/doing"), done, tasks=(done,),
+                        merged_for=1.0)  # fmt: skip
+    assert "add:status/done" in kinds(plan(finished, now=NOW, settings=SETTINGS))
 
 
 # --- against the in-memory Forgejo ------------------------------------------------------

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from reconciler.fleet.knowledge_api import knowledge_key
+from reconciler.forgejo.seen import SeenItems
 from reconciler.keys import Key, branch_key, issue_key, pull_key
 from tests.forgejo_data import EXAMPLES
-from webhook.events import MalformedPayload, keys_for
+from webhook.events import MalformedPayload, keys_for, note_merge
 
 # file → (X-Forgejo-Event from SOURCES.md, the keys it must map to).
 RECORDED: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -431,3 +432,22 @@ def test_a_wiki_event_without_a_page_is_malformed() -> None:
     """The page is what the event is about: without it the delivery is refused."""
     with pytest.raises(MalformedPayload):
         keys_for("wiki", _wiki_payload(None))
+
+
+# --- what a delivery notes in memory -----------------------------------------------------
+
+
+def test_a_merged_pull_request_delivery_is_noted_and_nothing_else_is() -> None:
+    """Only a ``pull_request`` delivery whose pull request says merged notes a merge; an open
+    or closed-unmerged one, another event, or a payload without the fields notes nothing."""
+    seen = SeenItems()
+    note_merge("pull_request", pull_payload(action="closed", number=8), seen=seen)
+    assert seen.merged_for(REPO, 8) is None  # closed, not merged
+    merged = pull_payload(action="closed", number=9)
+    merged["pull_request"]["merged"] = True
+    note_merge("pull_request_approved", merged, seen=seen)
+    assert seen.merged_for(REPO, 9) is None
+    note_merge("pull_request", {"pull_request": {"merged": True}}, seen=seen)
+    note_merge("pull_request", merged, seen=seen)
+    since = seen.merged_for(REPO.upper(), 9)
+    assert since is not None and 0 <= since < 60

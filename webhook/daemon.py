@@ -55,7 +55,7 @@ from reconciler.text import format_duration
 from webhook.agents_api import install_agent_api
 from webhook.app import Check, install_health, make_app
 from webhook.dashboard import install_dashboard
-from webhook.events import is_own_echo
+from webhook.events import is_own_echo, note_merge
 from webhook.mcp_api import install_mcp_api
 from webhook.openapi import install_openapi
 from webhook.receiver import install_forgejo_webhook
@@ -295,6 +295,7 @@ def http_app(assembly: Assembly, *, readiness: Callable[[], Mapping[str, Check]]
             seen=assembly.gateway.seen,
             bot_login=assembly.settings().forgejo.bot_login,
         ),
+        note=lambda event, payload: note_merge(event, payload, seen=assembly.gateway.seen),
     )
     install_agent_api(
         app,

@@ -213,6 +213,24 @@ def keys_for(event: str, payload: Mapping[str, Any]) -> tuple[Key, ...]:
     return mapping(payload)
 
 
+def note_merge(event: str, payload: Mapping[str, Any], *, seen: SeenItems) -> None:
+    """Note in ``seen`` a pull request a signed ``pull_request`` delivery shows merged.
+
+    Memory only, and only ever used to hold back a write that the merge makes out of date
+    (the ``status/review`` label of a task whose receipt check is all that is left): what the
+    task becomes is still decided from reads.
+    """
+    if event != "pull_request":
+        return
+    pull = payload.get("pull_request")
+    if not isinstance(pull, Mapping) or pull.get("merged") is not True:
+        return
+    try:
+        seen.note_merged(_repo(payload), _number(payload, "pull_request"))
+    except MalformedPayload:
+        return
+
+
 def is_own_echo(event: str, payload: Mapping[str, Any], *, seen: SeenItems, bot_login: str) -> bool:
     """Whether a delivery is the echo of agent-fleet's own write on an issue.
 

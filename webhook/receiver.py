@@ -106,6 +106,7 @@ def install_forgejo_webhook(
     on_delivery: Callable[[str, str], None] | None = None,
     path: str = WEBHOOK_PATH,
     is_echo: Callable[[str, Mapping[str, Any]], bool] | None = None,
+    note: Callable[[str, Mapping[str, Any]], None] | None = None,
 ) -> None:
     """Add ``POST path`` to ``app``: verify, parse and map each delivery, ``enqueue`` its keys.
 
@@ -116,6 +117,8 @@ def install_forgejo_webhook(
     a ``DeliveryResult`` value. ``enqueue`` must not block; an exception from it propagates.
     ``is_echo(event, payload)`` (in memory, no I/O) tells a delivery caused by agent-fleet's
     own write that shows nothing new: it is answered 204 and counted as ``echo``, unqueued.
+    ``note(event, payload)`` (in memory, no I/O) is told each verified delivery that names keys,
+    before they are enqueued.
     """
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
@@ -151,6 +154,8 @@ def install_forgejo_webhook(
         except _Refused as refused:
             _record(on_delivery, event, event_type, delivery, refused.result, error=refused.code)
             return _error(refused)
+        if keys and note is not None:
+            note(event, payload)
         if keys and is_echo is not None and is_echo(event, payload):
             _record(on_delivery, event, event_type, delivery, DeliveryResult.ECHO, keys=keys)
             return bottle.HTTPResponse(status=204)

@@ -99,6 +99,7 @@ class PullOps(ForgejoHttp):
             repo, pull.number, pull.updated_at, labels=pull.labels, state=str(pull.state)
         )
         if pull.merged:
+            self.seen.note_merged(repo, pull.number)
             with self._doubt_lock:
                 if len(self._merged_pulls) >= MERGED_KEPT:
                     del self._merged_pulls[next(iter(self._merged_pulls))]  # the oldest

@@ -26,6 +26,7 @@ and the resync only stands in for webhooks that were lost.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -49,6 +50,9 @@ class SeenItem:
 _WRITTEN = 4
 """How many of our own recent label writes per item an echo may show."""
 
+MERGES_REMEMBERED = 10_000
+"""Merged pull requests remembered with when they were seen merged (the oldest forgotten)."""
+
 
 class SeenItems:
     """``(repo, number)`` → the item as last read or written; safe across threads."""
@@ -56,6 +60,8 @@ class SeenItems:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: dict[tuple[str, int], SeenItem] = {}
+        self._merged: dict[tuple[str, int], float] = {}
+        """Pull requests seen merged (a read, or a signed delivery), with when (monotonic)."""
         self._invalidations: dict[tuple[str, int], int] = {}
         """How often each item was invalidated: a read that started before an invalidation
         (``generation``) must not keep its copy, which may predate the change."""
@@ -143,6 +149,21 @@ class SeenItems:
                 self._items[key] = replace(
                     item, updated_at=None, labels=item.labels - frozenset(names)
                 )
+
+    def note_merged(self, repo: str, number: int) -> None:
+        """Pull request ``number`` was seen merged (a read of it, or its signed delivery)."""
+        with self._lock:
+            key = self._key(repo, number)
+            if key not in self._merged:
+                if len(self._merged) >= MERGES_REMEMBERED:
+                    self._merged.pop(next(iter(self._merged)))
+                self._merged[key] = time.monotonic()
+
+    def merged_for(self, repo: str, number: int) -> float | None:
+        """Seconds since pull request ``number`` was first seen merged; None: not seen so."""
+        with self._lock:
+            seen = self._merged.get(self._key(repo, number))
+        return None if seen is None else time.monotonic() - seen
 
     def get(self, repo: str, number: int) -> SeenItem | None:
         with self._lock:

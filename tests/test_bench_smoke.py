@@ -59,11 +59,11 @@ def test_resync_bench_prints_call_counts_against_targets() -> None:
     """bench/resync.py --quick counts the calls of each resync and webhook reconcile."""
     output = run_bench("resync.py")
     rows = rows_of(output)
-    assert "<= 24 calls" in rows[next(name for name in rows if name.startswith("full resync"))]
+    assert "<= 25 calls" in rows[next(name for name in rows if name.startswith("full resync"))]
     assert "<= 2 calls" in rows["incremental resync, nothing changed"]
     unchanged = next(name for name in rows if name.startswith("full resync + its reconciles"))
     assert "<= 30 calls" in rows[unchanged]
-    assert "<= 3 calls" in rows["webhook reconcile, new labelled issue"]
+    assert "<= 3 calls" in rows["webhook reconcile, new labelled issue (an agent online)"]
     assert any(name.startswith("webhook reconcile, settled") for name in rows)
     assert len(VERDICT.findall(output)) >= 7
 

@@ -564,6 +564,34 @@ def test_pull_commits_files_and_reviews(sandbox: ForgejoSandbox, gateway: Forgej
     ]
 
 
+def test_pull_changes_are_read_once_per_head_and_merge_base(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """A PR's commits and files are read again only when its head or merge base moved: a
+    push to the branch reads them anew, the merge (same head) does not."""
+    number = _pushed_pull(sandbox, "task/4-w")
+    pull = gateway.get_pull(REPO, number)
+    assert pull.merge_base
+    mark = log.mark()
+    commits, files = gateway.pull_changes(REPO, pull)
+    assert [c.title for c in commits] == ["work on task/4-w"]
+    assert gateway.pull_changes(REPO, gateway.get_pull(REPO, number)) == (commits, files)
+    assert log.since(mark) == ["list_pull_commits", "list_pull_files", "get_pull"]
+    sandbox.push(REPO, "task/4-w", files={"more.txt": "more\n"}, message="more work")
+    moved = gateway.get_pull(REPO, number)
+    mark = log.mark()
+    commits, files = gateway.pull_changes(REPO, moved)
+    assert [c.title for c in commits] == ["more work", "work on task/4-w"]
+    assert sorted(f.filename for f in files) == ["more.txt", "task/4-w.txt"]
+    assert log.since(mark) == ["list_pull_commits", "list_pull_files"]
+    gateway.merge_pull(REPO, number)
+    merged = gateway.get_pull(REPO, number)
+    assert merged.merged and merged.head_sha == moved.head_sha
+    mark = log.mark()
+    assert gateway.pull_changes(REPO, merged) == (commits, files)
+    assert log.since(mark) == []
+
+
 def test_branch_lookup_and_commits(sandbox: ForgejoSandbox, gateway: ForgejoGateway) -> None:
     """A branch with a slash is found with its tip; a missing one is None."""
     sha = sandbox.push(REPO, "task/3-z", files={"z.txt": "z\n"}, message="add z")

@@ -96,10 +96,11 @@ def gather(
     if receipt.pr_number is not None:
         if pull is None:
             return Evidence()
+        commits, files = gateway.pull_changes(task.repo, pull)
         return Evidence(
             pull=pull,
-            pull_commits=gateway.list_pull_commits(task.repo, pull.number),
-            pull_files=gateway.list_pull_files(task.repo, pull.number),
+            pull_commits=commits,
+            pull_files=files,
             statuses=(
                 gateway.combined_status(task.repo, pull.head_sha)
                 if with_statuses and pull.head_sha

@@ -41,7 +41,7 @@ from reconciler.errors import (
     ForgejoServerError,
     WaitingError,
 )
-from reconciler.forgejo.pull_types import PullRequest
+from reconciler.forgejo.pull_types import ChangedFile, Commit, PullRequest
 from reconciler.forgejo.repo_types import RepoPermission
 from reconciler.forgejo.seen import SeenItems
 from reconciler.forgejo.types import (
@@ -267,6 +267,10 @@ class ForgejoHttp:
         self._permissions: dict[tuple[str, str], tuple[float, RepoPermission]] = {}
         self._merged_pulls: dict[tuple[str, int], PullRequest] = {}
         """Pull requests last read as merged (``get_pull(merged_kept=True)``), oldest first."""
+        self._pull_changes: dict[
+            tuple[str, int, str, str], tuple[tuple[Commit, ...], tuple[ChangedFile, ...]]
+        ] = {}
+        """``pull_changes`` answers by (repo, number, head, merge base), oldest first."""
         self._markers: dict[tuple[str, int], dict[str, Comment]] = {}
         """The bot's marker comments on each issue, by marker tag, as this process last listed
         or wrote them: complete for the issue (a tag missing is a comment that does not

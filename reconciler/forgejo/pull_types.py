@@ -79,6 +79,8 @@ class PullRequest(_Frozen):
     created_at: datetime | None
     updated_at: datetime | None
     closed_at: datetime | None
+    merge_base: str | None = None
+    """The commit the PR's commits and diff are counted from (Forgejo's ``merge_base``)."""
 
     @classmethod
     def from_api(cls, raw: object) -> PullRequest:
@@ -109,6 +111,7 @@ class PullRequest(_Frozen):
             created_at=_time(data, "created_at"),
             updated_at=_time(data, "updated_at"),
             closed_at=_time(data, "closed_at"),
+            merge_base=_opt_str(data, "merge_base") or None,
         )
 
 

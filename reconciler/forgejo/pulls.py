@@ -53,6 +53,9 @@ _STATE_RANK: Mapping[CommitState, int] = {
 MERGED_KEPT = 2048
 """Merged pull requests a gateway keeps for ``get_pull(merged_kept=True)`` (the oldest go)."""
 
+PULL_CHANGES_KEPT = 1024
+"""``pull_changes`` answers a gateway keeps (the oldest go)."""
+
 
 class PullOps(ForgejoHttp):
     """The pull request, commit and branch operations of the gateway."""
@@ -225,6 +228,33 @@ class PullOps(ForgejoHttp):
         return self._list(
             "list_pull_files", f"{repo_path(repo)}/pulls/{number}/files", ChangedFile.from_api
         )
+
+    def pull_changes(
+        self, repo: str, pull: PullRequest
+    ) -> tuple[tuple[Commit, ...], tuple[ChangedFile, ...]]:
+        """The commits and the changed files of ``pull``, as just read.
+
+        Forgejo counts both from the PR's merge base to its head, so while neither moves the
+        answer stays the same: the one read for this (head, merge base) is given again (a
+        receipt checked in review and again at the merge reads them once). A pull request
+        without a merge base in its answer is read every time.
+        """
+        key = (repo.lower(), pull.number, pull.head_sha, pull.merge_base or "")
+        if pull.head_sha and pull.merge_base:
+            with self._doubt_lock:
+                kept = self._pull_changes.get(key)
+            if kept is not None:
+                return kept
+        changes = (
+            self.list_pull_commits(repo, pull.number),
+            self.list_pull_files(repo, pull.number),
+        )
+        if pull.head_sha and pull.merge_base:
+            with self._doubt_lock:
+                if len(self._pull_changes) >= PULL_CHANGES_KEPT:
+                    del self._pull_changes[next(iter(self._pull_changes))]  # the oldest
+                self._pull_changes[key] = changes
+        return changes
 
     # --- commits, statuses, branches ---------------------------------------------------------
 

@@ -25,7 +25,7 @@ from reconciler.store import Store
 from tests.test_fleet import ENROLMENT, OPERATOR, make_settings
 from webhook.app import make_app
 from webhook.daemon import Assembly, build, http_app
-from webhook.inputs import MAX_JSON_DEPTH
+from webhook.inputs import MAX_JSON_DEPTH, InputError, parse_json
 
 SECRET = "webhook-secret-for-tests"
 
@@ -281,3 +281,20 @@ def test_text_that_is_not_unicode_is_refused_at_the_door(served: Served) -> None
     )
     assert (delivered.status_code, error_of(delivered)) == (400, "malformed_json")
     assert served.assembly.queue.depth() == queued
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_a_lone_surrogate_is_refused_in_every_encoding_json_reads(encoding: str) -> None:
+    """JSON text may come as UTF-8, -16 or -32: an escaped lone surrogate is refused in each,
+    and valid text (an escaped pair, an escaped backslash before ``ud800``) is not."""
+    bad = '{"title": "a\\ud800b"}'.encode(encoding)
+    with pytest.raises(InputError) as refused:
+        parse_json(bad)
+    assert refused.value.status == 400 and "Unicode" in refused.value.message
+    pair = '{"title": "\\ud83d\\ude00", "path": "C:\\\\ud800"}'
+    assert parse_json(pair.encode(encoding)) == {"title": "\U0001f600", "path": "C:\\ud800"}
+    assert parse_json(pair) == {"title": "\U0001f600", "path": "C:\\ud800"}
+    with pytest.raises(InputError):
+        parse_json('{"title": "a\\udc00"}')
+    with pytest.raises(InputError):
+        parse_json('{"title": "a\udc00"}')  # text that holds a surrogate itself

@@ -20,6 +20,7 @@ JSON answer; nothing a client sends can turn into a 500.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -144,7 +145,7 @@ def parse_json(document: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> obj
         data = json.loads(document)
     except (ValueError, RecursionError) as exc:
         raise InputError(400, "malformed_json", f"the body is not JSON: {_short(exc)}") from None
-    if not _valid_text(data):
+    if _may_hold_lone_surrogates(document) and not _valid_text(data):
         raise InputError(
             400,
             "malformed_json",
@@ -186,6 +187,23 @@ def _nesting_exceeds(document: str | bytes, max_depth: int) -> bool:
         elif ch in "]}":
             depth -= 1
     return False
+
+
+# A lone surrogate reaches parsed JSON only through a ``\uD800``–``\uDFFF`` escape (bytes
+# that decode as UTF-8 never hold one): a document without such an escape needs no walk.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _may_hold_lone_surrogates(document: str | bytes) -> bool:
+    """Whether parsing ``document`` may give text that is not valid Unicode: it has a
+    surrogate escape (an escaped backslash before ``ud800`` counts too: a walk decides), or
+    it is text that already holds a surrogate."""
+    if isinstance(document, bytes):
+        if b"\x00" in document or document[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            return True  # UTF-16 or UTF-32, which json.loads reads too: the escape is wider
+        return _SURROGATE_ESCAPE_BYTES.search(document) is not None
+    return _SURROGATE_ESCAPE.search(document) is not None or not _encodes(document)
 
 
 def _valid_text(data: object) -> bool:

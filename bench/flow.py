@@ -52,7 +52,15 @@ from typing import Any
 
 # Importing the harness takes bench/ off sys.path, where bench/webhook.py would shadow the
 # `webhook` package: it comes before the project's imports (see bench/harness.py).
-from harness import Row, percentile_ms, print_notes, print_table, verdict
+from harness import (
+    Row,
+    machine_speed_ms,
+    percentile_ms,
+    print_notes,
+    print_table,
+    speed_note,
+    verdict,
+)
 from pydantic import SecretStr
 
 from reconciler.sandbox import ForgejoSandbox
@@ -735,6 +743,7 @@ def measure(
             time.sleep(1.0)  # the start-up resync's reconciles finish before the count starts
             counts_before = forge.snapshot()
             endpoints_before = forge.endpoint_snapshot()
+            deliveries_before = len(forge.deliveries)
             if profile is not None:
                 spy = start_profiler(flow.daemon.pid, profile)
             cpu_before = cpu_seconds(flow.daemon.pid)
@@ -766,6 +775,9 @@ def measure(
             time.sleep(settle)  # late writes (a flap, a trickle of resyncs) are counted too
             counts = forge.snapshot() - counts_before
             endpoints = forge.endpoint_snapshot() - endpoints_before
+            hooks = Counter(
+                f"{d.event_type}/{_action(d.payload)}" for d in forge.deliveries[deliveries_before:]
+            )
             late = flow.status_writes_after_done()
             said = flow.log_tail("agents").strip()
             if said:
@@ -778,6 +790,9 @@ def measure(
             flow.close()
         if breakdown:
             print_breakdown(endpoints, calls_file, per=max(len(done), 1))
+            print("\nWebhook deliveries per task by event and action (same window):")
+            for event, n in hooks.most_common():
+                print(f"  {n / max(len(done), 1):7.2f}  {event}")
             print(
                 f"\nCPU seconds over the window: daemon {cpu:.1f}, this process (the forge, the "
                 f"person) {others[0]:.1f}, agents {others[1]:.1f}, their CLIs and git "
@@ -824,6 +839,13 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
          "--format", {".json": "speedscope", ".svg": "flamegraph"}.get(out.suffix, "raw")],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def _action(payload: bytes) -> str:
+    try:
+        return str(json.loads(payload).get("action") or "-")
+    except ValueError:
+        return "?"
 
 
 def print_breakdown(
@@ -912,6 +934,7 @@ def main() -> None:
         {"daemon": run_daemon, "agents": run_agents}[role](*rest)
         return
     issues, agents = (6, 3) if args.quick else (args.issues, args.agents)
+    speed_before = machine_speed_ms()
     rows = measure(
         issues,
         agents,
@@ -921,6 +944,7 @@ def main() -> None:
         breakdown=args.breakdown,
         profile=args.profile,
     )
+    speed_after = machine_speed_ms()
     print_table(rows)
     print_notes(
         [
@@ -934,6 +958,7 @@ def main() -> None:
                 "Daemon, agents, their demo agent CLIs and the sandbox share this machine's "
                 f"{os.cpu_count()} cores: tasks/min and latencies depend on it."
             ),
+            speed_note(speed_before, speed_after),
         ]
     )
 

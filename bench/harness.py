@@ -204,6 +204,30 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
+def machine_speed_ms() -> float:
+    """Milliseconds this machine takes for a fixed pure-Python loop (a million additions),
+    the best of five: CPU times and latencies measured here scale with it, so two runs'
+    figures compare once each is read beside its own."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for step in range(1_000_000):
+            total += step
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
+def speed_note(before: float, after: float) -> str:
+    """The note that says how fast the machine was around the run (``machine_speed_ms``)."""
+    return (
+        f"Machine speed: a fixed pure-Python loop (a million additions, best of five) took "
+        f"{before:.0f} ms before the run and {after:.0f} ms after it; CPU per task and "
+        "latencies grow with it, so runs on a slower (or busier) machine of the same kind "
+        "read higher."
+    )
+
+
 def print_notes(notes: Iterable[str]) -> None:
     """The notes under the table, after a blank line, each wrapped to 96 columns."""
     print("\n" + "\n".join(textwrap.fill(note, width=96) for note in notes))

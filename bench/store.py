@@ -28,6 +28,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from pathlib import Path
 
 # Importing the harness takes bench/ off sys.path, where the bench/ scripts' names would shadow
 # the packages they measure: it comes before the project's imports (see bench/harness.py).
-from harness import Row, print_table, verdict
+from harness import Row, machine_speed_ms, print_table, speed_note, verdict
 from pydantic import SecretStr
 
 from controllers.assignment import AssignmentController, plan
@@ -416,6 +417,7 @@ def main() -> None:
         APPENDS, LIVE_WRITES, ARCHIVED_TASKS, EVENTS, CURVE_PUTS = 50, 30, 200, 2_000, 30
         sizes, agents, seconds = (100, 300), 10, 1.0
         observe_agents, observe_tasks = 20, 300
+    speed_before = machine_speed_ms()
     # The daemon's logs (agents registered, compactions) would interleave with the table.
     devnull = open(os.devnull, "w")  # noqa: SIM115  # for the whole run
     configure_logging(level="warning", json=True, stream=devnull)
@@ -510,12 +512,14 @@ def main() -> None:
     )
     rows.append(("plan() p50 on that observation", f"{plan_p50:.2f} ms", "(reported)", ""))
 
+    speed_after = machine_speed_ms()
     print_table(rows)
     print(
         f"\n{APPENDS} appends each; {LIVE_WRITES} live writes; {CURVE_PUTS} puts per size; "
         f"{agents} agents polling for {seconds:.0f} s per size; temp dir under "
         f"{args.dir or tempfile.gettempdir()}"
     )
+    print(textwrap.fill(speed_note(speed_before, speed_after), width=96))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from reconciler.errors import (
 from reconciler.forgejo.pull_types import ChangedFile, Commit, PullRequest
 from reconciler.forgejo.repo_types import RepoPermission
 from reconciler.forgejo.seen import SeenItems
+from reconciler.forgejo.transport import transport_for
 from reconciler.forgejo.types import (
     ApiLimits,
     Comment,
@@ -203,7 +204,8 @@ def next_page(
 class ForgejoHttp:
     """Typed, retrying, paginating HTTP access to one Forgejo instance with one token.
 
-    ``transport`` is an optional httpx transport (tests pass ``httpx.WSGITransport``);
+    ``transport`` is an optional httpx transport (tests pass ``httpx.WSGITransport``; by
+    default :func:`~reconciler.forgejo.transport.transport_for` chooses);
     ``on_call(operation, status)`` runs after every HTTP attempt (status 0 when no response
     came); ``sleep`` and ``clock`` are injected so retry waits can be tested without waiting.
     Shared by the loop's worker threads (httpx's client is thread-safe; the gateway's own
@@ -238,7 +240,11 @@ class ForgejoHttp:
         self._on_call = on_call
         self._clock = clock
         self._max_retry_wait = max_retry_wait
-        self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=True)
+        self._http = httpx.Client(
+            transport=transport if transport is not None else transport_for(base_url),
+            timeout=timeout,
+            follow_redirects=True,
+        )
         api = PyforgejoApi(
             base_url=_api_root(base_url), api_key=token, httpx_client=self._http, timeout=timeout
         )

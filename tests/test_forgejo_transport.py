@@ -33,7 +33,8 @@ class ScriptedServer:
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         while True:
@@ -81,7 +82,16 @@ class ScriptedServer:
         self._open.clear()
 
     def stop(self) -> None:
+        """Stop listening for good. Closing the socket alone would not: the thread blocked in
+        ``accept`` keeps the kernel's listener alive, and it would go on answering whatever
+        later connects to that port (another test's server given the same port, say)."""
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
+        self._acceptor.join(timeout=5)
+        assert not self._acceptor.is_alive(), "the scripted server's accept loop did not end"
         self.close_idle()
 
 
@@ -168,6 +178,22 @@ def test_a_compressed_answer_is_decoded(served: Callable[[Script], ScriptedServe
     server = served(answer(packed, extra="Content-Encoding: gzip\r\n"))
     with client(server) as http:
         assert http.get("/x").json() == {"n": 1}
+
+
+def test_a_stopped_server_answers_nothing_more(served: Callable[[Script], ScriptedServer]) -> None:
+    """Once stopped, the port refuses connections: a scripted answer never reaches a client
+    meant for some later server on that port."""
+    server = served(answer())
+    with client(server) as http:
+        assert http.get("/x").status_code == 200
+    server.stop()
+    try:
+        probe = socket.create_connection(("127.0.0.1", server.port), timeout=2)
+    except ConnectionRefusedError:
+        return
+    with probe:
+        probe.sendall(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert probe.recv(100) == b"", "a stopped server still answered"
 
 
 def test_a_refused_connection_is_a_connect_error() -> None:

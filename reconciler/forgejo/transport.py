@@ -187,7 +187,10 @@ class StdlibTransport(httpx.BaseTransport):
             reason=answer.reason,
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.getheaders()],
             content=content,
-            will_close=bool(answer.will_close),
+            # http.client's own answers say whether the server keeps the connection; a
+            # stand-in response class (a recording replayer, say) may not, and then the
+            # connection is not kept.
+            will_close=bool(getattr(answer, "will_close", True)),
         )
 
     @staticmethod

@@ -105,6 +105,8 @@ class CountedSandbox(ForgejoSandbox):
         self.counts: Counter[tuple[str, str]] = Counter()
         self.endpoints: Counter[tuple[str, str, str]] = Counter()
         """(sender, method, path with numbers as {n}) → requests."""
+        self.answer_times: list[tuple[str, float]] = []
+        """("METHOD path", seconds inside this WSGI app) of each daemon request, in order."""
         self._counting = threading.Lock()
         self.daemon_token = self.admin_token
 
@@ -125,7 +127,13 @@ class CountedSandbox(ForgejoSandbox):
         with self._counting:
             self.counts[key] += 1
             self.endpoints[(*key, path)] += 1
-        return super()._serve(environ, start_response)
+        started = time.perf_counter()
+        answer = super()._serve(environ, start_response)
+        if key[0] == "daemon":
+            took = time.perf_counter() - started
+            with self._counting:
+                self.answer_times.append((f"{key[1]} {path}", took))
+        return answer
 
     def snapshot(self) -> Counter[tuple[str, str]]:
         with self._counting:
@@ -742,6 +750,7 @@ def measure(
             flow.wait_ready(timeout=120)
             time.sleep(1.0)  # the start-up resync's reconciles finish before the count starts
             counts_before = forge.snapshot()
+            answers_before = len(forge.answer_times)
             endpoints_before = forge.endpoint_snapshot()
             deliveries_before = len(forge.deliveries)
             if profile is not None:
@@ -775,6 +784,7 @@ def measure(
             time.sleep(settle)  # late writes (a flap, a trickle of resyncs) are counted too
             counts = forge.snapshot() - counts_before
             endpoints = forge.endpoint_snapshot() - endpoints_before
+            answers = forge.answer_times[answers_before:]
             hooks = Counter(
                 f"{d.event_type}/{_action(d.payload)}" for d in forge.deliveries[deliveries_before:]
             )
@@ -790,6 +800,7 @@ def measure(
             flow.close()
         if breakdown:
             print_breakdown(endpoints, calls_file, per=max(len(done), 1))
+            print_answer_times(answers)
             print("\nWebhook deliveries per task by event and action (same window):")
             for event, n in hooks.most_common():
                 print(f"  {n / max(len(done), 1):7.2f}  {event}")
@@ -819,6 +830,7 @@ def measure(
     p50 = percentile_ms(latencies, 50) / 1000
     p99 = percentile_ms(latencies, 99) / 1000
     cpu_ms = cpu / per * 1000
+    answer_s = [seconds for _, seconds in answers]
     return [
         ("issues done", f"{finished} of {issues} ({agents} agents)", f"{issues}", verdict(finished == issues)),
         ("tasks/min", f"{rate:.0f}", "", ""),
@@ -829,6 +841,7 @@ def measure(
         ("Forgejo writes per task (daemon)", f"{writes / per:.1f}", "<= 5", verdict(writes / per <= 5)),
         ("Forgejo reads / writes per task (agents)", f"{agent_reads / per:.1f} / {agent_writes / per:.1f}", "", ""),
         ("status/ label writes after done", f"{late}", "0", verdict(late == 0)),
+        ("Forgejo answer time (daemon): p50 / p90", f"{percentile_ms(answer_s, 50):.1f} / {percentile_ms(answer_s, 90):.1f} ms", "", ""),
     ]  # fmt: skip
 
 
@@ -865,6 +878,25 @@ def print_breakdown(
                        reverse=True)  # fmt: skip
         for n, who, op in found:
             print(f"  {n / per:7.2f}  {who:24} {op}")
+
+
+def print_answer_times(answers: list[tuple[str, float]]) -> None:
+    """How long the in-memory Forgejo took to answer the daemon, by endpoint (same window).
+
+    The time inside its WSGI app, waiting for its one state lock included: a read waits
+    there while git work (a merge, an agent's commit) holds it, which a real Forgejo's
+    database does not make it do."""
+    by_endpoint: dict[str, list[float]] = {}
+    for endpoint, seconds in answers:
+        by_endpoint.setdefault(endpoint, []).append(seconds)
+    print(
+        "\nForgejo answer time for the daemon by endpoint (ms; p50 / p90 / total s; same window):"
+    )
+    for endpoint, times in sorted(by_endpoint.items(), key=lambda item: -sum(item[1])):
+        print(
+            f"  {percentile_ms(times, 50):7.1f} {percentile_ms(times, 90):7.1f} "
+            f"{sum(times):6.1f}  {endpoint}"
+        )
 
 
 def print_queue(

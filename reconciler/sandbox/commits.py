@@ -97,6 +97,35 @@ def diff_trees(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[FileChan
     return tuple(changes)
 
 
+def merges_without_looking(
+    ancestor: Mapping[str, str], ours: Mapping[str, str], theirs: Mapping[str, str]
+) -> bool:
+    """Whether a three-way merge of ``ours`` and ``theirs`` (files at their merge base
+    ``ancestor``) is certainly clean from the paths alone: neither side removes a file, and
+    no path one side changes is, or lies under or above, a path the other side changes.
+
+    False means "not certain" — git decides then. Without removals there are no renames for
+    git to find, so content merges never meet: this is exact, not a guess."""
+    sides: list[set[str]] = []
+    for side in (ours, theirs):
+        if any(name not in side for name in ancestor):
+            return False
+        sides.append({name for name, text in side.items() if ancestor.get(name) != text})
+    mine, other = sides
+    if not mine or not other:
+        return True
+    above = {
+        name.rsplit("/", depth)[0] for name in other for depth in range(1, name.count("/") + 1)
+    }
+    for name in mine:
+        if name in other or name in above:
+            return False
+        parts = name.split("/")
+        if any("/".join(parts[:depth]) in other for depth in range(1, len(parts))):
+            return False
+    return True
+
+
 @dataclass
 class CommitGraph:
     """One repository's commits and branch heads."""

@@ -137,10 +137,9 @@ def test_ready_keys_come_out_in_the_order_they_were_added() -> None:
     assert drain(queue) == [B, C, A]
 
 
-def test_urgent_keys_go_ahead_of_the_other_ready_keys_in_turn_with_them() -> None:
+def test_urgent_keys_go_ahead_of_the_other_ready_keys() -> None:
     """A follow-up of work under way goes ahead of keys that start new work, first in, first
-    out among urgent keys, in turn with the others while both wait; a key already waiting
-    moves to the urgent ones, and runs once."""
+    out among urgent keys; a key already waiting moves to the urgent ones, and runs once."""
     D, E = issue_key("acme/web", 4), issue_key("acme/web", 5)
     queue = make_queue(FakeTime())
     for key in (A, B, D):
@@ -149,10 +148,45 @@ def test_urgent_keys_go_ahead_of_the_other_ready_keys_in_turn_with_them() -> Non
     queue.add(D, urgent=True)
     queue.add_urgent(C)
     assert queue.depth() == 5
-    assert drain(queue) == [E, A, D, B, C]
+    assert drain(queue) == [E, D, C, A, B]
     queue.add_urgent(E)
     queue.add_urgent(D)
     assert drain(queue) == [E, D]
+
+
+def test_new_work_that_waited_too_long_takes_turns_with_urgent_keys() -> None:
+    """Once a key that starts new work has been ready for ``new_work_wait`` seconds, urgent
+    keys no longer all go first: the two are handed out in turn while such a key waits."""
+    D, E = issue_key("acme/web", 4), issue_key("acme/web", 5)
+    clock = FakeTime()
+    queue = WorkQueue(clock=clock.monotonic, wall_clock=clock.wall_clock, new_work_wait=10)
+    for key in (A, B):
+        queue.add(key)
+    clock.advance(9)
+    for key in (E, D, C):
+        queue.add_urgent(key)
+    assert queue.get(timeout=0) == E  # A has waited 9 s: urgent still first
+    clock.advance(1)
+    assert drain(queue) == [D, A, C, B]
+
+
+def test_an_endless_stream_of_urgent_keys_does_not_starve_new_work() -> None:
+    """An urgent key that comes back after every run still lets a waiting key through once
+    that key has waited ``new_work_wait`` seconds."""
+    clock = FakeTime()
+    queue = WorkQueue(clock=clock.monotonic, wall_clock=clock.wall_clock, new_work_wait=10)
+    queue.add(A)
+    handed: list[Key] = []
+    for _ in range(30):
+        queue.add_urgent(B)
+        key = queue.get(timeout=0)
+        assert key is not None
+        handed.append(key)
+        queue.done(key)
+        clock.advance(1)
+        if key == A:
+            break
+    assert handed[-1] == A and 10 <= len(handed) <= 12, handed
 
 
 def test_a_key_moved_to_the_urgent_ones_does_not_keep_its_old_place() -> None:

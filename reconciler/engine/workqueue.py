@@ -18,9 +18,10 @@ rate-limited delaying work queue:
   took a task or handed in its receipt — while webhooks and resyncs add keys that start new
   observations. Finishing what is under way before starting more keeps a burst from queueing
   every task's next step behind every other task's first one (the time from a merge to
-  ``status/done`` does not grow with the burst). While a controller has both, its urgent and
-  other keys are handed out in turn, so new work is never starved by work under way. A key
-  already waiting that is added as urgent moves to the urgent ones. A getter may ask for one
+  ``status/done`` does not grow with the burst). New work is never starved by work under way:
+  once a controller's oldest other key has been ready for ``new_work_wait`` seconds (30 by
+  default), its urgent and other keys are handed out in turn until none has waited that long.
+  A key already waiting that is added as urgent moves to the urgent ones. A getter may ask for one
   controller's keys only (``get(controller=...)``): the loop gives each controller its own
   workers, so a slow controller's keys never hold up another's.
 * Failed keys are retried after ``initial * 2**(attempts-1)`` seconds, capped at ``max``. The
@@ -48,6 +49,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from reconciler.keys import Key
+
+# How long new work waits behind follow-ups of work under way before they take turns.
+NEW_WORK_WAIT = 30.0
 
 # Past this exponent the delay is far beyond any sensible ``backoff_max``; capping it keeps
 # ``2.0 ** n`` from overflowing for a key that has failed thousands of times.
@@ -101,6 +105,10 @@ def _check_seconds(name: str, value: float) -> float:
     return float(value)
 
 
+_Entry = tuple[int, Key, float]
+"""A ready key's place in its lane: sequence number, key, and when it became ready."""
+
+
 class WorkQueue:
     """Keys waiting to be reconciled, keys being reconciled, and keys scheduled for later."""
 
@@ -115,6 +123,7 @@ class WorkQueue:
         rand: Callable[[], float] = random.random,
         backoff_store: BackoffStore | None = None,
         on_add: Callable[[Key], None] | None = None,
+        new_work_wait: float = NEW_WORK_WAIT,
     ) -> None:
         """Create the queue; with a ``backoff_store``, reschedule every key it holds.
 
@@ -124,6 +133,9 @@ class WorkQueue:
 
         ``backoff_jitter`` stretches each delay by up to that fraction (``rand()`` in [0, 1)
         times it), so keys that failed together do not all retry in the same instant.
+
+        ``new_work_wait``: how long a key that starts new work may wait behind urgent ones
+        before the two are handed out in turn (see the module's text).
         """
         backoff_initial = _check_seconds("backoff_initial", backoff_initial)
         backoff_max = _check_seconds("backoff_max", backoff_max)
@@ -136,6 +148,7 @@ class WorkQueue:
             )
         if not 0 <= backoff_jitter < 1:
             raise ValueError(f"backoff_jitter must be in [0, 1), got {backoff_jitter}")
+        self._new_work_wait = _check_seconds("new_work_wait", new_work_wait)
         self._clock = clock
         self._wall_clock = wall_clock
         self._backoff_initial = backoff_initial
@@ -153,17 +166,17 @@ class WorkQueue:
         # Keys ready to hand out, per controller, each in the order they became ready (with a
         # sequence number, so a getter of any key takes the one ready longest). Never holds a
         # key that is being processed: such a key only becomes ready again in done().
-        self._ready: dict[str, deque[tuple[int, Key]]] = {}
+        self._ready: dict[str, deque[_Entry]] = {}
         # Urgent keys, per controller, handed out before any of _ready. A key may have an entry
         # in both (moved to the front when added as urgent while waiting): only the entry
         # named in _live is, the other one is skipped (and dropped when it comes to the head).
-        self._urgent: dict[str, deque[tuple[int, Key]]] = {}
+        self._urgent: dict[str, deque[_Entry]] = {}
         # Each ready key's live entry (its sequence number) in _ready or _urgent.
         self._live: dict[Key, int] = {}
         # Keys being processed that were added as urgent meanwhile: urgent again at done().
         self._urgent_later: set[Key] = set()
         # Per controller (None: getters of any key), whether its last key handed out was an
-        # urgent one while others waited: then the next is one of the others (in turn).
+        # urgent one while another had waited past new_work_wait: then the next is that one.
         self._took_urgent: dict[str | None, bool] = {}
         self._ready_seq = itertools.count()
         # Keys that need a run: everything in _ready, plus processing keys added meanwhile.
@@ -458,24 +471,26 @@ class WorkQueue:
         lanes = self._urgent if urgent else self._ready
         seq = next(self._ready_seq)
         self._live[key] = seq
-        lanes.setdefault(key.controller, deque()).append((seq, key))
+        lanes.setdefault(key.controller, deque()).append((seq, key, self._clock()))
         self._wake_locked(key.controller)
 
-    def _head_locked(self, lane: deque[tuple[int, Key]] | None) -> tuple[int, Key] | None:
+    def _head_locked(self, lane: deque[_Entry] | None) -> _Entry | None:
         """The lane's first live entry (dropping the dead ones before it), or None."""
         while lane:
-            seq, key = lane[0]
-            if self._live.get(key) == seq:
-                return seq, key
+            entry = lane[0]
+            if self._live.get(entry[1]) == entry[0]:
+                return entry
             lane.popleft()
         return None
 
     def _pop_ready_locked(self, controller: str | None, excluding: Collection[str]) -> Key | None:
         urgent = self._oldest_locked(self._urgent, controller, excluding)
         other = self._oldest_locked(self._ready, controller, excluding)
-        if urgent is not None and (other is None or not self._took_urgent.get(controller)):
-            self._took_urgent[controller] = other is not None
-            lane: deque[tuple[int, Key]] | None = urgent
+        # Urgent first; in turn with the others while one of those has waited too long.
+        overdue = other is not None and self._overdue_locked(other)
+        if urgent is not None and not (overdue and self._took_urgent.get(controller)):
+            self._took_urgent[controller] = overdue
+            lane: deque[_Entry] | None = urgent
         else:
             self._took_urgent[controller] = False
             lane = other
@@ -485,12 +500,17 @@ class WorkQueue:
         del self._live[key]
         return key
 
+    def _overdue_locked(self, lane: deque[_Entry]) -> bool:
+        """Whether the lane's first live key has been ready for ``new_work_wait`` or longer."""
+        head = self._head_locked(lane)
+        return head is not None and self._clock() - head[2] >= self._new_work_wait
+
     def _oldest_locked(
         self,
-        lanes: dict[str, deque[tuple[int, Key]]],
+        lanes: dict[str, deque[_Entry]],
         controller: str | None,
         excluding: Collection[str],
-    ) -> deque[tuple[int, Key]] | None:
+    ) -> deque[_Entry] | None:
         """The lane (of ``controller``, or of any not excluded) whose live head is oldest."""
         if controller is not None:
             lane = lanes.get(controller)

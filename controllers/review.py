@@ -5,7 +5,9 @@ opened through review to merged or closed.
 and the PR's reviews; an open PR whose head is the task's branch in the task's own repository
 also reports that branch's tip (its head is the tip as of the read). ``("review", repo,
 "branch:task/<id>-<slug>")`` — a push, or a task branch created or deleted — reads only the
-tip (``get_branch``). A branch key does not look for the task's pull request: that PR has review
+tip (``get_branch``), and nothing once the task is finished, or in review with its pull request
+known: a push to that PR's head comes with a ``pull_request`` delivery for the PR's key, which
+reads the tip. A branch key does not look for the task's pull request: that PR has review
 keys of its own — its ``pull_request`` and review webhooks name it, and for webhooks that were
 lost the resync does (``reconciler/engine/resync.py``: the incremental resync lists every issue
 and PR changed since the last one, the full one every open PR that moved and the PR of every
@@ -407,6 +409,14 @@ class ReviewController:
             task = self._task_of_branch(repo, branch)
             if task is None:
                 return Observed(repo, None, None)
+            if task.state in (TaskState.COMPLETED, TaskState.CANCELLED) or (
+                task.state is TaskState.REVIEW_PENDING and task.pr_number is not None
+            ):
+                # Nothing to look at: a finished task ignores its branch, and a push to the
+                # head branch of a task's pull request comes with a `pull_request`
+                # `synchronized` delivery, whose PR key reads the tip with the PR (the resync
+                # names a PR that moved if that delivery is lost).
+                return Observed(repo, None, task, link=Link.BRANCH)
             found = self._gateway.get_branch(repo, branch)
             # The task's pull request has review keys of its own (see the module docstring):
             # a branch key reads only the tip. A task in review that recorded no pull request

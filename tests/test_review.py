@@ -465,8 +465,9 @@ def test_a_merged_pull_request_hands_the_task_to_the_receipts_controller(rig: Ri
 
 
 def test_a_push_to_the_task_branch_updates_last_activity(rig: Rig) -> None:
-    """A new tip on task/…: last_activity_at is now; the same push again writes nothing."""
-    the_task, _ = rig.review_task()
+    """A new tip on task/… of a running task: last_activity_at is now; the same push again
+    writes nothing."""
+    the_task, _ = rig.review_task(TaskState.RUNNING)
     rig.clock.advance(600)
     tip = rig.forge.push(DEMO_REPO, the_task.branch, files={"login.py": "better\n"}, message="More")
     rig.controller.reconcile(branch_key(DEMO_REPO, the_task.branch))
@@ -477,17 +478,37 @@ def test_a_push_to_the_task_branch_updates_last_activity(rig: Rig) -> None:
 
 
 def test_a_branch_key_reads_only_the_tip(rig: Rig) -> None:
-    """A push's key reads the branch, never the task's PR (its own key covers it): neither for
-    a task in review nor for a running one whose PR is open but not yet recorded."""
-    for state, recorded in ((TaskState.REVIEW_PENDING, True), (TaskState.RUNNING, False)):
-        the_task, _ = rig.review_task(state, recorded=recorded)
-        rig.clock.advance(60)
-        tip = rig.forge.push(DEMO_REPO, the_task.branch, files={"a.py": f"{state}\n"}, message="a")
-        rig.controller.reconcile(branch_key(DEMO_REPO, the_task.branch))
-        assert rig.calls == ["get_branch"]
-        moved = rig.store.get_task(the_task.id)
-        assert moved.branch_head == tip and moved.last_activity_at == rig.clock()
-        assert moved.pr_number == the_task.pr_number and moved.state is state
+    """A push's key reads the branch, never the task's PR (its own key covers it), for a
+    running task whose PR is open but not yet recorded."""
+    the_task, _ = rig.review_task(TaskState.RUNNING, recorded=False)
+    rig.clock.advance(60)
+    tip = rig.forge.push(DEMO_REPO, the_task.branch, files={"a.py": "a\n"}, message="a")
+    rig.controller.reconcile(branch_key(DEMO_REPO, the_task.branch))
+    assert rig.calls == ["get_branch"]
+    moved = rig.store.get_task(the_task.id)
+    assert moved.branch_head == tip and moved.last_activity_at == rig.clock()
+    assert moved.pr_number is None and moved.state is TaskState.RUNNING
+
+
+def test_a_branch_key_of_a_task_in_review_with_its_pull_request_reads_nothing(rig: Rig) -> None:
+    """In review with its PR recorded, or finished, a task's branch key reads nothing: a push
+    to the PR's head comes with a `pull_request` delivery, and the PR's key records the tip
+    and the activity from the PR it reads."""
+    the_task, pr = rig.review_task()
+    rig.clock.advance(60)
+    tip = rig.forge.push(DEMO_REPO, the_task.branch, files={"a.py": "b\n"}, message="b")
+    rig.controller.reconcile(branch_key(DEMO_REPO, the_task.branch))
+    assert rig.calls == [] and rig.store.get_task(the_task.id) == the_task
+    rig.controller.reconcile(pull_key(DEMO_REPO, pr))
+    assert "get_branch" not in rig.calls
+    moved = rig.store.get_task(the_task.id)
+    assert moved.branch_head == tip and moved.last_activity_at == rig.clock()
+    done = moved.changed(now=rig.clock(), state=TaskState.COMPLETED)
+    rig.store.put_task(done)
+    rig.calls.clear()
+    rig.forge.push(DEMO_REPO, the_task.branch, files={"a.py": "c\n"}, message="c")
+    rig.controller.reconcile(branch_key(DEMO_REPO, the_task.branch))
+    assert rig.calls == [] and rig.store.get_task(the_task.id) == done
 
 
 def test_a_pull_request_key_reports_its_task_branchs_tip(rig: Rig) -> None:

@@ -11,6 +11,7 @@ import random
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,38 @@ def test_the_shortcut_declines_removals_and_nested_paths() -> None:
     assert not merges_without_looking(ancestor, {**ancestor, "b": "1\n"}, {**ancestor, "b": "2\n"})
     assert not merges_without_looking(ancestor, {**ancestor, "e": "1\n"}, {**ancestor, "e/f": "1"})
     assert not merges_without_looking(ancestor, {**ancestor, "e/f/g": "1"}, {**ancestor, "e": "1"})
+
+
+def test_a_verdict_from_the_paths_is_remembered_and_the_merge_still_gets_its_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The paths are looked at once per base and head, git is never asked for a clean pair,
+    and merging that pull request afterwards builds the real merged tree."""
+    import reconciler.sandbox.state as state_module
+    from reconciler.sandbox import ForgejoSandbox
+
+    looks: list[int] = []
+    real = state_module.merges_without_looking
+
+    def counted(*trees: Any) -> bool:
+        looks.append(1)
+        return real(*trees)
+
+    monkeypatch.setattr(state_module, "merges_without_looking", counted)
+    with ForgejoSandbox() as forge:
+        owner = next(iter(forge.state.users))
+        repo_name = f"{owner}/paths"
+        forge.create_repo(repo_name)
+        forge.push(repo_name, "task/1-x", files={"feature.txt": "new\n"}, message="Feature")
+        forge.push(repo_name, "main", files={"other.txt": "moved on\n"}, message="Main moves")
+        number = forge.open_pull(repo_name, "task/1-x", title="Feature")
+        repo = forge.state.repos[repo_name]
+        bare_runs: list[tuple[str, ...]] = []
+        run = repo.bare.run
+        monkeypatch.setattr(repo.bare, "run", lambda *a, **k: bare_runs.append(a) or run(*a, **k))
+        issue = repo.issues[number]
+        assert forge.state.is_mergeable(repo, issue) and forge.state.is_mergeable(repo, issue)
+        assert looks == [1] and not [a for a in bare_runs if a[0] == "merge-tree"]
+        forge.merge(repo_name, number)
+        files = repo.git.tree(repo.git.branches["main"])
+        assert files["feature.txt"] == "new\n" and files["other.txt"] == "moved on\n"

@@ -112,18 +112,17 @@ def merges_without_looking(
             return False
         sides.append({name for name, text in side.items() if ancestor.get(name) != text})
     mine, other = sides
-    if not mine or not other:
-        return True
-    above = {
-        name.rsplit("/", depth)[0] for name in other for depth in range(1, name.count("/") + 1)
-    }
-    for name in mine:
-        if name in other or name in above:
-            return False
-        parts = name.split("/")
-        if any("/".join(parts[:depth]) in other for depth in range(1, len(parts))):
-            return False
-    return True
+    above_other = {folder for name in other for folder in _folders(name)}
+    return not any(
+        name in other or name in above_other or not other.isdisjoint(_folders(name))
+        for name in mine
+    )
+
+
+def _folders(path: str) -> set[str]:
+    """The folders ``path`` lies in: ``a/b/c`` → {``a``, ``a/b``}."""
+    parts = path.split("/")
+    return {"/".join(parts[:depth]) for depth in range(1, len(parts))}
 
 
 @dataclass

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import weakref
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +35,8 @@ TREE_MODE = "40000"
 SUBMODULE_MODE = "160000"
 GIT_TIMEOUT = 60.0
 MERGES_REMEMBERED = 4096
+# A remembered merge known to be clean from its changed paths, whose tree was never needed.
+CLEAN_BY_PATHS = "clean by paths"
 """Merge results kept per repository (commit pairs; the oldest forgotten first)."""
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -257,6 +259,7 @@ class BareRepository:
         self._reader: _BatchReader | None = None
         # Three-way merges by (ours, theirs): a commit pair always merges the same way, and
         # Forgejo too keeps a pull request's merge status until its base or head moves.
+        # Per commit pair: the merged tree, the conflict, or CLEAN_BY_PATHS (clean, no tree yet).
         self._merges: dict[tuple[str, str], str | MergeConflict] = {}
 
     def _check_open(self) -> None:
@@ -560,14 +563,36 @@ class BareRepository:
         """
         pair = (ours, theirs)
         known = self._merges.get(pair)
-        if known is None:
+        if known is None or known == CLEAN_BY_PATHS:
             known = self._merge_tree(ours, theirs)
-            if len(self._merges) >= MERGES_REMEMBERED:
-                self._merges.pop(next(iter(self._merges)))
-            self._merges[pair] = known
+            self._remember_merge(pair, known)
         if isinstance(known, MergeConflict):
             raise MergeConflict(known.paths)
         return known
+
+    def merges_cleanly(self, ours: str, theirs: str, *, by_paths: Callable[[], bool]) -> bool:
+        """Whether two commits merge without conflict, remembered per pair like ``merge_tree``.
+
+        A pair not yet known asks ``by_paths`` first (a cheap answer that is either a certain
+        "clean" or "not sure"), and git only when it is not sure."""
+        pair = (ours, theirs)
+        known = self._merges.get(pair)
+        if known == CLEAN_BY_PATHS:
+            return True
+        if known is None and by_paths():
+            self._remember_merge(pair, CLEAN_BY_PATHS)
+            return True
+        try:
+            self.merge_tree(ours, theirs)
+        except MergeConflict:
+            return False
+        return True
+
+    def _remember_merge(self, pair: tuple[str, str], known: str | MergeConflict) -> None:
+        self._merges.pop(pair, None)
+        if len(self._merges) >= MERGES_REMEMBERED:
+            self._merges.pop(next(iter(self._merges)))
+        self._merges[pair] = known
 
     def _merge_tree(self, ours: str, theirs: str) -> str | MergeConflict:
         done = self.run("merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs)

@@ -1480,21 +1480,19 @@ class ForgeState:
         head = self.pull_head_sha(repo, issue)
         if base is None:
             return False
+
         # Forgejo answers from the status its checker stored when the base or head last
-        # moved; a burst of merges moves the base of every open pull request, so the paths
-        # settle what they can before git is asked to merge.
-        ancestor = repo.git.merge_base(base, head)
-        if ancestor in (base, head):
-            return True
-        if ancestor is not None and merges_without_looking(
-            repo.git.tree(ancestor), repo.git.tree(base), repo.git.tree(head)
-        ):
-            return True
-        try:
-            repo.bare.merge_tree(base, head)
-        except MergeConflict:
-            return False
-        return True
+        # moved; a burst of merges moves the base of every open pull request, so for a pair
+        # not yet known the paths settle what they can before git is asked to merge.
+        def by_paths() -> bool:
+            ancestor = repo.git.merge_base(base, head)
+            if ancestor in (base, head):
+                return True
+            return ancestor is not None and merges_without_looking(
+                repo.git.tree(ancestor), repo.git.tree(base), repo.git.tree(head)
+            )
+
+        return repo.bare.merges_cleanly(base, head, by_paths=by_paths)
 
     def create_review(
         self,

@@ -698,6 +698,19 @@ class Flow:
                     found.setdefault(stage, []).append((when - issue.created_at).total_seconds())
         return found
 
+    def status_paths(self) -> Counter[str]:
+        """How many issues went through each sequence of ``status/`` labels (``--breakdown``)."""
+        paths: Counter[str] = Counter()
+        with self.forge.state.lock:
+            for number in self.numbers:
+                path = [
+                    change.label.name.removeprefix("status/")
+                    for change in self._repo.issues[number].label_changes
+                    if change.added and change.label.name.startswith("status/")
+                ]
+                paths[" > ".join(path)] += 1
+        return paths
+
     def status_writes_after_done(self) -> int:
         late = 0
         with self.forge.state.lock:
@@ -793,6 +806,7 @@ def measure(
             if said:
                 print(f"the agents said:\n{said}", file=sys.stderr)
             stages = flow.stages()
+            paths = flow.status_paths()
         finally:
             sampling.set()
             if spy is not None and spy.poll() is None:
@@ -818,6 +832,9 @@ def measure(
             ):
                 p50s, p90s = percentile_ms(seconds, 50) / 1000, percentile_ms(seconds, 90) / 1000
                 print(f"  {stage:16} {p50s:6.1f} {p90s:6.1f}  {len(seconds)}")
+            print("\nIssues by the status/ labels they were given, in order:")
+            for path, n in paths.most_common():
+                print(f"  {n:5}  {path}")
     finished = len(done)
     if finished < issues:
         print(f"only {finished} of {issues} issues done within {timeout:.0f}s", file=sys.stderr)

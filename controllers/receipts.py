@@ -500,14 +500,27 @@ class ReceiptsController:
             recorded=recorded,
         )  # fmt: skip
 
-    def _with_pull(self, task: Task, number: int, receipts: Sequence[Receipt]) -> Observed:
+    def _with_pull(
+        self, task: Task, number: int, receipts: Sequence[Receipt], *, kept: bool = True
+    ) -> Observed:
+        for_pull = [r for r in receipts if r.pr_number == number]
+        current = [r for r in for_pull if r.lease_generation == task.lease_generation]
+        unchecked = (
+            task.state is TaskState.REVIEW_PENDING
+            and bool(current)
+            and current[-1].id not in checked_receipts(self._store.events_for(task.id))
+        )
         try:
             # What is checked of a merged PR (head, commits, merge) never changes: the copy the
-            # review controller just read when it saw the merge does.
-            pull: PullRequest | None = self._gateway.get_pull(task.repo, number, merged_kept=True)
+            # review controller just read when it saw the merge does. A receipt not checked
+            # yet is checked against the PR as that controller last read it (it enqueued this
+            # key after its read), unless something may have changed the PR since; a look
+            # that only waits for the merge reads it.
+            pull: PullRequest | None = self._gateway.get_pull(
+                task.repo, number, merged_kept=True, kept=kept and unchecked
+            )
         except ForgejoNotFound:
             pull = None
-        for_pull = [r for r in receipts if r.pr_number == number]
         settings = self._settings()
         if pull is not None and pull.merged and task.state is not TaskState.COMPLETED:
             generated = not for_pull
@@ -526,17 +539,28 @@ class ReceiptsController:
                 issue=self._issue(task),
                 recorded=recorded_checks(self._store.events_for(task.id), receipt.id),
             )  # fmt: skip
-        if task.state is not TaskState.REVIEW_PENDING:
-            return Observed(task)
-        current = [r for r in for_pull if r.lease_generation == task.lease_generation]
-        if not current:
+        if not unchecked:
             return Observed(task)
         receipt = current[-1]
-        if receipt.id in checked_receipts(self._store.events_for(task.id)):
-            return Observed(task)
         # A receipt for a PR in review: its claims are checked now, statuses at the merge.
         evidence = gather(self._gateway, task, receipt, pull=pull, with_statuses=False)
-        return Observed(task, receipt, evidence=evidence, issue=self._issue(task))
+        checks = check_receipt(
+            receipt,
+            task,
+            evidence,
+            required_statuses=settings.review.required_statuses,
+            final=False,
+        )
+        if kept and (failed(checks) or pending(checks)):
+            # Claims the kept copy does not bear out may be in a push whose delivery is on its
+            # way: nothing is refused before the PR is read for it.
+            return self._with_pull(task, number, receipts, kept=False)
+        # The issue is read only when there is something to say on it (a refusal, or a result
+        # of an earlier attempt to replace); claims that hold in review say nothing.
+        says = result_comment(
+            task, receipt, checks, evidence, final=False, replaces=bool(task.result_digest)
+        )
+        return Observed(task, receipt, evidence=evidence, issue=self._issue(task) if says else None)
 
     def _issue(self, task: Task) -> Issue | None:
         try:

@@ -277,13 +277,43 @@ def test_a_read_that_an_invalidation_overtook_is_not_kept(
     before = gateway.get_issue(REPO, number)  # the read on its way
     gateway.seen.invalidate(REPO, number)  # the webhook of a change lands meanwhile
     gateway.seen.note(REPO, number, before.updated_at, labels=before.labels,
-                      state=str(before.state), issue=before, generation=started)  # fmt: skip
-    assert gateway.seen.get(REPO, number).issue is None
+                      state=str(before.state), copy=before, generation=started)  # fmt: skip
+    assert gateway.seen.get(REPO, number).copy is None
     mark = log.mark()
     gateway.get_issue(REPO, number, kept=True)
     assert log.since(mark) == ["get_issue"]
     gateway.get_issue(REPO, number, kept=True)
     assert log.since(mark) == ["get_issue"]  # a read nothing overtook is kept
+
+
+def test_a_kept_pull_request_answers_until_a_fresh_look_or_a_write_of_ours_on_it(
+    sandbox: ForgejoSandbox, gateway: ForgejoGateway, log: CallLog
+) -> None:
+    """``get_pull(kept=True)``: the last read while nothing but our label writes followed it;
+    an invalidation (a fresh look at its key), our merge, review or comment on it, drop it.
+    A kept issue of another number, or the issue view, is not taken for it."""
+    sandbox.push(REPO, "feature", files={"a.txt": "a\n"}, message="a")
+    number = sandbox.open_pull(REPO, "feature", title="Feature", body="")
+    mark = log.mark()
+    assert gateway.get_pull(REPO, number, kept=True).head_branch == "feature"
+    gateway.get_pull(REPO, number, kept=True)
+    assert log.since(mark) == ["get_pull"]
+    gateway.get_issue(REPO, number, kept=True)  # the issue view of the PR: a copy of its own
+    gateway.get_pull(REPO, number, kept=True)
+    assert log.since(mark) == ["get_pull", "get_issue", "get_pull"]
+
+    for drop in (
+        lambda: gateway.seen.invalidate(REPO, number),
+        lambda: gateway.create_comment(REPO, number, "looked at"),
+        lambda: gateway.create_review(REPO, number, event="COMMENT", body="fine"),
+        lambda: gateway.merge_pull(REPO, number),
+    ):
+        gateway.get_pull(REPO, number, kept=True)
+        mark = log.mark()
+        drop()
+        gateway.get_pull(REPO, number, kept=True)
+        assert log.since(mark)[-1] == "get_pull", drop
+    assert gateway.get_pull(REPO, number, kept=True).merged
 
 
 def test_a_read_that_our_own_label_write_overtook_is_not_kept(
@@ -301,11 +331,11 @@ def test_a_read_that_our_own_label_write_overtook_is_not_kept(
     after = gateway.add_labels(REPO, number, ["status/doing"], echo=True)
     gateway.seen.note_labels(REPO, number, after)  # as the AddLabels action does
     item = gateway.seen.get(REPO, number)
-    assert item is not None and item.issue is not None  # the copy kept before the write
+    assert item is not None and item.copy is not None  # the copy kept before the write
     gateway.seen.note(REPO, number, before.updated_at, labels=before.labels,
-                      state=str(before.state), issue=before, generation=started)  # fmt: skip
+                      state=str(before.state), copy=before, generation=started)  # fmt: skip
     item = gateway.seen.get(REPO, number)
-    assert item is not None and item.issue is None
+    assert item is not None and item.copy is None
     mark = log.mark()
     assert "status/doing" in gateway.get_issue(REPO, number, kept=True).labels
     assert log.since(mark) == ["get_issue"]

@@ -313,6 +313,8 @@ class Rig:
     store: Store
     clock: ManualClock
     settings: Settings
+    calls: list[str]
+    """Every Forgejo call the gateway made, by operation."""
     enqueued: list[Key] = field(default_factory=list)
 
     @property
@@ -364,8 +366,12 @@ class Rig:
 
 @pytest.fixture
 def rig(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> Iterator[Rig]:
+    calls: list[str] = []
     gateway = ForgejoGateway(
-        IN_PROCESS_URL, forge.admin_token, transport=httpx.WSGITransport(app=forge.app)
+        IN_PROCESS_URL,
+        forge.admin_token,
+        transport=httpx.WSGITransport(app=forge.app),
+        on_call=lambda operation, _status: calls.append(operation),
     )
     gateway.ensure_labels(DEMO_REPO, label_specs(SETTINGS))
     store = Store.open(tmp_path / "state")
@@ -374,7 +380,7 @@ def rig(forge: ForgejoSandbox, forge_clock: ManualClock, tmp_path: Path) -> Iter
     settings = SETTINGS.model_copy(
         update={"forgejo": SETTINGS.forgejo.model_copy(update={"bot_login": "fleet-admin"})}
     )
-    yield Rig(forge, gateway, store, forge_clock, settings)
+    yield Rig(forge, gateway, store, forge_clock, settings, calls)
     store.close()
     gateway.close()
 
@@ -409,6 +415,39 @@ def test_a_truthful_receipt_completes_the_task_once_merged(rig: Rig) -> None:
     rig.controller.reconcile(key)
     assert rig.gateway.writes == writes and len(rig.store.events_for(the_task.id)) == events
     assert rig.store.get_agent("box-1").stats == agent.stats
+
+
+def test_a_receipt_in_review_is_checked_against_the_pull_request_as_last_read(rig: Rig) -> None:
+    """The review controller read the PR and handed the receipt over: its claims are checked
+    against that read, and holding in review they say nothing, so the issue is not read
+    either; only the commits and files are. The look that waits for the merge reads the PR."""
+    the_task, _ = rig.in_review()
+    assert the_task.pr_number is not None
+    rig.gateway.get_pull(DEMO_REPO, the_task.pr_number)  # the review controller's read
+    del rig.calls[:]
+    key = task_key(DEMO_REPO, the_task.id)
+    rig.controller.reconcile(key)
+    assert sorted(rig.calls) == ["list_pull_commits", "list_pull_files"]
+    checked = [e for e in rig.store.events_for(the_task.id) if e.kind == "verification"]
+    assert len(checked) == 5 and all(e.data["outcome"] == "passed" for e in checked)
+
+    del rig.calls[:]
+    rig.controller.reconcile(key)
+    assert rig.calls == ["get_pull"]
+
+
+def test_a_receipt_is_refused_on_a_read_of_the_pull_request_made_for_it(rig: Rig) -> None:
+    """Claims the kept copy of the PR does not bear out may rest on a change whose delivery is
+    on its way: the PR is read again before the receipt is refused (and then it is)."""
+    the_task, receipt = rig.in_review()
+    assert the_task.pr_number is not None
+    rig.gateway.get_pull(DEMO_REPO, the_task.pr_number)  # the review controller's read
+    stranger = rig.forge.push(DEMO_REPO, "main", files={"x.txt": "x"}, message="not the agent's")
+    rig.store.put_receipt(receipt.model_copy(update={"commits": (*receipt.commits, stranger)}))
+    del rig.calls[:]
+    rig.controller.reconcile(task_key(DEMO_REPO, the_task.id))
+    assert rig.calls[0] == "list_pull_commits" and rig.calls.count("get_pull") == 1
+    assert rig.store.get_task(the_task.id).state is TaskState.FAILED
 
 
 def test_a_lying_receipt_is_refused_with_its_reasons_on_the_issue(rig: Rig) -> None:
@@ -462,6 +501,7 @@ def test_a_pending_required_status_waits_then_completes(rig: Rig) -> None:
     head = rig.gateway.get_pull(DEMO_REPO, the_task.pr_number).head_sha
     rig.gateway.create_status(DEMO_REPO, head, context="ci/build", state="pending")
     rig.forge.merge(DEMO_REPO, the_task.pr_number)
+    rig.gateway.seen.invalidate(DEMO_REPO, the_task.pr_number)  # as the merge's delivery does
     key = task_key(DEMO_REPO, the_task.id)
     assert rig.controller.reconcile(key).requeue_after == 30
     assert rig.store.get_task(the_task.id).state is TaskState.REVIEW_PENDING

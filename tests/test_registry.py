@@ -22,8 +22,9 @@ from controllers.registry import (
 from reconciler.engine.reconcile import Action, Actuator, Enqueue, SaveAgent, SaveTask, recording
 from reconciler.engine.resync import Resync
 from reconciler.errors import ConflictError, WaitingError
+from reconciler.fleet.agents import Fleet
 from reconciler.fleet.records import HeldTask, Pulse
-from reconciler.keys import agent_key, issue_key
+from reconciler.keys import Key, agent_key, issue_key
 from reconciler.models import (
     Agent,
     AgentId,
@@ -524,3 +525,33 @@ def test_after_a_daemon_restart_a_handout_waits_for_a_heartbeat(registry: Harnes
     registry.fleet.heartbeat("a1")
     registry.reconcile("a1")
     assert registry.task().state is TaskState.CREATED
+
+
+def test_an_agent_starting_its_task_asks_nothing_of_the_issue_and_a_failure_follows_up(
+    registry: Harness,
+) -> None:
+    """A task the agent started shows on its issue as the task it took did (`status/doing`, the
+    line naming the agent): its issue key is not enqueued. A move the issue shows (the run
+    failed) hands the key on as a follow-up of work under way — the daemon's urgent keys, which
+    take the issue as last read — not as a fresh look."""
+    followed: list[Key] = []
+    registry.fleet = Fleet(
+        registry.store,
+        settings=registry.settings,
+        clock=registry.clock,
+        enqueue=registry.enqueued.append,
+        follow_up=followed.append,
+    )
+    registry.register("a1")
+    task = registry.give_task("a1")
+    registry.enqueued.clear()
+    update = registry.fleet.update_task_status(
+        "a1", task.id, lease_generation=task.lease_generation, state=TaskState.RUNNING
+    )
+    assert update.changed and update.task.state is TaskState.RUNNING
+    assert followed == [] and issue_key(REPO, 12) not in registry.enqueued
+    registry.fleet.report_failure(
+        "a1", task.id, lease_generation=task.lease_generation, reason="tests failed",
+        retryable=True,
+    )  # fmt: skip
+    assert followed == [issue_key(REPO, 12)] and issue_key(REPO, 12) not in registry.enqueued

@@ -29,6 +29,8 @@ from pydantic import SecretStr
 from controllers.receipts import RESULT_MARKER
 from reconciler.console.client import fetch_task
 from reconciler.forgejo.gateway import marker_tag
+from reconciler.forgejo.types import PullRequest
+from reconciler.keys import pull_key
 from reconciler.models import (
     AgentId,
     AgentStatus,
@@ -460,6 +462,24 @@ def test_a_pull_request_delivery_reads_the_pull_request_and_not_its_branch(
         assert seen.pr_number == pr and seen.state is TaskState.RUNNING
     assert operations.count("get_pull") == 2, operations
     assert "get_branch" not in operations and "find_pull_by_head" not in operations, operations
+
+
+def test_a_fresh_look_at_a_pull_request_drops_its_kept_copy(make_flow: Any) -> None:
+    """A pull request key added for a fresh look (a delivery, the resync) drops the copy kept
+    from the PR's last read, so a receipt is not checked against a PR that may have moved; a
+    follow-up of work under way (an urgent key) keeps it."""
+    flow: Flow = make_flow()
+    task, _ = flow.stored_task("Tidy the docs", state=TaskState.RUNNING)
+    flow.forge.push(DEMO_REPO, task.branch, files={"docs/tidy.md": "x\n"}, message="Tidy",
+                    author="pull-agent")  # fmt: skip
+    pr = flow.forge.open_pull(DEMO_REPO, task.branch, title="Tidy the docs", author="pull-agent")
+    gateway, queue = flow.assembly.gateway, flow.assembly.queue
+    gateway.get_pull(DEMO_REPO, pr)
+    queue.add_urgent(pull_key(DEMO_REPO, pr))
+    assert gateway.seen.kept(DEMO_REPO, pr, PullRequest) is not None
+    queue.add(pull_key(DEMO_REPO, pr))
+    assert gateway.seen.kept(DEMO_REPO, pr, PullRequest) is None
+    flow.settle()
 
 
 def test_past_the_review_limit_the_task_fails(make_flow: Any) -> None:

@@ -228,12 +228,12 @@ def test_an_edit_by_the_bots_account_that_this_process_did_not_make_is_not_an_ec
     delivered = json.loads(ISSUE_OPENED)["issue"]
     kept = Issue.from_api({**delivered, "title": "An older title"})
     seen = SeenItems()
-    seen.note("example/example", 1, None, labels=(), state="open", issue=kept)
+    seen.note("example/example", 1, None, labels=(), state="open", copy=kept)
     receiver = _echo_receiver(seen, bot_login="example")
     assert receiver.post(ISSUE_OPENED, event="issues").status == 202
-    assert seen.get("example/example", 1).issue is None
+    assert seen.get("example/example", 1).copy is None
     same = Issue.from_api(delivered)
-    seen.note("example/example", 1, None, labels=(), state="open", issue=same)
+    seen.note("example/example", 1, None, labels=(), state="open", copy=same)
     assert receiver.post(ISSUE_OPENED, event="issues").status == 204
 
 

@@ -44,7 +44,7 @@ from reconciler.fleet.knowledge import KnowledgeBook, KnowledgeTopics
 from reconciler.fleet.queue import PullQueue
 from reconciler.fleet.tasktokens import TaskTokens
 from reconciler.forgejo.gateway import ForgejoGateway
-from reconciler.keys import ASSIGNMENT, Key, setup_key
+from reconciler.keys import ASSIGNMENT, REVIEW, Key, setup_key
 from reconciler.matrix.client import MatrixService, failpoint_after_send
 from reconciler.matrix.metrics import MatrixMetrics
 from reconciler.run.probes import HostCheck, HostProbes, check_host
@@ -172,7 +172,7 @@ def build(
     enqueue = queue.add
     # One key for the task tokens of pull workers' runs and of ssh runs.
     tokens = task_tokens(settings)
-    fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue)
+    fleet = Fleet(store, settings=holder, clock=clock, enqueue=enqueue, follow_up=queue.add_urgent)
     fleet.bind_metrics(metrics)
     # Pull agents (over the agent API) and the ssh executor's runs (in process) report their
     # work through this one queue and its fleet. What they report (a task taken, a receipt, a
@@ -266,8 +266,9 @@ def build(
 
 
 def _fresh_look(gateway: ForgejoGateway, key: Key) -> None:
-    """An issue key added for a fresh look: its reconcile reads the issue, not a kept copy."""
-    if key.controller == ASSIGNMENT and key.id.isdigit():
+    """An issue or pull request key added for a fresh look: its reconcile reads the issue or
+    the pull request, not a kept copy."""
+    if key.controller in (ASSIGNMENT, REVIEW) and key.id.isdigit():
         gateway.seen.invalidate(key.repo, int(key.id))
 
 

@@ -89,11 +89,16 @@ class Fleet(TaskReports):
         settings: Callable[[], Settings],
         clock: Callable[[], datetime],
         enqueue: Callable[[Key], None] | None = None,
+        follow_up: Callable[[Key], None] | None = None,
     ) -> None:
+        """``enqueue`` asks a controller for a fresh look (an agent's key, a repository's set-up);
+        ``follow_up`` hands on the issue key of a task an agent's report moved — work under way,
+        which needs no fresh read of the issue (the daemon's urgent keys; ``enqueue`` if None)."""
         self._store = store
         self._settings = settings
         self._clock = clock
         self._enqueue = enqueue
+        self._follow_up = follow_up or enqueue
         # Every known agent counts as heard of at start: one full grace period after a restart.
         self.started_at = clock()
         self._pulses: dict[AgentId, Pulse] = {}

@@ -62,12 +62,14 @@ class TaskReports:
     """The task operations of :class:`~reconciler.fleet.agents.Fleet` (see the module doc)."""
 
     if TYPE_CHECKING:
-        # Provided by Fleet: the store, the settings, its clock, the work queue, the per-agent
-        # lock and how it asks the registry controller to look at an agent.
+        # Provided by Fleet: the store, the settings, its clock, the work queue (a fresh look,
+        # and a follow-up of work under way), the per-agent lock and how it asks the registry
+        # controller to look at an agent.
         _store: Store
         _settings: Callable[[], Settings]
         _clock: Callable[[], datetime]
         _enqueue: Callable[[Key], None] | None
+        _follow_up: Callable[[Key], None] | None
 
         def agent_lock(self, agent_id: str) -> AbstractContextManager[None]: ...
 
@@ -132,7 +134,12 @@ class TaskReports:
             self._write(task, updated, event)
             if failed:
                 self._count_run(agent_id, failure=note, now=now)
-        if updated.state is not task.state:
+        if updated.state is not task.state and not (
+            task.state is TaskState.ASSIGNED and updated.state is TaskState.RUNNING
+        ):
+            # A task the agent started shows on its issue as the task it took did (the
+            # `status/doing` label, the status comment's line naming the agent): the issue
+            # needs a look only for a move it shows.
             self._notify_issue(updated)
         return StatusUpdate(task=updated, changed=True)
 
@@ -346,9 +353,10 @@ class TaskReports:
             raise _changed_meanwhile(task) from None
 
     def _notify_issue(self, task: Task) -> None:
-        """The task's state changed: its issue's labels and comment follow."""
-        if self._enqueue is not None:
-            self._enqueue(issue_key(task.repo, task.issue_number))
+        """The task's state changed: its issue's labels and comment follow (a follow-up of
+        work under way: the issue as last read will do)."""
+        if self._follow_up is not None:
+            self._follow_up(issue_key(task.repo, task.issue_number))
 
     def check_lease(self, task: Task, agent_id: str, lease_generation: int) -> None:
         """Refuse an agent's request about ``task`` unless it holds the task's current lease:

@@ -33,7 +33,7 @@ def marker_tag(marker: str) -> str:
 def _one_more_comment(issue: object) -> object:
     if isinstance(issue, Issue):
         return issue.model_copy(update={"comments": issue.comments + 1})
-    return None  # not an issue we know how to count on: drop it
+    return None  # not an issue we know how to count on (a pull request): drop it
 
 
 def has_marker(body: str, marker: str) -> bool:
@@ -108,8 +108,8 @@ class CommentOps(ForgejoHttp):
     def create_comment(self, repo: str, number: int, body: str) -> Comment:
         """Post a comment. Not retried: a retry after a lost response would post it twice.
 
-        A kept copy of the issue (``get_issue(kept=True)``) counts the comment; after a
-        failure, whose outcome may be unknown, it is dropped."""
+        A kept copy of the issue (``get_issue(kept=True)``) counts the comment (a kept pull
+        request is dropped); after a failure, whose outcome may be unknown, it is dropped."""
         try:
             comment = self._write(
                 "create_comment",
@@ -121,7 +121,7 @@ class CommentOps(ForgejoHttp):
         except BaseException:
             self.seen.invalidate(repo, number)
             raise
-        self.seen.change_issue(repo, number, _one_more_comment)
+        self.seen.change_copy(repo, number, _one_more_comment)
         return comment
 
     def edit_comment(self, repo: str, comment_id: int, body: str) -> Comment:

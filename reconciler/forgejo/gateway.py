@@ -226,13 +226,9 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
         webhook is still on its way is read when that webhook enqueues the issue.
         """
         if kept:
-            item = self.seen.get(repo, number)
-            if item is not None and isinstance(item.issue, Issue):
-                before = item.issue.labels
-                labels = tuple(n for n in before if n in item.labels) + tuple(
-                    sorted(item.labels.difference(before))
-                )
-                return item.issue.model_copy(update={"labels": labels})
+            copy = self.seen.kept(repo, number, Issue)
+            if copy is not None:
+                return copy
         generation = self.seen.generation(repo, number)
         issue = self._get("get_issue", f"{repo_path(repo)}/issues/{number}", Issue.from_api)
         self.seen.note(
@@ -241,7 +237,7 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
             issue.updated_at,
             labels=issue.labels,
             state=str(issue.state),
-            issue=issue,
+            copy=issue,
             generation=generation,
         )
         return issue

@@ -84,22 +84,42 @@ class PullOps(ForgejoHttp):
             limit=limit,
         )
 
-    def get_pull(self, repo: str, number: int, *, merged_kept: bool = False) -> PullRequest:
+    def get_pull(
+        self, repo: str, number: int, *, merged_kept: bool = False, kept: bool = False
+    ) -> PullRequest:
         """One pull request; its ``updated_at`` is noted in ``seen``.
 
         With ``merged_kept``, a pull request this gateway last read as merged is answered from
         memory: once merged, its head, commits and merge never change (its title, body and
         labels still may — callers that read those do not ask for a kept copy).
+
+        With ``kept``, the pull request as last read is answered from memory as long as
+        nothing else may have changed it, as ``get_issue(kept=True)`` does: a fresh look at
+        its key (a ``pull_request`` delivery, the resync) or a write of ours on it other than
+        a label drops the copy. A change whose delivery is still on its way is read when that
+        delivery enqueues the pull request: a caller that would act on what the copy lacks
+        (a claimed commit not in it) reads again first.
         """
         key = (repo.lower(), number)
         if merged_kept:
             with self._doubt_lock:
-                kept = self._merged_pulls.get(key)
-            if kept is not None:
-                return kept
+                merged = self._merged_pulls.get(key)
+            if merged is not None:
+                return merged
+        if kept:
+            copy = self.seen.kept(repo, number, PullRequest)
+            if copy is not None:
+                return copy
+        generation = self.seen.generation(repo, number)
         pull = self._get("get_pull", f"{repo_path(repo)}/pulls/{number}", PullRequest.from_api)
         self.seen.note(
-            repo, pull.number, pull.updated_at, labels=pull.labels, state=str(pull.state)
+            repo,
+            pull.number,
+            pull.updated_at,
+            labels=pull.labels,
+            state=str(pull.state),
+            copy=pull,
+            generation=generation,
         )
         if pull.merged:
             self.seen.note_merged(repo, pull.number)
@@ -176,6 +196,7 @@ class PullOps(ForgejoHttp):
         payload: dict[str, object] = {"Do": style, "delete_branch_after_merge": delete_branch}
         if message is not None:
             payload["MergeMessageField"] = message
+        self.seen.invalidate(repo, number)
         self._request("merge_pull", "POST", f"{repo_path(repo)}/pulls/{number}/merge", body=payload)
 
     def list_reviews(self, repo: str, number: int) -> tuple[Review, ...]:
@@ -205,6 +226,7 @@ class PullOps(ForgejoHttp):
         payload: dict[str, object] = {"event": state.value, "body": body}
         if commit_id is not None:
             payload["commit_id"] = commit_id
+        self.seen.invalidate(repo, number)
         return self._write(
             "create_review",
             "POST",

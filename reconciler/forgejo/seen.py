@@ -30,6 +30,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+_Copy = TypeVar("_Copy", bound=BaseModel)
+"""A kept copy: an ``Issue`` or a ``PullRequest`` (both carry ``labels``)."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,11 @@ class SeenItem:
     state: str
     written: tuple[frozenset[str], ...] = ()
     """Label sets our own writes since the last read leave or left (the last few)."""
-    issue: object | None = None
-    """The issue as last read one by one, while nothing but our own label writes (recorded
-    in ``labels``) may have changed it since: a fresh look asked for (a webhook that is not
-    an echo, the resync), or any other write of ours drops it (``invalidate``)."""
+    copy: object | None = None
+    """The issue (``get_issue``) or pull request (``get_pull``) as last read one by one,
+    while nothing but our own label writes (recorded in ``labels``) may have changed it since:
+    a fresh look asked for (a webhook that is not an echo, the resync), or any other write of
+    ours drops it (``invalidate``)."""
 
 
 _WRITTEN = 4
@@ -78,42 +85,43 @@ class SeenItems:
         *,
         labels: Iterable[str],
         state: str,
-        issue: object | None = None,
+        copy: object | None = None,
         generation: int | None = None,
     ) -> None:
-        """Record a single read of item ``number`` (with ``issue``: the issue read, kept only
-        when nothing invalidated the item since ``generation``, taken before the read)."""
+        """Record a single read of item ``number`` (with ``copy``: the issue or pull request
+        read, kept only when nothing invalidated the item since ``generation``, taken before
+        the read)."""
         with self._lock:
             key = self._key(repo, number)
             if generation is not None and self._invalidations.get(key, 0) != generation:
-                issue = None  # a change came in while it was read: the copy may predate it
-            self._items[key] = SeenItem(updated_at, frozenset(labels), state, issue=issue)
+                copy = None  # a change came in while it was read: the copy may predate it
+            self._items[key] = SeenItem(updated_at, frozenset(labels), state, copy=copy)
 
     def generation(self, repo: str, number: int) -> int:
         """The item's invalidation count now: pass it to ``note`` for a read started now."""
         with self._lock:
             return self._invalidations.get(self._key(repo, number), 0)
 
-    def change_issue(
+    def change_copy(
         self, repo: str, number: int, change: Callable[[object], object | None]
     ) -> None:
-        """Apply our own write to the kept issue, if one is kept (``change`` returns the new
+        """Apply our own write to the kept copy, if one is kept (``change`` returns the new
         copy, or None to drop it)."""
         with self._lock:
             key = self._key(repo, number)
             item = self._items.get(key)
-            if item is not None and item.issue is not None:
-                self._items[key] = replace(item, issue=change(item.issue))
+            if item is not None and item.copy is not None:
+                self._items[key] = replace(item, copy=change(item.copy))
 
     def invalidate(self, repo: str, number: int) -> None:
-        """Something other than our own label writes may have changed the item: the issue
+        """Something other than our own label writes may have changed the item: the copy
         kept from the last read is not to be used any more."""
         with self._lock:
             key = self._key(repo, number)
             self._invalidations[key] = self._invalidations.get(key, 0) + 1
             item = self._items.get(key)
-            if item is not None and item.issue is not None:
-                self._items[key] = replace(item, issue=None)
+            if item is not None and item.copy is not None:
+                self._items[key] = replace(item, copy=None)
 
     def note_labels(self, repo: str, number: int, labels: Iterable[str]) -> None:
         """Record the labels our own write left on a known item (its updated_at moved).
@@ -164,6 +172,19 @@ class SeenItems:
         with self._lock:
             seen = self._merged.get(self._key(repo, number))
         return None if seen is None else time.monotonic() - seen
+
+    def kept(self, repo: str, number: int, kind: type[_Copy]) -> _Copy | None:
+        """The ``kind`` of copy (an ``Issue`` or a ``PullRequest``) kept from the item's last
+        read, with the labels our own label writes left since; None when none is kept."""
+        with self._lock:
+            item = self._items.get(self._key(repo, number))
+        if item is None or not isinstance(item.copy, kind):
+            return None
+        before: tuple[str, ...] = getattr(item.copy, "labels", ())
+        labels = tuple(n for n in before if n in item.labels) + tuple(
+            sorted(item.labels.difference(before))
+        )
+        return item.copy.model_copy(update={"labels": labels})
 
     def get(self, repo: str, number: int) -> SeenItem | None:
         with self._lock:
@@ -223,11 +244,11 @@ class SeenItems:
             shown = frozenset(labels)
             if item is None or item.state != state:
                 return False
-            if item.issue is not None and any(
-                getattr(item.issue, name, value) != value
+            if item.copy is not None and any(
+                getattr(item.copy, name, value) != value
                 for name, value in (shown_fields or {}).items()
             ):
-                self._items[key] = replace(item, issue=None)
+                self._items[key] = replace(item, copy=None)
                 return False
             if item.labels != shown:
                 # An echo of an earlier write of ours, or of one whose answer is on its way.

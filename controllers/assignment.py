@@ -103,7 +103,7 @@ from reconciler.models import (
     transition,
 )
 from reconciler.run.prompt import is_trusted_author
-from reconciler.settings import Settings
+from reconciler.settings import LabelsSettings, Settings
 from reconciler.store import Store
 
 log = structlog.get_logger(__name__)
@@ -267,9 +267,8 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
             if not closed or issue is None:
                 return ()
             followed: list[Action] = []
-            status = status_label_for(task.state, vocabulary)
-            if merge_settle_left(observed, task) > 0:
-                status = None  # the receipt check's outcome follows (see below)
+            # None while held back: the receipt check's outcome follows (see below).
+            status = status_label_now(observed, task, now=now, vocabulary=vocabulary)
             if status is not None and status not in issue.labels:
                 followed.append(
                     AddLabels(observed.repo, issue.number, (status,), for_task=observed.task)
@@ -408,12 +407,9 @@ def _plan_issue(observed: Observed, *, now: datetime, settings: Settings) -> tup
         events += placement_events
 
     actions = [*question_actions]
-    desired = status_label_for(task.state, vocabulary)
-    if merge_settle_left(observed, task) > 0:
-        # Its pull request is merged: only the receipt check is left, and `status/done` (or
-        # failed) follows it. `status/review` would be out of date as it lands; it is written
-        # only if the check takes longer than MERGE_SETTLE (required statuses still running).
-        desired = None
+    # None while the label is held back (see label_settle_left): a state the task leaves
+    # within the hold never reaches the issue.
+    desired = status_label_now(observed, task, now=now, vocabulary=vocabulary)
     if desired is not None and desired not in issue.labels:
         # status/ is an exclusive scope: Forgejo drops the previous status label itself.
         actions.append(AddLabels(observed.repo, issue.number, (desired,), for_task=observed.task))
@@ -476,6 +472,42 @@ def merge_settle_left(observed: Observed, task: Task) -> float:
     if task.state is not TaskState.REVIEW_PENDING or observed.merged_for is None:
         return 0.0
     return max(MERGE_SETTLE - observed.merged_for, 0.0)
+
+
+STATUS_SETTLE = 2.0
+"""Seconds a task is in a passing state (taken, in review) before its status label replaces the
+one the issue shows. A state the task leaves sooner — an agent that opens its pull request a
+second after taking the task, a pull request merged as it is opened — never reaches the issue:
+its timeline, and everyone watching it, get the states that lasted, and Forgejo one label write
+less each. An issue that shows no status label yet gets its first one at once."""
+
+PASSING_STATES = (TaskState.ASSIGNED, TaskState.RUNNING, TaskState.REVIEW_PENDING)
+"""States whose label waits STATUS_SETTLE: every other state is said at once (`status/todo` of
+a new or sent-back task, and the end: done, failed, cancelled)."""
+
+
+def label_settle_left(
+    observed: Observed, task: Task, *, now: datetime, vocabulary: LabelsSettings
+) -> float:
+    """Seconds the status label of ``task`` is held back (MERGE_SETTLE, STATUS_SETTLE); 0: it is
+    written now."""
+    merged = merge_settle_left(observed, task)
+    if merged > 0 or task.state not in PASSING_STATES or observed.issue is None:
+        return merged
+    shown = [n for n in status_labels(vocabulary) if n in observed.issue.labels]
+    if not shown or status_label_for(task.state, vocabulary) in shown:
+        return 0.0
+    since = task.state_since or task.updated_at
+    return max(STATUS_SETTLE - (now - since).total_seconds(), 0.0)
+
+
+def status_label_now(
+    observed: Observed, task: Task, *, now: datetime, vocabulary: LabelsSettings
+) -> str | None:
+    """The status label the issue is to show now; None while it is held back."""
+    if label_settle_left(observed, task, now=now, vocabulary=vocabulary) > 0:
+        return None
+    return status_label_for(task.state, vocabulary)
 
 
 def plan_freed_slot(observed: Observed, task: Task, *, now: datetime) -> list[Action]:
@@ -852,7 +884,11 @@ class AssignmentController:
         saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
         settings = self._settings()
         after = next_check(saved, now=now, settings=settings)
-        settle = merge_settle_left(observed, saved) if saved is not None else 0.0
+        settle = (
+            label_settle_left(observed, saved, now=now, vocabulary=settings.labels)
+            if saved is not None
+            else 0.0
+        )
         if settle > 0:
             after = settle + 0.1 if after is None else min(after, settle + 0.1)
         if self._held_past_a_close(observed.task, saved, closes_before):

@@ -14,11 +14,13 @@ from pydantic import SecretStr
 
 from controllers.assignment import (
     MERGE_SETTLE,
+    STATUS_SETTLE,
     AssignmentController,
     Dispatch,
     Observed,
     StopRun,
     comment_digest,
+    label_settle_left,
     merge_settle_left,
     next_check,
     plan,
@@ -46,6 +48,7 @@ from reconciler.models import (
     Question,
     Task,
     TaskState,
+    assign,
     task_id_for,
 )
 from reconciler.sandbox import ForgejoSandbox
@@ -239,14 +242,14 @@ def test_plan(
 
 
 def test_a_waiting_task_is_given_to_a_free_ssh_agent_and_dispatched() -> None:
-    """Placement: assigned with a new lease and a deadline, status/doing, comment, then dispatch."""
+    """Placement: assigned with a new lease and a deadline, comment, then dispatch; its
+    status/doing follows once it has lasted STATUS_SETTLE (see the settle test below)."""
     actions = planned(
         issue("fleet/task", "agent/developer", "needs/code:python", "status/todo"),
         waiting(required_role="developer", required_capabilities=("code:python",)),
         agents=(SSH_AGENT,),
     )
     assert kinds(actions) == [
-        "add:status/doing",
         "comment",
         "save:assigned:created->assigned",
         "dispatch:box-1",
@@ -411,7 +414,10 @@ def test_the_status_label_of_an_issue_closed_by_its_merge_follows_the_task(
     state and its status comment (who took it; why it failed), and nothing else."""
     closed = issue("fleet/task", "status/review" if label != "status/review" else "status/doing",
                    state=IssueState.CLOSED)  # fmt: skip
-    actions = planned(closed, task(state, pr_number=7, failure_reason="tests failed"))
+    settled = NOW - timedelta(seconds=STATUS_SETTLE)
+    actions = planned(
+        closed, task(state, pr_number=7, failure_reason="tests failed", state_since=settled)
+    )
     assert kinds(actions) == [f"add:{label}", "comment", f"save:{state}"]
     (comment,) = [a for a in actions if isinstance(a, UpsertComment)]
     said = {TaskState.COMPLETED: "🤖 Taken", TaskState.FAILED: "❌ Failed",
@@ -476,7 +482,13 @@ def test_the_line_naming_the_agent_stays_through_review_and_done() -> None:
         (TaskState.REVIEW_PENDING, "status/review"),
         (TaskState.COMPLETED, "status/done"),
     ]:
-        moved = running.model_copy(update={"state": state, "comment_digest": said})
+        moved = running.model_copy(
+            update={
+                "state": state,
+                "comment_digest": said,
+                "state_since": NOW - timedelta(seconds=STATUS_SETTLE),
+            }
+        )
         actions = planned(issue("fleet/task", "status/doing"), moved, agents=(SSH_AGENT,))
         assert f"add:{label}" in kinds(actions)
         assert not [a for a in actions if isinstance(a, UpsertComment)], state
@@ -493,7 +505,7 @@ def test_a_merged_task_waits_for_its_check_not_for_the_review_label() -> None:
     check left: `status/review` is not written (open or closed by the merge) and the
     reconcile looks again when MERGE_SETTLE ends; past it the label is written after all."""
     in_review = task(TaskState.REVIEW_PENDING, agent_id="box-1", lease_generation=1, attempt=1,
-                     pr_number=7)  # fmt: skip
+                     pr_number=7, state_since=NOW - timedelta(seconds=60))  # fmt: skip
     for state in (IssueState.OPEN, IssueState.CLOSED):
         shown = issue("fleet/task", "status/doing", state=state)
         fresh = Observed(REPO, 12, shown, in_review, tasks=(in_review,), merged_for=1.0)
@@ -510,6 +522,63 @@ def test_a_merged_task_waits_for_its_check_not_for_the_review_label() -> None:
     finished = Observed(REPO, 12, issue("fleet/task", "status/doing"), done, tasks=(done,),
                         merged_for=1.0)  # fmt: skip
     assert "add:status/done" in kinds(plan(finished, now=NOW, settings=SETTINGS))
+
+
+def test_a_passing_state_reaches_the_issue_once_it_has_lasted_status_settle() -> None:
+    """Taken or in review: the label replaces the one the issue shows once the task has been
+    in that state for STATUS_SETTLE; sooner nothing is written (the reconcile looks again when
+    the hold ends), so a state left within the hold never reaches the issue. The first status
+    label of an issue, `status/todo`, and the end are written at once."""
+    taken = task(TaskState.RUNNING, agent_id="puller", lease_generation=1, attempt=1,
+                 state_since=NOW)  # fmt: skip
+
+    def added(shown: Issue, the_task: Task, now: datetime) -> list[str]:
+        observed = Observed(REPO, 12, shown, the_task, agents=(PULL_AGENT,), tasks=(the_task,))
+        return [n for a in plan(observed, now=now, settings=SETTINGS)
+                if isinstance(a, AddLabels) for n in a.names]  # fmt: skip
+
+    todo = issue("fleet/task", "status/todo")
+    assert added(todo, taken, NOW) == []
+    held = Observed(REPO, 12, todo, taken, agents=(PULL_AGENT,), tasks=(taken,))
+    left = label_settle_left(held, taken, now=NOW, vocabulary=SETTINGS.labels)
+    assert left == pytest.approx(STATUS_SETTLE)
+    assert added(todo, taken, NOW + timedelta(seconds=STATUS_SETTLE)) == ["status/doing"]
+    # In review a second later: that label waits in turn, and doing never reached the issue.
+    in_review = taken.model_copy(update={"state": TaskState.REVIEW_PENDING, "pr_number": 7,
+                                         "state_since": NOW + timedelta(seconds=1)})  # fmt: skip
+    assert added(todo, in_review, NOW + timedelta(seconds=2)) == []
+    assert added(todo, in_review, NOW + timedelta(seconds=1 + STATUS_SETTLE)) == ["status/review"]
+    # At once: an issue with no status label yet, a task sent back to the queue, the end.
+    assert added(issue("fleet/task"), taken, NOW) == ["status/doing"]
+    for state, label in [
+        (TaskState.COMPLETED, "status/done"),
+        (TaskState.FAILED, "status/failed"),
+    ]:
+        ended = taken.model_copy(update={"state": state, "state_since": NOW})
+        assert added(issue("fleet/task", "status/doing"), ended, NOW) == [label]
+
+
+def test_a_held_label_is_written_when_the_reconcile_looks_again(
+    forge: ForgejoSandbox,
+    forge_clock: ManualClock,
+    controller: tuple[AssignmentController, ForgejoGateway, Store],
+) -> None:
+    """The reconcile that holds a label asks to look again when the hold ends; that look
+    writes it."""
+    reconciler, gateway, store = controller
+    number = forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task"])
+    key = issue_key(DEMO_REPO, number)
+    reconciler.reconcile(key)
+    created = store.find_task(task_id_for(DEMO_REPO, number))
+    assert created is not None
+    taken, _ = assign(created, AgentId("puller"), now=forge_clock(), actor="agent:puller")
+    store.put_task(taken)
+    result = reconciler.reconcile(key)
+    assert result.requeue_after == pytest.approx(STATUS_SETTLE + 0.1)
+    assert "status/todo" in gateway.get_issue(DEMO_REPO, number).labels
+    forge_clock.advance(STATUS_SETTLE)
+    reconciler.reconcile(key)
+    assert "status/doing" in gateway.get_issue(DEMO_REPO, number).labels
 
 
 # --- against the in-memory Forgejo ------------------------------------------------------
@@ -577,7 +646,8 @@ def test_a_plan_made_before_the_task_completed_writes_no_status_label(
                                 lease_generation=1, pr_number=7)  # fmt: skip
     store.put_task(in_review)
     observed = reconciler.observe(key)
-    actions = plan(observed, now=created.updated_at, settings=SETTINGS)
+    later = created.updated_at + timedelta(seconds=STATUS_SETTLE)  # past the label's hold
+    actions = plan(observed, now=later, settings=SETTINGS)
     assert any(isinstance(a, AddLabels) and "status/review" in a.names for a in actions)
     store.put_task(in_review.changed(now=created.updated_at, state=TaskState.COMPLETED))
     writes = gateway.writes

@@ -15,6 +15,7 @@ import hmac
 import json
 import shlex
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
+from controllers.assignment import STATUS_SETTLE
 from controllers.receipts import RESULT_MARKER
 from reconciler.console.client import fetch_task
 from reconciler.forgejo.gateway import marker_tag
@@ -148,6 +150,13 @@ class Flow:
                 assert executor.wait(task_id, timeout=RUN_TIMEOUT), f"run of {task_id} hangs"
         raise AssertionError("the loop kept starting runs")
 
+    def past_label_hold(self) -> None:
+        """Let STATUS_SETTLE pass (the test's clock, and the queue's real one for the look the
+        held status label asked for), then run the loop dry: held labels are written."""
+        self.clock.advance(STATUS_SETTLE)
+        time.sleep(STATUS_SETTLE + 0.3)
+        self.settle()
+
     def task(self, number: int) -> Task:
         return self.store.get_task(task_id_for(DEMO_REPO, number))
 
@@ -264,6 +273,8 @@ def test_a_task_goes_through_a_rejected_review_to_a_verified_merge(make_flow: An
     first = flow.task(number)
     assert first.state is TaskState.REVIEW_PENDING, flow.store.events_for(first.id)[-1].reason
     assert first.pr_number is not None and first.agent_id == HOST
+    assert "status/review" not in flow.labels(number), "held until it has lasted STATUS_SETTLE"
+    flow.past_label_hold()
     assert "status/review" in flow.labels(number)
     pr = first.pr_number
     verified = [e for e in flow.store.events_for(first.id) if e.kind == "verification"]

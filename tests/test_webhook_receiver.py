@@ -28,6 +28,7 @@ SECRET = "s3cret-hook-key"
 LIMIT = 64 * 1024
 
 ISSUE_OPENED = (EXAMPLES / "webhook-issues-opened.json").read_bytes()
+COMMENT_CREATED = (EXAMPLES / "webhook-issue_comment-created.json").read_bytes()
 PUSH_TO_MASTER = (EXAMPLES / "webhook-push.json").read_bytes()
 REVIEW_REJECTED = (EXAMPLES / "webhook-pull_request_review-rejected.json").read_bytes()
 
@@ -235,6 +236,40 @@ def test_an_edit_by_the_bots_account_that_this_process_did_not_make_is_not_an_ec
     same = Issue.from_api(delivered)
     seen.note("example/example", 1, None, labels=(), state="open", copy=same)
     assert receiver.post(ISSUE_OPENED, event="issues").status == 204
+
+
+def _closed(payload: bytes, **changes: object) -> bytes:
+    body = json.loads(payload)
+    body["issue"]["state"] = "closed"
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+def test_the_echo_of_our_comment_or_label_on_an_issue_closed_meanwhile_is_an_echo() -> None:
+    """The echo of our comment, or of our label write, shows the issue closed by someone
+    meanwhile (a merge's "Closes #N"): the close is delivered as such, and that delivery is the
+    news — this one is an echo. The kept copy, from before the close, is dropped, and its
+    ``updated_at`` is not taken as seen, so the resync still finds the close should its own
+    delivery be lost. A close delivered by the bot itself is news."""
+    delivered = json.loads(ISSUE_OPENED)["issue"]
+    seen = SeenItems()
+    seen.note("example/example", 1, None, labels=(), state="open",
+              copy=Issue.from_api(delivered))  # fmt: skip
+    receiver = _echo_receiver(seen, bot_login="example")
+    comment = _closed(COMMENT_CREATED)
+    assert receiver.post(comment, event="issue_comment").status == 204
+    item = seen.get("example/example", 1)
+    assert item is not None and item.copy is None and item.updated_at is None
+    labelled = _closed(ISSUE_OPENED, action="label_updated")
+    assert receiver.post(labelled, event="issues").status == 204
+    assert receiver.enqueued == []
+    closed = _closed(ISSUE_OPENED, action="closed")
+    assert receiver.post(closed, event="issues").status == 202
+    assert receiver.enqueued == [issue_key("example/example", 1)]
+    # Other labels than ours, on the closed issue: news as ever.
+    relabelled = json.loads(labelled)
+    relabelled["issue"]["labels"] = [json.loads((EXAMPLES / "api-label.json").read_bytes())]
+    assert receiver.post(json.dumps(relabelled).encode(), event="issues").status == 202
 
 
 def test_an_issue_never_seen_is_not_an_echo() -> None:

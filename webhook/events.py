@@ -231,6 +231,10 @@ def note_merge(event: str, payload: Mapping[str, Any], *, seen: SeenItems) -> No
         return
 
 
+LABEL_ACTIONS = frozenset({"label_updated", "label_cleared"})
+"""The ``issues`` delivery actions of a label write."""
+
+
 def is_own_echo(event: str, payload: Mapping[str, Any], *, seen: SeenItems, bot_login: str) -> bool:
     """Whether a delivery is the echo of agent-fleet's own write on an issue.
 
@@ -239,7 +243,9 @@ def is_own_echo(event: str, payload: Mapping[str, Any], *, seen: SeenItems, bot_
     and assignees of the issue as last read while that copy is kept: the reconcile that
     made the write already planned from that state, so looking again would read and decide the
     same. Anything else — a person's change, a Matrix command's label (written by the bot but
-    not by a reconcile), a close — is not an echo. Only issues (not pull requests) qualify.
+    not by a reconcile), a close — is not an echo. A comment or label delivery of ours that
+    shows the issue closed (or reopened) meanwhile is an echo all the same: the close has its
+    own delivery, which is news. Only issues (not pull requests) qualify.
     """
     if event not in ("issues", "issue_comment"):
         return False
@@ -263,4 +269,8 @@ def is_own_echo(event: str, payload: Mapping[str, Any], *, seen: SeenItems, bot_
         state=str(shown.state),
         updated_at=shown.updated_at,
         shown_fields={"title": shown.title, "body": shown.body, "assignees": shown.assignees},
+        # The echo of our comment or label write may show the issue closed or reopened
+        # meanwhile: the close or reopen is delivered as such (`issues` closed/reopened,
+        # whoever made it, a merge's "Closes #N" included), and that delivery is the news.
+        state_delivered_apart=event == "issue_comment" or payload.get("action") in LABEL_ACTIONS,
     )

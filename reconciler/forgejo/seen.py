@@ -233,17 +233,30 @@ class SeenItems:
         state: str,
         updated_at: datetime | None,
         shown_fields: Mapping[str, object] | None = None,
+        state_delivered_apart: bool = False,
     ) -> bool:
         """Whether a delivered issue shows the labels and state last seen or written — and,
         while the issue as last read is kept, the same ``shown_fields`` (its title, body,
         assignees: an edit by the bot's account that this process did not make is news); if
-        so its ``updated_at`` becomes the one seen."""
+        so its ``updated_at`` becomes the one seen.
+
+        ``state_delivered_apart``: the delivery is not the state change itself (a comment,
+        a label change), and a close or reopen has a delivery of its own, whose look reads
+        the issue. A state other than the one seen then does not make it news a second
+        time: it is an echo if its labels are, the kept copy (which predates the change) is
+        dropped, and ``updated_at`` is left alone, so the resync still finds the change
+        should the state's own delivery be lost."""
         with self._lock:
             key = self._key(repo, number)
             item = self._items.get(key)
             shown = frozenset(labels)
-            if item is None or item.state != state:
+            if item is None:
                 return False
+            if item.state != state:
+                if not state_delivered_apart:
+                    return False
+                self._items[key] = replace(item, copy=None)
+                return item.labels == shown or shown in item.written
             if item.copy is not None and any(
                 getattr(item.copy, name, value) != value
                 for name, value in (shown_fields or {}).items()

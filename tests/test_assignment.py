@@ -39,7 +39,7 @@ from reconciler.errors import StaleStateError
 from reconciler.fleet.issues import read_labels
 from reconciler.forgejo.gateway import ForgejoGateway
 from reconciler.forgejo.types import Issue, IssueState
-from reconciler.keys import issue_key
+from reconciler.keys import Key, issue_key
 from reconciler.models import (
     Agent,
     AgentId,
@@ -558,6 +558,18 @@ def test_a_passing_state_reaches_the_issue_once_it_has_lasted_status_settle() ->
         assert added(issue("fleet/task", "status/doing"), ended, NOW) == [label]
 
 
+def filed_and_looked_at(
+    forge: ForgejoSandbox, reconciler: AssignmentController, store: Store
+) -> tuple[int, Key, Task]:
+    """A labelled issue, its first reconcile, and the task it made."""
+    number = forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task"])
+    key = issue_key(DEMO_REPO, number)
+    reconciler.reconcile(key)
+    created = store.find_task(task_id_for(DEMO_REPO, number))
+    assert created is not None
+    return number, key, created
+
+
 def test_a_held_label_is_written_when_the_reconcile_looks_again(
     forge: ForgejoSandbox,
     forge_clock: ManualClock,
@@ -566,11 +578,7 @@ def test_a_held_label_is_written_when_the_reconcile_looks_again(
     """The reconcile that holds a label asks to look again when the hold ends; that look
     writes it."""
     reconciler, gateway, store = controller
-    number = forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task"])
-    key = issue_key(DEMO_REPO, number)
-    reconciler.reconcile(key)
-    created = store.find_task(task_id_for(DEMO_REPO, number))
-    assert created is not None
+    number, key, created = filed_and_looked_at(forge, reconciler, store)
     taken, _ = assign(created, AgentId("puller"), now=forge_clock(), actor="agent:puller")
     store.put_task(taken)
     result = reconciler.reconcile(key)
@@ -637,11 +645,7 @@ def test_a_plan_made_before_the_task_completed_writes_no_status_label(
     """A pass that saw the task in review, acting after the receipts controller completed it,
     writes no status/review over the finished task: the loop observes again and writes done."""
     reconciler, gateway, store = controller
-    number = forge.create_issue(DEMO_REPO, "Fix login", labels=["fleet/task"])
-    key = issue_key(DEMO_REPO, number)
-    reconciler.reconcile(key)
-    created = store.find_task(task_id_for(DEMO_REPO, number))
-    assert created is not None
+    number, key, created = filed_and_looked_at(forge, reconciler, store)
     in_review = created.changed(now=created.updated_at, state=TaskState.REVIEW_PENDING,
                                 lease_generation=1, pr_number=7)  # fmt: skip
     store.put_task(in_review)

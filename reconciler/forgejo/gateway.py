@@ -225,22 +225,9 @@ class ForgejoGateway(CommentOps, PullOps, LinkOps, WikiOps):
         comment, an edit, a label not written by a reconcile) calls it too. A change whose
         webhook is still on its way is read when that webhook enqueues the issue.
         """
-        if kept:
-            copy = self.seen.kept(repo, number, Issue)
-            if copy is not None:
-                return copy
-        generation = self.seen.generation(repo, number)
-        issue = self._get("get_issue", f"{repo_path(repo)}/issues/{number}", Issue.from_api)
-        self.seen.note(
-            repo,
-            issue.number,
-            issue.updated_at,
-            labels=issue.labels,
-            state=str(issue.state),
-            copy=issue,
-            generation=generation,
+        return self._get_item(
+            "get_issue", f"{repo_path(repo)}/issues/{number}", Issue, repo, number, kept=kept
         )
-        return issue
 
     def create_issue(
         self, repo: str, *, title: str, body: str = "", labels: Iterable[str] = ()

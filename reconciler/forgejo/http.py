@@ -48,6 +48,7 @@ from reconciler.forgejo.transport import transport_for
 from reconciler.forgejo.types import (
     ApiLimits,
     Comment,
+    Issue,
     Label,
     MalformedResponse,
     Page,
@@ -121,6 +122,8 @@ _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _EXCERPT = 200
 
 ModelT = TypeVar("ModelT")
+ItemT = TypeVar("ItemT", Issue, PullRequest)
+"""An item ``seen`` records and may keep: an issue or a pull request."""
 
 
 def split_repo(repo: str) -> tuple[str, str]:
@@ -466,6 +469,29 @@ class ForgejoHttp:
         return self._parse(
             operation, self._request(operation, "GET", path, params=params, idempotent=True), parse
         )
+
+    def _get_item(
+        self, operation: str, path: str, kind: type[ItemT], repo: str, number: int, *, kept: bool
+    ) -> ItemT:
+        """An issue or pull request read one by one and noted in ``seen`` (kept there, unless
+        something invalidated it while it was read); with ``kept``, the copy kept from the
+        last read when there is one (see ``get_issue``)."""
+        if kept:
+            copy = self.seen.kept(repo, number, kind)
+            if copy is not None:
+                return copy
+        generation = self.seen.generation(repo, number)
+        item = self._get(operation, path, kind.from_api)
+        self.seen.note(
+            repo,
+            item.number,
+            item.updated_at,
+            labels=item.labels,
+            state=str(item.state),
+            copy=item,
+            generation=generation,
+        )
+        return item
 
     def _write(
         self,

@@ -106,20 +106,8 @@ class PullOps(ForgejoHttp):
                 merged = self._merged_pulls.get(key)
             if merged is not None:
                 return merged
-        if kept:
-            copy = self.seen.kept(repo, number, PullRequest)
-            if copy is not None:
-                return copy
-        generation = self.seen.generation(repo, number)
-        pull = self._get("get_pull", f"{repo_path(repo)}/pulls/{number}", PullRequest.from_api)
-        self.seen.note(
-            repo,
-            pull.number,
-            pull.updated_at,
-            labels=pull.labels,
-            state=str(pull.state),
-            copy=pull,
-            generation=generation,
+        pull = self._get_item(
+            "get_pull", f"{repo_path(repo)}/pulls/{number}", PullRequest, repo, number, kept=kept
         )
         if pull.merged:
             self.seen.note_merged(repo, pull.number)

@@ -219,6 +219,10 @@ def _same(recorded: PageRecord | None, record: PageRecord) -> bool:
     return recorded.model_copy(update={"read_at": record.read_at}) == record
 
 
+EDITORS_KEPT = 1024
+"""Page versions whose editors the knowledge controller keeps (the oldest go)."""
+
+
 class KnowledgeController:
     """Writes the notes agents share to the repository's wiki, one page per topic."""
 
@@ -239,6 +243,10 @@ class KnowledgeController:
         self._settings = settings
         self._clock = clock
         self._doubts = _Doubts(lambda: self._clock().timestamp())
+        self._editors: dict[tuple[str, str, str], tuple[str, ...]] = {}
+        """Who other than the bot edited a page, by (repo, page, its last commit): a page's
+        history up to a commit never changes, so it is read once per version of the page."""
+        self._editors_lock = threading.Lock()
 
     def observe(self, key: Key) -> KnowledgeObserved:
         repo, topic = key.repo, key.id
@@ -254,18 +262,7 @@ class KnowledgeController:
                 f"wiki page {page_title(topic)} in {repo} cannot be read as text; the notes "
                 f"stay queued until it is fixed: {exc}"
             ) from exc
-        editors: tuple[str, ...] = ()
-        if page is not None:
-            bot = self._gateway.bot_login()
-            try:
-                history = self._gateway.wiki_page_revisions(repo, page.sub_url)
-            except ForgejoNotFound:
-                history = ()
-            seen: dict[str, None] = {}
-            for commit in history:
-                if commit.author and commit.author.casefold() != bot.casefold():
-                    seen.setdefault(commit.author, None)
-            editors = tuple(seen)
+        editors = self._editors_of(repo, page) if page is not None else ()
         return KnowledgeObserved(
             repo=repo,
             topic=topic,
@@ -275,6 +272,31 @@ class KnowledgeController:
             pending=tuple(pending_notes(self._store, repo, topic)),
             recorded=read_pages(self._store, repo).get(topic),
         )
+
+    def _editors_of(self, repo: str, page: WikiPage) -> tuple[str, ...]:
+        """The authors of the page's commits other than the bot, first seen first."""
+        version = (repo.lower(), page.sub_url, page.last_commit.sha if page.last_commit else "")
+        if version[2]:
+            with self._editors_lock:
+                known = self._editors.get(version)
+            if known is not None:
+                return known
+        bot = self._gateway.bot_login()
+        try:
+            history = self._gateway.wiki_page_revisions(repo, page.sub_url)
+        except ForgejoNotFound:
+            history = ()
+        seen: dict[str, None] = {}
+        for commit in history:
+            if commit.author and commit.author.casefold() != bot.casefold():
+                seen.setdefault(commit.author, None)
+        editors = tuple(seen)
+        if version[2]:
+            with self._editors_lock:
+                if len(self._editors) >= EDITORS_KEPT:
+                    del self._editors[next(iter(self._editors))]  # the oldest
+                self._editors[version] = editors
+        return editors
 
     def _trusted(self, repo: str, login: str) -> bool:
         allow = frozenset(self._settings().forgejo.trusted_authors)

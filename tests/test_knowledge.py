@@ -379,6 +379,27 @@ def test_the_controller_writes_queued_notes_once_and_a_second_pass_writes_nothin
     assert page is not None and page.count("<!-- fleet-note ") == 3
 
 
+def test_a_pages_editors_are_read_from_its_history_once_per_version(rig: Rig) -> None:
+    """Who edited a page is read from its history once for each version of the page (its
+    last commit): passes over an unchanged page read the page alone; after a write the next
+    pass reads the history again."""
+    task, token = rig.task(12)
+    rig.share(task, token, "build-cache", "first")
+    key = knowledge_key(REPO, "build-cache")
+    rig.controller.reconcile(key)
+    rig.forge.calls.clear()
+    for _ in range(3):
+        rig.controller.reconcile(key)
+    assert rig.forge.calls.count("get_wiki_page") == 3
+    assert rig.forge.calls.count("wiki_page_revisions") == 1
+    rig.share(task, token, "build-cache", "second")
+    rig.controller.reconcile(key)
+    assert rig.forge.writes() == ["edit_wiki_page"]
+    rig.controller.reconcile(key)
+    rig.controller.reconcile(key)
+    assert rig.forge.calls.count("wiki_page_revisions") == 2
+
+
 def test_the_page_is_written_once_across_a_crash_before_the_notes_were_acknowledged(
     tmp_path: Path, forge: Forge, monkeypatch: pytest.MonkeyPatch
 ) -> None:

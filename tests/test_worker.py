@@ -718,6 +718,8 @@ def test_a_rerun_after_its_pull_request_was_closed_unmerged_opens_a_new_one(
         wait_until("the first run's receipt", in_review_with_a_new_pull(None))
         first = store.get_task(task.id).pr_number
         assert first is not None
+        # The receipt can be in before the run has let go of its slot (its thread ends after).
+        wait_until("the first run to end", lambda: not worker.running(), timeout=15)
         gateway.edit_issue(DEMO_REPO, first, state="closed")
         waiting, event = requeue(
             store.get_task(task.id), now=utc_now(), actor="test", reason="closed unmerged"

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from controllers.asking import QuestionFacts, observe_questions, plan_questions, question_hold
+from reconciler.bounded import remember
 from reconciler.engine.executor import Executor
 from reconciler.engine.reconcile import (
     ActContext,
@@ -877,9 +878,10 @@ class AssignmentController:
         issue = observed.issue
         if issue is not None and issue.state is IssueState.CLOSED:
             with self._woke_lock:
-                if len(self._woke) >= WOKE_REMEMBERED:
-                    self._woke.pop(next(iter(self._woke)))
-                self._woke[(key.repo.lower(), observed.number)] = issue.closed_at
+                remember(
+                    self._woke, (key.repo.lower(), observed.number), issue.closed_at,
+                    limit=WOKE_REMEMBERED,
+                )  # fmt: skip
         self._actuator.apply(actions[woke:])
         saved = next((a.task for a in reversed(actions) if isinstance(a, SaveTask)), observed.task)
         settings = self._settings()

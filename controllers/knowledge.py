@@ -28,6 +28,7 @@ from datetime import datetime
 
 import structlog
 
+from reconciler.bounded import remember
 from reconciler.engine.reconcile import ActContext, Action, Actuator, Result
 from reconciler.errors import (
     ForgejoError,
@@ -293,9 +294,7 @@ class KnowledgeController:
         editors = tuple(seen)
         if version[2]:
             with self._editors_lock:
-                if len(self._editors) >= EDITORS_KEPT:
-                    del self._editors[next(iter(self._editors))]  # the oldest
-                self._editors[version] = editors
+                remember(self._editors, version, editors, limit=EDITORS_KEPT)
         return editors
 
     def _trusted(self, repo: str, login: str) -> bool:

@@ -68,7 +68,6 @@ class TaskReports:
         _store: Store
         _settings: Callable[[], Settings]
         _clock: Callable[[], datetime]
-        _enqueue: Callable[[Key], None] | None
         _follow_up: Callable[[Key], None] | None
 
         def agent_lock(self, agent_id: str) -> AbstractContextManager[None]: ...

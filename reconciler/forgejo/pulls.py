@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import quote
 
+from reconciler.bounded import remember
 from reconciler.errors import ForgejoNotFound
 from reconciler.forgejo.http import (
     PAGE_SIZE,
@@ -112,9 +113,7 @@ class PullOps(ForgejoHttp):
         if pull.merged:
             self.seen.note_merged(repo, pull.number)
             with self._doubt_lock:
-                if len(self._merged_pulls) >= MERGED_KEPT:
-                    del self._merged_pulls[next(iter(self._merged_pulls))]  # the oldest
-                self._merged_pulls[key] = pull
+                remember(self._merged_pulls, key, pull, limit=MERGED_KEPT)
         return pull
 
     def find_pull_by_head(
@@ -261,9 +260,7 @@ class PullOps(ForgejoHttp):
         )
         if pull.head_sha and pull.merge_base:
             with self._doubt_lock:
-                if len(self._pull_changes) >= PULL_CHANGES_KEPT:
-                    del self._pull_changes[next(iter(self._pull_changes))]  # the oldest
-                self._pull_changes[key] = changes
+                remember(self._pull_changes, key, changes, limit=PULL_CHANGES_KEPT)
         return changes
 
     # --- commits, statuses, branches ---------------------------------------------------------

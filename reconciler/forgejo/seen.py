@@ -34,6 +34,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from reconciler.bounded import remember
+
 _Copy = TypeVar("_Copy", bound=BaseModel)
 """A kept copy: an ``Issue`` or a ``PullRequest`` (both carry ``labels``)."""
 
@@ -163,9 +165,7 @@ class SeenItems:
         with self._lock:
             key = self._key(repo, number)
             if key not in self._merged:
-                if len(self._merged) >= MERGES_REMEMBERED:
-                    self._merged.pop(next(iter(self._merged)))
-                self._merged[key] = time.monotonic()
+                remember(self._merged, key, time.monotonic(), limit=MERGES_REMEMBERED)
 
     def merged_for(self, repo: str, number: int) -> float | None:
         """Seconds since pull request ``number`` was first seen merged; None: not seen so."""

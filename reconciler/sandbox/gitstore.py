@@ -30,14 +30,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
 
+from reconciler.bounded import remember
+
 BLOB_MODE = "100644"
 TREE_MODE = "40000"
 SUBMODULE_MODE = "160000"
 GIT_TIMEOUT = 60.0
 MERGES_REMEMBERED = 4096
-# A remembered merge known to be clean from its changed paths, whose tree was never needed.
-CLEAN_BY_PATHS = "clean by paths"
 """Merge results kept per repository (commit pairs; the oldest forgotten first)."""
+CLEAN_BY_PATHS = "clean by paths"
+"""A remembered merge known to be clean from its changed paths, whose tree was never needed."""
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _IDENTITY = re.compile(
@@ -589,10 +591,7 @@ class BareRepository:
         return True
 
     def _remember_merge(self, pair: tuple[str, str], known: str | MergeConflict) -> None:
-        self._merges.pop(pair, None)
-        if len(self._merges) >= MERGES_REMEMBERED:
-            self._merges.pop(next(iter(self._merges)))
-        self._merges[pair] = known
+        remember(self._merges, pair, known, limit=MERGES_REMEMBERED)
 
     def _merge_tree(self, ours: str, theirs: str) -> str | MergeConflict:
         done = self.run("merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs)
